@@ -1,0 +1,763 @@
+// Package config loads, expands, validates and redacts config.yaml.
+//
+// Every string may reference the environment as ${VAR} (or ${VAR:-default}).
+// A variable that is unset disables the feature it belongs to (a source, a
+// destination, the admin API, one API key) instead of crashing, so the
+// shipped config.yaml runs with no secrets set; an unset variable anywhere
+// else is an error naming the key and the variable.
+package config
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Default is the config.yaml shipped at the repository root and embedded in
+// the binary, used when no file exists at the configured path.
+//
+//go:embed default.yaml
+var Default []byte
+
+// ErrInvalid wraps every validation failure; the message names the key.
+var ErrInvalid = errors.New("config: invalid")
+
+// Duration is a time.Duration that reads "90s", "5m", "72h" or "30d".
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns the duration as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// ParseDuration accepts Go durations plus a whole-day suffix "d".
+func ParseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, nil
+	}
+	if strings.HasSuffix(s, "d") {
+		n, err := strconv.Atoi(strings.TrimSuffix(s, "d"))
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("invalid duration %q (use e.g. 90s, 5m, 72h or 30d)", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("invalid duration %q (use e.g. 90s, 5m, 72h or 30d)", s)
+	}
+	return d, nil
+}
+
+// Config is the whole gateway configuration.
+type Config struct {
+	Server       Server        `yaml:"server"`
+	Storage      Storage       `yaml:"storage"`
+	Admin        Admin         `yaml:"admin"`
+	Log          Log           `yaml:"log"`
+	APIKeys      []string      `yaml:"api_keys"`
+	IdentityWait Duration      `yaml:"identity_wait"`
+	Dispatch     Dispatch      `yaml:"dispatch"`
+	Sources      Sources       `yaml:"sources"`
+	Destinations []Destination `yaml:"destinations"`
+
+	// Disabled lists features switched off because a variable they reference
+	// is unset, one human-readable line each, for the start-up log.
+	Disabled []string `yaml:"-"`
+	// Path is the file the configuration was read from ("(embedded)" when
+	// the built-in default was used).
+	Path string `yaml:"-"`
+	node yaml.Node
+}
+
+// Server holds the HTTP listener settings.
+type Server struct {
+	Listen          string   `yaml:"listen"`
+	MaxBodyBytes    int64    `yaml:"max_body_bytes"`
+	ReadTimeout     Duration `yaml:"read_timeout"`
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+}
+
+// Storage holds the BoltDB settings.
+type Storage struct {
+	Path      string   `yaml:"path"`
+	Retention Duration `yaml:"retention"`
+}
+
+// Admin holds the admin API and console settings.
+type Admin struct {
+	Token  string `yaml:"token"`
+	Listen string `yaml:"listen"` // optional separate address for /admin
+}
+
+// Log holds logging settings.
+type Log struct {
+	Level  string `yaml:"level"`  // debug|info|warn|error
+	Format string `yaml:"format"` // text|json
+}
+
+// Dispatch holds delivery engine settings shared by every destination.
+type Dispatch struct {
+	PollInterval Duration `yaml:"poll_interval"`
+	Linger       Duration `yaml:"linger"`
+	Lease        Duration `yaml:"lease"`
+}
+
+// Sources holds each source's settings.
+type Sources struct {
+	Apple   Apple   `yaml:"apple"`
+	Google  Google  `yaml:"google"`
+	Stripe  Stripe  `yaml:"stripe"`
+	Shopify Shopify `yaml:"shopify"`
+}
+
+// AppleApp is one configured App Store app.
+type AppleApp struct {
+	BundleID   string `yaml:"bundle_id"`
+	AppAppleID int64  `yaml:"app_apple_id"`
+}
+
+// AppleAPI holds App Store Server API credentials (backfill and history).
+type AppleAPI struct {
+	IssuerID   string `yaml:"issuer_id"`
+	KeyID      string `yaml:"key_id"`
+	PrivateKey string `yaml:"private_key"` // path to the .p8 file, or the PEM itself
+	Endpoint   string `yaml:"endpoint"`    // override for tests
+}
+
+// Apple is the App Store Server Notifications V2 source.
+type Apple struct {
+	Enabled          bool       `yaml:"enabled"`
+	Apps             []AppleApp `yaml:"apps"`
+	Environments     []string   `yaml:"environments"`
+	RootCertificates []string   `yaml:"root_certificates"`
+	OnlineChecks     bool       `yaml:"online_checks"`
+	API              AppleAPI   `yaml:"api"`
+}
+
+// PlayAPI holds the Android Publisher API client settings.
+type PlayAPI struct {
+	CredentialsFile string `yaml:"credentials_file"`
+	Endpoint        string `yaml:"endpoint"`
+}
+
+// Google is the Google Play RTDN (Pub/Sub push) source.
+type Google struct {
+	Enabled            bool     `yaml:"enabled"`
+	Packages           []string `yaml:"packages"`
+	PushAudience       string   `yaml:"push_audience"`
+	PushServiceAccount string   `yaml:"push_service_account"`
+	OIDCCertsURL       string   `yaml:"oidc_certs_url"`
+	PlayAPI            PlayAPI  `yaml:"play_api"`
+}
+
+// Stripe is the Stripe webhook source.
+type Stripe struct {
+	Enabled   bool     `yaml:"enabled"`
+	Secrets   []string `yaml:"secrets"`
+	Tolerance Duration `yaml:"tolerance"`
+	AppID     string   `yaml:"app_id"` // app_id of Stripe events unless metadata says otherwise
+}
+
+// Shopify is the Shopify webhook source.
+type Shopify struct {
+	Enabled  bool     `yaml:"enabled"`
+	Secret   string   `yaml:"secret"`
+	Secrets  []string `yaml:"secrets"`  // extra secrets during rotation
+	Shops    []string `yaml:"shops"`    // accepted X-Shopify-Shop-Domain values; empty accepts any
+	Currency string   `yaml:"currency"` // presentment|shop
+	AppID    string   `yaml:"app_id"`
+}
+
+// Match selects which events a destination receives.
+type Match struct {
+	Apps         []string `yaml:"apps"`
+	Environments []string `yaml:"environments"`
+	Events       []string `yaml:"events"`
+	Sources      []string `yaml:"sources"`
+}
+
+// RateLimit caps requests (not events) per second to a destination.
+type RateLimit struct {
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
+}
+
+// Retry bounds retries of one delivery.
+type Retry struct {
+	MaxAttempts int      `yaml:"max_attempts"`
+	MaxAge      Duration `yaml:"max_age"`
+}
+
+// Destination is one forwarding target. Keys other than the shared ones are
+// type-specific and decoded by the forwarder from Node.
+type Destination struct {
+	Name        string            `yaml:"name"`
+	Type        string            `yaml:"type"`
+	Endpoint    string            `yaml:"endpoint"`
+	Match       Match             `yaml:"match"`
+	EventNames  map[string]string `yaml:"event_names"`
+	RateLimit   RateLimit         `yaml:"rate_limit"`
+	Retry       Retry             `yaml:"retry"`
+	Concurrency int               `yaml:"concurrency"`
+	BatchSize   int               `yaml:"batch_size"`
+	Linger      *Duration         `yaml:"linger"`
+	Timeout     Duration          `yaml:"timeout"`
+	// Node is the destination's whole YAML block, expanded.
+	Node yaml.Node `yaml:"-"`
+	// Disabled says why the destination is off ("" when enabled).
+	Disabled string `yaml:"-"`
+}
+
+// HasSandbox reports whether the destination declares sandbox credentials.
+func (d *Destination) HasSandbox() bool {
+	for i := 0; i+1 < len(d.Node.Content); i += 2 {
+		if d.Node.Content[i].Value == "sandbox" {
+			return true
+		}
+	}
+	return false
+}
+
+// Decode decodes the destination's block into a type-specific struct.
+func (d *Destination) Decode(v any) error { return d.Node.Decode(v) }
+
+// Load reads path (or the embedded default when path does not exist and
+// allowDefault is set), expands ${VAR} with getenv, applies defaults and
+// validates. Every error names the key.
+func Load(path string, getenv func(string) (string, bool), allowDefault bool) (*Config, error) {
+	data, err := os.ReadFile(path)
+	src := path
+	if err != nil {
+		if !allowDefault || !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		data, src = Default, "(embedded)"
+	}
+	c, err := Parse(data, getenv)
+	if err != nil {
+		return nil, err
+	}
+	c.Path = src
+	return c, nil
+}
+
+// Parse is Load on bytes.
+func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if len(root.Content) == 0 {
+		root = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode, Tag: "!!map"}}}
+	}
+	if root.Content[0].Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%w: the top level must be a mapping of keys", ErrInvalid)
+	}
+	unset := map[string]string{} // key path -> variable
+	if err := expand(root.Content[0], "", getenv, unset); err != nil {
+		return nil, err
+	}
+	c := &Config{}
+	if err := root.Content[0].Decode(c); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := rejectUnknown(root.Content[0]); err != nil {
+		return nil, err
+	}
+	c.node = root
+	// Destination blocks are kept whole for their forwarder.
+	if dn := child(root.Content[0], "destinations"); dn != nil {
+		for i, n := range dn.Content {
+			if i < len(c.Destinations) {
+				c.Destinations[i].Node = *n
+			}
+		}
+	}
+	c.applyDefaults()
+	if err := c.resolveUnset(unset); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+var varRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+// expand replaces ${VAR} in every scalar, recording unset variables by path.
+// A list item that expands to nothing is dropped (api_keys, secrets).
+func expand(n *yaml.Node, path string, getenv func(string) (string, bool), unset map[string]string) error {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := n.Content[i].Value
+			if path != "" {
+				p = path + "." + p
+			}
+			if err := expand(n.Content[i+1], p, getenv, unset); err != nil {
+				return err
+			}
+		}
+	case yaml.SequenceNode:
+		kept := n.Content[:0]
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			if err := expand(c, p, getenv, unset); err != nil {
+				return err
+			}
+			if c.Kind == yaml.ScalarNode && c.Value == "" && unset[p] != "" {
+				continue
+			}
+			kept = append(kept, c)
+		}
+		n.Content = kept
+	case yaml.ScalarNode:
+		if !strings.Contains(n.Value, "${") {
+			return nil
+		}
+		n.Value = varRE.ReplaceAllStringFunc(n.Value, func(m string) string {
+			sm := varRE.FindStringSubmatch(m)
+			if v, ok := getenv(sm[1]); ok && v != "" {
+				return v
+			}
+			if sm[2] != "" {
+				return sm[3]
+			}
+			unset[path] = sm[1]
+			return ""
+		})
+		n.Tag = "!!str"
+		n.Style = 0
+	}
+	return nil
+}
+
+func child(n *yaml.Node, key string) *yaml.Node {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// rejectUnknown reports top-level and source keys that do not exist, so a
+// typo is an error instead of a silently ignored setting.
+func rejectUnknown(root *yaml.Node) error {
+	known := map[string][]string{
+		"":                {"server", "storage", "admin", "log", "api_keys", "identity_wait", "dispatch", "sources", "destinations"},
+		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout"},
+		"storage":         {"path", "retention"},
+		"admin":           {"token", "listen"},
+		"log":             {"level", "format"},
+		"dispatch":        {"poll_interval", "linger", "lease"},
+		"sources":         {"apple", "google", "stripe", "shopify"},
+		"sources.apple":   {"enabled", "apps", "environments", "root_certificates", "online_checks", "api"},
+		"sources.google":  {"enabled", "packages", "push_audience", "push_service_account", "oidc_certs_url", "play_api"},
+		"sources.stripe":  {"enabled", "secrets", "tolerance", "app_id"},
+		"sources.shopify": {"enabled", "secret", "secrets", "shops", "currency", "app_id"},
+	}
+	var walk func(n *yaml.Node, path string) error
+	walk = func(n *yaml.Node, path string) error {
+		keys, ok := known[path]
+		if !ok || n.Kind != yaml.MappingNode {
+			return nil
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i].Value
+			found := false
+			for _, kk := range keys {
+				found = found || kk == k
+			}
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			if !found {
+				return fmt.Errorf("%w: %s: unknown key (line %d); known keys here: %s", ErrInvalid, p, n.Content[i].Line, strings.Join(keys, ", "))
+			}
+			if err := walk(n.Content[i+1], p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(root, "")
+}
+
+func (c *Config) applyDefaults() {
+	if c.Server.Listen == "" {
+		c.Server.Listen = ":8080"
+	}
+	if c.Server.MaxBodyBytes == 0 {
+		c.Server.MaxBodyBytes = 1 << 20
+	}
+	if c.Server.ReadTimeout == 0 {
+		c.Server.ReadTimeout = Duration(10 * time.Second)
+	}
+	if c.Server.ShutdownTimeout == 0 {
+		c.Server.ShutdownTimeout = Duration(20 * time.Second)
+	}
+	if c.Storage.Path == "" {
+		c.Storage.Path = "./data/postback.db"
+	}
+	if c.Storage.Retention == 0 {
+		c.Storage.Retention = Duration(720 * time.Hour)
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.IdentityWait == 0 {
+		c.IdentityWait = Duration(10 * time.Minute)
+	}
+	if c.Dispatch.PollInterval == 0 {
+		c.Dispatch.PollInterval = Duration(250 * time.Millisecond)
+	}
+	if c.Dispatch.Linger == 0 {
+		c.Dispatch.Linger = Duration(time.Second)
+	}
+	if c.Dispatch.Lease == 0 {
+		c.Dispatch.Lease = Duration(2 * time.Minute)
+	}
+	if len(c.Sources.Apple.Environments) == 0 {
+		c.Sources.Apple.Environments = []string{"production", "sandbox"}
+	}
+	if c.Sources.Stripe.Tolerance == 0 {
+		c.Sources.Stripe.Tolerance = Duration(5 * time.Minute)
+	}
+	if c.Sources.Stripe.AppID == "" {
+		c.Sources.Stripe.AppID = "stripe"
+	}
+	if c.Sources.Shopify.Currency == "" {
+		c.Sources.Shopify.Currency = "shop"
+	}
+	if c.Sources.Shopify.AppID == "" {
+		c.Sources.Shopify.AppID = "shopify"
+	}
+	for i := range c.Destinations {
+		d := &c.Destinations[i]
+		if len(d.Match.Environments) == 0 {
+			d.Match.Environments = []string{"production"}
+			if d.HasSandbox() {
+				d.Match.Environments = append(d.Match.Environments, "sandbox")
+			}
+		}
+		if d.RateLimit.PerSecond == 0 {
+			d.RateLimit.PerSecond = 50
+		}
+		if d.RateLimit.Burst == 0 {
+			d.RateLimit.Burst = int(d.RateLimit.PerSecond * 2)
+			if d.RateLimit.Burst < 1 {
+				d.RateLimit.Burst = 1
+			}
+		}
+		if d.Retry.MaxAttempts == 0 {
+			d.Retry.MaxAttempts = 12
+		}
+		if d.Retry.MaxAge == 0 {
+			d.Retry.MaxAge = Duration(72 * time.Hour)
+		}
+		if d.Concurrency == 0 {
+			d.Concurrency = 4
+		}
+		if d.Timeout == 0 {
+			d.Timeout = Duration(15 * time.Second)
+		}
+		if d.Linger == nil {
+			l := c.Dispatch.Linger
+			d.Linger = &l
+		}
+	}
+}
+
+// resolveUnset turns unset variables into disabled features or errors.
+func (c *Config) resolveUnset(unset map[string]string) error {
+	var errs []string
+	for path, v := range unset {
+		switch {
+		case path == "admin.token":
+			c.Disabled = append(c.Disabled, fmt.Sprintf("admin API and console: ${%s} is not set", v))
+		case strings.HasPrefix(path, "api_keys"):
+			c.Disabled = append(c.Disabled, fmt.Sprintf("API key %s: ${%s} is not set", path, v))
+		case strings.HasPrefix(path, "sources."):
+			name := strings.SplitN(strings.TrimPrefix(path, "sources."), ".", 2)[0]
+			if name == "apple" && strings.HasPrefix(path, "sources.apple.api.") {
+				c.Disabled = append(c.Disabled, fmt.Sprintf("App Store Server API (backfill, history look-ups): ${%s} is not set", v))
+				c.Sources.Apple.API = AppleAPI{Endpoint: c.Sources.Apple.API.Endpoint}
+				continue
+			}
+			if c.disableSource(name) {
+				c.Disabled = append(c.Disabled, fmt.Sprintf("source %s: ${%s} is not set (%s)", name, v, path))
+			}
+		case strings.HasPrefix(path, "destinations["):
+			i, _ := strconv.Atoi(strings.TrimPrefix(strings.SplitN(path, "]", 2)[0], "destinations["))
+			if i < len(c.Destinations) {
+				d := &c.Destinations[i]
+				if d.Disabled == "" {
+					d.Disabled = fmt.Sprintf("${%s} is not set (%s)", v, path)
+					c.Disabled = append(c.Disabled, fmt.Sprintf("destination %s: %s", d.Name, d.Disabled))
+				}
+			}
+		default:
+			errs = append(errs, fmt.Sprintf("%s: environment variable %s is not set; export it or write the value in the file", path, v))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w:\n  %s", ErrInvalid, strings.Join(errs, "\n  "))
+	}
+	return nil
+}
+
+func (c *Config) disableSource(name string) bool {
+	switch name {
+	case "apple":
+		was := c.Sources.Apple.Enabled
+		c.Sources.Apple.Enabled = false
+		return was
+	case "google":
+		was := c.Sources.Google.Enabled
+		c.Sources.Google.Enabled = false
+		return was
+	case "stripe":
+		// Stripe stays on while at least one secret is set (rotation).
+		if len(c.Sources.Stripe.Secrets) > 0 {
+			return false
+		}
+		was := c.Sources.Stripe.Enabled
+		c.Sources.Stripe.Enabled = false
+		return was
+	case "shopify":
+		if c.Sources.Shopify.Secret != "" || len(c.Sources.Shopify.Secrets) > 0 {
+			return false
+		}
+		was := c.Sources.Shopify.Enabled
+		c.Sources.Shopify.Enabled = false
+		return was
+	}
+	return false
+}
+
+// Validate checks the resolved configuration; each problem names its key and
+// says how to fix it.
+func (c *Config) Validate() error {
+	var errs []string
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, key+": "+fmt.Sprintf(format, args...))
+	}
+	if c.Server.MaxBodyBytes < 1024 {
+		bad("server.max_body_bytes", "must be at least 1024 (default 1048576)")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	if c.Storage.Retention.D() < time.Hour {
+		bad("storage.retention", "must be at least 1h (default 720h)")
+	}
+	for i, e := range c.Sources.Apple.Environments {
+		switch strings.ToLower(e) {
+		case "production", "sandbox", "xcode", "localtesting":
+		default:
+			bad(fmt.Sprintf("sources.apple.environments[%d]", i), "%q is not one of production, sandbox, xcode, localtesting", e)
+		}
+	}
+	if a := c.Sources.Apple; a.Enabled {
+		for i, app := range a.Apps {
+			if app.BundleID == "" {
+				bad(fmt.Sprintf("sources.apple.apps[%d].bundle_id", i), "is required")
+			}
+		}
+		if len(a.Apps) == 0 {
+			bad("sources.apple.apps", "list at least one app (bundle_id, app_apple_id) or set enabled: false")
+		}
+	}
+	if g := c.Sources.Google; g.Enabled {
+		if len(g.Packages) == 0 {
+			bad("sources.google.packages", "list at least one package name or set enabled: false")
+		}
+		if g.PushAudience == "" {
+			bad("sources.google.push_audience", "set it to the audience configured on the Pub/Sub push subscription")
+		}
+		if g.PushServiceAccount == "" {
+			bad("sources.google.push_service_account", "set it to the service account email of the push subscription")
+		}
+	}
+	if s := c.Sources.Stripe; s.Enabled {
+		if len(s.Secrets) == 0 {
+			bad("sources.stripe.secrets", "list the endpoint's signing secret (whsec_...) or set enabled: false")
+		}
+		for i, sec := range s.Secrets {
+			if !strings.HasPrefix(sec, "whsec_") {
+				bad(fmt.Sprintf("sources.stripe.secrets[%d]", i), "a Stripe signing secret starts with whsec_ (Dashboard > Developers > Webhooks > endpoint > Signing secret)")
+			}
+		}
+	}
+	if s := c.Sources.Shopify; s.Enabled && s.Secret == "" && len(s.Secrets) == 0 {
+		bad("sources.shopify.secret", "set the app's client secret or set enabled: false")
+	}
+	if s := c.Sources.Shopify.Currency; s != "shop" && s != "presentment" {
+		bad("sources.shopify.currency", "%q is not one of shop, presentment", s)
+	}
+	names := map[string]bool{}
+	for i, d := range c.Destinations {
+		key := fmt.Sprintf("destinations[%d]", i)
+		if d.Name == "" {
+			bad(key+".name", "is required (unique; used in metrics, admin and replay)")
+		} else if names[d.Name] {
+			bad(key+".name", "%q is used twice; names must be unique", d.Name)
+		} else if strings.ContainsAny(d.Name, "|/ \t") {
+			bad(key+".name", "%q may not contain spaces, '/' or '|'", d.Name)
+		}
+		names[d.Name] = true
+		if d.Type == "" {
+			bad(key+".type", "is required (appsflyer, adjust, singular, branch, kochava, meta, tiktok, ga4 or webhook)")
+		}
+		if d.Endpoint != "" {
+			if u, err := url.Parse(d.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad(key+".endpoint", "%q is not an http(s) URL", d.Endpoint)
+			}
+		}
+		for j, e := range d.Match.Environments {
+			if e != "production" && e != "sandbox" {
+				bad(fmt.Sprintf("%s.match.environments[%d]", key, j), "%q is not one of production, sandbox", e)
+			}
+		}
+		if d.RateLimit.PerSecond < 0 {
+			bad(key+".rate_limit.per_second", "must be positive")
+		}
+		if d.Retry.MaxAttempts < 1 {
+			bad(key+".retry.max_attempts", "must be at least 1")
+		}
+		if d.Concurrency < 1 || d.Concurrency > 256 {
+			bad(key+".concurrency", "must be between 1 and 256")
+		}
+		if d.BatchSize < 0 {
+			bad(key+".batch_size", "must be positive")
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w:\n  %s", ErrInvalid, strings.Join(errs, "\n  "))
+	}
+	return nil
+}
+
+// secretKey matches key names whose values are redacted.
+var secretKey = regexp.MustCompile(`(?i)(secret|token|password|api_key|dev_key|private_key|access_key|^key$|^sdk_key$|^branch_key$|credentials)`)
+
+// Redacted renders the resolved configuration as YAML with every secret
+// replaced by "[redacted]" (or "" when it is empty).
+func (c *Config) Redacted() ([]byte, error) {
+	var doc yaml.Node
+	if err := doc.Encode(c); err != nil {
+		return nil, err
+	}
+	// Re-attach the full destination blocks (type-specific keys included).
+	if dn := child(&doc, "destinations"); dn != nil {
+		for i := range dn.Content {
+			if i < len(c.Destinations) && c.Destinations[i].Node.Kind == yaml.MappingNode {
+				n := c.Destinations[i].Node
+				cp := deepCopy(&n)
+				setDefaults(cp, dn.Content[i])
+				dn.Content[i] = cp
+			}
+		}
+	}
+	redact(&doc, "")
+	return yaml.Marshal(&doc)
+}
+
+func deepCopy(n *yaml.Node) *yaml.Node {
+	cp := *n
+	cp.Content = nil
+	for _, ch := range n.Content {
+		cp.Content = append(cp.Content, deepCopy(ch))
+	}
+	return &cp
+}
+
+// setDefaults adds keys present in resolved (the struct with defaults) but
+// missing from the user's block.
+func setDefaults(user, resolved *yaml.Node) {
+	for i := 0; i+1 < len(resolved.Content); i += 2 {
+		if child(user, resolved.Content[i].Value) == nil {
+			user.Content = append(user.Content, resolved.Content[i], resolved.Content[i+1])
+		}
+	}
+}
+
+func redact(n *yaml.Node, key string) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			redact(n.Content[i+1], n.Content[i].Value)
+		}
+	case yaml.SequenceNode:
+		for _, ch := range n.Content {
+			redact(ch, key)
+		}
+	case yaml.ScalarNode:
+		if secretKey.MatchString(key) && n.Value != "" && key != "key_id" && key != "token_url" {
+			n.Value, n.Tag, n.Style = "[redacted]", "!!str", 0
+		}
+	}
+}
+
+// Secrets returns every secret value in the configuration (non-empty), so
+// tests and the log handler can assert that none of them is ever printed.
+func (c *Config) Secrets() []string {
+	var out []string
+	var walk func(n *yaml.Node, key string)
+	walk = func(n *yaml.Node, key string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, ch := range n.Content {
+				walk(ch, key)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				walk(n.Content[i+1], n.Content[i].Value)
+			}
+		case yaml.SequenceNode:
+			for _, ch := range n.Content {
+				walk(ch, key)
+			}
+		case yaml.ScalarNode:
+			if secretKey.MatchString(key) && key != "key_id" && len(n.Value) >= 6 {
+				out = append(out, n.Value)
+			}
+		}
+	}
+	walk(&c.node, "")
+	return out
+}

@@ -1,0 +1,109 @@
+// Package metrics holds Postback's Prometheus collectors. One Metrics value
+// is created per gateway with its own registry (no package-level state), so
+// tests can run several gateways in one process.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/postback/postback/mapping"
+)
+
+// Metrics is the set of gateway collectors.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Received   *prometheus.CounterVec // source
+	Verified   *prometheus.CounterVec // source
+	Rejected   *prometheus.CounterVec // source, reason
+	Duplicates *prometheus.CounterVec // source
+	Ignored    *prometheus.CounterVec // source
+	Events     *prometheus.CounterVec // source, type
+	Ingest     *prometheus.HistogramVec
+
+	Deliveries      *prometheus.CounterVec   // destination, outcome
+	DeliveryLatency *prometheus.HistogramVec // destination
+	QueueDepth      *prometheus.GaugeVec     // destination
+	OldestPending   *prometheus.GaugeVec     // destination, seconds
+	Paused          *prometheus.GaugeVec     // destination: 1 while paused for auth/config
+	Circuit         *prometheus.GaugeVec     // destination: 0 closed, 1 open, 2 half-open
+	NotSent         *prometheus.CounterVec   // destination, reason (no event name, sandbox, too old)
+}
+
+// New creates and registers the collectors.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &Metrics{
+		Registry: r,
+		Received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_notifications_received_total", Help: "Notifications received per source, before verification.",
+		}, []string{"source"}),
+		Verified: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_notifications_verified_total", Help: "Notifications that passed verification.",
+		}, []string{"source"}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_notifications_rejected_total", Help: "Notifications rejected, by reason code.",
+		}, []string{"source", "reason"}),
+		Duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_notifications_duplicate_total", Help: "Notifications already in the inbox (source retries).",
+		}, []string{"source"}),
+		Ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_notifications_ignored_total", Help: "Authentic notifications that produce no event (unhandled types, other apps).",
+		}, []string{"source"}),
+		Events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_events_total", Help: "Canonical events created, by type.",
+		}, []string{"source", "type"}),
+		Ingest: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "postback_ingest_seconds", Help: "Time from request to durable commit.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"source"}),
+		Deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_deliveries_total", Help: "Delivery attempts by destination and outcome.",
+		}, []string{"destination", "outcome"}),
+		DeliveryLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "postback_delivery_seconds", Help: "Latency of delivery requests.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}, []string{"destination"}),
+		QueueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "postback_queue_depth", Help: "Deliveries queued (pending, retrying, waiting) per destination.",
+		}, []string{"destination"}),
+		OldestPending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "postback_oldest_pending_seconds", Help: "Age of the oldest queued delivery per destination.",
+		}, []string{"destination"}),
+		Paused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "postback_destination_paused", Help: "1 while a destination is paused for an authentication or configuration failure.",
+		}, []string{"destination"}),
+		Circuit: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "postback_circuit_state", Help: "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+		}, []string{"destination"}),
+		NotSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_deliveries_not_sent_total", Help: "Deliveries deliberately not sent, by reason.",
+		}, []string{"destination", "reason"}),
+	}
+	r.MustRegister(m.Received, m.Verified, m.Rejected, m.Duplicates, m.Ignored, m.Events, m.Ingest,
+		m.Deliveries, m.DeliveryLatency, m.QueueDepth, m.OldestPending, m.Paused, m.Circuit, m.NotSent)
+	return m
+}
+
+// Handler serves the registry in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+// CountEvents counts newly created canonical events.
+func (m *Metrics) CountEvents(events []mapping.Event) {
+	for i := range events {
+		m.Events.WithLabelValues(events[i].Source, string(events[i].Type)).Inc()
+	}
+}
+
+// ObserveIngest records the ingest latency of one notification.
+func (m *Metrics) ObserveIngest(source string, d time.Duration) {
+	m.Ingest.WithLabelValues(source).Observe(d.Seconds())
+}

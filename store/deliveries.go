@@ -1,0 +1,368 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postback/postback/mapping"
+)
+
+// Delivery states.
+const (
+	StatePending   = "pending"   // queued, never attempted (or replayed)
+	StateRetrying  = "retrying"  // attempted, will be retried at NextAt
+	StateWaiting   = "waiting"   // waiting for an identifier (identity_wait)
+	StateDelivered = "delivered" // accepted by the destination
+	StateDead      = "dead"      // failed permanently; can be replayed
+	StateSkipped   = "skipped"   // deliberately not sent; Reason says why
+)
+
+// Final reports whether a delivery state needs no more work.
+func Final(state string) bool {
+	return state == StateDelivered || state == StateDead || state == StateSkipped
+}
+
+// Delivery is one (event, destination) pair and its progress.
+type Delivery struct {
+	Key         string    `json:"key"`
+	EventID     string    `json:"event_id"`
+	Destination string    `json:"destination"`
+	State       string    `json:"state"`
+	Attempts    int       `json:"attempts"`
+	RetryBase   int       `json:"retry_base,omitempty"` // Attempts at the last replay
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+	NextAtMs    int64     `json:"next_at_ms,omitempty"` // due time while not final
+	LastStatus  int       `json:"last_status,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
+	WaitUntil   time.Time `json:"wait_until,omitzero"`
+	AppUserID   string    `json:"app_user_id,omitempty"`
+	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+}
+
+// NextAt returns the due time.
+func (d *Delivery) NextAt() time.Time { return time.UnixMilli(d.NextAtMs) }
+
+// AttemptsSinceReplay is the attempt count that retry limits apply to.
+func (d *Delivery) AttemptsSinceReplay() int { return d.Attempts - d.RetryBase }
+
+// Attempt is one logged delivery attempt.
+type Attempt struct {
+	N        int           `json:"n"`
+	At       time.Time     `json:"at"`
+	Outcome  string        `json:"outcome"`
+	Status   int           `json:"status,omitempty"`
+	Latency  time.Duration `json:"latency_ns"`
+	Request  string        `json:"request,omitempty"`
+	Response string        `json:"response,omitempty"` // first KiB
+	Error    string        `json:"error,omitempty"`
+}
+
+func deliveryKey(eventID, dest string) string { return eventID + "|" + dest }
+
+// SplitDeliveryKey returns the event id and destination of a delivery key.
+func SplitDeliveryKey(k string) (eventID, dest string) {
+	eventID, dest, _ = strings.Cut(k, "|")
+	return eventID, dest
+}
+
+func dueKey(ms int64, key string) []byte {
+	k := make([]byte, 8, 8+len(key))
+	binary.BigEndian.PutUint64(k, uint64(ms))
+	return append(k, key...)
+}
+
+func putDue(tx *bolt.Tx, d *Delivery) error {
+	b, err := tx.Bucket(bDue).CreateBucketIfNotExists([]byte(d.Destination))
+	if err != nil {
+		return err
+	}
+	return b.Put(dueKey(d.NextAtMs, d.Key), nil)
+}
+
+func delDue(tx *bolt.Tx, d *Delivery) error {
+	b := tx.Bucket(bDue).Bucket([]byte(d.Destination))
+	if b == nil {
+		return nil
+	}
+	return b.Delete(dueKey(d.NextAtMs, d.Key))
+}
+
+// Due is a delivery ready to be attempted, with its event. The event's user
+// identifiers are refreshed from the identity store at read time, so a PUT
+// after ingest is reflected in the next attempt.
+type Due struct {
+	Delivery Delivery
+	Event    mapping.Event
+}
+
+// DueFor returns up to limit deliveries of dest due at or before now, oldest
+// first, skipping keys for which skip returns true (in-flight leases).
+func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string) bool) ([]Due, error) {
+	var out []Due
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bDue).Bucket([]byte(dest))
+		if b == nil {
+			return nil
+		}
+		deliveries, events, users := tx.Bucket(bDeliveries), tx.Bucket(bEvents), tx.Bucket(bUsers)
+		end := uint64(now.UnixMilli())
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+			if binary.BigEndian.Uint64(k[:8]) > end {
+				break
+			}
+			key := string(k[8:])
+			if skip != nil && skip(key) {
+				continue
+			}
+			var d Due
+			if ok, err := getJSON(deliveries, []byte(key), &d.Delivery); err != nil || !ok {
+				continue
+			}
+			if ok, err := getJSON(events, []byte(d.Delivery.EventID), &d.Event); err != nil || !ok {
+				continue
+			}
+			mergeUser(users, &d.Event)
+			out = append(out, d)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// NextDue returns the earliest due time of dest, or zero when nothing is queued.
+func (db *DB) NextDue(dest string) time.Time {
+	var t time.Time
+	_ = db.bolt.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bDue).Bucket([]byte(dest))
+		if b == nil {
+			return nil
+		}
+		if k, _ := b.Cursor().First(); k != nil {
+			t = time.UnixMilli(int64(binary.BigEndian.Uint64(k[:8])))
+		}
+		return nil
+	})
+	return t
+}
+
+// Completion records the outcome of one attempt (or of a decision not to
+// attempt: waiting or skipped).
+type Completion struct {
+	Key     string
+	State   string    // new state
+	NextAt  time.Time // for retrying / waiting
+	Reason  string
+	Attempt *Attempt // nil when nothing was sent
+	// WaitUntil is set when the delivery starts waiting for an identifier.
+	WaitUntil time.Time
+}
+
+// Complete applies attempt outcomes in one group-committed transaction: the
+// attempt is logged, the delivery updated and its due key moved or removed.
+func (db *DB) Complete(ctx context.Context, cs []Completion) error {
+	var wake []string
+	return db.submit(ctx, func(tx *bolt.Tx) error {
+		wake = wake[:0]
+		now := db.opts.Now()
+		deliveries := tx.Bucket(bDeliveries)
+		for _, c := range cs {
+			var d Delivery
+			ok, err := getJSON(deliveries, []byte(c.Key), &d)
+			if err != nil {
+				return err
+			}
+			if !ok || Final(d.State) && c.Attempt == nil {
+				continue
+			}
+			if err := delDue(tx, &d); err != nil {
+				return err
+			}
+			if d.State == StateWaiting && d.AppUserID != "" {
+				if err := tx.Bucket(bWaiting).Delete(waitKey(d.AppUserID, d.Key)); err != nil {
+					return err
+				}
+			}
+			if c.Attempt != nil {
+				d.Attempts++
+				c.Attempt.N = d.Attempts
+				if err := putJSON(tx.Bucket(bAttempts), attemptKey(d.Key, d.Attempts), c.Attempt); err != nil {
+					return err
+				}
+				d.LastStatus = c.Attempt.Status
+				d.LastError = c.Attempt.Error
+			}
+			d.State, d.Reason, d.UpdatedAt = c.State, c.Reason, now
+			if c.State == StateDelivered {
+				d.DeliveredAt = now
+			}
+			if !c.WaitUntil.IsZero() {
+				d.WaitUntil = c.WaitUntil
+			}
+			if Final(d.State) {
+				d.NextAtMs = 0
+			} else {
+				d.NextAtMs = c.NextAt.UnixMilli()
+				if err := putDue(tx, &d); err != nil {
+					return err
+				}
+				if d.State == StateWaiting && d.AppUserID != "" {
+					if err := tx.Bucket(bWaiting).Put(waitKey(d.AppUserID, d.Key), nil); err != nil {
+						return err
+					}
+				}
+			}
+			if err := putJSON(deliveries, []byte(d.Key), &d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, &wake)
+}
+
+func attemptKey(key string, n int) []byte {
+	k := []byte(key + "\x00")
+	return binary.BigEndian.AppendUint32(k, uint32(n))
+}
+
+func waitKey(user, key string) []byte { return []byte(user + "\x00" + key) }
+
+// Replay queues a delivery again now, whatever its state; its retry budget
+// starts afresh. Replaying a delivery that is already queued is a no-op.
+func (db *DB) Replay(ctx context.Context, key string) (Delivery, error) {
+	var d Delivery
+	var wake []string
+	err := db.submit(ctx, func(tx *bolt.Tx) error {
+		wake = wake[:0]
+		deliveries := tx.Bucket(bDeliveries)
+		ok, err := getJSON(deliveries, []byte(key), &d)
+		if err != nil {
+			return softError{err}
+		}
+		if !ok {
+			return softError{fmt.Errorf("%w: delivery %s", ErrNotFound, key)}
+		}
+		if !Final(d.State) {
+			return nil
+		}
+		now := db.opts.Now()
+		d.State, d.Reason, d.UpdatedAt, d.NextAtMs = StatePending, "replayed", now, now.UnixMilli()
+		d.RetryBase = d.Attempts
+		d.WaitUntil = time.Time{}
+		if err := putDue(tx, &d); err != nil {
+			return err
+		}
+		wake = append(wake, d.Destination)
+		return putJSON(deliveries, []byte(key), &d)
+	}, &wake)
+	return d, err
+}
+
+// QueueStats summarises a destination's backlog.
+type QueueStats struct {
+	Depth        int       `json:"depth"`
+	Oldest       time.Time `json:"oldest_due,omitzero"`
+	Waiting      int       `json:"waiting"`
+	OldestCreate time.Time `json:"oldest_created,omitzero"`
+}
+
+// Queue returns the number of queued deliveries of dest and the oldest due.
+func (db *DB) Queue(dest string) (QueueStats, error) {
+	var q QueueStats
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bDue).Bucket([]byte(dest))
+		if b == nil {
+			return nil
+		}
+		deliveries := tx.Bucket(bDeliveries)
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if q.Depth == 0 {
+				q.Oldest = time.UnixMilli(int64(binary.BigEndian.Uint64(k[:8])))
+			}
+			q.Depth++
+			if q.Depth <= 1000 {
+				var d Delivery
+				if ok, _ := getJSON(deliveries, k[8:], &d); ok {
+					if q.OldestCreate.IsZero() || d.CreatedAt.Before(q.OldestCreate) {
+						q.OldestCreate = d.CreatedAt
+					}
+					if d.State == StateWaiting {
+						q.Waiting++
+					}
+				}
+			}
+		}
+		return nil
+	})
+	return q, err
+}
+
+// Destinations returns the destination names that have a due queue.
+func (db *DB) Destinations() []string {
+	var out []string
+	_ = db.bolt.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bDue).ForEachBucket(func(k []byte) error {
+			out = append(out, string(k))
+			return nil
+		})
+	})
+	return out
+}
+
+// Delivery returns one delivery.
+func (db *DB) Delivery(key string) (Delivery, error) {
+	var d Delivery
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		ok, err := getJSON(tx.Bucket(bDeliveries), []byte(key), &d)
+		if err == nil && !ok {
+			err = fmt.Errorf("%w: delivery %s", ErrNotFound, key)
+		}
+		return err
+	})
+	return d, err
+}
+
+// Attempts returns the attempt log of a delivery, oldest first.
+func (db *DB) Attempts(key string) ([]Attempt, error) {
+	var out []Attempt
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bAttempts).Cursor()
+		prefix := []byte(key + "\x00")
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var a Attempt
+			if err := jsonUnmarshal(v, &a); err != nil {
+				return err
+			}
+			out = append(out, a)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// EventDeliveries returns the deliveries of one event.
+func (db *DB) EventDeliveries(eventID string) ([]Delivery, error) {
+	var out []Delivery
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bDeliveries).Cursor()
+		prefix := []byte(eventID + "|")
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			var d Delivery
+			if err := jsonUnmarshal(v, &d); err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	return out, err
+}

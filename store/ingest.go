@@ -1,0 +1,359 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postback/postback/mapping"
+)
+
+// IngestResult reports what one notification did.
+type IngestResult struct {
+	// Duplicate is set when the notification (or one of its alt keys) was
+	// already in the inbox; nothing was written. Existing is that item.
+	Duplicate bool
+	Existing  *mapping.Notification
+	// Status is the inbox status (mapped, ignored, enriching, failed).
+	Status string
+	Reason string
+	// Events are the canonical events created by this notification. Events
+	// it produced that already existed (a fact reported twice) are counted
+	// in Repeats and not delivered again.
+	Events  []mapping.Event
+	Repeats int
+	dests   []string
+}
+
+// Ingest stores a verified notification durably, maps it, stores the new
+// canonical events and queues their deliveries, all in one transaction. It
+// returns only after the commit is on disk, so a caller may acknowledge the
+// source. A mapping failure is not an ingest failure: the notification is
+// kept with status failed for `postback reprocess`.
+func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (IngestResult, error) {
+	if n.Source == "" || n.Key == "" {
+		return IngestResult{}, errors.New("store: notification without source or key")
+	}
+	if n.ReceivedAt.IsZero() {
+		n.ReceivedAt = db.opts.Now()
+	}
+	var res IngestResult
+	err := db.submit(ctx, func(tx *bolt.Tx) error {
+		res = IngestResult{}
+		return db.ingest(tx, n, &res)
+	}, &res.dests)
+	return res, err
+}
+
+func inboxKey(source, key string) []byte { return []byte(source + "\x00" + key) }
+
+func (db *DB) ingest(tx *bolt.Tx, n *mapping.Notification, res *IngestResult) error {
+	ik := inboxKey(n.Source, n.Key)
+	if dup, err := db.duplicate(tx, ik, n, res); dup || err != nil {
+		return err
+	}
+	item := *n
+	if item.Deferred && item.Enriched == nil {
+		item.Status = mapping.StatusEnriching
+		res.Status = item.Status
+		return db.putInbox(tx, ik, &item)
+	}
+	if err := db.mapAndStore(tx, &item, res, true); err != nil {
+		return err
+	}
+	return db.putInbox(tx, ik, &item)
+}
+
+// duplicate reports whether the notification is already known by its key or
+// one of its alt keys.
+func (db *DB) duplicate(tx *bolt.Tx, ik []byte, n *mapping.Notification, res *IngestResult) (bool, error) {
+	inbox := tx.Bucket(bInbox)
+	key := ik
+	if inbox.Get(ik) == nil {
+		key = nil
+		alt := tx.Bucket(bAltKeys)
+		for _, a := range n.AltKeys {
+			if v := alt.Get(inboxKey(n.Source, a)); v != nil {
+				key = append([]byte(nil), v...)
+				break
+			}
+		}
+	}
+	if key == nil {
+		return false, nil
+	}
+	var existing mapping.Notification
+	if _, err := getJSON(inbox, key, &existing); err != nil {
+		return true, err
+	}
+	res.Duplicate, res.Existing, res.Status = true, &existing, existing.Status
+	return true, nil
+}
+
+func (db *DB) putInbox(tx *bolt.Tx, ik []byte, n *mapping.Notification) error {
+	if err := putJSON(tx.Bucket(bInbox), ik, n); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bInboxTime).Put(timeKey(n.ReceivedAt, string(ik)), nil); err != nil {
+		return err
+	}
+	alt := tx.Bucket(bAltKeys)
+	for _, a := range n.AltKeys {
+		if err := alt.Put(inboxKey(n.Source, a), ik); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// txStates reads states inside a transaction.
+type txStates struct{ b *bolt.Bucket }
+
+func (s txStates) State(key string) (mapping.State, bool) {
+	var st mapping.State
+	ok, err := getJSON(s.b, []byte(key), &st)
+	return st, ok && err == nil
+}
+
+// mapAndStore maps n and writes its events, deliveries and states. It sets
+// n's status fields. Mapping happens before any write, so a mapping error
+// leaves the transaction untouched. writeStates is false when reprocessing
+// an item that was already mapped (its state effects already happened).
+func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResult, writeStates bool) error {
+	out, err := db.opts.Map(n, txStates{tx.Bucket(bStates)})
+	if err != nil {
+		if errors.Is(err, mapping.ErrMalformed) || errors.Is(err, mapping.ErrUnknownSource) || errors.Is(err, mapping.ErrCurrency) || errors.Is(err, mapping.ErrAmount) {
+			n.Status, n.Reason = mapping.StatusFailed, err.Error()
+			res.Status, res.Reason = n.Status, n.Reason
+			db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", err)
+			return nil
+		}
+		return fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
+	}
+	events, deliveries, users := tx.Bucket(bEvents), tx.Bucket(bDeliveries), tx.Bucket(bUsers)
+	now := db.opts.Now()
+	for i := range out.Events {
+		e := &out.Events[i]
+		if e.ID == "" {
+			return fmt.Errorf("store: mapping %s produced an event without id", n.Source)
+		}
+		if !containsStr(n.EventIDs, e.ID) {
+			n.EventIDs = append(n.EventIDs, e.ID)
+		}
+		if events.Get([]byte(e.ID)) != nil {
+			res.Repeats++
+			continue
+		}
+		if e.ReceivedAt.IsZero() {
+			e.ReceivedAt = n.ReceivedAt
+		}
+		mergeUser(users, e)
+		if err := putJSON(events, []byte(e.ID), e); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bEventsTime).Put(timeKey(e.ReceivedAt, e.ID), nil); err != nil {
+			return err
+		}
+		for _, dest := range db.opts.Route(e) {
+			d := Delivery{
+				Key: deliveryKey(e.ID, dest), EventID: e.ID, Destination: dest, State: StatePending,
+				CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), AppUserID: e.User.AppUserID,
+			}
+			if err := putJSON(deliveries, []byte(d.Key), &d); err != nil {
+				return err
+			}
+			if err := putDue(tx, &d); err != nil {
+				return err
+			}
+			res.dests = append(res.dests, dest)
+		}
+		res.Events = append(res.Events, *e)
+	}
+	if writeStates {
+		sb := tx.Bucket(bStates)
+		for _, s := range out.States {
+			if s.Key == "" {
+				continue
+			}
+			if err := putJSON(sb, []byte(s.Key), &s); err != nil {
+				return err
+			}
+		}
+	}
+	n.Status, n.Reason = mapping.StatusMapped, ""
+	if len(out.Events) == 0 {
+		n.Status, n.Reason = mapping.StatusIgnored, out.Ignored
+	}
+	res.Status, res.Reason = n.Status, n.Reason
+	return nil
+}
+
+func containsStr(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Enrich stores the enrichment of a deferred notification (Google's Play API
+// answer) and maps it, in one transaction. Enriching an item twice is a
+// no-op the second time.
+func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (IngestResult, error) {
+	var res IngestResult
+	err := db.submit(ctx, func(tx *bolt.Tx) error {
+		res = IngestResult{}
+		ik := inboxKey(source, key)
+		var n mapping.Notification
+		ok, err := getJSON(tx.Bucket(bInbox), ik, &n)
+		if err != nil {
+			return softError{err}
+		}
+		if !ok {
+			return softError{ErrNotFound}
+		}
+		if n.Status != mapping.StatusEnriching {
+			res.Duplicate, res.Existing, res.Status = true, &n, n.Status
+			return nil
+		}
+		n.Enriched = enriched
+		if err := db.mapAndStore(tx, &n, &res, true); err != nil {
+			return err
+		}
+		return putJSON(tx.Bucket(bInbox), ik, &n)
+	}, &res.dests)
+	return res, err
+}
+
+// Pending returns up to limit inbox items of source waiting for enrichment,
+// oldest first.
+func (db *DB) Pending(source string, limit int) ([]mapping.Notification, error) {
+	var out []mapping.Notification
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		inbox := tx.Bucket(bInbox)
+		c := tx.Bucket(bInboxTime).Cursor()
+		prefix := source + "\x00"
+		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+			ik := k[8:]
+			if len(ik) < len(prefix) || string(ik[:len(prefix)]) != prefix {
+				continue
+			}
+			var n mapping.Notification
+			if ok, err := getJSON(inbox, ik, &n); err != nil || !ok {
+				continue
+			}
+			if n.Status == mapping.StatusEnriching {
+				out = append(out, n)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ReprocessFilter selects inbox items to re-map.
+type ReprocessFilter struct {
+	Source string
+	Since  time.Time
+	Until  time.Time
+	// Statuses limits to these inbox statuses; empty means failed and ignored.
+	Statuses []string
+	DryRun   bool
+}
+
+// ReprocessResult counts what a reprocess did.
+type ReprocessResult struct {
+	Scanned   int `json:"scanned"`
+	Matched   int `json:"matched"`
+	NewEvents int `json:"new_events"`
+	Repeats   int `json:"existing_events"`
+	Failed    int `json:"failed"`
+}
+
+// Reprocess re-maps stored inbox items (after a mapping fix). Event ids are
+// deterministic, so events emitted before are recognised and not duplicated;
+// only what the fixed mapping adds is stored and delivered. Items that were
+// mapped before do not write state again.
+func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult, error) {
+	var r ReprocessResult
+	statuses := f.Statuses
+	if len(statuses) == 0 {
+		statuses = []string{mapping.StatusFailed, mapping.StatusIgnored}
+	}
+	var keys [][]byte
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		inbox := tx.Bucket(bInbox)
+		c := tx.Bucket(bInboxTime).Cursor()
+		start := msKey(f.Since)
+		for k, _ := c.Seek(start); k != nil; k, _ = c.Next() {
+			if !f.Until.IsZero() && string(k[:8]) > string(msKey(f.Until)) {
+				break
+			}
+			r.Scanned++
+			ik := append([]byte(nil), k[8:]...)
+			var n mapping.Notification
+			if ok, err := getJSON(inbox, ik, &n); err != nil || !ok {
+				continue
+			}
+			if f.Source != "" && n.Source != f.Source {
+				continue
+			}
+			if !containsStr(statuses, n.Status) {
+				continue
+			}
+			r.Matched++
+			keys = append(keys, ik)
+		}
+		return nil
+	})
+	if err != nil || f.DryRun {
+		return r, err
+	}
+	for _, ik := range keys {
+		if err := ctx.Err(); err != nil {
+			return r, err
+		}
+		var res IngestResult
+		err := db.submit(ctx, func(tx *bolt.Tx) error {
+			res = IngestResult{}
+			var n mapping.Notification
+			if ok, err := getJSON(tx.Bucket(bInbox), ik, &n); err != nil || !ok {
+				return softError{ErrNotFound}
+			}
+			writeStates := n.Status == mapping.StatusFailed
+			if err := db.mapAndStore(tx, &n, &res, writeStates); err != nil {
+				return err
+			}
+			return putJSON(tx.Bucket(bInbox), ik, &n)
+		}, &res.dests)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return r, err
+		}
+		r.NewEvents += len(res.Events)
+		r.Repeats += res.Repeats
+		if res.Status == mapping.StatusFailed {
+			r.Failed++
+		}
+	}
+	return r, nil
+}
+
+// Notification returns an inbox item.
+func (db *DB) Notification(source, key string) (*mapping.Notification, error) {
+	var n mapping.Notification
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		ok, err := getJSON(tx.Bucket(bInbox), inboxKey(source, key), &n)
+		if err == nil && !ok {
+			err = ErrNotFound
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &n, nil
+}

@@ -1,0 +1,331 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/postback/postback/mapping"
+)
+
+// ErrLocked is returned by Open when another process holds the database.
+var ErrLocked = errors.New("store: database is in use by another process")
+
+// ErrClosed is returned by writes after Close.
+var ErrClosed = errors.New("store: closed")
+
+// ErrNotFound is returned when an event, delivery or user does not exist.
+var ErrNotFound = errors.New("store: not found")
+
+// ErrConflict is returned when a request conflicts with stored state (for
+// example a replay of a delivery that is already queued).
+var ErrConflict = errors.New("store: conflict")
+
+// Bucket names. Keys are documented where each bucket is written.
+var (
+	bInbox      = []byte("inbox")       // source 0 key -> mapping.Notification
+	bInboxTime  = []byte("inbox_time")  // received_ms(8) source 0 key -> nil
+	bAltKeys    = []byte("alt_keys")    // source 0 alt key -> inbox key
+	bEvents     = []byte("events")      // event id -> mapping.Event
+	bEventsTime = []byte("events_time") // received_ms(8) event id -> nil
+	bStates     = []byte("states")      // state key -> mapping.State
+	bDeliveries = []byte("deliveries")  // event id | destination -> Delivery
+	bDue        = []byte("due")         // nested per destination: next_ms(8) delivery key -> nil
+	bAttempts   = []byte("attempts")    // delivery key 0 n(4) -> Attempt
+	bUsers      = []byte("users")       // app_user_id -> User
+	bWaiting    = []byte("waiting")     // app_user_id 0 delivery key -> nil
+	bMeta       = []byte("meta")        // name -> value
+)
+
+var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bMeta}
+
+// Options configure a DB. The zero value is usable: nil fields get defaults.
+type Options struct {
+	// Map maps notifications; default mapping.Map.
+	Map mapping.Func
+	// Route returns the destinations an event goes to; default none.
+	Route func(e *mapping.Event) []string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logger receives store logs; default slog.Default().
+	Logger *slog.Logger
+	// OpenTimeout bounds the wait for the file lock; default 1s.
+	OpenTimeout time.Duration
+	// MaxBatch bounds operations per commit; default 1000.
+	MaxBatch int
+	// OnCommit, when set, is called after each commit with the destinations
+	// that got new due work, so dispatchers wake without polling.
+	OnCommit func(dests []string)
+}
+
+// DB is the gateway's BoltDB store. It owns a single writer goroutine that
+// commits whatever operations are queued in one transaction (group commit):
+// concurrent ingests share one fsync pair, and an idle writer never waits.
+type DB struct {
+	bolt   *bolt.DB
+	opts   Options
+	ops    chan *op
+	done   chan struct{}
+	closed chan struct{}
+	once   sync.Once
+	mu     sync.RWMutex // guards closing vs. submit
+	isShut bool
+}
+
+type op struct {
+	apply func(tx *bolt.Tx) error
+	err   error
+	wake  *[]string // destinations woken by this op, read after commit
+	done  chan struct{}
+}
+
+// Open opens (creating if needed) the database at path. A second process on
+// the same file gets ErrLocked after OpenTimeout instead of hanging.
+func Open(path string, opts *Options) (*DB, error) {
+	o := Options{}
+	if opts != nil {
+		o = *opts
+	}
+	if o.Map == nil {
+		o.Map = mapping.Map
+	}
+	if o.Route == nil {
+		o.Route = func(*mapping.Event) []string { return nil }
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.OpenTimeout == 0 {
+		o.OpenTimeout = time.Second
+	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = 1000
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("store: create %s: %w", dir, err)
+		}
+	}
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:         o.OpenTimeout,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: 1 << 30,
+	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s (stop the other postback, or point storage.path elsewhere)", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket(bMeta)
+		if m.Get([]byte("schema")) == nil {
+			return m.Put([]byte("schema"), []byte("1"))
+		}
+		return nil
+	})
+	if err != nil {
+		bdb.Close()
+		return nil, fmt.Errorf("store: initialise %s: %w", path, err)
+	}
+	// Make the new file's directory entry durable before accepting traffic.
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	db := &DB{bolt: bdb, opts: o, ops: make(chan *op, 4096), done: make(chan struct{}), closed: make(chan struct{})}
+	go db.writer()
+	return db, nil
+}
+
+// Close stops the writer after the queued operations and closes the file.
+func (db *DB) Close() error {
+	var err error
+	db.once.Do(func() {
+		db.mu.Lock()
+		db.isShut = true
+		close(db.done)
+		db.mu.Unlock()
+		<-db.closed
+		err = db.bolt.Close()
+	})
+	return err
+}
+
+// Path returns the database file path.
+func (db *DB) Path() string { return db.bolt.Path() }
+
+// submit queues apply for the next group commit and waits for it. apply must
+// either succeed or return an error before writing anything, because other
+// operations share its transaction.
+func (db *DB) submit(ctx context.Context, apply func(tx *bolt.Tx) error, wake *[]string) error {
+	o := &op{apply: apply, wake: wake, done: make(chan struct{})}
+	db.mu.RLock()
+	if db.isShut {
+		db.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case db.ops <- o:
+	case <-ctx.Done():
+		db.mu.RUnlock()
+		return ctx.Err()
+	}
+	db.mu.RUnlock()
+	// Once queued the op will be committed or failed; wait for the result
+	// even if ctx ends, so a caller never reports failure for a committed op.
+	<-o.done
+	return o.err
+}
+
+func (db *DB) writer() {
+	defer close(db.closed)
+	batch := make([]*op, 0, db.opts.MaxBatch)
+	for {
+		var first *op
+		select {
+		case first = <-db.ops:
+		case <-db.done:
+			// Drain what was queued before Close.
+			for {
+				select {
+				case o := <-db.ops:
+					db.commit([]*op{o})
+				default:
+					return
+				}
+			}
+		}
+		batch = append(batch[:0], first)
+	drain:
+		for len(batch) < db.opts.MaxBatch {
+			select {
+			case o := <-db.ops:
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+		db.commit(batch)
+	}
+}
+
+// softError marks an op failure that must not abort the shared transaction
+// (the op wrote nothing).
+type softError struct{ err error }
+
+func (e softError) Error() string { return e.err.Error() }
+func (e softError) Unwrap() error { return e.err }
+
+// commit runs a batch in one transaction. If the transaction fails, each op
+// is retried alone so one bad op cannot fail its neighbours.
+func (db *DB) commit(batch []*op) {
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		for _, o := range batch {
+			o.err = o.apply(tx)
+			var se softError
+			if o.err != nil && !errors.As(o.err, &se) {
+				return o.err
+			}
+		}
+		return nil
+	})
+	if err != nil && len(batch) > 1 {
+		for _, o := range batch {
+			db.commit([]*op{o})
+		}
+		return
+	}
+	var woken []string
+	for _, o := range batch {
+		if err != nil {
+			o.err = err
+		}
+		var se softError
+		if errors.As(o.err, &se) {
+			o.err = se.err
+		}
+		if err == nil && o.wake != nil {
+			woken = append(woken, *o.wake...)
+		}
+		close(o.done)
+	}
+	if err == nil && len(woken) > 0 && db.opts.OnCommit != nil {
+		db.opts.OnCommit(dedupe(woken))
+	}
+}
+
+func dedupe(s []string) []string {
+	seen := map[string]bool{}
+	out := s[:0]
+	for _, v := range s {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// Ping proves the store is writable by committing a heartbeat.
+func (db *DB) Ping(ctx context.Context) error {
+	return db.submit(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bMeta).Put([]byte("heartbeat"), msKey(db.opts.Now()))
+	}, nil)
+}
+
+// Check runs bbolt's consistency check (tests and `postback check-db`).
+func (db *DB) Check() error {
+	return db.bolt.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+}
+
+func msKey(t time.Time) []byte {
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint64(k, uint64(t.UnixMilli()))
+	return k
+}
+
+func timeKey(t time.Time, rest string) []byte {
+	return append(msKey(t), rest...)
+}
+
+func putJSON(b *bolt.Bucket, key []byte, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, data)
+}
+
+func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
+	data := b.Get(key)
+	if data == nil {
+		return false, nil
+	}
+	return true, json.Unmarshal(data, v)
+}

@@ -1,0 +1,161 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postback/postback/mapping"
+)
+
+// User is what the identity store knows about one app user. Emails and
+// phones are only ever held hashed (mapping.SetEmail / SetPhone).
+type User struct {
+	AppUserID   string            `json:"app_user_id"`
+	Identifiers map[string]string `json:"identifiers"`
+	UpdatedAt   time.Time         `json:"updated_at"`
+}
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// mergeUser fills identifiers the event lacks from the identity store. Values
+// the event already carries (from the notification itself) win.
+func mergeUser(users *bolt.Bucket, e *mapping.Event) {
+	if e.User.AppUserID == "" {
+		return
+	}
+	var u User
+	if ok, err := getJSON(users, []byte(e.User.AppUserID), &u); err != nil || !ok {
+		return
+	}
+	for k, v := range u.Identifiers {
+		if e.Identifier(k) == "" {
+			e.SetIdentifier(k, v)
+		}
+	}
+}
+
+// PutUser merges identifiers into a user's record (a value of "" removes that
+// identifier) and releases deliveries of that user that were waiting for an
+// identifier, so they are attempted at once.
+func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]string) (User, error) {
+	var u User
+	var wake []string
+	err := db.submit(ctx, func(tx *bolt.Tx) error {
+		wake = wake[:0]
+		users := tx.Bucket(bUsers)
+		u = User{}
+		if _, err := getJSON(users, []byte(appUserID), &u); err != nil {
+			return softError{err}
+		}
+		u.AppUserID = appUserID
+		if u.Identifiers == nil {
+			u.Identifiers = map[string]string{}
+		}
+		for k, v := range ids {
+			if v == "" {
+				delete(u.Identifiers, k)
+			} else {
+				u.Identifiers[k] = v
+			}
+		}
+		u.UpdatedAt = db.opts.Now().UTC()
+		if err := putJSON(users, []byte(appUserID), &u); err != nil {
+			return err
+		}
+		// Release waiting deliveries of this user.
+		deliveries := tx.Bucket(bDeliveries)
+		w := tx.Bucket(bWaiting)
+		prefix := []byte(appUserID + "\x00")
+		var keys [][]byte
+		c := w.Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			keys = append(keys, append([]byte(nil), k...))
+		}
+		now := db.opts.Now()
+		for _, k := range keys {
+			dk := k[len(prefix):]
+			var d Delivery
+			if ok, err := getJSON(deliveries, dk, &d); err != nil || !ok || d.State != StateWaiting {
+				if err := w.Delete(k); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := delDue(tx, &d); err != nil {
+				return err
+			}
+			d.NextAtMs = now.UnixMilli()
+			if err := putDue(tx, &d); err != nil {
+				return err
+			}
+			if err := putJSON(deliveries, dk, &d); err != nil {
+				return err
+			}
+			wake = append(wake, d.Destination)
+		}
+		return nil
+	}, &wake)
+	return u, err
+}
+
+// GetUser returns a user's identifiers.
+func (db *DB) GetUser(appUserID string) (User, error) {
+	var u User
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		ok, err := getJSON(tx.Bucket(bUsers), []byte(appUserID), &u)
+		if err == nil && !ok {
+			err = fmt.Errorf("%w: user %s", ErrNotFound, appUserID)
+		}
+		return err
+	})
+	return u, err
+}
+
+// DeleteUser erases a user's identifiers (a privacy deletion) and scrubs the
+// identifiers from that user's stored events. It returns how many events
+// were scrubbed.
+func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
+	var n int
+	err := db.submit(ctx, func(tx *bolt.Tx) error {
+		n = 0
+		if err := tx.Bucket(bUsers).Delete([]byte(appUserID)); err != nil {
+			return err
+		}
+		events := tx.Bucket(bEvents)
+		type upd struct {
+			k []byte
+			e mapping.Event
+		}
+		var todo []upd
+		err := events.ForEach(func(k, v []byte) error {
+			if !bytes.Contains(v, []byte(`"app_user_id":`)) {
+				return nil
+			}
+			var e mapping.Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return nil
+			}
+			if e.User.AppUserID == appUserID && len(e.User.Identifiers) > 0 {
+				e.User.Identifiers = nil
+				todo = append(todo, upd{append([]byte(nil), k...), e})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, u := range todo {
+			if err := putJSON(events, u.k, &u.e); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	}, nil)
+	return n, err
+}

@@ -1,0 +1,166 @@
+package webhooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/metrics"
+	"github.com/postback/postback/store"
+)
+
+// Error is an HTTP error: Status and Code/Message are what the client sees;
+// Err is logged and never shown. The server's error handler renders every
+// Error as {"error": {"code": ..., "message": ...}}.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Err)
+	}
+	return e.Code + ": " + e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf builds an Error.
+func Errorf(status int, code, format string, args ...any) *Error {
+	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Wrap builds an Error around a cause that is logged but not shown.
+func Wrap(status int, code, msg string, err error) *Error {
+	return &Error{Status: status, Code: code, Message: msg, Err: err}
+}
+
+// Reason codes shared by every source (metric label and error code).
+const (
+	CodeTooLarge     = "body_too_large"
+	CodeMalformed    = "malformed"
+	CodeUnauthorized = "unauthorized"
+	CodeSignature    = "invalid_signature"
+	CodeStale        = "stale"
+	CodeUnknownApp   = "unknown_app"
+	CodeEnvironment  = "environment_not_accepted"
+	CodeUnavailable  = "store_unavailable"
+	CodeConflict     = "conflict"
+	CodeNotFound     = "not_found"
+	CodeInternal     = "internal"
+)
+
+// Ingester is what webhooks need from the store.
+type Ingester interface {
+	Ingest(ctx context.Context, n *mapping.Notification) (store.IngestResult, error)
+}
+
+// Deps are the collaborators every source handler shares.
+type Deps struct {
+	Store   Ingester
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+	Now     func() time.Time
+	MaxBody int64
+}
+
+// ReadBody reads the raw body once, at most max bytes; more is a 413. It is
+// the only way handlers read a body: nothing is decoded before verification.
+func ReadBody(c echo.Context, max int64) ([]byte, error) {
+	r := c.Request()
+	if r.ContentLength > max {
+		return nil, Errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "body larger than %d bytes", max)
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return nil, Wrap(http.StatusBadRequest, CodeMalformed, "could not read body", err)
+	}
+	if int64(len(body)) > max {
+		return nil, Errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "body larger than %d bytes", max)
+	}
+	return body, nil
+}
+
+// Reject counts a rejected notification and returns err for the handler to
+// return. Only the reason code and the source are logged, never the body.
+func (d *Deps) Reject(source string, err *Error) *Error {
+	d.Metrics.Rejected.WithLabelValues(source, err.Code).Inc()
+	d.Logger.Warn("notification rejected", "source", source, "status", err.Status, "reason", err.Code, "err", err.Err)
+	return err
+}
+
+// Accept stores a verified notification and reports the outcome. A store
+// failure is a 503 so that the source retries; nothing is acknowledged
+// before the commit is durable.
+func (d *Deps) Accept(ctx context.Context, n *mapping.Notification) (store.IngestResult, error) {
+	start := time.Now()
+	d.Metrics.Verified.WithLabelValues(n.Source).Inc()
+	if n.ReceivedAt.IsZero() {
+		n.ReceivedAt = d.Now().UTC()
+	}
+	res, err := d.Store.Ingest(ctx, n)
+	if err != nil {
+		d.Metrics.Rejected.WithLabelValues(n.Source, CodeUnavailable).Inc()
+		d.Logger.Error("store failed; source will retry", "source", n.Source, "key", n.Key, "err", err)
+		return res, Wrap(http.StatusServiceUnavailable, CodeUnavailable, "temporarily unable to store the notification; retry later", err)
+	}
+	d.Metrics.ObserveIngest(n.Source, time.Since(start))
+	switch {
+	case res.Duplicate:
+		d.Metrics.Duplicates.WithLabelValues(n.Source).Inc()
+		d.Logger.Info("duplicate notification", "source", n.Source, "key", n.Key, "type", n.Type)
+	case res.Status == mapping.StatusIgnored || res.Status == mapping.StatusFailed:
+		d.Metrics.Ignored.WithLabelValues(n.Source).Inc()
+		d.Logger.Info("notification stored without event", "source", n.Source, "key", n.Key, "type", n.Type, "status", res.Status, "reason", res.Reason)
+	default:
+		d.Metrics.CountEvents(res.Events)
+		d.Logger.Info("notification accepted", "source", n.Source, "key", n.Key, "type", n.Type, "status", res.Status, "events", len(res.Events), "repeats", res.Repeats)
+	}
+	return res, nil
+}
+
+// Ack is the JSON body answered to an accepted notification.
+type Ack struct {
+	Status    string   `json:"status"` // accepted | duplicate
+	EventIDs  []string `json:"event_ids,omitempty"`
+	Ignored   string   `json:"ignored,omitempty"`
+	Duplicate bool     `json:"duplicate,omitempty"`
+}
+
+// AckOf renders an ingest result.
+func AckOf(res store.IngestResult) Ack {
+	a := Ack{Status: "accepted"}
+	if res.Duplicate {
+		a.Status, a.Duplicate = "duplicate", true
+		if res.Existing != nil {
+			a.EventIDs = res.Existing.EventIDs
+		}
+		return a
+	}
+	for _, e := range res.Events {
+		a.EventIDs = append(a.EventIDs, e.ID)
+	}
+	if res.Status == mapping.StatusIgnored {
+		a.Ignored = res.Reason
+	}
+	return a
+}
+
+// AsError converts any error into an *Error (unknown errors are internal).
+func AsError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return Wrap(http.StatusInternalServerError, CodeInternal, "internal error", err)
+}
