@@ -178,4 +178,6 @@ func (r Revenue) Decimal() string {
 }
 
 // Negate returns the revenue with the opposite sign (refunds).
-func (r Revenue) Negate() Revenue { return Revenue{AmountMicros: -r.AmountMicros, Currency: r.Currency} }
+func (r Revenue) Negate() Revenue {
+	return Revenue{AmountMicros: -r.AmountMicros, Currency: r.Currency}
+}
