@@ -32,6 +32,14 @@ type Requirer interface {
 	Missing(e *mapping.Event) string
 }
 
+// Checker is implemented by forwarders that can validate their configuration
+// against the destination itself (GA4's /debug/mp/collect). The gateway calls
+// Check at start-up and, where the destination opts in, periodically; a
+// non-nil error is logged and shown in the admin view, never fatal.
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
 // Limits describes how a destination wants to be called.
 type Limits struct {
 	BatchSize int           // max events per request; 1 means no batching
@@ -66,6 +74,9 @@ type Result struct {
 	Outcome    Outcome
 	Status     int           // HTTP status, 0 when no response
 	RetryAfter time.Duration // from Retry-After or the API's own throttling hint
+	// Throttle asks the dispatcher to slow the whole destination down (the
+	// API said it is rate limited), not just to retry this item later.
+	Throttle bool
 	Reason     string        // short machine-friendly reason, e.g. "http_400", "missing appsflyer_id"
 	Request    string        // request summary with secrets masked (method, URL without secrets)
 	Response   string        // first KiB of the response body
