@@ -164,6 +164,9 @@ type Completion struct {
 	Attempt *Attempt // nil when nothing was sent
 	// WaitUntil is set when the delivery starts waiting for an identifier.
 	WaitUntil time.Time
+	// KeepBudget logs the attempt without spending the retry budget (the
+	// destination, not the event, was at fault: paused credentials).
+	KeepBudget bool
 }
 
 // Complete applies attempt outcomes in one group-committed transaction: the
@@ -193,6 +196,9 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 			}
 			if c.Attempt != nil {
 				d.Attempts++
+				if c.KeepBudget {
+					d.RetryBase++
+				}
 				c.Attempt.N = d.Attempts
 				if err := putJSON(tx.Bucket(bAttempts), attemptKey(d.Key, d.Attempts), c.Attempt); err != nil {
 					return err
