@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -498,7 +499,14 @@ func (c *Config) applyDefaults() {
 // resolveUnset turns unset variables into disabled features or errors.
 func (c *Config) resolveUnset(unset map[string]string) error {
 	var errs []string
-	for path, v := range unset {
+	paths := make([]string, 0, len(unset))
+	for p := range unset {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	appleAPI := false
+	for _, path := range paths {
+		v := unset[path]
 		switch {
 		case path == "admin.token":
 			c.Disabled = append(c.Disabled, fmt.Sprintf("admin API and console: ${%s} is not set", v))
@@ -507,7 +515,10 @@ func (c *Config) resolveUnset(unset map[string]string) error {
 		case strings.HasPrefix(path, "sources."):
 			name := strings.SplitN(strings.TrimPrefix(path, "sources."), ".", 2)[0]
 			if name == "apple" && strings.HasPrefix(path, "sources.apple.api.") {
-				c.Disabled = append(c.Disabled, fmt.Sprintf("App Store Server API (backfill, history look-ups): ${%s} is not set", v))
+				if !appleAPI {
+					c.Disabled = append(c.Disabled, fmt.Sprintf("App Store Server API (backfill, history look-ups): ${%s} is not set", v))
+				}
+				appleAPI = true
 				c.Sources.Apple.API = AppleAPI{Endpoint: c.Sources.Apple.API.Endpoint}
 				continue
 			}

@@ -75,9 +75,12 @@ func NormalizeEmail(s string) string {
 }
 
 // NormalizePhone returns the phone's digits with the country code and no
-// symbols ("+1 (650) 555-1234" -> "16505551234"), Meta's rule. Numbers without
-// a country code cannot be told apart and are accepted as given; leading
-// zeros of an international "00" prefix are dropped.
+// symbols ("+1 (650) 555-1234" -> "16505551234"): Meta's and AppsFlyer's
+// rule of removing symbols, letters and leading zeros. Leading zeros are
+// never part of an E.164 number (no country code starts with 0), so dropping
+// them turns an international "00" prefix into the bare country code.
+// Numbers without a country code cannot be told apart and are accepted as
+// given. More than 15 digits (E.164's maximum) or fewer than 7 is not a phone.
 func NormalizePhone(s string) string {
 	var b strings.Builder
 	for _, r := range strings.TrimSpace(s) {
@@ -85,10 +88,7 @@ func NormalizePhone(s string) string {
 			b.WriteRune(r)
 		}
 	}
-	d := b.String()
-	if strings.HasPrefix(strings.TrimSpace(s), "00") {
-		d = strings.TrimPrefix(d, "00")
-	}
+	d := strings.TrimLeft(b.String(), "0")
 	if len(d) < 7 || len(d) > 15 {
 		return ""
 	}
@@ -133,8 +133,13 @@ func SetEmail(ids map[string]string, email string) bool {
 // SetPhone stores both hashed phone forms in ids: digits only (Meta, Google)
 // and E.164 with '+' (TikTok). A raw phone is never kept.
 func SetPhone(ids map[string]string, phone string) bool {
-	if IsSHA256Hex(strings.ToLower(strings.TrimSpace(phone))) {
-		ids[IDPhoneSHA256] = strings.ToLower(strings.TrimSpace(phone))
+	p := strings.ToLower(strings.TrimSpace(phone))
+	if IsSHA256Hex(p) {
+		ids[IDPhoneSHA256] = p
+		return true
+	}
+	if a, b, ok := strings.Cut(p, ":"); ok && IsSHA256Hex(a) && IsSHA256Hex(b) {
+		ids[IDPhoneSHA256], ids[IDPhoneE164SHA256] = a, b // ScrubPII's stored form
 		return true
 	}
 	if n := NormalizePhone(phone); n != "" {

@@ -108,6 +108,9 @@ func (d *Deps) Accept(ctx context.Context, n *mapping.Notification) (store.Inges
 	if n.ReceivedAt.IsZero() {
 		n.ReceivedAt = d.Now().UTC()
 	}
+	// Raw emails and phones never reach the disk: hash them in the body
+	// before it is stored (mapping accepts the hashed forms).
+	n.Body = mapping.ScrubPII(n.Body)
 	res, err := d.Store.Ingest(ctx, n)
 	if err != nil {
 		d.Metrics.Rejected.WithLabelValues(n.Source, CodeUnavailable).Inc()

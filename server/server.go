@@ -1,0 +1,436 @@
+// Package server assembles the gateway: it opens the store, builds the
+// forwarders and the dispatcher from the configuration, mounts every
+// enabled source on echo, serves health, readiness and metrics, runs the
+// background workers, and shuts all of it down in order.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/postback/postback/config"
+	"github.com/postback/postback/dispatch"
+	"github.com/postback/postback/forwarders"
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/metrics"
+	"github.com/postback/postback/store"
+	"github.com/postback/postback/webhooks"
+)
+
+// Options are the gateway's injectable collaborators; zero values get
+// production defaults.
+type Options struct {
+	Logger *slog.Logger
+	Now    func() time.Time
+	// Listener, when set, is used instead of listening on server.listen
+	// (tests pass a ":0" listener).
+	Listener net.Listener
+	// AdminListener likewise replaces admin.listen.
+	AdminListener net.Listener
+	// Dispatch overrides engine tuning (tests shorten backoff).
+	Dispatch dispatch.Options
+	// Client is the HTTP client forwarders use; default one per destination
+	// with its timeout.
+	Client *http.Client
+}
+
+// Gateway is one running Postback.
+type Gateway struct {
+	Config     *config.Config
+	Store      *store.DB
+	Dispatcher *dispatch.Dispatcher
+	Metrics    *metrics.Metrics
+	Logger     *slog.Logger
+	Echo       *echo.Echo
+	Admin      *echo.Echo // == Echo unless admin.listen is set
+	Deps       webhooks.Deps
+
+	opts    Options
+	now     func() time.Time
+	workers []func(ctx context.Context) // background loops, stopped after the dispatcher
+	addr    string
+	mu       sync.Mutex
+	dests    []config.Destination
+	adminAPI *admin
+}
+
+// Route returns the destinations an event matches.
+func Route(dests []config.Destination) func(e *mapping.Event) []string {
+	return func(e *mapping.Event) []string {
+		var out []string
+		for i := range dests {
+			d := &dests[i]
+			if d.Disabled != "" {
+				continue
+			}
+			m := d.Match
+			if len(m.Apps) > 0 && !slices.Contains(m.Apps, e.AppID) {
+				continue
+			}
+			if !slices.Contains(m.Environments, e.Environment) {
+				continue
+			}
+			if len(m.Events) > 0 && !slices.Contains(m.Events, string(e.Type)) && !(e.Type == mapping.Custom && slices.Contains(m.Events, "custom:"+e.Name)) {
+				continue
+			}
+			if len(m.Sources) > 0 && !slices.Contains(m.Sources, e.Source) {
+				continue
+			}
+			out = append(out, d.Name)
+		}
+		return out
+	}
+}
+
+// BuildDestinations constructs the forwarder of every enabled destination.
+// Constructors validate without I/O, so check-config runs this too. A
+// destination whose secrets are unset comes back disabled, not as an error.
+func BuildDestinations(cfg *config.Config, client *http.Client, now func() time.Time) ([]dispatch.Destination, error) {
+	var out []dispatch.Destination
+	var errs []error
+	for i := range cfg.Destinations {
+		d := &cfg.Destinations[i]
+		if d.Disabled != "" {
+			continue
+		}
+		c := client
+		if c == nil {
+			c = forwarders.NewClient(d.Timeout.D())
+		}
+		f, err := forwarders.New(forwarders.Settings{
+			Name: d.Name, Type: d.Type, Endpoint: d.Endpoint, EventNames: d.EventNames,
+			Decode: d.Decode, Client: c, Now: now,
+		})
+		if errors.Is(err, forwarders.ErrDisabled) {
+			d.Disabled = err.Error()
+			cfg.Disabled = append(cfg.Disabled, fmt.Sprintf("destination %s: %v", d.Name, err))
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, dispatch.Destination{
+			Name: d.Name, Type: d.Type, Forwarder: f,
+			PerSecond: d.RateLimit.PerSecond, Burst: d.RateLimit.Burst, Concurrency: d.Concurrency,
+			BatchSize: d.BatchSize, Linger: d.Linger.D(), MaxAttempts: d.Retry.MaxAttempts, MaxAge: d.Retry.MaxAge.D(),
+		})
+	}
+	return out, errors.Join(errs...)
+}
+
+// New builds a gateway from a validated configuration: it opens the store
+// (failing fast if another process holds it) and wires every component, but
+// starts nothing until Run.
+func New(cfg *config.Config, opts Options) (*Gateway, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	g := &Gateway{Config: cfg, Logger: opts.Logger, Metrics: metrics.New(), opts: opts, now: opts.Now}
+	dests, err := BuildDestinations(cfg, opts.Client, opts.Now)
+	if err != nil {
+		return nil, err
+	}
+	g.dests = cfg.Destinations
+	var disp *dispatch.Dispatcher
+	g.Store, err = store.Open(cfg.Storage.Path, &store.Options{
+		Route:  Route(cfg.Destinations),
+		Now:    opts.Now,
+		Logger: opts.Logger,
+		OnCommit: func(d []string) {
+			if disp != nil {
+				disp.Wake(d)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	do := opts.Dispatch
+	do.Now, do.Logger, do.Metrics = opts.Now, opts.Logger, g.Metrics
+	if do.Poll == 0 {
+		do.Poll = cfg.Dispatch.PollInterval.D()
+	}
+	if do.Lease == 0 {
+		do.Lease = cfg.Dispatch.Lease.D()
+	}
+	if do.IdentityWait == 0 {
+		do.IdentityWait = cfg.IdentityWait.D()
+	}
+	disp = dispatch.New(g.Store, dests, do)
+	g.Dispatcher = disp
+
+	g.Echo = newEcho(g)
+	g.Admin = g.Echo
+	if cfg.Admin.Listen != "" || opts.AdminListener != nil {
+		g.Admin = newEcho(g)
+	}
+	g.Deps = webhooks.Deps{Store: g.Store, Metrics: g.Metrics, Logger: g.Logger, Now: g.now, MaxBody: cfg.Server.MaxBodyBytes}
+	g.Echo.GET("/healthz", g.healthz)
+	g.Echo.GET("/readyz", g.readyz)
+	g.Echo.GET("/metrics", echo.WrapHandler(g.Metrics.Handler()))
+	if err := g.mountSources(); err != nil {
+		g.Store.Close()
+		return nil, err
+	}
+	if err := g.mountAdmin(); err != nil {
+		g.Store.Close()
+		return nil, err
+	}
+	g.workers = append(g.workers, g.pruneLoop)
+	for _, line := range cfg.Disabled {
+		g.Logger.Warn("disabled: " + line)
+	}
+	for _, d := range dests {
+		g.Logger.Info("destination enabled", "destination", d.Name, "type", d.Type)
+	}
+	return g, nil
+}
+
+// Addr returns the address the public listener is bound to (after Run
+// started it).
+func (g *Gateway) Addr() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.addr
+}
+
+// Run serves until ctx ends, then shuts down in order: stop accepting and
+// finish in-flight requests, let deliveries in progress finish and record
+// their outcomes, stop background workers, close the store. ready, when not
+// nil, is called once the listeners are bound.
+func (g *Gateway) Run(ctx context.Context, ready func(addr string)) error {
+	ln := g.opts.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", g.Config.Server.Listen); err != nil {
+			g.Store.Close()
+			return fmt.Errorf("server.listen %s: %w", g.Config.Server.Listen, err)
+		}
+	}
+	var adminLn net.Listener
+	if g.Admin != g.Echo {
+		adminLn = g.opts.AdminListener
+		if adminLn == nil {
+			var err error
+			if adminLn, err = net.Listen("tcp", g.Config.Admin.Listen); err != nil {
+				ln.Close()
+				g.Store.Close()
+				return fmt.Errorf("admin.listen %s: %w", g.Config.Admin.Listen, err)
+			}
+		}
+	}
+	g.mu.Lock()
+	g.addr = ln.Addr().String()
+	g.mu.Unlock()
+
+	dctx, stopDispatch := context.WithCancel(context.Background())
+	dispatchDone := make(chan struct{})
+	go func() {
+		g.Dispatcher.Run(dctx)
+		close(dispatchDone)
+	}()
+	wctx, stopWorkers := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, w := range g.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w(wctx)
+		}()
+	}
+
+	srvErr := make(chan error, 2)
+	srv := g.httpServer(g.Echo)
+	go func() { srvErr <- srv.Serve(ln) }()
+	var adminSrv *http.Server
+	if adminLn != nil {
+		adminSrv = g.httpServer(g.Admin)
+		go func() { srvErr <- adminSrv.Serve(adminLn) }()
+		g.Logger.Info("admin listening", "addr", adminLn.Addr().String())
+	}
+	g.Logger.Info("postback listening", "addr", ln.Addr().String(), "db", g.Config.Storage.Path, "config", g.Config.Path)
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-srvErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			runErr = err
+		}
+	}
+	g.Logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), g.Config.Server.ShutdownTimeout.D())
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		g.Logger.Error("http shutdown", "err", err)
+	}
+	if adminSrv != nil {
+		_ = adminSrv.Shutdown(sctx)
+	}
+	stopDispatch()
+	select {
+	case <-dispatchDone:
+	case <-sctx.Done():
+		g.Logger.Error("deliveries still in progress at shutdown timeout; they will be retried after restart")
+	}
+	stopWorkers()
+	wg.Wait()
+	if err := g.Store.Close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	g.Logger.Info("stopped")
+	return runErr
+}
+
+func (g *Gateway) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       g.Config.Server.ReadTimeout.D(),
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(g.Logger.Handler(), slog.LevelWarn),
+	}
+}
+
+func (g *Gateway) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (g *Gateway) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	if err := g.Store.Ping(ctx); err != nil {
+		return webhooks.Wrap(http.StatusServiceUnavailable, "not_ready", "store is not writable", err)
+	}
+	if !g.Dispatcher.Running() {
+		return webhooks.Errorf(http.StatusServiceUnavailable, "not_ready", "dispatcher is not running")
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// pruneLoop applies storage.retention every 10 minutes.
+func (g *Gateway) pruneLoop(ctx context.Context) {
+	t := time.NewTicker(10 * time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r, err := g.Store.Prune(ctx, g.Config.Storage.Retention.D())
+		if err != nil {
+			g.Logger.Error("prune", "err", err)
+			continue
+		}
+		if r.Events+r.Notifications > 0 {
+			g.Logger.Info("pruned", "events", r.Events, "notifications", r.Notifications, "kept_unfinished", r.Kept)
+		}
+	}
+}
+
+// AddWorker registers a background loop started by Run and stopped after
+// the dispatcher (the Google enricher, periodic destination checks).
+func (g *Gateway) AddWorker(w func(ctx context.Context)) { g.workers = append(g.workers, w) }
+
+// newEcho configures an echo instance: JSON errors, request logs.
+func newEcho(g *Gateway) *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = g.errorHandler
+	e.Use(g.requestLog)
+	e.Use(recoverer(g.Logger))
+	return e
+}
+
+// errorBody is the JSON error shape of every endpoint.
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func (g *Gateway) errorHandler(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var he *echo.HTTPError
+	var status int
+	var body errorBody
+	if errors.As(err, &he) {
+		status = he.Code
+		body.Error.Code = strings.ToLower(strings.ReplaceAll(http.StatusText(he.Code), " ", "_"))
+		body.Error.Message = fmt.Sprint(he.Message)
+	} else {
+		we := webhooks.AsError(err)
+		status, body.Error.Code, body.Error.Message = we.Status, we.Code, we.Message
+		if status >= 500 && we.Code == webhooks.CodeInternal {
+			g.Logger.Error("internal error", "path", c.Path(), "err", err)
+		}
+	}
+	if c.Request().Method == http.MethodHead {
+		_ = c.NoContent(status)
+		return
+	}
+	_ = c.JSON(status, body)
+}
+
+// requestLog logs one line per request: never the query string (keys can be
+// there) nor bodies.
+func (g *Gateway) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		path := c.Request().URL.Path
+		if path == "/metrics" || path == "/healthz" || path == "/readyz" {
+			return nil
+		}
+		lvl := slog.LevelInfo
+		if c.Response().Status >= 500 {
+			lvl = slog.LevelError
+		}
+		g.Logger.Log(c.Request().Context(), lvl, "request",
+			"method", c.Request().Method, "path", path, "status", c.Response().Status,
+			"bytes", c.Response().Size, "duration_ms", float64(time.Since(start).Microseconds())/1000,
+			"remote", c.RealIP())
+		return nil
+	}
+}
+
+// recoverer turns a handler panic into a 500 without killing the process.
+func recoverer(log *slog.Logger) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) (err error) {
+			defer func() {
+				if r := recover(); r != nil {
+					log.Error("panic in handler", "path", c.Request().URL.Path, "panic", fmt.Sprint(r))
+					err = webhooks.Errorf(http.StatusInternalServerError, webhooks.CodeInternal, "internal error")
+				}
+			}()
+			return next(c)
+		}
+	}
+}
