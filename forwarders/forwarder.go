@@ -113,6 +113,9 @@ func configError(s Settings, key, msg string) error {
 // registry lists the built-in destination types: one line per destination.
 var registry = map[string]Constructor{
 	"webhook": NewWebhook,
+	"meta":    NewMeta,
+	"tiktok":  NewTikTok,
+	"ga4":     NewGA4,
 }
 
 // New builds the forwarder of s.Type.
