@@ -94,7 +94,8 @@ var ErrUnknownSource = errors.New("mapping: no mapping for source")
 
 // funcs is the list of built-in mappings, one per source.
 var funcs = map[string]Func{
-	SourceStripe: Stripe,
+	SourceStripe:  Stripe,
+	SourceShopify: Shopify,
 }
 
 // Map routes a notification to its source's mapping.
