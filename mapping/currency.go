@@ -156,9 +156,11 @@ func (r Revenue) Decimal() string {
 	if err != nil {
 		e = 6
 	}
-	m := r.AmountMicros
+	// The magnitude is unsigned so that math.MinInt64 (whose negation
+	// overflows int64) still formats exactly.
+	m := uint64(r.AmountMicros)
 	sign := ""
-	if m < 0 {
+	if r.AmountMicros < 0 {
 		sign, m = "-", -m
 	}
 	whole, frac := m/1_000_000, m%1_000_000
@@ -166,7 +168,7 @@ func (r Revenue) Decimal() string {
 		return fmt.Sprintf("%s%d", sign, whole)
 	}
 	fs := fmt.Sprintf("%06d", frac)
-	if frac%pow10[6-e] == 0 {
+	if frac%uint64(pow10[6-e]) == 0 {
 		fs = fs[:e]
 	} else {
 		fs = strings.TrimRight(fs, "0")
