@@ -1,0 +1,395 @@
+package webhooks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/metrics"
+	"github.com/postback/postback/play"
+	"github.com/postback/postback/store"
+)
+
+// GoogleInbox is what the enrichment worker needs from the store.
+type GoogleInbox interface {
+	Pending(source string, limit int) ([]mapping.Notification, error)
+	Enrich(ctx context.Context, source, key string, enriched []byte) (store.IngestResult, error)
+}
+
+// PlayAPI is what the enrichment worker needs from the Android Publisher
+// API (play.Client). Errors wrap play.ErrNotFound, play.ErrTemporary or
+// play.ErrRejected.
+type PlayAPI interface {
+	Subscription(ctx context.Context, pkg, token string) (json.RawMessage, error)
+	Order(ctx context.Context, pkg, orderID string) (json.RawMessage, error)
+	Product(ctx context.Context, pkg, productID, token string) (json.RawMessage, error)
+}
+
+// GoogleEnricherOptions tune a GoogleEnricher; zero values get defaults.
+type GoogleEnricherOptions struct {
+	Logger      *slog.Logger
+	Metrics     *metrics.Metrics
+	Now         func() time.Time
+	Interval    time.Duration // poll interval besides nudges; default 5s
+	BaseDelay   time.Duration // first retry delay; default 2s
+	MaxDelay    time.Duration // retry delay cap; default 10m
+	Batch       int           // items read per pass; default 500
+	Concurrency int           // parallel API look-ups; default 4
+}
+
+// GoogleEnricher completes Google notifications stored as "enriching": it
+// reads the purchase from the Android Publisher API and hands the answer to
+// the store, which maps it in one transaction with the subscription state.
+//
+// A failed look-up is retried with exponential backoff and jitter (honouring
+// Retry-After); the item stays in the inbox the whole time, so an outage
+// delays its events and never loses them, and because the store enriches an
+// item only once and event ids are deterministic, a retry never duplicates
+// them. A 404 or 410 for the purchase itself is final: the item is recorded
+// as ignored. Backoff state is in memory: after a restart every waiting
+// item is tried once at once.
+type GoogleEnricher struct {
+	store GoogleInbox
+	api   PlayAPI
+	o     GoogleEnricherOptions
+	wake  chan struct{}
+
+	mu    sync.Mutex
+	retry map[string]*enrichRetry
+}
+
+type enrichRetry struct {
+	attempts int
+	next     time.Time
+}
+
+// NewGoogleEnricher builds an enricher.
+func NewGoogleEnricher(inbox GoogleInbox, api PlayAPI, o GoogleEnricherOptions) *GoogleEnricher {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Interval <= 0 {
+		o.Interval = 5 * time.Second
+	}
+	if o.BaseDelay <= 0 {
+		o.BaseDelay = 2 * time.Second
+	}
+	if o.MaxDelay <= 0 {
+		o.MaxDelay = 10 * time.Minute
+	}
+	if o.Batch <= 0 {
+		o.Batch = 500
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	return &GoogleEnricher{store: inbox, api: api, o: o, wake: make(chan struct{}, 1), retry: map[string]*enrichRetry{}}
+}
+
+// Nudge wakes the worker after a new item was stored. It never blocks.
+func (e *GoogleEnricher) Nudge() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run enriches until ctx is done.
+func (e *GoogleEnricher) Run(ctx context.Context) error {
+	for {
+		pass := e.Pass(ctx)
+		wait := e.o.Interval
+		if !pass.NextTry.IsZero() {
+			if d := pass.NextTry.Sub(e.o.Now()); d < wait {
+				wait = max(d, time.Millisecond)
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-e.wake:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// PassResult reports one pass over the waiting items.
+type PassResult struct {
+	Pending  int       // items waiting for enrichment at the start
+	Enriched int       // items completed (mapped or recorded as ignored)
+	Failed   int       // look-ups that failed and will be retried
+	NextTry  time.Time // earliest retry of an item still waiting; zero if none
+}
+
+// Pass tries every waiting item that is due once.
+func (e *GoogleEnricher) Pass(ctx context.Context) PassResult {
+	var r PassResult
+	items, err := e.store.Pending(mapping.SourceGoogle, e.o.Batch)
+	if err != nil {
+		e.o.Logger.Error("google enrichment: reading pending items failed", "err", err)
+		r.NextTry = e.o.Now().Add(e.o.BaseDelay)
+		return r
+	}
+	r.Pending = len(items)
+	now := e.o.Now()
+	e.mu.Lock()
+	if len(items) < e.o.Batch {
+		// Forget backoff of items that are no longer waiting.
+		live := make(map[string]bool, len(items))
+		for i := range items {
+			live[items[i].Key] = true
+		}
+		for k := range e.retry {
+			if !live[k] {
+				delete(e.retry, k)
+			}
+		}
+	}
+	var due []*mapping.Notification
+	for i := range items {
+		if rt := e.retry[items[i].Key]; rt != nil && rt.next.After(now) {
+			if r.NextTry.IsZero() || rt.next.Before(r.NextTry) {
+				r.NextTry = rt.next
+			}
+			continue
+		}
+		due = append(due, &items[i])
+	}
+	e.mu.Unlock()
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	sem := make(chan struct{}, e.o.Concurrency)
+	for _, n := range due {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(n *mapping.Notification) {
+			defer func() { <-sem; wg.Done() }()
+			next, ok := e.enrichOne(ctx, n)
+			mu.Lock()
+			defer mu.Unlock()
+			if ok {
+				r.Enriched++
+				return
+			}
+			r.Failed++
+			if r.NextTry.IsZero() || next.Before(r.NextTry) {
+				r.NextTry = next
+			}
+		}(n)
+	}
+	wg.Wait()
+	return r
+}
+
+// Drain runs passes until nothing waits for enrichment or ctx is done; it
+// is what a one-shot command (reconcile) uses instead of Run.
+func (e *GoogleEnricher) Drain(ctx context.Context) error {
+	for {
+		r := e.Pass(ctx)
+		if r.Pending == 0 || r.Pending == r.Enriched {
+			return nil
+		}
+		wait := time.Second
+		if !r.NextTry.IsZero() {
+			wait = max(r.NextTry.Sub(e.o.Now()), time.Millisecond)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// enrichOne fetches and stores one item. It returns false and the next try
+// time when the item stays waiting.
+func (e *GoogleEnricher) enrichOne(ctx context.Context, n *mapping.Notification) (time.Time, bool) {
+	en, err := e.fetch(ctx, n)
+	if err == nil {
+		var b []byte
+		if b, err = json.Marshal(en); err == nil {
+			var res store.IngestResult
+			res, err = e.store.Enrich(ctx, mapping.SourceGoogle, n.Key, b)
+			if err == nil || errors.Is(err, store.ErrNotFound) {
+				e.mu.Lock()
+				delete(e.retry, n.Key)
+				e.mu.Unlock()
+				if e.o.Metrics != nil && err == nil && !res.Duplicate {
+					e.o.Metrics.CountEvents(res.Events)
+				}
+				e.o.Logger.Info("google notification enriched", "key", n.Key, "type", n.Type, "status", res.Status, "reason", res.Reason, "events", len(res.Events))
+				return time.Time{}, true
+			}
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rt := e.retry[n.Key]
+	if rt == nil {
+		rt = &enrichRetry{}
+		e.retry[n.Key] = rt
+	}
+	rt.attempts++
+	delay := e.backoff(rt.attempts)
+	var pe *play.Error
+	if errors.As(err, &pe) && pe.RetryAfter > delay {
+		delay = min(pe.RetryAfter, e.o.MaxDelay)
+	}
+	rt.next = e.o.Now().Add(delay)
+	level := slog.LevelWarn
+	if errors.Is(err, play.ErrRejected) {
+		level = slog.LevelError // credentials or API access: an operator must act
+	}
+	e.o.Logger.Log(ctx, level, "google enrichment failed; will retry", "key", n.Key, "type", n.Type, "attempt", rt.attempts, "retry_in", delay.Round(time.Millisecond), "err", err)
+	return rt.next, false
+}
+
+// backoff is BaseDelay doubled per attempt up to MaxDelay, with jitter in
+// [d/2, d).
+func (e *GoogleEnricher) backoff(attempt int) time.Duration {
+	d := e.o.BaseDelay
+	for i := 1; i < attempt && d < e.o.MaxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, e.o.MaxDelay)
+	half := d / 2
+	if half <= 0 {
+		return d
+	}
+	return half + rand.N(half)
+}
+
+// subscriptionOrderFields is what the enricher reads from a subscription to
+// know which order to fetch.
+type subscriptionOrderFields struct {
+	LineItems []struct {
+		ProductID               string `json:"productId"`
+		LatestSuccessfulOrderID string `json:"latestSuccessfulOrderId"`
+	} `json:"lineItems"`
+}
+
+// ordersFor lists the subscription types whose event carries an amount.
+var ordersFor = map[string]bool{
+	"SUBSCRIPTION_PURCHASED": true, "SUBSCRIPTION_RENEWED": true,
+	"SUBSCRIPTION_RECOVERED": true, "SUBSCRIPTION_REVOKED": true,
+}
+
+// fetch reads what the mapping needs for one notification.
+func (e *GoogleEnricher) fetch(ctx context.Context, n *mapping.Notification) (*mapping.GoogleEnrichment, error) {
+	en := &mapping.GoogleEnrichment{}
+	g, err := mapping.ParseGoogleNotification(n.Body)
+	if err != nil {
+		return en, nil // nothing to fetch; the mapping records it as ignored
+	}
+	pkg := g.PackageName
+	// secondary fetches a resource whose absence does not void the event.
+	secondary := func(what string, f func() (json.RawMessage, error)) (json.RawMessage, error) {
+		raw, err := f()
+		if errors.Is(err, play.ErrNotFound) {
+			en.Missing = append(en.Missing, what)
+			return nil, nil
+		}
+		return raw, err
+	}
+	switch g.Kind() {
+	case mapping.GoogleKindSubscription:
+		token := g.Subscription.PurchaseToken
+		raw, err := e.api.Subscription(ctx, pkg, token)
+		if errors.Is(err, play.ErrNotFound) {
+			en.NotFound = err.Error()
+			return en, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		en.Subscription = raw
+		if !ordersFor[g.TypeName()] {
+			return en, nil
+		}
+		var sf subscriptionOrderFields
+		if err := json.Unmarshal(raw, &sf); err != nil {
+			return en, nil // the mapping reports the malformed answer
+		}
+		orderID := ""
+		for _, li := range sf.LineItems {
+			if orderID == "" || li.ProductID == string(g.Subscription.SubscriptionID) {
+				orderID = li.LatestSuccessfulOrderID
+			}
+		}
+		if orderID == "" {
+			return en, nil
+		}
+		if en.Order, err = secondary("order", func() (json.RawMessage, error) { return e.api.Order(ctx, pkg, orderID) }); err != nil {
+			return nil, err
+		}
+		if prev := mapping.PreviousGoogleOrderID(orderID); prev != "" && g.TypeName() == "SUBSCRIPTION_RENEWED" {
+			if en.PreviousOrder, err = secondary("previous_order", func() (json.RawMessage, error) { return e.api.Order(ctx, pkg, prev) }); err != nil {
+				return nil, err
+			}
+		}
+	case mapping.GoogleKindOneTime:
+		raw, err := e.api.Product(ctx, pkg, string(g.OneTimeProduct.SKU), g.OneTimeProduct.PurchaseToken)
+		if errors.Is(err, play.ErrNotFound) {
+			en.NotFound = err.Error()
+			return en, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		en.Product = raw
+		var p struct {
+			OrderID string `json:"orderId"`
+		}
+		if json.Unmarshal(raw, &p) == nil && p.OrderID != "" {
+			if en.Order, err = secondary("order", func() (json.RawMessage, error) { return e.api.Order(ctx, pkg, p.OrderID) }); err != nil {
+				return nil, err
+			}
+		}
+	case mapping.GoogleKindVoided:
+		v := g.Voided
+		if en.Order, err = secondary("order", func() (json.RawMessage, error) { return e.api.Order(ctx, pkg, v.OrderID) }); err != nil {
+			return nil, err
+		}
+		var o struct {
+			LineItems []struct {
+				ProductID           string    `json:"productId"`
+				SubscriptionDetails *struct{} `json:"subscriptionDetails"`
+			} `json:"lineItems"`
+		}
+		_ = json.Unmarshal(en.Order, &o)
+		isSub, productID := int64(v.ProductType) == 1, ""
+		for _, li := range o.LineItems {
+			isSub = isSub || li.SubscriptionDetails != nil
+			if productID == "" {
+				productID = li.ProductID
+			}
+		}
+		switch {
+		case isSub:
+			en.Subscription, err = secondary("subscription", func() (json.RawMessage, error) { return e.api.Subscription(ctx, pkg, v.PurchaseToken) })
+		case productID != "":
+			en.Product, err = secondary("product", func() (json.RawMessage, error) { return e.api.Product(ctx, pkg, productID, v.PurchaseToken) })
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return en, nil
+}
