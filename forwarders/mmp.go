@@ -350,3 +350,9 @@ func mmpAttributes(e *mapping.Event) map[string]string {
 
 // mmpMillis formats a time as Unix milliseconds.
 func mmpMillis(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
+
+// errBodyTooLarge reports an event that cannot fit a destination's size cap
+// even without its optional fields.
+func errBodyTooLarge(dest string, limit int) error {
+	return fmt.Errorf("%s request body exceeds %d bytes even without optional parameters", dest, limit)
+}
