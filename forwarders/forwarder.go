@@ -113,6 +113,11 @@ func configError(s Settings, key, msg string) error {
 // registry lists the built-in destination types: one line per destination.
 var registry = map[string]Constructor{
 	"webhook": NewWebhook,
+	"appsflyer": NewAppsFlyer,
+	"adjust":    NewAdjust,
+	"singular":  NewSingular,
+	"branch":    NewBranch,
+	"kochava":   NewKochava,
 	"meta":    NewMeta,
 	"tiktok":  NewTikTok,
 	"ga4":     NewGA4,
