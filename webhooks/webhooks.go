@@ -24,6 +24,34 @@ type Error struct {
 	Code    string
 	Message string
 	Err     error
+	// Fields lists each invalid request field (validation errors of the /v1
+	// API); rendered as "fields" next to code and message when not empty.
+	Fields []FieldError
+}
+
+// FieldError names one invalid field of a request body, by its JSON path
+// ("events[3].revenue.currency"), and says what is wrong with it.
+type FieldError struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+// ErrorBody is the JSON shape of every error answer:
+// {"error": {"code": ..., "message": ..., "fields": [...]}}.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the inside of ErrorBody.
+type ErrorDetail struct {
+	Code    string       `json:"code"`
+	Message string       `json:"message"`
+	Fields  []FieldError `json:"fields,omitempty"`
+}
+
+// Body renders the error as the client sees it (never Err).
+func (e *Error) Body() ErrorBody {
+	return ErrorBody{Error: ErrorDetail{Code: e.Code, Message: e.Message, Fields: e.Fields}}
 }
 
 func (e *Error) Error() string {
@@ -57,6 +85,7 @@ const (
 	CodeUnavailable  = "store_unavailable"
 	CodeConflict     = "conflict"
 	CodeNotFound     = "not_found"
+	CodeInvalid      = "invalid"
 	CodeInternal     = "internal"
 )
 
