@@ -169,8 +169,9 @@ func Chunk(batch []Item, size int) [][]Item {
 	return out
 }
 
-// bisectBudget bounds the extra requests one Send may make to isolate bad
-// events in rejected batches: enough for a handful of bad events in 1000.
+// bisectBudget bounds the requests spent on one batch of at most the API's
+// limit, bisection included: enough to isolate a handful of bad events in
+// 1000.
 const bisectBudget = 64
 
 // bisect sends the events at idx with send. When a multi-event request is
@@ -180,6 +181,12 @@ const bisectBudget = 64
 // the number of requests; events still unresolved when it runs out are
 // retried later rather than killed.
 func bisect(idx []int, budget *int, send func(idx []int) Result, out []Result) {
+	if *budget <= 0 {
+		for _, i := range idx {
+			out[i] = Result{Outcome: Retry, Reason: "bisect_budget: batch rejected and the request budget is spent"}
+		}
+		return
+	}
 	*budget--
 	r := send(idx)
 	if r.Outcome != Dead || len(idx) == 1 {

@@ -340,13 +340,13 @@ func (m *Meta) Send(ctx context.Context, batch []Item) []Result {
 			sandbox = append(sandbox, i)
 		}
 	}
-	budget := bisectBudget
 	for _, g := range []struct {
 		c   *metaCreds
 		idx []int
 	}{{&m.prod, prod}, {m.sandbox, sandbox}} {
 		for len(g.idx) > 0 {
 			n := min(len(g.idx), metaBatchSize)
+			budget := bisectBudget
 			bisect(g.idx[:n], &budget, func(idx []int) Result { return m.post(ctx, g.c, events, idx) }, out)
 			g.idx = g.idx[n:]
 		}
@@ -384,7 +384,7 @@ func (m *Meta) post(ctx context.Context, c *metaCreds, events []metaEvent, idx [
 	if rr != nil {
 		return *rr
 	}
-	r := classifyMeta(resp, m.now())
+	r := classifyMeta(resp, m.now(), c.AccessToken)
 	r.Request = summary
 	r.Response = redact(Excerpt(resp.Body), c.AccessToken)
 	if r.Err != nil {
@@ -418,8 +418,9 @@ var (
 // 341, 368, 5000, 21009 or is_transient are retried; 190 and 102 (token),
 // 10 and 200-299 (permission) and 100/33 (dataset missing or not shared)
 // pause the destination; every other error (100 invalid parameter and the
-// like) is dead for the events in the request, which Send bisects.
-func classifyMeta(resp adResponse, now time.Time) Result {
+// like) is dead for the events in the request, which Send bisects. secret
+// is masked in the reason and error should Meta quote it back.
+func classifyMeta(resp adResponse, now time.Time, secret string) Result {
 	if resp.Status >= 200 && resp.Status < 300 {
 		return Result{Outcome: Delivered, Status: resp.Status}
 	}
@@ -442,6 +443,7 @@ func classifyMeta(resp adResponse, now time.Time) Result {
 	} else if me.Error.Message != "" {
 		detail += " (" + me.Error.Message + ")"
 	}
+	detail = redact(detail, secret)
 	var label string
 	switch {
 	case metaThrottleCodes[code]:

@@ -340,10 +340,10 @@ func (t *TikTok) Send(ctx context.Context, batch []Item) []Result {
 		}
 		g.idx = append(g.idx, i)
 	}
-	budget := bisectBudget
 	for _, g := range groups {
 		for len(g.idx) > 0 {
 			n := min(len(g.idx), tiktokBatchSize)
+			budget := bisectBudget
 			bisect(g.idx[:n], &budget, func(idx []int) Result { return t.post(ctx, g.c, g.channel, events, idx) }, out)
 			g.idx = g.idx[n:]
 		}
@@ -377,7 +377,7 @@ func (t *TikTok) post(ctx context.Context, c *tiktokCreds, channel string, event
 	if rr != nil {
 		return *rr
 	}
-	r := classifyTikTok(resp, t.now())
+	r := classifyTikTok(resp, t.now(), c.AccessToken)
 	r.Request = summary
 	r.Response = redact(Excerpt(resp.Body), c.AccessToken)
 	if r.Err != nil {
@@ -405,8 +405,9 @@ const (
 )
 
 // classifyTikTok reads an Events API answer. Non-2xx statuses follow the
-// generic rules; a 2xx is judged by its code.
-func classifyTikTok(resp adResponse, now time.Time) Result {
+// generic rules; a 2xx is judged by its code. secret is masked in the
+// reason and error should TikTok quote it back.
+func classifyTikTok(resp adResponse, now time.Time, secret string) Result {
 	r := Result{Status: resp.Status}
 	var a tiktokAnswer
 	if resp.Status < 200 || resp.Status >= 300 || json.Unmarshal(resp.Body, &a) != nil || a.Code == nil {
@@ -425,7 +426,7 @@ func classifyTikTok(resp adResponse, now time.Time) Result {
 		return r
 	}
 	code := *a.Code
-	detail := fmt.Sprintf("code %d (%s)", code, a.Message)
+	detail := redact(fmt.Sprintf("code %d (%s)", code, a.Message), secret)
 	var label string
 	switch {
 	case code == tiktokOK || code == tiktokPartial:
