@@ -1,0 +1,914 @@
+package webhooks
+
+import (
+	"bytes"
+	"container/list"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/labstack/echo/v4"
+	"golang.org/x/crypto/ocsp"
+
+	"github.com/postback/postback/appstore"
+	"github.com/postback/postback/certs"
+	"github.com/postback/postback/config"
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store"
+)
+
+// Apple's certificate extension OIDs (Apple PKI): every App Store signing
+// leaf carries the receipt-signing OID and its intermediate the Worldwide
+// Developer Relations OID.
+var (
+	oidAppleLeaf         = asn1.ObjectIdentifier{1, 2, 840, 113635, 100, 6, 11, 1}
+	oidAppleIntermediate = asn1.ObjectIdentifier{1, 2, 840, 113635, 100, 6, 2, 1}
+)
+
+// Apple rejection reasons. Each is a sentinel error of the verifier and a
+// reason code in the HTTP error and the rejected-notifications metric.
+var (
+	ErrAppleMalformed         = errors.New("apple: malformed JWS")
+	ErrAppleAlg               = errors.New("apple: JWS alg is not ES256")
+	ErrAppleX5CLength         = errors.New("apple: x5c must hold exactly three certificates")
+	ErrAppleCertificate       = errors.New("apple: x5c certificate does not parse")
+	ErrAppleUntrustedChain    = errors.New("apple: certificate chain does not lead to a configured root")
+	ErrAppleExpired           = errors.New("apple: certificate expired at the signing date")
+	ErrAppleNotYetValid       = errors.New("apple: certificate not yet valid at the signing date")
+	ErrAppleLeafOID           = errors.New("apple: signing certificate lacks Apple's receipt-signing OID")
+	ErrAppleIntermediateOID   = errors.New("apple: intermediate certificate lacks Apple's WWDR OID")
+	ErrAppleLeafKey           = errors.New("apple: signing certificate key is not ECDSA P-256")
+	ErrAppleSignature         = errors.New("apple: JWS signature does not verify")
+	ErrAppleRevoked           = errors.New("apple: OCSP does not report the certificate as good")
+	ErrAppleOCSPUnavailable   = errors.New("apple: OCSP responder unreachable")
+	ErrAppleUnknownApp        = errors.New("apple: bundleId is not a configured app")
+	ErrAppleAppAppleID        = errors.New("apple: appAppleId does not match the configured app")
+	ErrAppleEnvironment       = errors.New("apple: environment not accepted")
+	ErrAppleNestedBundle      = errors.New("apple: nested JWS bundleId differs from the notification's")
+	ErrAppleNestedEnvironment = errors.New("apple: nested JWS environment differs from the notification's")
+	ErrAppleStale             = errors.New("apple: signedDate outside the dedupe window")
+)
+
+// Apple reason codes (Error.Code).
+const (
+	CodeAppleAlg               = "alg_not_es256"
+	CodeAppleX5CLength         = "x5c_length"
+	CodeAppleCertificate       = "invalid_certificate"
+	CodeAppleUntrustedChain    = "untrusted_chain"
+	CodeAppleExpired           = "certificate_expired"
+	CodeAppleNotYetValid       = "certificate_not_yet_valid"
+	CodeAppleLeafOID           = "leaf_oid"
+	CodeAppleIntermediateOID   = "intermediate_oid"
+	CodeAppleLeafKey           = "leaf_key"
+	CodeAppleRevoked           = "certificate_revoked"
+	CodeAppleOCSPUnavailable   = "ocsp_unavailable"
+	CodeAppleAppAppleID        = "app_apple_id_mismatch"
+	CodeAppleNestedBundle      = "nested_bundle_mismatch"
+	CodeAppleNestedEnvironment = "nested_environment_mismatch"
+)
+
+// appleCodes is the one table from verifier errors to HTTP answers: 400 for
+// what is not a notification at all, 503 for what may pass later (OCSP
+// network trouble: Apple retries), 401 for everything that failed
+// verification.
+var appleCodes = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{ErrAppleMalformed, http.StatusBadRequest, CodeMalformed},
+	{ErrAppleOCSPUnavailable, http.StatusServiceUnavailable, CodeAppleOCSPUnavailable},
+	{ErrAppleAlg, http.StatusUnauthorized, CodeAppleAlg},
+	{ErrAppleX5CLength, http.StatusUnauthorized, CodeAppleX5CLength},
+	{ErrAppleCertificate, http.StatusUnauthorized, CodeAppleCertificate},
+	{ErrAppleUntrustedChain, http.StatusUnauthorized, CodeAppleUntrustedChain},
+	{ErrAppleExpired, http.StatusUnauthorized, CodeAppleExpired},
+	{ErrAppleNotYetValid, http.StatusUnauthorized, CodeAppleNotYetValid},
+	{ErrAppleLeafOID, http.StatusUnauthorized, CodeAppleLeafOID},
+	{ErrAppleIntermediateOID, http.StatusUnauthorized, CodeAppleIntermediateOID},
+	{ErrAppleLeafKey, http.StatusUnauthorized, CodeAppleLeafKey},
+	{ErrAppleSignature, http.StatusUnauthorized, CodeSignature},
+	{ErrAppleRevoked, http.StatusUnauthorized, CodeAppleRevoked},
+	{ErrAppleUnknownApp, http.StatusUnauthorized, CodeUnknownApp},
+	{ErrAppleAppAppleID, http.StatusUnauthorized, CodeAppleAppAppleID},
+	{ErrAppleEnvironment, http.StatusUnauthorized, CodeEnvironment},
+	{ErrAppleNestedBundle, http.StatusUnauthorized, CodeAppleNestedBundle},
+	{ErrAppleNestedEnvironment, http.StatusUnauthorized, CodeAppleNestedEnvironment},
+	{ErrAppleStale, http.StatusUnauthorized, CodeStale},
+}
+
+// AppleError turns a verifier error into the HTTP error the client sees.
+func AppleError(err error) *Error {
+	for _, c := range appleCodes {
+		if errors.Is(err, c.err) {
+			return Wrap(c.status, c.code, c.err.Error(), err)
+		}
+	}
+	return Wrap(http.StatusUnauthorized, CodeUnauthorized, "notification failed verification", err)
+}
+
+// AppleVerifierConfig configures an AppleVerifier.
+type AppleVerifierConfig struct {
+	// Roots are the trusted root certificates (DER). Required.
+	Roots [][]byte
+	// Apps are the accepted apps. An app whose notifications may come from
+	// Production needs its AppAppleID.
+	Apps []config.AppleApp
+	// Environments are the accepted environments: production, sandbox,
+	// xcode, localtesting.
+	Environments []string
+	// Window is how old a notification's signedDate may be: the inbox's
+	// dedupe window, so an older replay can never be counted twice.
+	Window time.Duration
+	// Online checks certificates at the current time with OCSP instead of
+	// at the payload's signedDate.
+	Online bool
+	// HTTPClient makes OCSP requests; default 5 s timeout.
+	HTTPClient *http.Client
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// CacheSize bounds the verified-chain cache; default 64, negative
+	// disables it.
+	CacheSize int
+}
+
+// AppleVerifier verifies App Store signed data the way Apple's
+// app-store-server-library SignedDataVerifier does, or more strictly:
+//
+//   - compact JWS whose header alg is exactly ES256 and whose x5c holds
+//     exactly three certificates;
+//   - the chain is built from the leaf and the intermediate only (x5c[2] is
+//     ignored) and must end at a configured root; the leaf must carry OID
+//     1.2.840.113635.100.6.11.1, the intermediate OID
+//     1.2.840.113635.100.6.2.1, and the leaf key must be P-256;
+//   - certificates must be valid at the payload's signedDate (so leaf
+//     rotation and Apple's multi-day retries keep working), or, with
+//     online checks, now with OCSP (an unreachable responder is retryable);
+//   - the signature verifies with the leaf key.
+//
+// Verified chains are cached, keyed by the SHA-256 of the leaf and
+// intermediate bytes and bounded in size, with the validity window they
+// hold in, so a notification normally costs only its signature checks.
+type AppleVerifier struct {
+	roots    *x509.CertPool
+	apps     map[string]config.AppleApp
+	envs     map[string]bool
+	window   time.Duration
+	online   bool
+	client   *http.Client
+	now      func() time.Time
+	cache    *chainCache
+	maxAhead time.Duration
+}
+
+// ocspTTL is how long a good OCSP answer is reused (Apple's libraries: 15m).
+const ocspTTL = 15 * time.Minute
+
+// NewAppleVerifier validates cfg and builds a verifier. It does no I/O.
+func NewAppleVerifier(cfg AppleVerifierConfig) (*AppleVerifier, error) {
+	if len(cfg.Roots) == 0 {
+		return nil, errors.New("apple: at least one root certificate is required")
+	}
+	v := &AppleVerifier{
+		roots: x509.NewCertPool(), apps: map[string]config.AppleApp{}, envs: map[string]bool{},
+		window: cfg.Window, online: cfg.Online, client: cfg.HTTPClient, now: cfg.Now, maxAhead: 5 * time.Minute,
+	}
+	for i, der := range cfg.Roots {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("apple: root certificate %d does not parse: %w", i, err)
+		}
+		v.roots.AddCert(c)
+	}
+	for _, e := range cfg.Environments {
+		v.envs[strings.ToLower(e)] = true
+	}
+	for _, a := range cfg.Apps {
+		if a.BundleID == "" {
+			return nil, errors.New("apple: an app without bundle_id")
+		}
+		if v.envs["production"] && a.AppAppleID == 0 {
+			return nil, fmt.Errorf("apple: app %s needs app_apple_id (App Store Connect > App Information > Apple ID) while production is accepted", a.BundleID)
+		}
+		v.apps[a.BundleID] = a
+	}
+	if v.window <= 0 {
+		return nil, errors.New("apple: the dedupe window must be positive")
+	}
+	if v.client == nil {
+		v.client = &http.Client{Timeout: 5 * time.Second}
+	}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	size := cfg.CacheSize
+	if size == 0 {
+		size = 64
+	}
+	if size > 0 {
+		v.cache = &chainCache{max: size, ll: list.New(), m: map[[32]byte]*list.Element{}}
+	}
+	return v, nil
+}
+
+// jwsHeader is the part of a JWS header the verifier reads.
+type jwsHeader struct {
+	Alg string   `json:"alg"`
+	X5C []string `json:"x5c"`
+}
+
+// jwsDates are the payload fields that choose the certificate check date.
+type jwsDates struct {
+	SignedDate          mapping.AppleMillis `json:"signedDate"`
+	ReceiptCreationDate mapping.AppleMillis `json:"receiptCreationDate"`
+}
+
+// VerifyJWS verifies one App Store compact JWS (a signedPayload, a signed
+// transaction, renewal info or app transaction) and returns its payload.
+func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, error) {
+	first := strings.IndexByte(token, '.')
+	last := strings.LastIndexByte(token, '.')
+	if first <= 0 || last == first || strings.Count(token, ".") != 2 {
+		return nil, fmt.Errorf("%w: not three dot-separated parts", ErrAppleMalformed)
+	}
+	hb, err := base64.RawURLEncoding.DecodeString(token[:first])
+	if err != nil {
+		return nil, fmt.Errorf("%w: header base64: %v", ErrAppleMalformed, err)
+	}
+	var h jwsHeader
+	if err := json.Unmarshal(hb, &h); err != nil {
+		return nil, fmt.Errorf("%w: header JSON: %v", ErrAppleMalformed, err)
+	}
+	if h.Alg != "ES256" {
+		return nil, fmt.Errorf("%w: %q", ErrAppleAlg, h.Alg)
+	}
+	if len(h.X5C) != 3 {
+		return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(token[first+1 : last])
+	if err != nil {
+		return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
+	}
+	var d jwsDates
+	if err := json.Unmarshal(payload, &d); err != nil {
+		return nil, fmt.Errorf("%w: payload JSON: %v", ErrAppleMalformed, err)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(token[last+1:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: signature base64: %v", ErrAppleMalformed, err)
+	}
+	at := v.now()
+	if !v.online {
+		switch {
+		case d.SignedDate != 0:
+			at = d.SignedDate.Time()
+		case d.ReceiptCreationDate != 0:
+			at = d.ReceiptCreationDate.Time()
+		}
+	}
+	pub, err := v.chain(ctx, h.X5C, at)
+	if err != nil {
+		return nil, err
+	}
+	if err := jwt.SigningMethodES256.Verify(token[:last], sig, pub); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAppleSignature, err)
+	}
+	return payload, nil
+}
+
+// chain verifies x5c[0] and x5c[1] against the roots at time at and returns
+// the leaf key, using the cache when the same chain was verified before.
+func (v *AppleVerifier) chain(ctx context.Context, x5c []string, at time.Time) (*ecdsa.PublicKey, error) {
+	leafDER, err1 := base64.StdEncoding.DecodeString(x5c[0])
+	interDER, err2 := base64.StdEncoding.DecodeString(x5c[1])
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("%w: base64: %v", ErrAppleCertificate, err)
+	}
+	key := chainKey(leafDER, interDER)
+	if v.cache != nil {
+		if e, ok := v.cache.get(key); ok {
+			if err := e.validAt(at); err != nil {
+				return nil, err
+			}
+			if v.online && v.now().Sub(e.ocspAt) > ocspTTL {
+				if err := v.revocation(ctx, e.leaf, e.inter, e.root); err != nil {
+					return nil, err
+				}
+				e.ocspAt = v.now()
+				v.cache.put(key, e)
+			}
+			return e.pub, nil
+		}
+	}
+	leaf, err := x509.ParseCertificate(leafDER)
+	if err != nil {
+		return nil, fmt.Errorf("%w: leaf: %v", ErrAppleCertificate, err)
+	}
+	inter, err := x509.ParseCertificate(interDER)
+	if err != nil {
+		return nil, fmt.Errorf("%w: intermediate: %v", ErrAppleCertificate, err)
+	}
+	for _, c := range []*x509.Certificate{leaf, inter} {
+		if at.Before(c.NotBefore) {
+			return nil, fmt.Errorf("%w: %s valid from %s, checked at %s", ErrAppleNotYetValid, c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
+		}
+		if at.After(c.NotAfter) {
+			return nil, fmt.Errorf("%w: %s valid until %s, checked at %s", ErrAppleExpired, c.Subject.CommonName, c.NotAfter.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
+		}
+	}
+	inters := x509.NewCertPool()
+	inters.AddCert(inter)
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots: v.roots, Intermediates: inters, CurrentTime: at,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrAppleUntrustedChain, err)
+	}
+	var root *x509.Certificate
+	for _, ch := range chains {
+		if len(ch) == 3 && ch[1].Equal(inter) {
+			root = ch[2]
+			break
+		}
+	}
+	if root == nil {
+		return nil, fmt.Errorf("%w: no chain leaf -> intermediate -> root", ErrAppleUntrustedChain)
+	}
+	if !hasExtension(leaf, oidAppleLeaf) {
+		return nil, ErrAppleLeafOID
+	}
+	if !hasExtension(inter, oidAppleIntermediate) {
+		return nil, ErrAppleIntermediateOID
+	}
+	pub, ok := leaf.PublicKey.(*ecdsa.PublicKey)
+	if !ok || pub.Curve != elliptic.P256() {
+		return nil, ErrAppleLeafKey
+	}
+	e := chainEntry{pub: pub, leaf: leaf, inter: inter, root: root}
+	e.from, e.until = leaf.NotBefore, leaf.NotAfter
+	for _, c := range []*x509.Certificate{inter, root} {
+		if c.NotBefore.After(e.from) {
+			e.from = c.NotBefore
+		}
+		if c.NotAfter.Before(e.until) {
+			e.until = c.NotAfter
+		}
+	}
+	if v.online {
+		if err := v.revocation(ctx, leaf, inter, root); err != nil {
+			return nil, err
+		}
+		e.ocspAt = v.now()
+	}
+	if v.cache != nil {
+		v.cache.put(key, e)
+	}
+	return pub, nil
+}
+
+func hasExtension(c *x509.Certificate, oid asn1.ObjectIdentifier) bool {
+	for _, e := range c.Extensions {
+		if e.Id.Equal(oid) {
+			return true
+		}
+	}
+	return false
+}
+
+// chainKey is the SHA-256 of the length-prefixed leaf and intermediate.
+func chainKey(leaf, inter []byte) [32]byte {
+	h := sha256.New()
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(leaf)))
+	h.Write(n[:])
+	h.Write(leaf)
+	h.Write(inter)
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
+}
+
+// revocation asks OCSP about the leaf (issued by the intermediate) and the
+// intermediate (issued by the root).
+func (v *AppleVerifier) revocation(ctx context.Context, leaf, inter, root *x509.Certificate) error {
+	if err := v.ocspCheck(ctx, leaf, inter); err != nil {
+		return err
+	}
+	return v.ocspCheck(ctx, inter, root)
+}
+
+// ocspCheck performs one OCSP request. Network failures and non-200
+// answers are ErrAppleOCSPUnavailable (retryable); anything else that is
+// not a fresh, well-signed "good" is ErrAppleRevoked.
+func (v *AppleVerifier) ocspCheck(ctx context.Context, cert, issuer *x509.Certificate) error {
+	if len(cert.OCSPServer) == 0 {
+		return fmt.Errorf("%w: %s names no OCSP responder", ErrAppleRevoked, cert.Subject.CommonName)
+	}
+	req, err := ocsp.CreateRequest(cert, issuer, &ocsp.RequestOptions{Hash: crypto.SHA256})
+	if err != nil {
+		return fmt.Errorf("%w: build request: %v", ErrAppleRevoked, err)
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, cert.OCSPServer[0], bytes.NewReader(req))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAppleRevoked, err)
+	}
+	hr.Header.Set("Content-Type", "application/ocsp-request")
+	resp, err := v.client.Do(hr)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAppleOCSPUnavailable, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrAppleOCSPUnavailable, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%w: HTTP %d", ErrAppleOCSPUnavailable, resp.StatusCode)
+	}
+	r, err := ocsp.ParseResponseForCert(body, cert, issuer)
+	if err != nil {
+		var re ocsp.ResponseError
+		if errors.As(err, &re) && (re.Status == ocsp.TryLater || re.Status == ocsp.InternalError) {
+			return fmt.Errorf("%w: %v", ErrAppleOCSPUnavailable, err)
+		}
+		return fmt.Errorf("%w: %v", ErrAppleRevoked, err)
+	}
+	now := v.now()
+	const skew = time.Minute
+	switch {
+	case r.Status != ocsp.Good:
+		return fmt.Errorf("%w: %s status %d", ErrAppleRevoked, cert.Subject.CommonName, r.Status)
+	case r.ThisUpdate.After(now.Add(skew)):
+		return fmt.Errorf("%w: response from the future", ErrAppleRevoked)
+	case !r.NextUpdate.IsZero() && r.NextUpdate.Before(now.Add(-skew)):
+		return fmt.Errorf("%w: response expired", ErrAppleRevoked)
+	}
+	return nil
+}
+
+// chainEntry is one verified chain: the leaf key and the window in which
+// every certificate of the chain is valid.
+type chainEntry struct {
+	pub               *ecdsa.PublicKey
+	leaf, inter, root *x509.Certificate
+	from, until       time.Time
+	ocspAt            time.Time
+}
+
+func (e *chainEntry) validAt(at time.Time) error {
+	if at.Before(e.from) {
+		return fmt.Errorf("%w: chain valid from %s, checked at %s", ErrAppleNotYetValid, e.from.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
+	}
+	if at.After(e.until) {
+		return fmt.Errorf("%w: chain valid until %s, checked at %s", ErrAppleExpired, e.until.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// chainCache is a bounded LRU of verified chains.
+type chainCache struct {
+	mu  sync.Mutex
+	max int
+	ll  *list.List
+	m   map[[32]byte]*list.Element
+}
+
+type cacheItem struct {
+	key [32]byte
+	e   chainEntry
+}
+
+func (c *chainCache) get(k [32]byte) (chainEntry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.m[k]
+	if !ok {
+		return chainEntry{}, false
+	}
+	c.ll.MoveToFront(el)
+	return el.Value.(*cacheItem).e, true
+}
+
+func (c *chainCache) put(k [32]byte, e chainEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.m[k]; ok {
+		el.Value.(*cacheItem).e = e
+		c.ll.MoveToFront(el)
+		return
+	}
+	c.m[k] = c.ll.PushFront(&cacheItem{key: k, e: e})
+	for c.ll.Len() > c.max {
+		old := c.ll.Back()
+		c.ll.Remove(old)
+		delete(c.m, old.Value.(*cacheItem).key)
+	}
+}
+
+// Len reports how many verified chains are cached (tests, metrics).
+func (v *AppleVerifier) Len() int {
+	if v.cache == nil {
+		return 0
+	}
+	v.cache.mu.Lock()
+	defer v.cache.mu.Unlock()
+	return v.cache.ll.Len()
+}
+
+// AppleVerified is a verified notification.
+type AppleVerified struct {
+	// Payload is the typed notification with the nested transaction and
+	// renewal info verified and decoded.
+	Payload mapping.AppleNotification
+	// Body is the payload JSON with every nested JWS replaced by its
+	// verified, decoded payload (transactionInfo, renewalInfo,
+	// appTransactionInfo); fields unknown to Payload are kept.
+	Body []byte
+	// BundleID is the app; Environment the canonical environment.
+	BundleID    string
+	Environment string
+}
+
+// VerifyNotification verifies a signedPayload and everything nested in it,
+// then applies the semantic checks: configured bundleId, accepted
+// environment, appAppleId in Production, nested bundleId and environment
+// equal to the notification's, and signedDate within the dedupe window.
+func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload string) (*AppleVerified, error) {
+	raw, err := v.VerifyJWS(ctx, signedPayload)
+	if err != nil {
+		return nil, err
+	}
+	out := &AppleVerified{}
+	p := &out.Payload
+	if err := json.Unmarshal(raw, p); err != nil {
+		return nil, fmt.Errorf("%w: notification payload: %v", ErrAppleMalformed, err)
+	}
+	if p.NotificationUUID == "" || p.NotificationType == "" {
+		return nil, fmt.Errorf("%w: notification without notificationUUID or notificationType", ErrAppleMalformed)
+	}
+	out.BundleID = p.BundleID()
+	app, ok := v.apps[out.BundleID]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrAppleUnknownApp, out.BundleID)
+	}
+	appleEnv := p.AppleEnvironment()
+	if !v.envs[strings.ToLower(appleEnv)] {
+		return nil, fmt.Errorf("%w: %q", ErrAppleEnvironment, appleEnv)
+	}
+	if appleEnv == "Production" && p.AppAppleID() != app.AppAppleID {
+		return nil, fmt.Errorf("%w: got %d", ErrAppleAppAppleID, p.AppAppleID())
+	}
+	now := v.now()
+	switch signed := p.SignedDate.Time(); {
+	case signed.IsZero():
+		return nil, fmt.Errorf("%w: no signedDate", ErrAppleStale)
+	case now.Sub(signed) > v.window:
+		return nil, fmt.Errorf("%w: signed %s, older than %s", ErrAppleStale, signed.Format(time.RFC3339), v.window)
+	case signed.Sub(now) > v.maxAhead:
+		return nil, fmt.Errorf("%w: signed %s, in the future", ErrAppleStale, signed.Format(time.RFC3339))
+	}
+	out.Environment = mapping.AppleCanonicalEnvironment(appleEnv)
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &top); err != nil {
+		return nil, fmt.Errorf("%w: notification payload: %v", ErrAppleMalformed, err)
+	}
+	if d := p.Data; d != nil {
+		fields := map[string]json.RawMessage{}
+		if err := json.Unmarshal(top["data"], &fields); err != nil {
+			return nil, fmt.Errorf("%w: data: %v", ErrAppleMalformed, err)
+		}
+		if d.SignedTransactionInfo != "" {
+			txn, b, err := v.VerifyTransaction(ctx, d.SignedTransactionInfo, out.BundleID, appleEnv)
+			if err != nil {
+				return nil, fmt.Errorf("signedTransactionInfo: %w", err)
+			}
+			d.TransactionInfo = txn
+			fields["transactionInfo"] = b
+			delete(fields, "signedTransactionInfo")
+		}
+		if d.SignedRenewalInfo != "" {
+			b, err := v.VerifyJWS(ctx, d.SignedRenewalInfo)
+			if err != nil {
+				return nil, fmt.Errorf("signedRenewalInfo: %w", err)
+			}
+			var ren mapping.AppleRenewalInfo
+			if err := json.Unmarshal(b, &ren); err != nil {
+				return nil, fmt.Errorf("%w: renewal info: %v", ErrAppleMalformed, err)
+			}
+			if ren.Environment != appleEnv {
+				return nil, fmt.Errorf("signedRenewalInfo: %w: %q", ErrAppleNestedEnvironment, ren.Environment)
+			}
+			d.RenewalInfo = &ren
+			fields["renewalInfo"] = b
+			delete(fields, "signedRenewalInfo")
+		}
+		d.SignedTransactionInfo, d.SignedRenewalInfo = "", ""
+		if top["data"], err = json.Marshal(fields); err != nil {
+			return nil, err
+		}
+	}
+	if a := p.AppData; a != nil && a.SignedAppTransactionInfo != "" {
+		fields := map[string]json.RawMessage{}
+		if err := json.Unmarshal(top["appData"], &fields); err != nil {
+			return nil, fmt.Errorf("%w: appData: %v", ErrAppleMalformed, err)
+		}
+		b, err := v.VerifyJWS(ctx, a.SignedAppTransactionInfo)
+		if err != nil {
+			return nil, fmt.Errorf("signedAppTransactionInfo: %w", err)
+		}
+		var at struct {
+			BundleID    string `json:"bundleId"`
+			ReceiptType string `json:"receiptType"`
+		}
+		if err := json.Unmarshal(b, &at); err != nil {
+			return nil, fmt.Errorf("%w: app transaction: %v", ErrAppleMalformed, err)
+		}
+		if at.BundleID != out.BundleID {
+			return nil, fmt.Errorf("signedAppTransactionInfo: %w", ErrAppleNestedBundle)
+		}
+		if at.ReceiptType != appleEnv {
+			return nil, fmt.Errorf("signedAppTransactionInfo: %w: %q", ErrAppleNestedEnvironment, at.ReceiptType)
+		}
+		a.AppTransactionInfo = b
+		a.SignedAppTransactionInfo = ""
+		fields["appTransactionInfo"] = b
+		delete(fields, "signedAppTransactionInfo")
+		if top["appData"], err = json.Marshal(fields); err != nil {
+			return nil, err
+		}
+	}
+	if out.Body, err = json.Marshal(top); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// VerifyTransaction verifies a signed transaction and checks that it
+// belongs to bundleID in appleEnv (Apple's environment name).
+func (v *AppleVerifier) VerifyTransaction(ctx context.Context, jws, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
+	b, err := v.VerifyJWS(ctx, jws)
+	if err != nil {
+		return nil, nil, err
+	}
+	var txn mapping.AppleTransaction
+	if err := json.Unmarshal(b, &txn); err != nil {
+		return nil, nil, fmt.Errorf("%w: transaction: %v", ErrAppleMalformed, err)
+	}
+	if txn.BundleID != bundleID {
+		return nil, nil, fmt.Errorf("%w: %q", ErrAppleNestedBundle, txn.BundleID)
+	}
+	if txn.Environment != appleEnv {
+		return nil, nil, fmt.Errorf("%w: %q", ErrAppleNestedEnvironment, txn.Environment)
+	}
+	return &txn, b, nil
+}
+
+// LoadAppleRoots returns the trusted roots: the embedded Apple Root CA - G3
+// (fingerprint-checked) when paths is empty, else each file, DER or PEM.
+// Every failure names the file, so a mangled root fails start-up clearly.
+func LoadAppleRoots(paths []string) ([][]byte, error) {
+	if len(paths) == 0 {
+		der, err := certs.AppleRootG3()
+		if err != nil {
+			return nil, err
+		}
+		return [][]byte{der}, nil
+	}
+	var out [][]byte
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("sources.apple.root_certificates: %w", err)
+		}
+		ders := [][]byte{data}
+		if bytes.Contains(data, []byte("-----BEGIN")) {
+			ders = nil
+			for rest := data; ; {
+				var b *pem.Block
+				b, rest = pem.Decode(rest)
+				if b == nil {
+					break
+				}
+				if b.Type == "CERTIFICATE" {
+					ders = append(ders, b.Bytes)
+				}
+			}
+			if len(ders) == 0 {
+				return nil, fmt.Errorf("sources.apple.root_certificates: %s holds no PEM CERTIFICATE block", p)
+			}
+		}
+		for _, der := range ders {
+			if _, err := x509.ParseCertificate(der); err != nil {
+				return nil, fmt.Errorf("sources.apple.root_certificates: %s is not a DER or PEM certificate: %w", p, err)
+			}
+			out = append(out, der)
+		}
+	}
+	return out, nil
+}
+
+// Apple receives App Store Server Notifications V2 (POST /webhooks/apple):
+// {"signedPayload": "<JWS>"}. The notification is verified with Verifier,
+// deduplicated on notificationUUID and stored with its nested JWS decoded,
+// so mapping never parses a JWS. When App Store Server API credentials are
+// configured, a renewal for a subscription without state triggers a
+// transaction-history look-up first, so a trial conversion is recognised
+// even when Postback was installed mid-trial.
+type Apple struct {
+	Deps
+	Verifier *AppleVerifier
+	// API is the App Store Server API client; nil when not configured.
+	API *appstore.Client
+	// HistoryTimeout bounds the transaction-history look-up (default 3 s):
+	// Apple expects an answer within seconds.
+	HistoryTimeout time.Duration
+}
+
+// NewApple builds the Apple source from its configuration. retention is
+// storage.retention: the inbox keeps notificationUUIDs that long, so it is
+// also the replay bound. The roots are loaded and checked here, so a bad
+// root certificate stops start-up with a message naming it.
+func NewApple(cfg config.Apple, retention time.Duration, deps Deps) (*Apple, error) {
+	roots, err := LoadAppleRoots(cfg.RootCertificates)
+	if err != nil {
+		return nil, err
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	v, err := NewAppleVerifier(AppleVerifierConfig{
+		Roots: roots, Apps: cfg.Apps, Environments: cfg.Environments, Window: retention,
+		Online: cfg.OnlineChecks, Now: deps.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	api, err := appstore.New(cfg.API, appstore.Options{Now: deps.Now})
+	if errors.Is(err, appstore.ErrNotConfigured) {
+		api = nil
+	} else if err != nil {
+		return nil, fmt.Errorf("sources.apple.api: %w", err)
+	}
+	return &Apple{Deps: deps, Verifier: v, API: api}, nil
+}
+
+// Handle is the echo handler.
+func (a *Apple) Handle(c echo.Context) error {
+	const src = mapping.SourceApple
+	a.Metrics.Received.WithLabelValues(src).Inc()
+	body, err := ReadBody(c, a.MaxBody)
+	if err != nil {
+		return a.Reject(src, AsError(err))
+	}
+	var req struct {
+		SignedPayload string `json:"signedPayload"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil || req.SignedPayload == "" {
+		return a.Reject(src, Wrap(http.StatusBadRequest, CodeMalformed, `body is not {"signedPayload": "..."}`, err))
+	}
+	res, err := a.Receive(c.Request().Context(), req.SignedPayload)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, AckOf(res))
+}
+
+// Receive verifies one signedPayload and ingests it: the path shared by the
+// HTTP handler and backfill. A verification failure is returned as an
+// *Error already counted and logged.
+func (a *Apple) Receive(ctx context.Context, signedPayload string) (store.IngestResult, error) {
+	const src = mapping.SourceApple
+	v, err := a.Verifier.VerifyNotification(ctx, signedPayload)
+	if err != nil {
+		return store.IngestResult{}, a.Reject(src, AppleError(err))
+	}
+	p := &v.Payload
+	if p.NotificationType == mapping.AppleTest {
+		a.Logger.Info("apple TEST notification received", "bundle_id", v.BundleID, "environment", v.Environment, "key", p.NotificationUUID)
+	}
+	n := &mapping.Notification{
+		Source:      src,
+		Key:         p.NotificationUUID,
+		Type:        p.TypeKey(),
+		AppID:       v.BundleID,
+		Environment: v.Environment,
+		Body:        v.Body,
+	}
+	a.previousOffer(ctx, v, n)
+	return a.Accept(ctx, n)
+}
+
+// Receiver adapts Receive for appstore.Backfill: a refused notification is
+// counted as rejected, a store failure stops the backfill.
+func (a *Apple) Receiver() appstore.Receiver {
+	return func(ctx context.Context, signedPayload string) (appstore.Outcome, error) {
+		res, err := a.Receive(ctx, signedPayload)
+		if err != nil {
+			if AsError(err).Status >= 500 {
+				return appstore.OutcomeRejected, err
+			}
+			return appstore.OutcomeRejected, nil
+		}
+		if res.Duplicate {
+			return appstore.OutcomeDuplicate, nil
+		}
+		return appstore.OutcomeNew, nil
+	}
+}
+
+// stateReader is the optional store method that tells whether a
+// subscription has state yet.
+type stateReader interface {
+	State(key string) (mapping.State, bool, error)
+}
+
+// historyPages bounds the transaction-history look-up.
+const historyPages = 3
+
+// previousOffer fills n.Meta["previous_offer"] for a renewal of a
+// subscription Postback has no state for, from the App Store Server API's
+// transaction history: "free_trial" when the period before this renewal was
+// a free trial, "paid" otherwise. Without credentials, or when the look-up
+// fails, nothing is set and the mapping falls back to a plain renewal.
+func (a *Apple) previousOffer(ctx context.Context, v *AppleVerified, n *mapping.Notification) {
+	p := &v.Payload
+	if a.API == nil || p.NotificationType != mapping.AppleDidRenew || p.Subtype != "" || p.Data == nil || p.Data.TransactionInfo == nil {
+		return
+	}
+	txn := p.Data.TransactionInfo
+	orig := txn.OriginalTransactionID
+	if orig == "" {
+		return
+	}
+	sr, ok := a.Store.(stateReader)
+	if !ok {
+		return
+	}
+	if _, found, err := sr.State(mapping.AppleStateKey(orig)); err != nil || found {
+		return
+	}
+	timeout := a.HistoryTimeout
+	if timeout <= 0 {
+		timeout = 3 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	offer, err := a.lookupPrevious(ctx, v, txn)
+	if err != nil {
+		a.Logger.Warn("apple transaction history look-up failed; mapping without it", "key", n.Key, "err", err)
+		n.Meta = map[string]string{"previous_offer_lookup": "failed"}
+		return
+	}
+	if offer != "" {
+		n.Meta = map[string]string{mapping.AppleMetaPreviousOffer: offer}
+	}
+}
+
+// lookupPrevious finds the newest transaction of the same subscription
+// purchased before txn.
+func (a *Apple) lookupPrevious(ctx context.Context, v *AppleVerified, txn *mapping.AppleTransaction) (string, error) {
+	appleEnv := v.Payload.AppleEnvironment()
+	q := appstore.TransactionQuery{Sort: "DESCENDING", ProductTypes: []string{"AUTO_RENEWABLE"}, EndDate: int64(txn.PurchaseDate)}
+	for i := 0; i < historyPages; i++ {
+		page, err := a.API.TransactionHistory(ctx, v.Environment, v.BundleID, txn.OriginalTransactionID, q)
+		if err != nil {
+			return "", err
+		}
+		for _, s := range page.SignedTransactions {
+			prev, _, err := a.Verifier.VerifyTransaction(ctx, s, v.BundleID, appleEnv)
+			if err != nil {
+				return "", fmt.Errorf("history transaction: %w", err)
+			}
+			if prev.OriginalTransactionID != txn.OriginalTransactionID || prev.TransactionID == txn.TransactionID || prev.PurchaseDate >= txn.PurchaseDate {
+				continue
+			}
+			if prev.FreeTrial() {
+				return "free_trial", nil
+			}
+			return "paid", nil
+		}
+		if !page.HasMore || page.Revision == "" {
+			return "", nil
+		}
+		q.Revision = page.Revision
+	}
+	return "", nil
+}
