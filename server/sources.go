@@ -1,6 +1,10 @@
 package server
 
 import (
+	"context"
+	"fmt"
+
+	"github.com/postback/postback/play"
 	"github.com/postback/postback/webhooks"
 )
 
@@ -13,6 +17,25 @@ func (g *Gateway) mountSources() error {
 		s := &webhooks.Stripe{Deps: g.Deps, Secrets: c.Secrets, Tolerance: c.Tolerance.D(), AppID: c.AppID}
 		g.Echo.POST("/webhooks/stripe", s.Handle)
 		g.Logger.Info("source enabled", "source", "stripe", "path", "/webhooks/stripe", "secrets", len(c.Secrets))
+	}
+	if c := cfg.Google; c.Enabled {
+		api, err := play.New(context.Background(), play.Options{CredentialsFile: c.PlayAPI.CredentialsFile, Endpoint: c.PlayAPI.Endpoint})
+		if err != nil {
+			return fmt.Errorf("sources.google.play_api: %w", err)
+		}
+		enricher := webhooks.NewGoogleEnricher(g.Store, api, webhooks.GoogleEnricherOptions{Logger: g.Logger, Metrics: g.Metrics, Now: g.now})
+		h := &webhooks.Google{
+			Deps:     g.Deps,
+			Packages: c.Packages,
+			Verifier: &webhooks.GoogleVerifier{
+				Keys:     &webhooks.GoogleKeys{URL: c.OIDCCertsURL, Now: g.now},
+				Audience: c.PushAudience, ServiceAccount: c.PushServiceAccount, Now: g.now,
+			},
+			Wake: enricher.Nudge,
+		}
+		g.Echo.POST("/webhooks/google", h.Handle)
+		g.AddWorker(func(ctx context.Context) { _ = enricher.Run(ctx) })
+		g.Logger.Info("source enabled", "source", "google", "path", "/webhooks/google", "packages", len(c.Packages))
 	}
 	return nil
 }
