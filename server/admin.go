@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/postback/postback/console"
 	"github.com/postback/postback/dispatch"
 	"github.com/postback/postback/forwarders"
 	"github.com/postback/postback/mapping"
@@ -20,34 +22,60 @@ import (
 	"github.com/postback/postback/webhooks"
 )
 
-// mountAdmin registers the admin API under /admin/api/ when admin.token is
-// set. Every route requires `Authorization: Bearer <admin.token>`.
+// mountAdmin registers the admin API under /admin/api/ and the web console
+// under /admin/ when admin.token is set. Every API route requires
+// `Authorization: Bearer <admin.token>`; the console has its own login.
 func (g *Gateway) mountAdmin() error {
 	if g.Config.Admin.Token == "" {
 		return nil
 	}
-	a := &admin{g: g, jobs: map[string]*replayJob{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &admin{g: g, jobs: map[string]*replayJob{}, ctx: ctx}
 	api := g.Admin.Group("/admin/api", a.auth)
 	api.GET("/events", a.listEvents)
 	api.GET("/events/:id", a.getEvent)
 	api.GET("/deliveries", a.listDeliveries)
+	api.GET("/deliveries/:key", a.getDelivery)
 	api.POST("/deliveries/replay", a.replayOne)
 	api.POST("/replay", a.replayMatching)
+	api.GET("/replay", a.replayJobs)
 	api.GET("/replay/:id", a.replayStatus)
 	api.POST("/reprocess", a.reprocess)
 	api.GET("/destinations", a.destinations)
 	api.POST("/destinations/:name/test", a.testEvent)
+	api.Any("/*", func(c echo.Context) error {
+		return webhooks.Errorf(http.StatusNotFound, webhooks.CodeNotFound, "no admin endpoint %s %s", c.Request().Method, c.Request().URL.Path)
+	})
+	con, err := console.New(consoleBackend{a}, console.Options{Token: g.Config.Admin.Token, Now: g.now, Logger: g.Logger})
+	if err != nil {
+		cancel()
+		return err
+	}
+	g.Admin.Any(console.Prefix, echo.WrapHandler(con))
+	g.Admin.Any(console.Prefix+"/*", echo.WrapHandler(con))
+	// Bulk replays stop with the gateway, before the store closes.
+	g.AddWorker(func(wctx context.Context) {
+		<-wctx.Done()
+		cancel()
+		a.running.Wait()
+	})
 	g.adminAPI = a
-	g.Logger.Info("admin API enabled", "path", "/admin/api/")
+	g.Logger.Info("admin API and console enabled", "api", "/admin/api/", "console", "/admin/")
 	return nil
 }
 
 type admin struct {
-	g    *Gateway
-	mu   sync.Mutex
-	jobs map[string]*replayJob
-	seq  int
+	g       *Gateway
+	ctx     context.Context // ends at shutdown; bulk replays run under it
+	running sync.WaitGroup  // bulk replays in progress
+	mu      sync.Mutex
+	jobs    map[string]*replayJob
+	order   []string // job ids, oldest first
+	seq     int
 }
+
+// maxJobs bounds the finished replay jobs kept for GET /replay.
+const maxJobs = 50
 
 // auth checks the bearer token in constant time.
 func (a *admin) auth(next echo.HandlerFunc) echo.HandlerFunc {
@@ -65,7 +93,7 @@ func badParam(name, msg string) error {
 	return webhooks.Errorf(http.StatusBadRequest, "invalid", "%s: %s", name, msg)
 }
 
-func parseTime(c echo.Context, name string) (time.Time, error) {
+func (a *admin) parseTime(c echo.Context, name string) (time.Time, error) {
 	v := c.QueryParam(name)
 	if v == "" {
 		return time.Time{}, nil
@@ -74,7 +102,7 @@ func parseTime(c echo.Context, name string) (time.Time, error) {
 		return t, nil
 	}
 	if d, err := time.ParseDuration(v); err == nil {
-		return time.Now().Add(-d), nil
+		return a.g.now().Add(-d), nil
 	}
 	return time.Time{}, badParam(name, "use RFC 3339 (2026-11-30T03:00:00Z) or a duration ago (24h)")
 }
@@ -86,10 +114,10 @@ func (a *admin) listEvents(c echo.Context) error {
 		SubscriptionID: c.QueryParam("subscription"), Cursor: c.QueryParam("cursor"),
 	}
 	var err error
-	if f.Since, err = parseTime(c, "since"); err != nil {
+	if f.Since, err = a.parseTime(c, "since"); err != nil {
 		return err
 	}
-	if f.Until, err = parseTime(c, "until"); err != nil {
+	if f.Until, err = a.parseTime(c, "until"); err != nil {
 		return err
 	}
 	if v := c.QueryParam("limit"); v != "" {
@@ -168,7 +196,8 @@ func (a *admin) view(d store.Delivery) (DeliveryView, error) {
 
 // redactNotification renders an inbox item for display: the body is shown
 // as JSON with personal data (names, addresses, IPs) masked; emails and
-// phones are already hashed on disk.
+// phones are already hashed on disk. Secrets never reach the inbox: sources
+// store the verified body, not the signature headers.
 func redactNotification(n *mapping.Notification) json.RawMessage {
 	type view struct {
 		Source      string            `json:"source"`
@@ -216,6 +245,11 @@ func redactPersonal(body []byte) any {
 			if x != "" && personalKey(key) {
 				return "[redacted]"
 			}
+			// Emails are hashed before storage; a raw one that slipped into
+			// free text is masked here all the same.
+			if strings.Contains(x, "@") {
+				return emailRE.ReplaceAllString(x, "[redacted email]")
+			}
 		}
 		return v
 	}
@@ -244,10 +278,10 @@ func (a *admin) deliveryFilter(c echo.Context) (store.DeliveryFilter, error) {
 		}
 	}
 	var err error
-	if f.Since, err = parseTime(c, "since"); err != nil {
+	if f.Since, err = a.parseTime(c, "since"); err != nil {
 		return f, err
 	}
-	if f.Until, err = parseTime(c, "until"); err != nil {
+	if f.Until, err = a.parseTime(c, "until"); err != nil {
 		return f, err
 	}
 	if v := c.QueryParam("limit"); v != "" {
@@ -299,71 +333,136 @@ func (a *admin) replayOne(c echo.Context) error {
 	return c.JSON(http.StatusAccepted, d)
 }
 
-// replayJob tracks a bulk replay.
+// replayJob tracks a bulk replay; its fields are guarded by mu.
 type replayJob struct {
-	ID       string    `json:"id"`
-	Total    int       `json:"total"`
-	Done     int       `json:"done"`
-	Finished bool      `json:"finished"`
-	Error    string    `json:"error,omitempty"`
-	Started  time.Time `json:"started"`
-	mu       sync.Mutex
+	mu   sync.Mutex
+	view console.ReplayJob
 }
 
-func (j *replayJob) snapshot() replayJob {
+func (j *replayJob) snapshot() console.ReplayJob {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return replayJob{ID: j.ID, Total: j.Total, Done: j.Done, Finished: j.Finished, Error: j.Error, Started: j.Started}
+	return j.view
+}
+
+// describe renders a delivery filter for the job list.
+func describe(f store.DeliveryFilter) string {
+	var parts []string
+	if f.Destination != "" {
+		parts = append(parts, "destination="+f.Destination)
+	}
+	parts = append(parts, "state="+strings.Join(f.States, ","))
+	if f.Reason != "" {
+		parts = append(parts, "reason="+f.Reason)
+	}
+	if !f.Since.IsZero() {
+		parts = append(parts, "since="+f.Since.UTC().Format(time.RFC3339))
+	}
+	if !f.Until.IsZero() {
+		parts = append(parts, "until="+f.Until.UTC().Format(time.RFC3339))
+	}
+	return strings.Join(parts, " ")
+}
+
+// defaultReplayRate caps bulk replays so they never starve live traffic.
+const defaultReplayRate = 50.0
+
+// startReplay counts (dryRun) or starts replaying every final delivery
+// matching f at perSecond. The real run continues in the background; its
+// progress is the returned job's, read with GET /replay/{id}.
+func (a *admin) startReplay(ctx context.Context, f store.DeliveryFilter, perSecond float64, dryRun bool) (console.ReplayJob, error) {
+	if len(f.States) == 0 {
+		f.States = []string{store.StateDead}
+	}
+	n, err := a.g.Store.ReplayMatching(ctx, f, 0, true, nil)
+	if err != nil {
+		return console.ReplayJob{}, err
+	}
+	if dryRun {
+		return console.ReplayJob{DryRun: true, Total: n, Finished: true, Started: a.g.now().UTC(), Filter: describe(f)}, nil
+	}
+	a.mu.Lock()
+	a.seq++
+	job := &replayJob{view: console.ReplayJob{ID: strconv.Itoa(a.seq), Total: n, Started: a.g.now().UTC(), Filter: describe(f)}}
+	a.jobs[job.view.ID] = job
+	a.order = append(a.order, job.view.ID)
+	for len(a.order) > maxJobs {
+		delete(a.jobs, a.order[0])
+		a.order = a.order[1:]
+	}
+	a.running.Add(1)
+	a.mu.Unlock()
+	snap := job.snapshot()
+	go func() {
+		defer a.running.Done()
+		_, err := a.g.Store.ReplayMatching(a.ctx, f, perSecond, false, func(done, total int) {
+			job.mu.Lock()
+			job.view.Done, job.view.Total = done, total
+			job.mu.Unlock()
+		})
+		job.mu.Lock()
+		job.view.Finished = true
+		if err != nil {
+			job.view.Error = err.Error()
+			a.g.Logger.Error("bulk replay stopped", "job", job.view.ID, "done", job.view.Done, "err", err)
+		} else {
+			job.view.Done = job.view.Total
+			a.g.Logger.Info("bulk replay finished", "job", job.view.ID, "deliveries", job.view.Total)
+		}
+		job.mu.Unlock()
+	}()
+	return snap, nil
 }
 
 // replayMatching replays every final delivery matching the filter (query
-// parameters as for GET /deliveries) at rate_per_second (default 50), or
-// with dry_run=true only counts. The real run is asynchronous: it answers
-// 202 with a job id whose progress GET /replay/{id} reports.
+// parameters as for GET /deliveries; state defaults to dead) at
+// rate_per_second (default 50), or with dry_run=true only counts. The real
+// run is asynchronous: it answers 202 with a job whose progress GET
+// /replay/{id} reports.
 func (a *admin) replayMatching(c echo.Context) error {
 	f, err := a.deliveryFilter(c)
 	if err != nil {
 		return err
 	}
-	if len(f.States) == 0 {
-		f.States = []string{store.StateDead}
-	}
-	rate := 50.0
+	rate := defaultReplayRate
 	if v := c.QueryParam("rate_per_second"); v != "" {
 		if rate, err = strconv.ParseFloat(v, 64); err != nil || rate <= 0 || rate > 10000 {
-			return badParam("rate_per_second", "a number from 0 to 10000")
+			return badParam("rate_per_second", "a number above 0 and at most 10000")
 		}
 	}
-	if c.QueryParam("dry_run") == "true" {
-		n, err := a.g.Store.ReplayMatching(c.Request().Context(), f, 0, true, nil)
-		if err != nil {
-			return err
+	dry := false
+	if v := c.QueryParam("dry_run"); v != "" {
+		if dry, err = strconv.ParseBool(v); err != nil {
+			return badParam("dry_run", "true or false")
 		}
-		return c.JSON(http.StatusOK, map[string]any{"dry_run": true, "count": n})
 	}
-	n, err := a.g.Store.ReplayMatching(c.Request().Context(), f, 0, true, nil)
+	job, err := a.startReplay(c.Request().Context(), f, rate, dry)
 	if err != nil {
 		return err
 	}
+	if dry {
+		return c.JSON(http.StatusOK, map[string]any{"dry_run": true, "count": job.Total, "filter": job.Filter})
+	}
+	return c.JSON(http.StatusAccepted, job)
+}
+
+// jobs returns the kept replay jobs, newest first.
+func (a *admin) jobList() []console.ReplayJob {
 	a.mu.Lock()
-	a.seq++
-	job := &replayJob{ID: strconv.Itoa(a.seq), Total: n, Started: time.Now().UTC()}
-	a.jobs[job.ID] = job
+	js := make([]*replayJob, 0, len(a.order))
+	for i := len(a.order) - 1; i >= 0; i-- {
+		js = append(js, a.jobs[a.order[i]])
+	}
 	a.mu.Unlock()
-	go func() {
-		_, err := a.g.Store.ReplayMatching(context.Background(), f, rate, false, func(done, total int) {
-			job.mu.Lock()
-			job.Done, job.Total = done, total
-			job.mu.Unlock()
-		})
-		job.mu.Lock()
-		job.Finished = true
-		if err != nil {
-			job.Error = err.Error()
-		}
-		job.mu.Unlock()
-	}()
-	return c.JSON(http.StatusAccepted, job.snapshot())
+	out := make([]console.ReplayJob, 0, len(js))
+	for _, j := range js {
+		out = append(out, j.snapshot())
+	}
+	return out
+}
+
+func (a *admin) replayJobs(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]any{"jobs": a.jobList()})
 }
 
 func (a *admin) replayStatus(c echo.Context) error {
@@ -381,10 +480,10 @@ func (a *admin) replayStatus(c echo.Context) error {
 func (a *admin) reprocess(c echo.Context) error {
 	f := store.ReprocessFilter{Source: c.QueryParam("source"), DryRun: c.QueryParam("dry_run") == "true"}
 	var err error
-	if f.Since, err = parseTime(c, "since"); err != nil {
+	if f.Since, err = a.parseTime(c, "since"); err != nil {
 		return err
 	}
-	if f.Until, err = parseTime(c, "until"); err != nil {
+	if f.Until, err = a.parseTime(c, "until"); err != nil {
 		return err
 	}
 	if s := c.QueryParam("status"); s != "" {
@@ -408,47 +507,165 @@ func (a *admin) reprocess(c echo.Context) error {
 type DestinationView struct {
 	dispatch.Health
 	Queue store.QueueStats `json:"queue"`
+	// OldestPendingSeconds is the age of the oldest queued delivery.
+	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
 }
 
-func (a *admin) destinations(c echo.Context) error {
-	var out []DestinationView
+func (a *admin) destinationList() ([]console.Destination, error) {
+	out := []console.Destination{}
 	for _, h := range a.g.Dispatcher.Health() {
 		q, err := a.g.Store.Queue(h.Name)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		out = append(out, DestinationView{Health: h, Queue: q})
+		out = append(out, console.Destination{Health: h, Queue: q})
 	}
-	if out == nil {
-		out = []DestinationView{}
+	return out, nil
+}
+
+func (a *admin) destinations(c echo.Context) error {
+	ds, err := a.destinationList()
+	if err != nil {
+		return err
+	}
+	now := a.g.now()
+	out := make([]DestinationView, 0, len(ds))
+	for _, d := range ds {
+		v := DestinationView{Health: d.Health, Queue: d.Queue}
+		if !d.Queue.OldestCreate.IsZero() {
+			v.OldestPendingSeconds = max(0, now.Sub(d.Queue.OldestCreate).Seconds())
+		}
+		out = append(out, v)
 	}
 	return c.JSON(http.StatusOK, map[string]any{"destinations": out})
 }
 
-// testEvent sends a sandbox-marked test event straight to a destination
-// (bypassing the queue) and reports the outcome.
-func (a *admin) testEvent(c echo.Context) error {
-	f, ok := a.g.Dispatcher.Forwarder(c.Param("name"))
+// TestEventView is the answer of POST /destinations/{name}/test.
+type TestEventView struct {
+	Event     mapping.Event      `json:"event"`
+	Outcome   forwarders.Outcome `json:"outcome"`
+	Status    int                `json:"status,omitempty"`
+	Reason    string             `json:"reason,omitempty"`
+	Request   string             `json:"request,omitempty"`
+	Response  string             `json:"response,omitempty"`
+	Error     string             `json:"error,omitempty"`
+	LatencyMs int64              `json:"latency_ms"`
+}
+
+// sendTest sends a sandbox-marked test event straight to a destination
+// (bypassing the queue and the store).
+func (a *admin) sendTest(ctx context.Context, name string) (TestEventView, error) {
+	f, ok := a.g.Dispatcher.Forwarder(name)
 	if !ok {
-		return webhooks.Errorf(http.StatusNotFound, webhooks.CodeNotFound, "no destination %s", c.Param("name"))
+		return TestEventView{}, fmt.Errorf("%w: destination %s", store.ErrNotFound, name)
 	}
 	// The test event is marked sandbox: forwarders send it with their sandbox
 	// credentials, or report it skipped, never into production data.
-	e := dispatch.TestEvent(a.g.now(), c.Param("name"))
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 30*time.Second)
+	e := dispatch.TestEvent(a.g.now(), name)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	start := time.Now()
-	res := f.Send(ctx, []forwarders.Item{{Key: e.ID + "|" + c.Param("name"), Attempt: 1, Event: &e}})
-	out := map[string]any{"event": e, "latency_ms": time.Since(start).Milliseconds()}
-	if len(res) == 1 {
-		r := res[0]
-		out["outcome"], out["status"], out["reason"], out["request"], out["response"] = r.Outcome, r.Status, r.Reason, r.Request, r.Response
-		if r.Err != nil {
-			out["error"] = r.Err.Error()
-		}
+	res := f.Send(ctx, []forwarders.Item{{Key: e.ID + "|" + name, Attempt: 1, Event: &e}})
+	v := TestEventView{Event: e, LatencyMs: time.Since(start).Milliseconds()}
+	if len(res) != 1 {
+		v.Outcome, v.Error = forwarders.Retry, "forwarder returned a wrong number of results"
+		return v, nil
 	}
-	return c.JSON(http.StatusOK, out)
+	r := res[0]
+	v.Outcome, v.Status, v.Reason, v.Request, v.Response = r.Outcome, r.Status, r.Reason, r.Request, r.Response
+	if r.Err != nil {
+		v.Error = r.Err.Error()
+	}
+	return v, nil
 }
+
+func (a *admin) testEvent(c echo.Context) error {
+	v, err := a.sendTest(c.Request().Context(), c.Param("name"))
+	if errors.Is(err, store.ErrNotFound) {
+		return webhooks.Errorf(http.StatusNotFound, webhooks.CodeNotFound, "no destination %s", c.Param("name"))
+	}
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, v)
+}
+
+// getDelivery returns one delivery with its attempt log.
+func (a *admin) getDelivery(c echo.Context) error {
+	d, err := a.g.Store.Delivery(c.Param("key"))
+	if errors.Is(err, store.ErrNotFound) {
+		return webhooks.Errorf(http.StatusNotFound, webhooks.CodeNotFound, "no delivery %s", c.Param("key"))
+	}
+	if err != nil {
+		return err
+	}
+	v, err := a.view(d)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, v)
+}
+
+// consoleBackend gives the web console what it needs without it knowing
+// the gateway.
+type consoleBackend struct{ a *admin }
+
+var _ console.Backend = consoleBackend{}
+
+func (b consoleBackend) Events(f store.EventFilter) (store.EventPage, error) {
+	return b.a.g.Store.Events(f)
+}
+
+func (b consoleBackend) Event(id string) (mapping.Event, error) { return b.a.g.Store.Event(id) }
+
+func (b consoleBackend) Notification(e *mapping.Event) (json.RawMessage, error) {
+	n, err := b.a.g.Store.NotificationOf(e)
+	if err != nil {
+		return nil, err
+	}
+	return redactNotification(n), nil
+}
+
+func (b consoleBackend) EventDeliveries(id string) ([]store.Delivery, error) {
+	return b.a.g.Store.EventDeliveries(id)
+}
+
+func (b consoleBackend) Attempts(key string) ([]store.Attempt, error) {
+	return b.a.g.Store.Attempts(key)
+}
+
+func (b consoleBackend) Deliveries(f store.DeliveryFilter) ([]store.Delivery, error) {
+	return b.a.g.Store.Deliveries(f)
+}
+
+func (b consoleBackend) Replay(ctx context.Context, key string) (store.Delivery, error) {
+	return b.a.g.Store.Replay(ctx, key)
+}
+
+func (b consoleBackend) ReplayMatching(ctx context.Context, f store.DeliveryFilter, dryRun bool) (console.ReplayJob, error) {
+	return b.a.startReplay(ctx, f, defaultReplayRate, dryRun)
+}
+
+func (b consoleBackend) ReplayJobs() []console.ReplayJob { return b.a.jobList() }
+
+func (b consoleBackend) Destinations() ([]console.Destination, error) {
+	return b.a.destinationList()
+}
+
+func (b consoleBackend) TestEvent(ctx context.Context, name string) (console.TestResult, error) {
+	v, err := b.a.sendTest(ctx, name)
+	if err != nil {
+		return console.TestResult{}, err
+	}
+	return console.TestResult{Outcome: string(v.Outcome), Status: v.Status, Reason: v.Reason, Error: v.Error,
+		Latency: time.Duration(v.LatencyMs) * time.Millisecond}, nil
+}
+
+func (b consoleBackend) Stats(since, until time.Time, bucket time.Duration) (store.Stats, error) {
+	return b.a.g.Store.Stats(since, until, bucket)
+}
+
+func (b consoleBackend) DeadCounts() (map[string]int, error) { return b.a.g.Store.DeadCounts() }
 
 func decodeJSON(c echo.Context, v any) error {
 	body, err := webhooks.ReadBody(c, 64<<10)
