@@ -96,6 +96,7 @@ var ErrUnknownSource = errors.New("mapping: no mapping for source")
 var funcs = map[string]Func{
 	SourceStripe:  Stripe,
 	SourceShopify: Shopify,
+	SourceCustom:  MapCustom,
 	SourceApple:   Apple,
 	SourceGoogle:  Google,
 }
