@@ -3,6 +3,7 @@ package mapping
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strconv"
 	"time"
 )
@@ -218,11 +219,16 @@ func (m *stripeMapper) identify(e *Event, md map[string]string, states ...State)
 
 func (m *stripeMapper) emit(e Event) { m.out.Events = append(m.out.Events, e) }
 
+// state returns a copy of the stored state that the mapping may change: its
+// maps are cloned, so the States implementation's values are never mutated
+// (a mapping must stay pure whatever the States implementation shares).
 func (m *stripeMapper) state(key string) State {
 	s, ok := m.st.State(key)
 	if !ok {
-		s = State{Key: key}
+		return State{Key: key}
 	}
+	s.Identifiers = maps.Clone(s.Identifiers)
+	s.Values = maps.Clone(s.Values)
 	return s
 }
 
@@ -419,7 +425,12 @@ func (m *stripeMapper) subscriptionUpdated() error {
 		e.SetAttribute("offer", "free_trial")
 		m.emit(e)
 		s.InTrial = false
-		s.SetValue("trial_converted", "1")
+		// "2" means the conversion invoice came first (Stripe does not
+		// order events); going back to "1" would turn the next renewal
+		// into a repeat of the conversion.
+		if s.Value("trial_converted") != "2" {
+			s.SetValue("trial_converted", "1")
+		}
 	}
 	if prev.Status != nil && *prev.Status != "trialing" && sub.Status == "trialing" {
 		s.InTrial = true
