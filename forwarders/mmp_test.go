@@ -329,7 +329,9 @@ func TestMMPNoSecretLeaks(t *testing.T) {
 		status int
 		body   func(secret string) string
 	}{
-		{200, func(s string) string { return `{"status":"error","reason":"bad key ` + s + `","success":"0","error":"app ` + s + `"}` }},
+		{200, func(s string) string {
+			return `{"status":"error","reason":"bad key ` + s + `","success":"0","error":"app ` + s + `"}`
+		}},
 		{400, func(s string) string { return "Failed to authenticate " + s }},
 		{401, func(s string) string { return `{"error":"token ` + s + ` refused"}` }},
 		{500, func(s string) string { return "internal " + s }},
