@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -18,6 +20,17 @@ type User struct {
 	AppUserID   string            `json:"app_user_id"`
 	Identifiers map[string]string `json:"identifiers"`
 	UpdatedAt   time.Time         `json:"updated_at"`
+}
+
+// ErrInvalidUser is returned for an app_user_id that cannot be a key: empty,
+// or holding a NUL byte (the separator of the waiting index).
+var ErrInvalidUser = errors.New("store: invalid app_user_id")
+
+func checkUserID(id string) error {
+	if id == "" || strings.IndexByte(id, 0) >= 0 {
+		return fmt.Errorf("%w: %q", ErrInvalidUser, id)
+	}
+	return nil
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
@@ -43,6 +56,9 @@ func mergeUser(users *bolt.Bucket, e *mapping.Event) {
 // identifier) and releases deliveries of that user that were waiting for an
 // identifier, so they are attempted at once.
 func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]string) (User, error) {
+	if err := checkUserID(appUserID); err != nil {
+		return User{}, err
+	}
 	var u User
 	var wake []string
 	err := db.submit(ctx, func(tx *bolt.Tx) error {
@@ -116,24 +132,34 @@ func (db *DB) GetUser(appUserID string) (User, error) {
 	return u, err
 }
 
-// DeleteUser erases a user's identifiers (a privacy deletion) and scrubs the
-// identifiers from that user's stored events. It returns how many events
-// were scrubbed.
+// DeleteUser erases a user's identifiers (a privacy deletion): the identity
+// record, the identifiers on that user's stored events, and the identity
+// that per-subscription states remember for the user (so that a later
+// notification does not bring it back). It returns how many events were
+// scrubbed. Erasing an unknown user scrubs nothing and is not an error.
 func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
+	if err := checkUserID(appUserID); err != nil {
+		return 0, err
+	}
+	quoted, err := json.Marshal(appUserID)
+	if err != nil {
+		return 0, err
+	}
+	// Cheap pre-filter on the raw JSON before decoding a value.
+	needle := append([]byte(`"app_user_id":`), quoted...)
 	var n int
-	err := db.submit(ctx, func(tx *bolt.Tx) error {
+	err = db.submit(ctx, func(tx *bolt.Tx) error {
 		n = 0
 		if err := tx.Bucket(bUsers).Delete([]byte(appUserID)); err != nil {
 			return err
 		}
-		events := tx.Bucket(bEvents)
 		type upd struct {
 			k []byte
-			e mapping.Event
+			v any
 		}
-		var todo []upd
-		err := events.ForEach(func(k, v []byte) error {
-			if !bytes.Contains(v, []byte(`"app_user_id":`)) {
+		var events, states []upd
+		err := tx.Bucket(bEvents).ForEach(func(k, v []byte) error {
+			if !bytes.Contains(v, needle) {
 				return nil
 			}
 			var e mapping.Event
@@ -142,18 +168,40 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 			}
 			if e.User.AppUserID == appUserID && len(e.User.Identifiers) > 0 {
 				e.User.Identifiers = nil
-				todo = append(todo, upd{append([]byte(nil), k...), e})
+				events = append(events, upd{append([]byte(nil), k...), &e})
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, u := range todo {
-			if err := putJSON(events, u.k, &u.e); err != nil {
+		err = tx.Bucket(bStates).ForEach(func(k, v []byte) error {
+			if !bytes.Contains(v, needle) {
+				return nil
+			}
+			var s mapping.State
+			if err := json.Unmarshal(v, &s); err != nil {
+				return nil
+			}
+			if s.AppUserID == appUserID {
+				s.Identifiers = nil
+				states = append(states, upd{append([]byte(nil), k...), &s})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, u := range events {
+			if err := putJSON(tx.Bucket(bEvents), u.k, u.v); err != nil {
 				return err
 			}
 			n++
+		}
+		for _, u := range states {
+			if err := putJSON(tx.Bucket(bStates), u.k, u.v); err != nil {
+				return err
+			}
 		}
 		return nil
 	}, nil)
