@@ -3,6 +3,7 @@ package mapping
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"strings"
 )
 
@@ -13,13 +14,20 @@ import (
 // SetEmail and SetPhone accept as already hashed. Numbers keep their exact
 // text. A body that is not JSON is returned unchanged.
 func ScrubPII(body []byte) []byte {
-	if !bytes.Contains(body, []byte("mail")) && !bytes.Contains(body, []byte("phone")) {
+	// Keys match case-insensitively ("Email", "PHONE"), so the quick
+	// check must too.
+	if !containsFoldASCII(body, "mail") && !containsFoldASCII(body, "phone") {
 		return body
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
+		return body
+	}
+	// Data after the first value means the body is not one JSON document;
+	// re-encoding only the first value would silently drop the rest.
+	if _, err := dec.Token(); err != io.EOF {
 		return body
 	}
 	changed := false
@@ -79,4 +87,19 @@ func isHashedPhone(s string) bool {
 		return IsSHA256Hex(a)
 	}
 	return IsSHA256Hex(a) && IsSHA256Hex(b)
+}
+
+// containsFoldASCII reports whether b contains the lower-case ASCII word s in
+// any letter case, without copying b.
+func containsFoldASCII(b []byte, s string) bool {
+	for i := 0; i+len(s) <= len(b); i++ {
+		j := 0
+		for j < len(s) && b[i+j]|0x20 == s[j] {
+			j++
+		}
+		if j == len(s) {
+			return true
+		}
+	}
+	return false
 }
