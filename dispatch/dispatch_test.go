@@ -1,0 +1,281 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postback/postback/forwarders"
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store"
+)
+
+// fakeForwarder answers with a scripted outcome per call.
+type fakeForwarder struct {
+	mu      sync.Mutex
+	batch   int
+	calls   [][]string
+	answer  func(call int, it forwarders.Item) forwarders.Result
+	require string
+}
+
+func (f *fakeForwarder) Limits() forwarders.Limits { return forwarders.Limits{BatchSize: f.batch} }
+
+func (f *fakeForwarder) Send(_ context.Context, batch []forwarders.Item) []forwarders.Result {
+	f.mu.Lock()
+	n := len(f.calls)
+	var keys []string
+	for _, it := range batch {
+		keys = append(keys, it.Key)
+	}
+	f.calls = append(f.calls, keys)
+	f.mu.Unlock()
+	out := make([]forwarders.Result, len(batch))
+	for i, it := range batch {
+		out[i] = forwarders.Result{Outcome: forwarders.Delivered, Status: 200}
+		if f.answer != nil {
+			out[i] = f.answer(n, it)
+		}
+	}
+	return out
+}
+
+func (f *fakeForwarder) Missing(e *mapping.Event) string {
+	if f.require != "" && e.Identifier(f.require) == "" {
+		return f.require
+	}
+	return ""
+}
+
+func (f *fakeForwarder) callCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.calls)
+}
+
+func setup(t *testing.T, n int, dest Destination, opts Options) (*store.DB, *Dispatcher) {
+	t.Helper()
+	var d *Dispatcher
+	db, err := store.Open(t.TempDir()+"/db", &store.Options{
+		Map: func(nt *mapping.Notification, _ mapping.States) (mapping.Result, error) {
+			var evs []mapping.Event
+			for i := 0; i < n; i++ {
+				evs = append(evs, mapping.Event{ID: fmt.Sprintf("evt_%s_%03d", nt.Key, i), Type: mapping.Purchase, Source: "test",
+					Environment: mapping.Production, User: mapping.User{AppUserID: "u1"}, ReceivedAt: nt.ReceivedAt})
+			}
+			return mapping.Result{Events: evs}, nil
+		},
+		Route:    func(*mapping.Event) []string { return []string{dest.Name} },
+		OnCommit: func(ds []string) { d.Wake(ds) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if opts.Poll == 0 {
+		opts.Poll = 5 * time.Millisecond
+	}
+	d = New(db, []Destination{dest}, opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return db, d
+}
+
+func ingest(t *testing.T, db *store.DB, key string) {
+	t.Helper()
+	if _, err := db.Ingest(context.Background(), &mapping.Notification{Source: "test", Key: key, Body: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func states(t *testing.T, db *store.DB) map[string]int {
+	ds, err := db.Deliveries(store.DeliveryFilter{Limit: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]int{}
+	for _, d := range ds {
+		m[d.State]++
+	}
+	return m
+}
+
+func TestBatchingUpToLimit(t *testing.T) {
+	f := &fakeForwarder{batch: 10}
+	db, _ := setup(t, 25, Destination{Name: "d", Forwarder: f, Concurrency: 1, Linger: 50 * time.Millisecond}, Options{})
+	ingest(t, db, "n1")
+	waitFor(t, "all delivered", func() bool { return states(t, db)[store.StateDelivered] == 25 })
+	if got := f.callCount(); got != 3 {
+		t.Errorf("%d requests for 25 events with batch 10, want 3", got)
+	}
+}
+
+func TestLingerSendsPartialBatch(t *testing.T) {
+	f := &fakeForwarder{batch: 100}
+	db, _ := setup(t, 3, Destination{Name: "d", Forwarder: f, Concurrency: 1, Linger: 30 * time.Millisecond}, Options{})
+	start := time.Now()
+	ingest(t, db, "n1")
+	waitFor(t, "delivered", func() bool { return states(t, db)[store.StateDelivered] == 3 })
+	if el := time.Since(start); el < 30*time.Millisecond {
+		t.Errorf("partial batch sent after %v, before the 30ms linger", el)
+	}
+	if f.callCount() != 1 {
+		t.Errorf("%d requests, want 1", f.callCount())
+	}
+}
+
+func TestRateLimitCountsRequests(t *testing.T) {
+	f := &fakeForwarder{batch: 5}
+	// 20 events in batches of 5 = 4 requests; at 10 requests/s with burst 1
+	// they need at least 300ms. Counting events would need 1.9s.
+	db, _ := setup(t, 20, Destination{Name: "d", Forwarder: f, Concurrency: 4, PerSecond: 10, Burst: 1}, Options{})
+	start := time.Now()
+	ingest(t, db, "n1")
+	waitFor(t, "delivered", func() bool { return states(t, db)[store.StateDelivered] == 20 })
+	el := time.Since(start)
+	if el < 250*time.Millisecond || el > 1500*time.Millisecond {
+		t.Errorf("4 requests at 10/s took %v, want about 300ms", el)
+	}
+}
+
+func TestCircuitBreakerOpensAndCloses(t *testing.T) {
+	var mu sync.Mutex
+	healthy := false
+	f := &fakeForwarder{batch: 1, answer: func(int, forwarders.Item) forwarders.Result {
+		mu.Lock()
+		defer mu.Unlock()
+		if healthy {
+			return forwarders.Result{Outcome: forwarders.Delivered, Status: 200}
+		}
+		return forwarders.Result{Outcome: forwarders.Retry, Status: 503, Reason: "http_503"}
+	}}
+	db, d := setup(t, 10, Destination{Name: "d", Forwarder: f, Concurrency: 1, MaxAttempts: 100}, Options{
+		BackoffBase: time.Millisecond, BackoffCap: 2 * time.Millisecond, BreakerFailures: 3, BreakerCooldown: 200 * time.Millisecond,
+	})
+	ingest(t, db, "n1")
+	waitFor(t, "circuit open", func() bool { return d.Health()[0].Circuit == "open" })
+	calls := f.callCount()
+	time.Sleep(100 * time.Millisecond)
+	if got := f.callCount(); got != calls {
+		t.Errorf("%d calls while the circuit was open", got-calls)
+	}
+	mu.Lock()
+	healthy = true
+	mu.Unlock()
+	waitFor(t, "all delivered", func() bool { return states(t, db)[store.StateDelivered] == 10 })
+	if h := d.Health()[0]; h.Circuit != "closed" || h.Success5m.OK < 10 {
+		t.Errorf("health after recovery = %+v", h)
+	}
+}
+
+func TestPauseKeepsRetryBudget(t *testing.T) {
+	var mu sync.Mutex
+	fixed := false
+	f := &fakeForwarder{batch: 1, answer: func(int, forwarders.Item) forwarders.Result {
+		mu.Lock()
+		defer mu.Unlock()
+		if fixed {
+			return forwarders.Result{Outcome: forwarders.Delivered, Status: 200}
+		}
+		return forwarders.Result{Outcome: forwarders.Pause, Status: 401, Reason: "auth"}
+	}}
+	db, d := setup(t, 1, Destination{Name: "d", Forwarder: f, Concurrency: 1, MaxAttempts: 2}, Options{PauseProbe: 20 * time.Millisecond})
+	ingest(t, db, "n1")
+	waitFor(t, "paused", func() bool { return d.Health()[0].Paused })
+	waitFor(t, "three probes", func() bool { return f.callCount() >= 3 })
+	if s := states(t, db); s[store.StateDead] != 0 {
+		t.Fatalf("paused destination burned the retry budget: %v", s)
+	}
+	mu.Lock()
+	fixed = true
+	mu.Unlock()
+	waitFor(t, "delivered", func() bool { return states(t, db)[store.StateDelivered] == 1 })
+	waitFor(t, "resumed", func() bool { return !d.Health()[0].Paused })
+}
+
+func TestMaxAttemptsEndsDead(t *testing.T) {
+	f := &fakeForwarder{batch: 1, answer: func(int, forwarders.Item) forwarders.Result {
+		return forwarders.Result{Outcome: forwarders.Retry, Status: 500, Reason: "http_500"}
+	}}
+	db, _ := setup(t, 1, Destination{Name: "d", Forwarder: f, Concurrency: 1, MaxAttempts: 3}, Options{BackoffBase: time.Millisecond, BackoffCap: time.Millisecond, BreakerFailures: 100})
+	ingest(t, db, "n1")
+	waitFor(t, "dead", func() bool { return states(t, db)[store.StateDead] == 1 })
+	ds, _ := db.Deliveries(store.DeliveryFilter{})
+	if ds[0].Attempts != 3 || ds[0].Reason != "max_attempts: http_500" {
+		t.Errorf("delivery = %+v", ds[0])
+	}
+}
+
+func TestSkippedIsFinalAndCounted(t *testing.T) {
+	f := &fakeForwarder{batch: 1, answer: func(int, forwarders.Item) forwarders.Result {
+		return forwarders.Result{Outcome: forwarders.Skipped, Reason: "no_event_name"}
+	}}
+	db, _ := setup(t, 1, Destination{Name: "d", Forwarder: f, Concurrency: 1}, Options{})
+	ingest(t, db, "n1")
+	waitFor(t, "skipped", func() bool { return states(t, db)[store.StateSkipped] == 1 })
+	ds, _ := db.Deliveries(store.DeliveryFilter{})
+	if ds[0].Reason != "no_event_name" || ds[0].Attempts != 0 {
+		t.Errorf("delivery = %+v", ds[0])
+	}
+}
+
+func TestIdentityWaitReleasedByPut(t *testing.T) {
+	f := &fakeForwarder{batch: 1, require: mapping.IDAppsFlyer}
+	db, _ := setup(t, 1, Destination{Name: "d", Forwarder: f, Concurrency: 1}, Options{IdentityWait: time.Hour})
+	ingest(t, db, "n1")
+	waitFor(t, "waiting", func() bool { return states(t, db)[store.StateWaiting] == 1 })
+	if f.callCount() != 0 {
+		t.Fatal("sent without the required identifier")
+	}
+	if _, err := db.PutUser(context.Background(), "u1", map[string]string{mapping.IDAppsFlyer: "af-123"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "delivered after PUT", func() bool { return states(t, db)[store.StateDelivered] == 1 })
+}
+
+func TestIdentityWaitTimesOutAsSkipped(t *testing.T) {
+	f := &fakeForwarder{batch: 1, require: mapping.IDAppsFlyer}
+	db, _ := setup(t, 1, Destination{Name: "d", Forwarder: f, Concurrency: 1}, Options{IdentityWait: 50 * time.Millisecond})
+	ingest(t, db, "n1")
+	waitFor(t, "skipped", func() bool { return states(t, db)[store.StateSkipped] == 1 })
+	ds, _ := db.Deliveries(store.DeliveryFilter{})
+	if ds[0].Reason != "missing appsflyer_id" || f.callCount() != 0 {
+		t.Errorf("delivery = %+v, calls %d", ds[0], f.callCount())
+	}
+}
+
+func TestBackoffFullJitterBounds(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for attempt := 1; attempt <= 20; attempt++ {
+		ceil := 5 * time.Second << (attempt - 1)
+		if attempt > 10 || ceil > time.Hour {
+			ceil = time.Hour
+		}
+		for i := 0; i < 200; i++ {
+			d := Backoff(attempt, 5*time.Second, time.Hour, r)
+			if d < 0 || d > ceil {
+				t.Fatalf("attempt %d: %v outside [0, %v]", attempt, d, ceil)
+			}
+		}
+	}
+}
