@@ -190,7 +190,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.Store.Close()
 		return nil, err
 	}
-	g.workers = append(g.workers, g.pruneLoop)
+	g.workers = append(g.workers, g.pruneLoop, g.checkLoop)
 	for _, line := range cfg.Disabled {
 		g.Logger.Warn("disabled: " + line)
 	}
