@@ -99,6 +99,25 @@ type testGateway struct {
 
 func e2eConfig(t *testing.T, dbPath, hookURL, extra string) *config.Config {
 	t.Helper()
+	cfg, err := e2eParse(dbPath, hookURL, extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// e2eConfigB is e2eConfig for benchmarks: no destination traffic matters,
+// so the webhook points at a closed port and only ingest is measured.
+func e2eConfigB(b *testing.B, dbPath string) *config.Config {
+	cfg, err := e2eParse(dbPath, "http://127.0.0.1:9/", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.Destinations = nil
+	return cfg
+}
+
+func e2eParse(dbPath, hookURL, extra string) (*config.Config, error) {
 	y := fmt.Sprintf(`
 server: {listen: "127.0.0.1:0", shutdown_timeout: 1s}
 storage: {path: %q}
@@ -116,11 +135,7 @@ destinations:
     match: {environments: [production, sandbox]}
     retry: {max_attempts: 5}
 %s`, dbPath, e2eAdminToken, e2eStripeSecret, hookURL, e2eHookSecret, extra)
-	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg
+	return config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 }
 
 func startGateway(t *testing.T, cfg *config.Config, logs io.Writer) *testGateway {
