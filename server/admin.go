@@ -297,9 +297,16 @@ func (a *admin) listDeliveries(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if f.Limit == 0 {
+		f.Limit = 100
+	}
 	ds, err := a.g.Store.Deliveries(f)
 	if err != nil {
 		return err
+	}
+	// The store stops at whole events; the limit is on deliveries.
+	if len(ds) > f.Limit {
+		ds = ds[:f.Limit]
 	}
 	out := make([]DeliveryView, 0, len(ds))
 	for _, d := range ds {
@@ -496,6 +503,11 @@ func (a *admin) reprocess(c echo.Context) error {
 			}
 		}
 	}
+	if f.Since.IsZero() {
+		// The inbox index is keyed by Unix milliseconds: the zero time (year
+		// 1) would seek past every key.
+		f.Since = time.UnixMilli(0)
+	}
 	r, err := a.g.Store.Reprocess(c.Request().Context(), f)
 	if err != nil {
 		return err
@@ -635,7 +647,11 @@ func (b consoleBackend) Attempts(key string) ([]store.Attempt, error) {
 }
 
 func (b consoleBackend) Deliveries(f store.DeliveryFilter) ([]store.Delivery, error) {
-	return b.a.g.Store.Deliveries(f)
+	ds, err := b.a.g.Store.Deliveries(f)
+	if f.Limit > 0 && len(ds) > f.Limit {
+		ds = ds[:f.Limit]
+	}
+	return ds, err
 }
 
 func (b consoleBackend) Replay(ctx context.Context, key string) (store.Delivery, error) {
