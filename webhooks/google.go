@@ -282,10 +282,10 @@ func (v *GoogleVerifier) Verify(ctx context.Context, authorization string) (*Goo
 		return nil, ErrGoogleMalformedToken
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
 		return nil, ErrGoogleSignature
+	case errors.Is(err, jwt.ErrTokenInvalidAudience), len(claims.Audience) == 0 && errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return nil, ErrGoogleAudience
 	case errors.Is(err, jwt.ErrTokenExpired), errors.Is(err, jwt.ErrTokenUsedBeforeIssued), errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
 		return nil, ErrGoogleExpired
-	case errors.Is(err, jwt.ErrTokenInvalidAudience):
-		return nil, ErrGoogleAudience
 	default:
 		return nil, ErrGoogleMalformedToken
 	}
