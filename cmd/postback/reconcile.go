@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/postback/postback/config"
+	"github.com/postback/postback/play"
+	"github.com/postback/postback/server"
+	"github.com/postback/postback/store"
+	"github.com/postback/postback/webhooks"
+)
+
+// cmdReconcile runs `postback reconcile google --since 72h`: it lists the
+// purchases Google voided in the window, stores the ones the inbox does not
+// know (RTDN missed them) and enriches them into refund events, whose
+// deliveries the gateway sends when it runs. It works on the database
+// directly, so it runs while the gateway is stopped (the database admits one
+// process); refunds RTDN already delivered are recognised and not repeated.
+func cmdReconcile(ctx context.Context, env *Env, args []string) int {
+	fs := newFlags("reconcile", env)
+	cfgPath := fs.String("config", "", "path to config.yaml")
+	since := fs.String("since", "72h", "start of the window: a duration back from now (72h, 30d) or a time (2026-11-01 or RFC 3339); Google keeps 30 days")
+	until := fs.String("until", "", "end of the window (default now)")
+	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for the Play API to enrich what was found")
+	asJSON := fs.Bool("json", false, "print JSON")
+	fs.Usage = func() {
+		fmt.Fprintln(env.Stderr, "usage: postback reconcile google [--since 72h] [--until TIME] [--config PATH] [--json]")
+		fs.PrintDefaults()
+	}
+	if len(args) == 0 || args[0] != "google" {
+		fs.Usage()
+		return 2
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	now := time.Now()
+	from, err := parseWhen(*since, now)
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback: --since:", err)
+		return 2
+	}
+	var to time.Time
+	if *until != "" {
+		if to, err = parseWhen(*until, now); err != nil {
+			fmt.Fprintln(env.Stderr, "postback: --until:", err)
+			return 2
+		}
+	}
+	cfg, err := loadConfig(env, *cfgPath)
+	if err != nil {
+		fmt.Fprintln(env.Stderr, err)
+		return 1
+	}
+	g := cfg.Sources.Google
+	if !g.Enabled {
+		fmt.Fprintln(env.Stderr, "postback: sources.google is not enabled in", cfg.Path)
+		return 1
+	}
+	log := server.NewLogger(env.Stderr, cfg.Log, cfg.Secrets())
+	api, err := play.New(ctx, play.Options{CredentialsFile: g.PlayAPI.CredentialsFile, Endpoint: g.PlayAPI.Endpoint})
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback: sources.google.play_api:", err)
+		return 1
+	}
+	db, err := store.Open(cfg.Storage.Path, &store.Options{Route: server.Route(cfg.Destinations), Logger: log})
+	if errors.Is(err, store.ErrLocked) {
+		fmt.Fprintln(env.Stderr, "postback: the gateway is running and holds", cfg.Storage.Path, "- stop it, run reconcile, start it again")
+		return 1
+	}
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback:", err)
+		return 1
+	}
+	defer db.Close()
+	res, err := play.Reconcile(ctx, api, db, play.ReconcileOptions{Packages: g.Packages, Since: from, Until: to})
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback:", err)
+		return 1
+	}
+	wctx, cancel := context.WithTimeout(ctx, *wait)
+	defer cancel()
+	enricher := webhooks.NewGoogleEnricher(db, api, webhooks.GoogleEnricherOptions{Logger: log})
+	drainErr := enricher.Drain(wctx)
+	if *asJSON {
+		out, _ := json.MarshalIndent(struct {
+			play.ReconcileResult
+			Complete bool `json:"enrichment_complete"`
+		}{res, drainErr == nil}, "", "  ")
+		fmt.Fprintln(env.Stdout, string(out))
+	} else {
+		if res.Clamped {
+			fmt.Fprintln(env.Stderr, "note: --since is older than the 30 days Google keeps; the window starts at", res.Since.Format(time.RFC3339))
+		}
+		fmt.Fprintf(env.Stdout, "window   %s .. %s\nlisted   %d voided purchases\nknown    %d (already received)\nnew      %d (refund events queued)\n",
+			res.Since.Format(time.RFC3339), res.Until.Format(time.RFC3339), res.Listed, res.Known, res.New)
+	}
+	if drainErr != nil {
+		fmt.Fprintln(env.Stderr, "postback: some refunds are still waiting for the Play API; the gateway completes them when it runs:", drainErr)
+		return 1
+	}
+	return 0
+}
+
+// parseWhen reads a duration back from now (72h, 30d) or a time.
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if d, err := config.ParseDuration(s); err == nil && s != "" {
+		return now.Add(-d), nil
+	}
+	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04:05", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q is neither a duration (72h, 30d) nor a time (2026-11-01, RFC 3339)", s)
+}
