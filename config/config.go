@@ -281,7 +281,10 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 	}
 	c := &Config{}
 	if err := root.Content[0].Decode(c); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		// yaml reports type errors by line; name the key as well.
+		lines := map[int][]keyPos{}
+		keyLines(root.Content[0], "", lines)
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, nameKeys(err.Error(), lines))
 	}
 	if err := rejectUnknown(root.Content[0]); err != nil {
 		return nil, err
@@ -349,10 +352,69 @@ func expand(n *yaml.Node, path string, getenv func(string) (string, bool), unset
 			unset[path] = sm[1]
 			return ""
 		})
-		n.Tag = "!!str"
-		n.Style = 0
+		// The tag is resolved from the expanded text, so ${PORT:-8080}
+		// can fill a number and ${ENABLED:-true} a bool; string fields
+		// take any scalar as text. Only a value that YAML would read as
+		// null is pinned to a string, so a secret "null" is kept.
+		n.Tag, n.Style = "", 0
+		switch n.Value {
+		case "null", "Null", "NULL", "~":
+			n.Tag = "!!str"
+		}
 	}
 	return nil
+}
+
+// keyPos is a key path and its scalar value, indexed by the line the value
+// starts on.
+type keyPos struct{ path, value string }
+
+// keyLines records, for each line, the key paths whose values start there,
+// outermost first.
+func keyLines(n *yaml.Node, path string, out map[int][]keyPos) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := n.Content[i].Value
+			if path != "" {
+				p = path + "." + p
+			}
+			v := n.Content[i+1]
+			out[v.Line] = append(out[v.Line], keyPos{p, v.Value})
+			keyLines(v, p, out)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			out[c.Line] = append(out[c.Line], keyPos{p, c.Value})
+			keyLines(c, p, out)
+		}
+	}
+}
+
+var lineRE = regexp.MustCompile(`line (\d+): ([^\n]*)`)
+
+// nameKeys rewrites each "line N: problem" of a yaml error as "key (line N):
+// problem". Of the keys on that line it names the one whose value the
+// problem quotes (flow style puts several keys on a line), else the
+// outermost.
+func nameKeys(msg string, lines map[int][]keyPos) string {
+	return lineRE.ReplaceAllStringFunc(msg, func(m string) string {
+		sm := lineRE.FindStringSubmatch(m)
+		ln, _ := strconv.Atoi(sm[1])
+		cands := lines[ln]
+		if len(cands) == 0 {
+			return m
+		}
+		key := cands[0].path
+		for _, k := range cands {
+			if k.value != "" && (strings.Contains(sm[2], "`"+k.value+"`") || strings.Contains(sm[2], strconv.Quote(k.value))) {
+				key = k.path
+				break
+			}
+		}
+		return fmt.Sprintf("%s (line %s): %s", key, sm[1], sm[2])
+	})
 }
 
 func child(n *yaml.Node, key string) *yaml.Node {
