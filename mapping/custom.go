@@ -43,7 +43,7 @@ type CustomEvent struct {
 	SubscriptionID string            `json:"subscription_id,omitempty"`
 	TransactionID  string            `json:"transaction_id,omitempty"`
 	Revenue        *Revenue          `json:"revenue,omitempty"`
-	OccurredAt     time.Time         `json:"occurred_at"`
+	OccurredAt     time.Time         `json:"occurred_at,omitzero"` // zero: when received
 	Identifiers    map[string]string `json:"identifiers,omitempty"`
 	Attributes     map[string]string `json:"attributes,omitempty"`
 }
@@ -106,8 +106,10 @@ func join(prefix, key string) string {
 // invalid field (unknown fields, bad types, unknown event types or
 // identifiers, bad currencies, amounts that are not finite plain decimals
 // or are finer than the currency's minor unit, times in the future or older
-// than retention). now is the receive time; an event without occurred_at
-// happened now. Emails and phones come back hashed.
+// than retention). now is the receive time. An event without occurred_at
+// keeps a zero OccurredAt (it happened when received): the canonical request
+// holds only what the client sent, so a retry of the same request is equal
+// to the first. Emails and phones come back hashed.
 func ParseCustom(body []byte, now time.Time, retention time.Duration) (*CustomRequest, []FieldError) {
 	p := &customParser{now: now.UTC(), retention: retention}
 	top, ok := object(body)
@@ -233,7 +235,7 @@ func (p *customParser) occurredAt(obj map[string]json.RawMessage, prefix string)
 	field := join(prefix, "occurred_at")
 	s := p.str(obj, "occurred_at", prefix, 64)
 	if s == "" {
-		return p.now
+		return time.Time{}
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {

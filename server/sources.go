@@ -37,5 +37,18 @@ func (g *Gateway) mountSources() error {
 		g.AddWorker(func(ctx context.Context) { _ = enricher.Run(ctx) })
 		g.Logger.Info("source enabled", "source", "google", "path", "/webhooks/google", "packages", len(c.Packages))
 	}
+	if c := cfg.Shopify; c.Enabled {
+		secrets := append([]string{c.Secret}, c.Secrets...)
+		s := &webhooks.Shopify{Deps: g.Deps, Secrets: secrets, Shops: c.Shops, Currency: c.Currency, AppID: c.AppID}
+		g.Echo.POST("/webhooks/shopify", s.Handle)
+		g.Logger.Info("source enabled", "source", "shopify", "path", "/webhooks/shopify", "shops", len(c.Shops))
+	}
+	// The app's own API: /v1/events and /v1/users. Always mounted, so that
+	// without api_keys it answers 404 with a message saying how to turn it on.
+	v1 := webhooks.NewCustom(g.Deps, g.Store, g.Config.APIKeys, g.Config.Storage.Retention.D())
+	v1.Mount(g.Echo)
+	if len(v1.APIKeys) > 0 {
+		g.Logger.Info("api enabled", "paths", "/v1/events, /v1/users/:id", "api_keys", len(v1.APIKeys))
+	}
 	return nil
 }

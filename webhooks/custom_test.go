@@ -203,6 +203,8 @@ func TestCustomIdempotency(t *testing.T) {
 	if first.Code != http.StatusAccepted {
 		t.Fatalf("first: %d %s", first.Code, first.Body)
 	}
+	// Retries come later: the receive time must not make them differ.
+	h.Now = func() time.Time { return testNow.Add(90 * time.Second) }
 	tests := []struct {
 		name       string
 		body       string
@@ -234,6 +236,19 @@ func TestCustomIdempotency(t *testing.T) {
 	}
 	if p, _ := db.Events(store.EventFilter{Source: "custom"}); len(p.Events) != 1 {
 		t.Errorf("%d events stored, want 1", len(p.Events))
+	}
+	// Without occurred_at, the event happened when first received, and a
+	// retry a minute later is still the same request.
+	noTime := `{"type":"custom","name":"level_up","app_id":"a"}`
+	a := call(e, http.MethodPost, "/v1/events", noTime, authed(apiKeyA, "Idempotency-Key", "k-2"))
+	h.Now = func() time.Time { return testNow.Add(3 * time.Minute) }
+	b := call(e, http.MethodPost, "/v1/events", noTime, authed(apiKeyA, "Idempotency-Key", "k-2"))
+	if a.Code != http.StatusAccepted || b.Code != http.StatusAccepted || a.Body.String() != b.Body.String() {
+		t.Errorf("retry without occurred_at: %d %s then %d %s", a.Code, a.Body, b.Code, b.Body)
+	}
+	ev, _ := db.Event(mapping.CustomEventID("k-2", 0))
+	if !ev.OccurredAt.Equal(testNow.Add(90 * time.Second)) {
+		t.Errorf("occurred_at = %v, want the first receive time %v", ev.OccurredAt, testNow.Add(90*time.Second))
 	}
 }
 
