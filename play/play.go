@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -211,10 +210,6 @@ func classify(op string, err error) error {
 		}
 		return e
 	}
-	var ne net.Error
-	msg := err.Error()
-	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || strings.Contains(msg, "EOF") {
-		return &Error{Op: op, Message: msg, Kind: ErrTemporary}
-	}
-	return &Error{Op: op, Message: msg, Kind: ErrTemporary}
+	// Anything else is the network (refused, reset, timeout, EOF): retry.
+	return &Error{Op: op, Message: err.Error(), Kind: ErrTemporary}
 }
