@@ -77,10 +77,10 @@ type Result struct {
 	// Throttle asks the dispatcher to slow the whole destination down (the
 	// API said it is rate limited), not just to retry this item later.
 	Throttle bool
-	Reason     string        // short machine-friendly reason, e.g. "http_400", "missing appsflyer_id"
-	Request    string        // request summary with secrets masked (method, URL without secrets)
-	Response   string        // first KiB of the response body
-	Err        error
+	Reason   string // short machine-friendly reason, e.g. "http_400", "missing appsflyer_id"
+	Request  string // request summary with secrets masked (method, URL without secrets)
+	Response string // first KiB of the response body
+	Err      error
 }
 
 // Settings is what every destination shares; type-specific keys are decoded
@@ -112,15 +112,15 @@ func configError(s Settings, key, msg string) error {
 
 // registry lists the built-in destination types: one line per destination.
 var registry = map[string]Constructor{
-	"webhook": NewWebhook,
+	"webhook":   NewWebhook,
 	"appsflyer": NewAppsFlyer,
 	"adjust":    NewAdjust,
 	"singular":  NewSingular,
 	"branch":    NewBranch,
 	"kochava":   NewKochava,
-	"meta":    NewMeta,
-	"tiktok":  NewTikTok,
-	"ga4":     NewGA4,
+	"meta":      NewMeta,
+	"tiktok":    NewTikTok,
+	"ga4":       NewGA4,
 }
 
 // New builds the forwarder of s.Type.

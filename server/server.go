@@ -55,10 +55,10 @@ type Gateway struct {
 	Admin      *echo.Echo // == Echo unless admin.listen is set
 	Deps       webhooks.Deps
 
-	opts    Options
-	now     func() time.Time
-	workers []func(ctx context.Context) // background loops, stopped after the dispatcher
-	addr    string
+	opts     Options
+	now      func() time.Time
+	workers  []func(ctx context.Context) // background loops, stopped after the dispatcher
+	addr     string
 	mu       sync.Mutex
 	dests    []config.Destination
 	adminAPI *admin
