@@ -18,6 +18,14 @@ func (g *Gateway) mountSources() error {
 		g.Echo.POST("/webhooks/stripe", s.Handle)
 		g.Logger.Info("source enabled", "source", "stripe", "path", "/webhooks/stripe", "secrets", len(c.Secrets))
 	}
+	if c := cfg.Apple; c.Enabled {
+		a, err := webhooks.NewApple(c, g.Config.Storage.Retention.D(), g.Deps)
+		if err != nil {
+			return fmt.Errorf("sources.apple: %w", err)
+		}
+		g.Echo.POST("/webhooks/apple", a.Handle)
+		g.Logger.Info("source enabled", "source", "apple", "path", "/webhooks/apple", "apps", len(c.Apps), "environments", c.Environments, "online_checks", c.OnlineChecks, "app_store_server_api", a.API != nil)
+	}
 	if c := cfg.Google; c.Enabled {
 		api, err := play.New(context.Background(), play.Options{CredentialsFile: c.PlayAPI.CredentialsFile, Endpoint: c.PlayAPI.Endpoint})
 		if err != nil {

@@ -43,6 +43,7 @@ var commands = map[string]command{
 	"check-config": {cmdCheckConfig, "validate config.yaml and print it with secrets redacted"},
 	"version":      {cmdVersion, "print version, commit and Go version"},
 	"reprocess":    {cmdReprocess, "re-map stored notifications after a mapping fix (admin API client)"},
+	"backfill":     {cmdBackfill, "recover Apple notifications missed during an outage: backfill apple --since 72h"},
 	"reconcile":    {cmdReconcile, "find Google Play refunds that RTDN missed (gateway stopped): reconcile google --since 72h"},
 }
 
