@@ -47,6 +47,15 @@ func ScrubPII(body []byte) []byte {
 func scrub(v any, key string, changed *bool) any {
 	switch x := v.(type) {
 	case map[string]any:
+		// Name/value pairs (Shopify note_attributes, custom attributes):
+		// {"name": "email", "value": "..."} is scrubbed as key "email".
+		for _, nk := range []string{"name", "key"} {
+			if n, ok := x[nk].(string); ok {
+				if _, ok := x["value"]; ok {
+					x["value"] = scrub(x["value"], strings.ToLower(n), changed)
+				}
+			}
+		}
 		for k, c := range x {
 			x[k] = scrub(c, strings.ToLower(k), changed)
 		}

@@ -362,37 +362,27 @@ func newEcho(g *Gateway) *echo.Echo {
 	return e
 }
 
-// errorBody is the JSON error shape of every endpoint.
-type errorBody struct {
-	Error struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
 func (g *Gateway) errorHandler(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
 	var he *echo.HTTPError
-	var status int
-	var body errorBody
+	var we *webhooks.Error
 	if errors.As(err, &he) {
-		status = he.Code
-		body.Error.Code = strings.ToLower(strings.ReplaceAll(http.StatusText(he.Code), " ", "_"))
-		body.Error.Message = fmt.Sprint(he.Message)
+		code := strings.ToLower(strings.ReplaceAll(http.StatusText(he.Code), " ", "_"))
+		we = webhooks.Errorf(he.Code, code, "%v", he.Message)
 	} else {
-		we := webhooks.AsError(err)
-		status, body.Error.Code, body.Error.Message = we.Status, we.Code, we.Message
-		if status >= 500 && we.Code == webhooks.CodeInternal {
+		we = webhooks.AsError(err)
+		if we.Status >= 500 && we.Code == webhooks.CodeInternal {
 			g.Logger.Error("internal error", "path", c.Path(), "err", err)
 		}
 	}
 	if c.Request().Method == http.MethodHead {
-		_ = c.NoContent(status)
+		_ = c.NoContent(we.Status)
 		return
 	}
-	_ = c.JSON(status, body)
+	// Every error body is {"error": {"code", "message", "fields"?}}.
+	_ = c.JSON(we.Status, we.Body())
 }
 
 // requestLog logs one line per request: never the query string (keys can be
