@@ -43,6 +43,11 @@ var commands = map[string]command{
 	"check-config": {cmdCheckConfig, "validate config.yaml and print it with secrets redacted"},
 	"version":      {cmdVersion, "print version, commit and Go version"},
 	"reprocess":    {cmdReprocess, "re-map stored notifications after a mapping fix (admin API client)"},
+	"events":       {cmdEvents, "list events, or show one with its deliveries (admin API client)"},
+	"deliveries":   {cmdDeliveries, "list deliveries by state and destination (admin API client)"},
+	"replay":       {cmdReplay, "replay deliveries by key or by filter, with --dry-run (admin API client)"},
+	"demo":         {cmdDemo, "run a gateway with mock sources and destinations, no accounts needed"},
+	"destinations": {cmdDestinations, "destination health; 'destinations test NAME' sends a test event (admin API client)"},
 	"backfill":     {cmdBackfill, "recover Apple notifications missed during an outage: backfill apple --since 72h"},
 	"reconcile":    {cmdReconcile, "find Google Play refunds that RTDN missed (gateway stopped): reconcile google --since 72h"},
 }
