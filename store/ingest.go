@@ -288,8 +288,13 @@ func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult
 	err := db.bolt.View(func(tx *bolt.Tx) error {
 		inbox := tx.Bucket(bInbox)
 		c := tx.Bucket(bInboxTime).Cursor()
-		start := msKey(f.Since)
-		for k, _ := c.Seek(start); k != nil; k, _ = c.Next() {
+		// A zero Since means from the start: msKey of the zero time is a
+		// huge unsigned key that would seek past everything.
+		k, _ := c.First()
+		if !f.Since.IsZero() {
+			k, _ = c.Seek(msKey(f.Since))
+		}
+		for ; k != nil; k, _ = c.Next() {
 			if !f.Until.IsZero() && string(k[:8]) > string(msKey(f.Until)) {
 				break
 			}

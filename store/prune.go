@@ -29,18 +29,24 @@ const pruneChunk = 2000
 func (db *DB) Prune(ctx context.Context, retention time.Duration) (PruneResult, error) {
 	var total PruneResult
 	cutoff := uint64(db.opts.Now().Add(-retention).UnixMilli())
-	for {
+	// Each chunk resumes where the previous one stopped, so work kept in
+	// an earlier chunk is neither rescanned nor counted twice.
+	var evFrom, inFrom []byte
+	evDone, inDone := false, false
+	for !evDone || !inDone {
 		var r PruneResult
-		var more bool
+		var evNext, inNext []byte
 		err := db.submit(ctx, func(tx *bolt.Tx) error {
-			r, more = PruneResult{}, false
+			r, evNext, inNext = PruneResult{}, nil, nil
 			var err error
-			more, err = db.pruneEvents(tx, cutoff, &r)
-			if err != nil {
-				return err
+			if !evDone {
+				if evNext, err = db.pruneEvents(tx, cutoff, evFrom, &r); err != nil {
+					return err
+				}
 			}
-			m2, err := db.pruneInbox(tx, cutoff, &r)
-			more = more || m2
+			if !inDone {
+				inNext, err = db.pruneInbox(tx, cutoff, inFrom, &r)
+			}
 			return err
 		}, nil)
 		if err != nil {
@@ -49,21 +55,31 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (PruneResult, 
 		total.Events += r.Events
 		total.Notifications += r.Notifications
 		total.Kept += r.Kept
-		if !more || ctx.Err() != nil {
-			return total, ctx.Err()
+		evFrom, inFrom = evNext, inNext
+		evDone, inDone = evDone || evNext == nil, inDone || inNext == nil
+		if err := ctx.Err(); err != nil {
+			return total, err
 		}
 	}
+	return total, nil
 }
 
 // pruneEvents deletes up to pruneChunk old events whose deliveries are final.
-// It scans from the oldest and skips (keeps) unfinished ones.
-func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, r *PruneResult) (bool, error) {
+// It scans from the index key from (the oldest when nil) and skips (keeps)
+// unfinished ones. It returns the key to resume from, or nil when done.
+func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult) ([]byte, error) {
 	idx := tx.Bucket(bEventsTime)
 	events, deliveries, attempts := tx.Bucket(bEvents), tx.Bucket(bDeliveries), tx.Bucket(bAttempts)
 	var drop [][]byte
+	var next []byte
 	c := idx.Cursor()
-	for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k[:8]) < cutoff; k, _ = c.Next() {
+	k, _ := c.First()
+	if from != nil {
+		k, _ = c.Seek(from)
+	}
+	for ; k != nil && binary.BigEndian.Uint64(k[:8]) < cutoff; k, _ = c.Next() {
 		if len(drop) >= pruneChunk {
+			next = append([]byte(nil), k...)
 			break
 		}
 		id := k[8:]
@@ -100,29 +116,41 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, r *PruneResult) (bool, err
 			}
 			for _, ak := range akeys {
 				if err := attempts.Delete(ak); err != nil {
-					return false, err
+					return nil, err
 				}
 			}
 			if err := deliveries.Delete(dk); err != nil {
-				return false, err
+				return nil, err
 			}
 		}
 		if err := events.Delete(id); err != nil {
-			return false, err
+			return nil, err
 		}
 		if err := idx.Delete(k); err != nil {
-			return false, err
+			return nil, err
 		}
 		r.Events++
 	}
-	return len(drop) >= pruneChunk, nil
+	return next, nil
 }
 
-func (db *DB) pruneInbox(tx *bolt.Tx, cutoff uint64, r *PruneResult) (bool, error) {
+// pruneInbox deletes up to pruneChunk old inbox items, keeping those still
+// waiting for enrichment, from the index key from (the oldest when nil). It
+// returns the key to resume from, or nil when done.
+func (db *DB) pruneInbox(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult) ([]byte, error) {
 	idx, inbox, alt := tx.Bucket(bInboxTime), tx.Bucket(bInbox), tx.Bucket(bAltKeys)
 	var drop [][]byte
+	var next []byte
 	c := idx.Cursor()
-	for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k[:8]) < cutoff && len(drop) < pruneChunk; k, _ = c.Next() {
+	k, _ := c.First()
+	if from != nil {
+		k, _ = c.Seek(from)
+	}
+	for ; k != nil && binary.BigEndian.Uint64(k[:8]) < cutoff; k, _ = c.Next() {
+		if len(drop) >= pruneChunk {
+			next = append([]byte(nil), k...)
+			break
+		}
 		var n mapping.Notification
 		if ok, _ := getJSON(inbox, k[8:], &n); ok && n.Status == mapping.StatusEnriching {
 			r.Kept++
@@ -136,17 +164,17 @@ func (db *DB) pruneInbox(tx *bolt.Tx, cutoff uint64, r *PruneResult) (bool, erro
 		if ok, _ := getJSON(inbox, ik, &n); ok {
 			for _, a := range n.AltKeys {
 				if err := alt.Delete(inboxKey(n.Source, a)); err != nil {
-					return false, err
+					return nil, err
 				}
 			}
 		}
 		if err := inbox.Delete(ik); err != nil {
-			return false, err
+			return nil, err
 		}
 		if err := idx.Delete(k); err != nil {
-			return false, err
+			return nil, err
 		}
 		r.Notifications++
 	}
-	return len(drop) >= pruneChunk, nil
+	return next, nil
 }

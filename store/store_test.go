@@ -1,0 +1,1233 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postback/postback/mapping"
+)
+
+// storeT0 is the start of every store test's clock.
+var storeT0 = time.Date(2026, 11, 30, 3, 0, 0, 0, time.UTC)
+
+// testClock is a settable clock.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// mustOpen opens a store in t.TempDir() and runs bbolt's consistency check
+// when the test ends (reopening the file if the test closed it).
+func mustOpen(t *testing.T, opts *Options) *DB {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "postback.db")
+	if opts != nil && opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	db, err := Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		db.mu.RLock()
+		shut := db.isShut
+		db.mu.RUnlock()
+		if shut {
+			if db, err = Open(path, &Options{OpenTimeout: time.Second}); err != nil {
+				t.Errorf("reopen for check: %v", err)
+				return
+			}
+		}
+		if err := db.Check(); err != nil {
+			t.Errorf("consistency check: %v", err)
+		}
+		if err := db.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return db
+}
+
+// fakeFact is one canonical fact in a fake notification body.
+type fakeFact struct {
+	Fact string            `json:"fact"` // the event id derives from it
+	Type mapping.Type      `json:"type"`
+	User string            `json:"user,omitempty"`
+	IDs  map[string]string `json:"ids,omitempty"`
+}
+
+// fakeBody is what fakeMap reads: a Stripe-like notification reduced to the
+// facts it reports.
+type fakeBody struct {
+	Facts  []fakeFact `json:"facts,omitempty"`
+	Ignore string     `json:"ignore,omitempty"`
+	Fail   string     `json:"fail,omitempty"` // malformed | currency | amount | unknown | hard
+}
+
+var errHard = errors.New("fake: not a mapping error")
+
+// fakeMap maps fakeBody notifications (or, for deferred ones, their
+// enrichment). It counts its runs per subscription in state "test:count",
+// so tests can tell whether states were written.
+func fakeMap(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
+	body := n.Body
+	if n.Deferred {
+		body = n.Enriched
+	}
+	var b fakeBody
+	if err := json.Unmarshal(body, &b); err != nil {
+		return mapping.Result{}, fmt.Errorf("%w: %v", mapping.ErrMalformed, err)
+	}
+	switch b.Fail {
+	case "malformed":
+		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrMalformed)
+	case "currency":
+		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrCurrency)
+	case "amount":
+		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrAmount)
+	case "unknown":
+		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrUnknownSource)
+	case "hard":
+		return mapping.Result{}, errHard
+	}
+	s, _ := st.State("test:count")
+	s.Key = "test:count"
+	c := 0
+	fmt.Sscan(s.Value("count"), &c)
+	s.SetValue("count", fmt.Sprint(c+1))
+	out := mapping.Result{Ignored: b.Ignore, States: []mapping.State{s}}
+	for _, f := range b.Facts {
+		out.Events = append(out.Events, mapping.Event{
+			ID: mapping.EventID("test", f.Fact), Type: f.Type, Source: n.Source, Environment: mapping.Production,
+			AppID: "com.example.app", User: mapping.User{AppUserID: f.User, Identifiers: f.IDs},
+			OccurredAt: n.ReceivedAt, SourceEventID: n.Key,
+		})
+	}
+	return out, nil
+}
+
+func factID(fact string) string { return mapping.EventID("test", fact) }
+
+// note builds a Stripe-like notification.
+func note(key string, b fakeBody) *mapping.Notification {
+	body, err := json.Marshal(b)
+	if err != nil {
+		panic(err)
+	}
+	return &mapping.Notification{Source: mapping.SourceStripe, Key: key, Type: "invoice.paid", AppID: "com.example.app", Body: body}
+}
+
+func facts(ff ...string) fakeBody {
+	var b fakeBody
+	for _, f := range ff {
+		b.Facts = append(b.Facts, fakeFact{Fact: f, Type: mapping.SubscriptionRenewed, User: "u1"})
+	}
+	return b
+}
+
+// testDB opens a store with fakeMap, a test clock and routes to "af" and
+// "hook"; commits lists what OnCommit reported.
+type testDB struct {
+	*DB
+	clock *testClock
+	mu    sync.Mutex
+	woken [][]string
+}
+
+func openTest(t *testing.T) *testDB {
+	t.Helper()
+	td := &testDB{clock: &testClock{t: storeT0}}
+	td.DB = mustOpen(t, &Options{
+		Map:   fakeMap,
+		Now:   td.clock.Now,
+		Route: func(*mapping.Event) []string { return []string{"af", "hook"} },
+		OnCommit: func(dests []string) {
+			td.mu.Lock()
+			td.woken = append(td.woken, append([]string(nil), dests...))
+			td.mu.Unlock()
+		},
+	})
+	return td
+}
+
+func (td *testDB) ingest(t *testing.T, n *mapping.Notification) IngestResult {
+	t.Helper()
+	res, err := td.Ingest(context.Background(), n)
+	if err != nil {
+		t.Fatalf("ingest %s: %v", n.Key, err)
+	}
+	return res
+}
+
+func dueKeys(t *testing.T, db *DB, dest string, now time.Time) []string {
+	t.Helper()
+	ds, err := db.DueFor(dest, now, 100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, d := range ds {
+		out = append(out, d.Delivery.Key)
+	}
+	return out
+}
+
+func TestIngest(t *testing.T) {
+	db := openTest(t)
+	res := db.ingest(t, note("evt_1", facts("sub_1:renewal:in_1", "sub_1:other")))
+	if res.Duplicate || res.Status != mapping.StatusMapped || len(res.Events) != 2 || res.Repeats != 0 {
+		t.Fatalf("result %+v", res)
+	}
+	for _, id := range []string{factID("sub_1:renewal:in_1"), factID("sub_1:other")} {
+		e, err := db.Event(id)
+		if err != nil {
+			t.Fatalf("event %s: %v", id, err)
+		}
+		if !e.ReceivedAt.Equal(storeT0) || e.SourceEventID != "evt_1" {
+			t.Errorf("event %+v: received_at defaults to the clock, source event id is the key", e)
+		}
+		ds, err := db.EventDeliveries(id)
+		if err != nil || len(ds) != 2 {
+			t.Fatalf("deliveries of %s: %+v, %v", id, ds, err)
+		}
+		for _, d := range ds {
+			if d.State != StatePending || d.NextAtMs != storeT0.UnixMilli() || d.AppUserID != "u1" || d.Key != id+"|"+d.Destination {
+				t.Errorf("delivery %+v", d)
+			}
+		}
+	}
+	for _, dest := range []string{"af", "hook"} {
+		if got := dueKeys(t, db.DB, dest, storeT0); len(got) != 2 {
+			t.Errorf("due for %s: %v, want 2", dest, got)
+		}
+		if q, err := db.Queue(dest); err != nil || q.Depth != 2 || !q.Oldest.Equal(storeT0) {
+			t.Errorf("queue %s: %+v, %v", dest, q, err)
+		}
+	}
+	if got := db.NextDue("af"); !got.Equal(storeT0) {
+		t.Errorf("NextDue = %v", got)
+	}
+	if got := db.Destinations(); strings.Join(got, ",") != "af,hook" {
+		t.Errorf("destinations %v", got)
+	}
+	n, err := db.Notification(mapping.SourceStripe, "evt_1")
+	if err != nil || n.Status != mapping.StatusMapped || len(n.EventIDs) != 2 || !n.ReceivedAt.Equal(storeT0) {
+		t.Errorf("inbox item %+v, %v", n, err)
+	}
+	db.mu.Lock()
+	woken := db.woken
+	db.mu.Unlock()
+	if len(woken) != 1 || strings.Join(woken[0], ",") != "af,hook" {
+		t.Errorf("OnCommit got %v, want one call with af,hook", woken)
+	}
+	t.Run("without source or key", func(t *testing.T) {
+		for _, n := range []*mapping.Notification{{Key: "k"}, {Source: "stripe"}} {
+			if _, err := db.Ingest(context.Background(), n); err == nil {
+				t.Errorf("ingest %+v: no error", n)
+			}
+		}
+	})
+	t.Run("ignored", func(t *testing.T) {
+		res := db.ingest(t, note("evt_ign", fakeBody{Ignore: "customer identity recorded"}))
+		if res.Status != mapping.StatusIgnored || res.Reason != "customer identity recorded" || len(res.Events) != 0 {
+			t.Errorf("result %+v", res)
+		}
+	})
+	t.Run("not found", func(t *testing.T) {
+		if _, err := db.Event("evt_none"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Event: %v", err)
+		}
+		if _, err := db.Notification("stripe", "none"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Notification: %v", err)
+		}
+		if _, err := db.Delivery("none|af"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Delivery: %v", err)
+		}
+	})
+}
+
+func TestIngestDuplicate(t *testing.T) {
+	db := openTest(t)
+	first := note("evt_1", facts("a"))
+	first.AltKeys = []string{"token-1:renewal:1700000000000"}
+	db.ingest(t, first)
+
+	tests := []struct {
+		name string
+		n    *mapping.Notification
+	}{
+		{"same key", note("evt_1", facts("b"))},
+		{"same alt key", &mapping.Notification{Source: mapping.SourceStripe, Key: "evt_2", AltKeys: []string{"other", "token-1:renewal:1700000000000"}, Body: []byte(`{"facts":[{"fact":"c"}]}`)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := db.ingest(t, tt.n)
+			if !res.Duplicate || res.Existing == nil || res.Existing.Key != "evt_1" || res.Status != mapping.StatusMapped || len(res.Events) != 0 {
+				t.Fatalf("result %+v", res)
+			}
+			if _, err := db.Notification(mapping.SourceStripe, "evt_2"); !errors.Is(err, ErrNotFound) {
+				t.Errorf("a duplicate was stored: %v", err)
+			}
+			if got := dueKeys(t, db.DB, "af", storeT0); len(got) != 1 {
+				t.Errorf("due %v, want only the first event's delivery", got)
+			}
+		})
+	}
+	t.Run("alt key of another source is not a duplicate", func(t *testing.T) {
+		n := &mapping.Notification{Source: mapping.SourceGoogle, Key: "m1", AltKeys: first.AltKeys, Body: []byte(`{}`)}
+		if res := db.ingest(t, n); res.Duplicate {
+			t.Errorf("result %+v", res)
+		}
+	})
+}
+
+func TestIngestSameEventTwice(t *testing.T) {
+	db := openTest(t)
+	// A store re-sends the same fact under a new notification id.
+	a := db.ingest(t, note("evt_1", facts("sub_1:trial_converted")))
+	b := db.ingest(t, note("evt_2", facts("sub_1:trial_converted")))
+	if len(a.Events) != 1 || a.Repeats != 0 {
+		t.Errorf("first %+v", a)
+	}
+	if b.Duplicate || len(b.Events) != 0 || b.Repeats != 1 || b.Status != mapping.StatusMapped {
+		t.Errorf("second %+v, want one repeat and no new event", b)
+	}
+	if got := dueKeys(t, db.DB, "af", storeT0); len(got) != 1 {
+		t.Errorf("due %v, want one delivery", got)
+	}
+	id := factID("sub_1:trial_converted")
+	for _, k := range []string{"evt_1", "evt_2"} {
+		n, err := db.Notification(mapping.SourceStripe, k)
+		if err != nil || len(n.EventIDs) != 1 || n.EventIDs[0] != id {
+			t.Errorf("inbox %s: %+v, %v", k, n, err)
+		}
+	}
+	if e, _ := db.Event(id); e.SourceEventID != "evt_1" {
+		t.Errorf("the first report wins: source event id %q", e.SourceEventID)
+	}
+}
+
+func TestDeferredEnrichment(t *testing.T) {
+	db := openTest(t)
+	n := &mapping.Notification{Source: mapping.SourceGoogle, Key: "msg-1", Deferred: true, Body: []byte(`{"purchaseToken":"tok"}`)}
+	res := db.ingest(t, n)
+	if res.Status != mapping.StatusEnriching || len(res.Events) != 0 {
+		t.Fatalf("result %+v", res)
+	}
+	db.clock.Add(time.Second)
+	db.ingest(t, &mapping.Notification{Source: mapping.SourceGoogle, Key: "msg-2", Deferred: true, Body: []byte(`{}`)})
+	db.ingest(t, note("evt_x", facts("x")))
+
+	pend, err := db.Pending(mapping.SourceGoogle, 10)
+	if err != nil || len(pend) != 2 || pend[0].Key != "msg-1" || pend[1].Key != "msg-2" {
+		t.Fatalf("pending %+v, %v; want msg-1, msg-2 oldest first", pend, err)
+	}
+	if pend, _ := db.Pending(mapping.SourceGoogle, 1); len(pend) != 1 {
+		t.Errorf("limit: %d items", len(pend))
+	}
+	if pend, _ := db.Pending(mapping.SourceStripe, 10); len(pend) != 0 {
+		t.Errorf("stripe pending %+v", pend)
+	}
+
+	enriched, _ := json.Marshal(facts("google:tok:renewal"))
+	res, err = db.Enrich(context.Background(), mapping.SourceGoogle, "msg-1", enriched)
+	if err != nil || res.Status != mapping.StatusMapped || len(res.Events) != 1 {
+		t.Fatalf("enrich: %+v, %v", res, err)
+	}
+	stored, _ := db.Notification(mapping.SourceGoogle, "msg-1")
+	if stored.Status != mapping.StatusMapped || string(stored.Enriched) != string(enriched) {
+		t.Errorf("stored %+v", stored)
+	}
+	if pend, _ := db.Pending(mapping.SourceGoogle, 10); len(pend) != 1 || pend[0].Key != "msg-2" {
+		t.Errorf("pending after enrich %+v", pend)
+	}
+
+	again, err := db.Enrich(context.Background(), mapping.SourceGoogle, "msg-1", enriched)
+	if err != nil || !again.Duplicate || len(again.Events) != 0 || again.Status != mapping.StatusMapped {
+		t.Errorf("second enrich: %+v, %v; want a duplicate", again, err)
+	}
+	if got := dueKeys(t, db.DB, "af", db.clock.Now()); len(got) != 2 {
+		t.Errorf("due %v, want evt_x's and the enriched event's", got)
+	}
+	if _, err := db.Enrich(context.Background(), mapping.SourceGoogle, "nope", enriched); !errors.Is(err, ErrNotFound) {
+		t.Errorf("enrich unknown: %v", err)
+	}
+	t.Run("enrichment that does not map", func(t *testing.T) {
+		res, err := db.Enrich(context.Background(), mapping.SourceGoogle, "msg-2", []byte(`{"fail":"malformed"}`))
+		if err != nil || res.Status != mapping.StatusFailed {
+			t.Errorf("%+v, %v", res, err)
+		}
+	})
+}
+
+func TestMappingErrorStoredAsFailed(t *testing.T) {
+	for _, fail := range []string{"malformed", "currency", "amount", "unknown"} {
+		t.Run(fail, func(t *testing.T) {
+			db := openTest(t)
+			res, err := db.Ingest(context.Background(), note("evt_bad", fakeBody{Fail: fail}))
+			if err != nil {
+				t.Fatalf("a mapping error must not fail the ingest: %v", err)
+			}
+			if res.Status != mapping.StatusFailed || !strings.Contains(res.Reason, "fake") || len(res.Events) != 0 {
+				t.Errorf("result %+v", res)
+			}
+			n, err := db.Notification(mapping.SourceStripe, "evt_bad")
+			if err != nil || n.Status != mapping.StatusFailed || n.Reason == "" || string(n.Body) == "" {
+				t.Errorf("inbox %+v, %v", n, err)
+			}
+			if _, ok, _ := db.State("test:count"); ok {
+				t.Error("a failed mapping wrote state")
+			}
+		})
+	}
+	t.Run("other errors fail the ingest and store nothing", func(t *testing.T) {
+		db := openTest(t)
+		if _, err := db.Ingest(context.Background(), note("evt_hard", fakeBody{Fail: "hard"})); !errors.Is(err, errHard) {
+			t.Fatalf("err = %v, want errHard", err)
+		}
+		if _, err := db.Notification(mapping.SourceStripe, "evt_hard"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("stored anyway: %v", err)
+		}
+	})
+}
+
+// fixableMap is fakeMap until fixed; before, it fails or ignores what the
+// fixed mapping maps, as a mapping bug would.
+type fixableMap struct{ fixed atomic.Bool }
+
+func (f *fixableMap) Map(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
+	if !f.fixed.Load() {
+		switch n.Key {
+		case "evt_failed":
+			return mapping.Result{}, fmt.Errorf("%w: bug", mapping.ErrMalformed)
+		case "evt_ignored":
+			return mapping.Result{Ignored: "bug"}, nil
+		}
+	}
+	return fakeMap(n, st)
+}
+
+func TestReprocess(t *testing.T) {
+	fm := &fixableMap{}
+	clock := &testClock{t: storeT0}
+	db := mustOpen(t, &Options{Map: fm.Map, Now: clock.Now, Route: func(*mapping.Event) []string { return []string{"af"} }})
+	ctx := context.Background()
+	ingest := func(n *mapping.Notification) {
+		t.Helper()
+		if _, err := db.Ingest(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		clock.Add(time.Minute)
+	}
+	ingest(note("evt_ok", facts("shared")))
+	ingest(note("evt_failed", facts("a", "b")))
+	ingest(note("evt_ignored", facts("c", "shared")))
+	ingest(&mapping.Notification{Source: mapping.SourceApple, Key: "apple_failed", Body: []byte(`{"fail":"malformed"}`)})
+	count := func() string {
+		st, _, _ := db.State("test:count")
+		return st.Value("count")
+	}
+	if c := count(); c != "1" { // only evt_ok's mapping wrote state
+		t.Fatalf("state count %s", c)
+	}
+
+	fm.fixed.Store(true)
+	f := ReprocessFilter{Source: mapping.SourceStripe}
+	dry := f
+	dry.DryRun = true
+	want, err := db.Reprocess(ctx, dry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.Scanned != 4 || want.Matched != 2 || want.NewEvents != 0 {
+		t.Errorf("dry run %+v, want 4 scanned, 2 matched, nothing done", want)
+	}
+	if got := dueKeys(t, db, "af", clock.Now()); len(got) != 1 {
+		t.Fatalf("the dry run queued work: %v", got)
+	}
+	got, err := db.Reprocess(ctx, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Scanned != want.Scanned || got.Matched != want.Matched {
+		t.Errorf("real run %+v counts differ from dry run %+v", got, want)
+	}
+	if got.NewEvents != 3 || got.Repeats != 1 || got.Failed != 0 {
+		t.Errorf("real run %+v, want 3 new events (a, b, c) and 1 repeat (shared)", got)
+	}
+	if keys := dueKeys(t, db, "af", clock.Now()); len(keys) != 4 {
+		t.Errorf("due %v, want shared, a, b, c once each", keys)
+	}
+	// The failed item's state effects happen now; the ignored one's
+	// already happened when it was first mapped.
+	if c := count(); c != "2" {
+		t.Errorf("state count %s, want 2", c)
+	}
+	for _, k := range []string{"evt_failed", "evt_ignored"} {
+		if n, _ := db.Notification(mapping.SourceStripe, k); n.Status != mapping.StatusMapped {
+			t.Errorf("%s status %s", k, n.Status)
+		}
+	}
+	if again, _ := db.Reprocess(ctx, f); again.Matched != 0 {
+		t.Errorf("second reprocess %+v, want nothing to match", again)
+	}
+
+	t.Run("filters", func(t *testing.T) {
+		tests := []struct {
+			name    string
+			f       ReprocessFilter
+			matched int
+		}{
+			{"other source", ReprocessFilter{Source: mapping.SourceApple, DryRun: true}, 1},
+			{"any source", ReprocessFilter{DryRun: true}, 1},
+			{"mapped status", ReprocessFilter{Source: mapping.SourceStripe, Statuses: []string{mapping.StatusMapped}, DryRun: true}, 3},
+			{"since", ReprocessFilter{Statuses: []string{mapping.StatusMapped}, Since: storeT0.Add(90 * time.Second), DryRun: true}, 1},
+			{"until", ReprocessFilter{Statuses: []string{mapping.StatusMapped}, Until: storeT0.Add(30 * time.Second), DryRun: true}, 1},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				r, err := db.Reprocess(ctx, tt.f)
+				if err != nil || r.Matched != tt.matched {
+					t.Errorf("%+v, %v; want %d matched", r, err, tt.matched)
+				}
+			})
+		}
+	})
+	t.Run("still failing", func(t *testing.T) {
+		r, err := db.Reprocess(ctx, ReprocessFilter{Source: mapping.SourceApple})
+		if err != nil || r.Matched != 1 || r.Failed != 1 || r.NewEvents != 0 {
+			t.Errorf("%+v, %v", r, err)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		c, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := db.Reprocess(c, ReprocessFilter{Source: mapping.SourceApple}); !errors.Is(err, context.Canceled) {
+			t.Errorf("err = %v", err)
+		}
+	})
+}
+
+// complete applies one completion.
+func complete(t *testing.T, db *DB, c Completion) {
+	t.Helper()
+	if err := db.Complete(context.Background(), []Completion{c}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDueForOrderSkipLimit(t *testing.T) {
+	db := openTest(t)
+	for i, f := range []string{"first", "second", "third"} {
+		db.ingest(t, note(fmt.Sprint("evt_", i), facts(f)))
+		db.clock.Add(time.Second)
+	}
+	now := db.clock.Now()
+	k := func(f string) string { return factID(f) + "|af" }
+	// Push "first" back behind the others.
+	complete(t, db.DB, Completion{Key: k("first"), State: StateRetrying, NextAt: now.Add(time.Minute), Attempt: &Attempt{Outcome: "retry", Status: 503}})
+
+	tests := []struct {
+		name  string
+		now   time.Time
+		limit int
+		skip  func(string) bool
+		want  []string
+	}{
+		{"oldest first", now, 10, nil, []string{k("second"), k("third")}},
+		{"limit", now, 1, nil, []string{k("second")}},
+		{"skip leased", now, 10, func(key string) bool { return key == k("second") }, []string{k("third")}},
+		{"skip then limit", now, 1, func(key string) bool { return key == k("second") }, []string{k("third")}},
+		{"retry due later", now.Add(time.Minute), 10, nil, []string{k("second"), k("third"), k("first")}},
+		{"before anything is due", storeT0.Add(-time.Millisecond), 10, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ds, err := db.DueFor("af", tt.now, tt.limit, tt.skip)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, d := range ds {
+				got = append(got, d.Delivery.Key)
+				if d.Event.ID != d.Delivery.EventID {
+					t.Errorf("due %s carries event %s", d.Delivery.Key, d.Event.ID)
+				}
+			}
+			if strings.Join(got, " ") != strings.Join(tt.want, " ") {
+				t.Errorf("got %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+	if ds, err := db.DueFor("nobody", now, 10, nil); err != nil || len(ds) != 0 {
+		t.Errorf("unknown destination: %v, %v", ds, err)
+	}
+	if !db.NextDue("nobody").IsZero() {
+		t.Error("NextDue of an unknown destination is not zero")
+	}
+}
+
+func TestComplete(t *testing.T) {
+	db := openTest(t)
+	db.ingest(t, note("evt_1", facts("f")))
+	key := factID("f") + "|af"
+	now := db.clock.Now()
+
+	complete(t, db.DB, Completion{Key: key, State: StateRetrying, NextAt: now.Add(time.Minute), Reason: "503",
+		Attempt: &Attempt{At: now, Outcome: "retry", Status: 503, Error: "service unavailable", Response: `{"error":"busy"}`}})
+	d, _ := db.Delivery(key)
+	if d.State != StateRetrying || d.Attempts != 1 || d.NextAtMs != now.Add(time.Minute).UnixMilli() || d.LastStatus != 503 || d.LastError != "service unavailable" {
+		t.Errorf("after retry %+v", d)
+	}
+	if got := dueKeys(t, db.DB, "af", now); len(got) != 0 {
+		t.Errorf("due now %v; the due key should have moved to the retry time", got)
+	}
+	if got := dueKeys(t, db.DB, "af", now.Add(time.Minute)); len(got) != 1 {
+		t.Errorf("due at retry time %v", got)
+	}
+	if q, _ := db.Queue("af"); q.Depth != 1 || !q.Oldest.Equal(now.Add(time.Minute)) {
+		t.Errorf("queue %+v", q)
+	}
+
+	// A paused destination's attempt does not spend the retry budget.
+	complete(t, db.DB, Completion{Key: key, State: StateRetrying, NextAt: now.Add(2 * time.Minute), KeepBudget: true,
+		Attempt: &Attempt{At: now, Outcome: "pause", Status: 401}})
+	d, _ = db.Delivery(key)
+	if d.Attempts != 2 || d.RetryBase != 1 || d.AttemptsSinceReplay() != 1 {
+		t.Errorf("after keep-budget attempt %+v", d)
+	}
+
+	db.clock.Add(3 * time.Minute)
+	complete(t, db.DB, Completion{Key: key, State: StateDelivered, Attempt: &Attempt{At: db.clock.Now(), Outcome: "delivered", Status: 200}})
+	d, _ = db.Delivery(key)
+	if d.State != StateDelivered || d.Attempts != 3 || d.NextAtMs != 0 || !d.DeliveredAt.Equal(db.clock.Now()) || d.LastStatus != 200 {
+		t.Errorf("after delivery %+v", d)
+	}
+	if got := dueKeys(t, db.DB, "af", db.clock.Now().Add(time.Hour)); len(got) != 0 {
+		t.Errorf("due after delivery %v", got)
+	}
+	if q, _ := db.Queue("af"); q.Depth != 0 {
+		t.Errorf("queue after delivery %+v", q)
+	}
+	as, err := db.Attempts(key)
+	if err != nil || len(as) != 3 {
+		t.Fatalf("attempts %+v, %v", as, err)
+	}
+	for i, a := range as {
+		if a.N != i+1 {
+			t.Errorf("attempt %d numbered %d", i+1, a.N)
+		}
+	}
+	if as[0].Status != 503 || as[0].Response != `{"error":"busy"}` || as[2].Outcome != "delivered" {
+		t.Errorf("attempts %+v", as)
+	}
+	if as, _ := db.Attempts(factID("f") + "|hook"); len(as) != 0 {
+		t.Errorf("the other destination has attempts %+v", as)
+	}
+
+	t.Run("final delivery ignores a late completion without attempt", func(t *testing.T) {
+		complete(t, db.DB, Completion{Key: key, State: StateRetrying, NextAt: db.clock.Now()})
+		if d, _ := db.Delivery(key); d.State != StateDelivered {
+			t.Errorf("state %s", d.State)
+		}
+	})
+	t.Run("unknown key is ignored", func(t *testing.T) {
+		complete(t, db.DB, Completion{Key: "evt_none|af", State: StateDead, Attempt: &Attempt{}})
+	})
+	t.Run("skipped without attempt", func(t *testing.T) {
+		hook := factID("f") + "|hook"
+		complete(t, db.DB, Completion{Key: hook, State: StateSkipped, Reason: "sandbox event"})
+		d, _ := db.Delivery(hook)
+		if d.State != StateSkipped || d.Attempts != 0 || d.Reason != "sandbox event" {
+			t.Errorf("%+v", d)
+		}
+		if got := dueKeys(t, db.DB, "hook", db.clock.Now()); len(got) != 0 {
+			t.Errorf("due %v", got)
+		}
+	})
+	t.Run("several in one call", func(t *testing.T) {
+		db.ingest(t, note("evt_2", facts("g", "h")))
+		err := db.Complete(context.Background(), []Completion{
+			{Key: factID("g") + "|af", State: StateDelivered, Attempt: &Attempt{Outcome: "delivered"}},
+			{Key: factID("h") + "|af", State: StateDead, Reason: "400", Attempt: &Attempt{Outcome: "dead", Status: 400}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, _ := db.Delivery(factID("g") + "|af")
+		h, _ := db.Delivery(factID("h") + "|af")
+		if g.State != StateDelivered || h.State != StateDead {
+			t.Errorf("states %s, %s", g.State, h.State)
+		}
+	})
+}
+
+func TestReplay(t *testing.T) {
+	db := openTest(t)
+	db.ingest(t, note("evt_1", facts("f")))
+	key := factID("f") + "|af"
+	for i := 0; i < 3; i++ {
+		complete(t, db.DB, Completion{Key: key, State: StateRetrying, NextAt: db.clock.Now(), Attempt: &Attempt{Outcome: "retry", Status: 500}})
+	}
+	complete(t, db.DB, Completion{Key: key, State: StateDead, Reason: "max attempts", Attempt: &Attempt{Outcome: "dead", Status: 500}})
+	db.clock.Add(time.Hour)
+	db.mu.Lock()
+	db.woken = nil
+	db.mu.Unlock()
+
+	d, err := db.Replay(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.State != StatePending || d.Reason != "replayed" || d.Attempts != 4 || d.RetryBase != 4 || d.AttemptsSinceReplay() != 0 || d.NextAtMs != db.clock.Now().UnixMilli() {
+		t.Errorf("replayed %+v", d)
+	}
+	if got := dueKeys(t, db.DB, "af", db.clock.Now()); len(got) != 1 {
+		t.Errorf("due after replay %v", got)
+	}
+	db.mu.Lock()
+	woken := db.woken
+	db.mu.Unlock()
+	if len(woken) != 1 || woken[0][0] != "af" {
+		t.Errorf("OnCommit %v", woken)
+	}
+	t.Run("already queued is a no-op", func(t *testing.T) {
+		again, err := db.Replay(context.Background(), key)
+		if err != nil || again.State != StatePending || again.NextAtMs != d.NextAtMs {
+			t.Errorf("%+v, %v", again, err)
+		}
+		if got := dueKeys(t, db.DB, "af", db.clock.Now()); len(got) != 1 {
+			t.Errorf("due %v", got)
+		}
+	})
+	t.Run("unknown", func(t *testing.T) {
+		if _, err := db.Replay(context.Background(), "evt_none|af"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("err = %v", err)
+		}
+	})
+	t.Run("matching", func(t *testing.T) {
+		db.ingest(t, note("evt_2", facts("g")))
+		complete(t, db.DB, Completion{Key: factID("g") + "|hook", State: StateDead, Attempt: &Attempt{Outcome: "dead"}})
+		f := DeliveryFilter{Destination: "hook", States: []string{StateDead}}
+		n, err := db.ReplayMatching(context.Background(), f, 0, true, nil)
+		if err != nil || n != 1 {
+			t.Fatalf("dry run %d, %v", n, err)
+		}
+		var progress []int
+		n, err = db.ReplayMatching(context.Background(), f, 0, false, func(done, total int) { progress = append(progress, done, total) })
+		if err != nil || n != 1 || fmt.Sprint(progress) != "[1 1]" {
+			t.Errorf("replayed %d, %v, progress %v", n, err, progress)
+		}
+		if d, _ := db.Delivery(factID("g") + "|hook"); d.State != StatePending {
+			t.Errorf("state %s", d.State)
+		}
+	})
+}
+
+func TestQueueStats(t *testing.T) {
+	db := openTest(t)
+	db.ingest(t, note("evt_1", facts("a")))
+	db.clock.Add(time.Minute)
+	db.ingest(t, note("evt_2", facts("b", "c")))
+	complete(t, db.DB, Completion{Key: factID("b") + "|af", State: StateWaiting, NextAt: db.clock.Now().Add(10 * time.Minute), WaitUntil: db.clock.Now().Add(10 * time.Minute)})
+	complete(t, db.DB, Completion{Key: factID("c") + "|af", State: StateDelivered, Attempt: &Attempt{}})
+	q, err := db.Queue("af")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := QueueStats{Depth: 2, Oldest: storeT0, Waiting: 1, OldestCreate: storeT0}
+	if !q.Oldest.Equal(want.Oldest) || !q.OldestCreate.Equal(want.OldestCreate) || q.Depth != want.Depth || q.Waiting != want.Waiting {
+		t.Errorf("queue %+v, want %+v", q, want)
+	}
+	if q, err := db.Queue("none"); err != nil || q.Depth != 0 {
+		t.Errorf("empty queue %+v, %v", q, err)
+	}
+}
+
+func TestPutUserReleasesWaiting(t *testing.T) {
+	db := openTest(t)
+	db.ingest(t, note("evt_1", fakeBody{Facts: []fakeFact{{Fact: "f", Type: mapping.TrialStarted, User: "u1", IDs: map[string]string{"idfv": "from-event"}}}}))
+	key := factID("f") + "|af"
+	waitUntil := db.clock.Now().Add(10 * time.Minute)
+	complete(t, db.DB, Completion{Key: key, State: StateWaiting, Reason: "waiting for idfa", NextAt: waitUntil, WaitUntil: waitUntil})
+	if got := dueKeys(t, db.DB, "af", db.clock.Now()); len(got) != 0 {
+		t.Fatalf("a waiting delivery is due: %v", got)
+	}
+	db.clock.Add(time.Minute)
+	if _, err := db.PutUser(context.Background(), "u1", map[string]string{"idfa": "AEBE52E7-03EE-455A-B3C4-E57283966239", "idfv": "from-user"}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := db.DueFor("af", db.clock.Now(), 10, nil)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("due after PutUser %+v, %v", ds, err)
+	}
+	e := ds[0].Event
+	if e.Identifier("idfa") != "AEBE52E7-03EE-455A-B3C4-E57283966239" {
+		t.Errorf("identifiers %v: the user's idfa is not merged", e.User.Identifiers)
+	}
+	if e.Identifier("idfv") != "from-event" {
+		t.Errorf("idfv %q: the event's own value must win", e.Identifier("idfv"))
+	}
+	if ds[0].Delivery.NextAtMs != db.clock.Now().UnixMilli() {
+		t.Errorf("released delivery due %v, want now", ds[0].Delivery.NextAt())
+	}
+	t.Run("other users stay waiting", func(t *testing.T) {
+		db.ingest(t, note("evt_3", fakeBody{Facts: []fakeFact{{Fact: "h", Type: mapping.Purchase, User: "u2"}}}))
+		hk := factID("h") + "|af"
+		complete(t, db.DB, Completion{Key: hk, State: StateWaiting, NextAt: db.clock.Now().Add(time.Hour)})
+		if _, err := db.PutUser(context.Background(), "u1", map[string]string{"gaid": "x"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range dueKeys(t, db.DB, "af", db.clock.Now()) {
+			if k == hk {
+				t.Error("u2's delivery was released by u1's update")
+			}
+		}
+	})
+}
+
+func TestDeleteUserScrubsEvents(t *testing.T) {
+	db := openTest(t)
+	db.ingest(t, note("evt_1", fakeBody{Facts: []fakeFact{
+		{Fact: "a", Type: mapping.TrialStarted, User: "u1", IDs: map[string]string{"email_sha256": mapping.SHA256Hex("a@b.co"), "idfa": "X"}},
+		{Fact: "b", Type: mapping.TrialStarted, User: "u2", IDs: map[string]string{"idfa": "Y"}},
+	}}))
+	if _, err := db.PutUser(context.Background(), "u1", map[string]string{"gaid": "G"}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := db.DeleteUser(context.Background(), "u1")
+	if err != nil || n != 1 {
+		t.Fatalf("DeleteUser = %d, %v", n, err)
+	}
+	a, _ := db.Event(factID("a"))
+	if len(a.User.Identifiers) != 0 {
+		t.Errorf("u1's event keeps %v", a.User.Identifiers)
+	}
+	if b, _ := db.Event(factID("b")); b.Identifier("idfa") != "Y" {
+		t.Errorf("u2's event lost its identifiers: %v", b.User.Identifiers)
+	}
+	if _, err := db.GetUser("u1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetUser after delete: %v", err)
+	}
+}
+
+func TestPrune(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	states := map[string]string{
+		"delivered": StateDelivered, "dead": StateDead, "skipped": StateSkipped,
+		"pending": StatePending, "retrying": StateRetrying, "waiting": StateWaiting,
+	}
+	for f, st := range states {
+		alt := &mapping.Notification{Source: mapping.SourceStripe, Key: "evt_" + f, AltKeys: []string{"alt_" + f}, Body: mustJSON(facts(f))}
+		db.ingest(t, alt)
+		for _, dest := range []string{"af", "hook"} {
+			c := Completion{Key: factID(f) + "|" + dest, State: StateDelivered, Attempt: &Attempt{Outcome: "delivered"}}
+			if dest == "af" {
+				c.State, c.NextAt = st, storeT0.Add(100*24*time.Hour)
+				if st == StatePending {
+					continue
+				}
+			}
+			complete(t, db.DB, c)
+		}
+	}
+	db.ingest(t, &mapping.Notification{Source: mapping.SourceGoogle, Key: "enriching", Deferred: true, Body: []byte(`{}`)})
+	db.ingest(t, note("evt_ignored", fakeBody{Ignore: "x"}))
+	db.clock.Add(40 * 24 * time.Hour)
+	db.ingest(t, note("evt_recent", facts("recent")))
+	complete(t, db.DB, Completion{Key: factID("recent") + "|af", State: StateDelivered, Attempt: &Attempt{}})
+	complete(t, db.DB, Completion{Key: factID("recent") + "|hook", State: StateDelivered, Attempt: &Attempt{}})
+
+	r, err := db.Prune(ctx, 30*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Events != 3 || r.Notifications != 7 || r.Kept != 4 {
+		t.Errorf("prune %+v, want 3 events (delivered, dead, skipped), 7 inbox items, 4 kept (3 unfinished events, 1 enriching)", r)
+	}
+	for f, st := range states {
+		_, err := db.Event(factID(f))
+		final := Final(st)
+		if final != errors.Is(err, ErrNotFound) {
+			t.Errorf("%s event: %v", f, err)
+		}
+		if as, _ := db.Attempts(factID(f) + "|hook"); final != (len(as) == 0) {
+			t.Errorf("%s attempts %v", f, as)
+		}
+		if _, err := db.Delivery(factID(f) + "|hook"); final != errors.Is(err, ErrNotFound) {
+			t.Errorf("%s delivery: %v", f, err)
+		}
+	}
+	if _, err := db.Event(factID("recent")); err != nil {
+		t.Errorf("recent event pruned: %v", err)
+	}
+	if _, err := db.Notification(mapping.SourceGoogle, "enriching"); err != nil {
+		t.Errorf("enriching item pruned: %v", err)
+	}
+	if _, err := db.Notification(mapping.SourceStripe, "evt_pending"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("old inbox item kept: %v", err)
+	}
+	// The alt keys went with their inbox items.
+	if res := db.ingest(t, &mapping.Notification{Source: mapping.SourceStripe, Key: "evt_new", AltKeys: []string{"alt_dead"}, Body: []byte(`{}`)}); res.Duplicate {
+		t.Error("a pruned item's alt key still marks duplicates")
+	}
+	if again, _ := db.Prune(ctx, 30*24*time.Hour); again.Events != 0 || again.Notifications != 0 || again.Kept != 4 {
+		t.Errorf("second prune %+v", again)
+	}
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func TestPruneInChunks(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	// Unfinished work first, so every chunk scans past it.
+	db.ingest(t, note("evt_kept", facts("kept1", "kept2")))
+	db.clock.Add(time.Second)
+	const n = 2*pruneChunk + 500
+	var b fakeBody
+	for i := 0; i < n; i++ {
+		b.Facts = append(b.Facts, fakeFact{Fact: fmt.Sprint("bulk", i), Type: mapping.Purchase})
+	}
+	db.ingest(t, note("evt_bulk", b))
+	err := db.Complete(ctx, completeAll(t, db.DB, "bulk", n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.clock.Add(31 * 24 * time.Hour)
+	r, err := db.Prune(ctx, 30*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Events != n || r.Notifications != 2 || r.Kept != 2 {
+		t.Errorf("prune %+v, want %d events, 2 inbox items, 2 kept", r, n)
+	}
+	page, err := db.Events(EventFilter{Limit: 500})
+	if err != nil || len(page.Events) != 2 {
+		t.Errorf("left %d events, %v; want the 2 unfinished", len(page.Events), err)
+	}
+}
+
+func TestPruneInboxInChunks(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	db.ingest(t, &mapping.Notification{Source: mapping.SourceGoogle, Key: "enriching", Deferred: true, Body: []byte(`{}`)})
+	db.clock.Add(time.Second)
+	const n = pruneChunk + 100
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += 32 {
+				_, err := db.Ingest(ctx, note(fmt.Sprint("evt_", i), fakeBody{Ignore: "x"}))
+				errs <- err
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.clock.Add(31 * 24 * time.Hour)
+	r, err := db.Prune(ctx, 30*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Notifications != n || r.Kept != 1 || r.Events != 0 {
+		t.Errorf("prune %+v, want %d inbox items and 1 kept", r, n)
+	}
+	if pend, _ := db.Pending(mapping.SourceGoogle, 10); len(pend) != 1 {
+		t.Errorf("enriching item lost: %v", pend)
+	}
+}
+
+// completeAll marks every delivery of the bulk facts delivered.
+func completeAll(t *testing.T, db *DB, prefix string, n int) []Completion {
+	t.Helper()
+	var cs []Completion
+	for i := 0; i < n; i++ {
+		for _, dest := range []string{"af", "hook"} {
+			cs = append(cs, Completion{Key: factID(fmt.Sprint(prefix, i)) + "|" + dest, State: StateDelivered, Attempt: &Attempt{Outcome: "delivered"}})
+		}
+	}
+	return cs
+}
+
+// lockHelperEnv makes the test binary act as a second process that opens
+// the database named by its value.
+const lockHelperEnv = "POSTBACK_STORE_LOCK_HELPER"
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv(lockHelperEnv); path != "" {
+		_, err := Open(path, &Options{OpenTimeout: 100 * time.Millisecond})
+		if errors.Is(err, ErrLocked) {
+			fmt.Print("locked")
+			os.Exit(0)
+		}
+		fmt.Printf("unexpected: %v", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+func TestOpenLocked(t *testing.T) {
+	db := mustOpen(t, nil)
+	t.Run("same process", func(t *testing.T) {
+		// bbolt's flock belongs to the open file description, so a second
+		// Open in this process conflicts like another process would.
+		_, err := Open(db.Path(), &Options{OpenTimeout: 50 * time.Millisecond})
+		if !errors.Is(err, ErrLocked) {
+			t.Fatalf("second Open: %v, want ErrLocked", err)
+		}
+		if !strings.Contains(err.Error(), db.Path()) {
+			t.Errorf("error %q does not name the file", err)
+		}
+	})
+	t.Run("other process", func(t *testing.T) {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), lockHelperEnv+"="+db.Path())
+		out, err := cmd.CombinedOutput()
+		if err != nil || string(out) != "locked" {
+			t.Fatalf("helper process: %v, output %q", err, out)
+		}
+	})
+	if err := db.Ping(context.Background()); err != nil {
+		t.Errorf("the first store stopped working: %v", err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(filepath.Join(file, "postback.db"), nil); err == nil {
+		t.Error("Open under a regular file: no error")
+	}
+	if _, err := Open(file, &Options{OpenTimeout: 50 * time.Millisecond}); err == nil || errors.Is(err, ErrLocked) {
+		t.Errorf("Open of a non-bbolt file: %v", err)
+	}
+}
+
+// blockFirst wraps fakeMap so that the op for key "n0" blocks inside the
+// writer's transaction until released, letting the test queue other ops
+// behind it deterministically.
+type blockFirst struct {
+	started chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func newBlockFirst() *blockFirst {
+	return &blockFirst{started: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (b *blockFirst) Map(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
+	if n.Key == "n0" {
+		b.once.Do(func() {
+			close(b.started)
+			<-b.release
+		})
+	}
+	if n.Key == "bad" {
+		return mapping.Result{}, errHard
+	}
+	return fakeMap(n, st)
+}
+
+// queueBehindBlocked ingests "n0" (which blocks in the writer), then the
+// given keys concurrently, waits until all of them are queued, releases
+// "n0" and returns every result.
+func queueBehindBlocked(t *testing.T, db *DB, b *blockFirst, keys []string) map[string]error {
+	t.Helper()
+	ctx := context.Background()
+	errs := map[string]error{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	run := func(k string) {
+		defer wg.Done()
+		_, err := db.Ingest(ctx, note(k, facts("fact-"+k)))
+		mu.Lock()
+		errs[k] = err
+		mu.Unlock()
+	}
+	wg.Add(1)
+	go run("n0")
+	<-b.started
+	for _, k := range keys {
+		wg.Add(1)
+		go run(k)
+	}
+	// Not a timing assumption: each op is either queued (counted here) or
+	// about to be; the writer is stuck in n0 until released.
+	for len(db.ops) < len(keys) {
+		time.Sleep(time.Millisecond)
+	}
+	close(b.release)
+	wg.Wait()
+	return errs
+}
+
+func TestConcurrentIngestsShareCommits(t *testing.T) {
+	b := newBlockFirst()
+	var commits atomic.Int32
+	db := mustOpen(t, &Options{
+		Map: b.Map, Now: (&testClock{t: storeT0}).Now,
+		Route:    func(*mapping.Event) []string { return []string{"af"} },
+		OnCommit: func([]string) { commits.Add(1) },
+	})
+	var keys []string
+	for i := 1; i < 64; i++ {
+		keys = append(keys, fmt.Sprint("n", i))
+	}
+	errs := queueBehindBlocked(t, db, b, keys)
+	for k, err := range errs {
+		if err != nil {
+			t.Errorf("ingest %s: %v", k, err)
+		}
+	}
+	if len(errs) != 64 {
+		t.Fatalf("%d results", len(errs))
+	}
+	// n0 alone, then the 63 queued behind it in one transaction.
+	if c := commits.Load(); c != 2 {
+		t.Errorf("%d commits for 64 ingests, want 2 (group commit)", c)
+	}
+	if got := dueKeys(t, db, "af", storeT0); len(got) != 64 {
+		t.Errorf("%d deliveries, want 64", len(got))
+	}
+}
+
+func TestFailingOpFailsAlone(t *testing.T) {
+	b := newBlockFirst()
+	db := mustOpen(t, &Options{Map: b.Map, Now: (&testClock{t: storeT0}).Now, Route: func(*mapping.Event) []string { return []string{"af"} }})
+	errs := queueBehindBlocked(t, db, b, []string{"good1", "bad", "good2"})
+	if !errors.Is(errs["bad"], errHard) {
+		t.Errorf("bad op: %v, want errHard", errs["bad"])
+	}
+	var ok []string
+	for _, k := range []string{"n0", "good1", "good2"} {
+		if errs[k] != nil {
+			t.Errorf("%s failed with its neighbour: %v", k, errs[k])
+		}
+		if _, err := db.Notification(mapping.SourceStripe, k); err != nil {
+			t.Errorf("%s not stored: %v", k, err)
+		}
+		ok = append(ok, factID("fact-"+k)+"|af")
+	}
+	if _, err := db.Notification(mapping.SourceStripe, "bad"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("bad op stored: %v", err)
+	}
+	got := dueKeys(t, db, "af", storeT0)
+	sort.Strings(got)
+	sort.Strings(ok)
+	if strings.Join(got, " ") != strings.Join(ok, " ") {
+		t.Errorf("due %v, want %v", got, ok)
+	}
+}
+
+func TestClosed(t *testing.T) {
+	db := openTest(t)
+	db.ingest(t, note("evt_1", facts("a")))
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := db.Ingest(context.Background(), note("evt_2", facts("b"))); !errors.Is(err, ErrClosed) {
+		t.Errorf("Ingest after Close: %v, want ErrClosed", err)
+	}
+	if err := db.Ping(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Ping after Close: %v", err)
+	}
+	if err := db.Complete(context.Background(), nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("Complete after Close: %v", err)
+	}
+}
+
+func TestCloseCommitsQueuedWork(t *testing.T) {
+	b := newBlockFirst()
+	db := mustOpen(t, &Options{Map: b.Map, Now: (&testClock{t: storeT0}).Now})
+	done := make(chan map[string]error)
+	go func() { done <- queueBehindBlocked(t, db, b, []string{"q1", "q2"}) }()
+	<-b.started
+	for len(db.ops) < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	path := db.Path()
+	closed := make(chan error)
+	go func() { closed <- db.Close() }()
+	errs := <-done
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	for k, err := range errs {
+		if err != nil {
+			t.Errorf("%s queued before Close failed: %v", k, err)
+		}
+	}
+	db2, err := Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	for _, k := range []string{"n0", "q1", "q2"} {
+		if _, err := db2.Notification(mapping.SourceStripe, k); err != nil {
+			t.Errorf("%s lost: %v", k, err)
+		}
+	}
+}
+
+func TestPingAndContext(t *testing.T) {
+	db := openTest(t)
+	if err := db.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	// A cancelled context either fails before queueing or, once queued,
+	// still reports the committed result: never a half-truth.
+	_, err := db.Ingest(ctx, note("evt_ctx", facts("c")))
+	_, nerr := db.Notification(mapping.SourceStripe, "evt_ctx")
+	if (err == nil) != (nerr == nil) {
+		t.Errorf("ingest said %v but the store says %v", err, nerr)
+	}
+}
