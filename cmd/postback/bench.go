@@ -1,0 +1,632 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/postback/postback/config"
+	"github.com/postback/postback/server"
+	"github.com/postback/postback/webhooks"
+)
+
+// benchOptions are the flags of `postback bench`.
+type benchOptions struct {
+	Addr            string
+	Rate            float64
+	Duration        time.Duration
+	Concurrency     int
+	DupRatio        float64
+	Mix             map[string]float64
+	StripeSecret    string
+	ShopifySecret   string
+	APIKey          string
+	JSON            bool
+	Self            bool
+	ReceiverLatency time.Duration
+	ReceiverErrors  float64
+	Drain           time.Duration
+}
+
+// benchSources are the sources bench can sign for, in report order.
+var benchSources = []string{"stripe", "shopify", "custom"}
+
+// BenchReport is what `postback bench` measured (the --json output).
+type BenchReport struct {
+	Target      string             `json:"target"`
+	Duration    float64            `json:"duration_s"`
+	Sent        int64              `json:"sent"`
+	Accepted    int64              `json:"accepted"`
+	AcceptedPS  float64            `json:"accepted_per_s"`
+	Duplicates  int64              `json:"duplicates_suppressed"`
+	Errors      int64              `json:"errors"`
+	ErrorCodes  map[string]int64   `json:"error_statuses,omitempty"`
+	Ingest      BenchLatency       `json:"ingest_latency_ms"`
+	BySource    map[string]int64   `json:"accepted_by_source"`
+	Delivery    *BenchLatency      `json:"ingest_to_delivery_ms,omitempty"`
+	Deliveries  map[string]int64   `json:"deliveries,omitempty"`
+	DeliveryPS  map[string]float64 `json:"deliveries_per_s,omitempty"`
+	PeakRSSKiB  int64              `json:"peak_rss_kib,omitempty"`
+	PeakRSSNote string             `json:"peak_rss_note,omitempty"`
+}
+
+// BenchLatency holds latency percentiles in milliseconds.
+type BenchLatency struct {
+	P50  float64 `json:"p50"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p99_9"`
+	N    int     `json:"n"`
+}
+
+// errBenchUsage reports bad flags.
+var errBenchUsage = errors.New("bench: invalid flags")
+
+func cmdBench(ctx context.Context, env *Env, args []string) int {
+	fs := newFlags("bench", env)
+	o := benchOptions{}
+	fs.StringVar(&o.Addr, "addr", "127.0.0.1:8080", "target gateway host:port (ignored with --self)")
+	fs.Float64Var(&o.Rate, "rate", 0, "requests per second in total; 0 = flat out")
+	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "how long to send")
+	fs.IntVar(&o.Concurrency, "concurrency", 16, "concurrent clients")
+	fs.Float64Var(&o.DupRatio, "dup-ratio", 0, "fraction of requests (0..1) that resend an earlier notification")
+	mix := fs.String("mix", "stripe=1", "weights of sources: stripe, shopify, custom (e.g. stripe=3,shopify=1,custom=1)")
+	fs.StringVar(&o.StripeSecret, "stripe-secret", "", "Stripe signing secret the target trusts (env STRIPE_WEBHOOK_SECRET)")
+	fs.StringVar(&o.ShopifySecret, "shopify-secret", "", "Shopify secret the target trusts (env SHOPIFY_WEBHOOK_SECRET)")
+	fs.StringVar(&o.APIKey, "api-key", "", "API key for /v1/events (env POSTBACK_API_KEY)")
+	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON")
+	fs.BoolVar(&o.Self, "self", false, "start an in-process gateway on a temporary database with a local mock receiver")
+	fs.DurationVar(&o.ReceiverLatency, "receiver-latency", 0, "--self: the mock receiver's answer latency")
+	fs.Float64Var(&o.ReceiverErrors, "receiver-error-rate", 0, "--self: fraction (0..1) of deliveries the mock receiver answers 503")
+	fs.DurationVar(&o.Drain, "drain", 10*time.Second, "--self: how long to wait for outstanding deliveries after sending")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var err error
+	if o.Mix, err = parseMix(*mix); err != nil {
+		fmt.Fprintln(env.Stderr, "postback bench:", err)
+		return 2
+	}
+	for flagValue, name := range map[*string]string{&o.StripeSecret: "STRIPE_WEBHOOK_SECRET", &o.ShopifySecret: "SHOPIFY_WEBHOOK_SECRET", &o.APIKey: "POSTBACK_API_KEY"} {
+		if *flagValue == "" {
+			*flagValue, _ = env.Getenv(name)
+		}
+	}
+	if err := o.check(); err != nil {
+		fmt.Fprintln(env.Stderr, "postback bench:", err)
+		return 2
+	}
+	rep, err := runBench(ctx, o)
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback bench:", err)
+		return 1
+	}
+	if o.JSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(rep)
+	} else {
+		printBench(env.Stdout, rep)
+	}
+	if rep.Accepted == 0 {
+		return 1
+	}
+	return 0
+}
+
+// parseMix reads "stripe=3,shopify=1".
+func parseMix(s string) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, w, ok := strings.Cut(part, "=")
+		if !ok {
+			w = "1"
+		}
+		known := false
+		for _, k := range benchSources {
+			known = known || k == name
+		}
+		if !known {
+			return nil, fmt.Errorf("%w: --mix: unknown source %q (one of %s)", errBenchUsage, name, strings.Join(benchSources, ", "))
+		}
+		f, err := strconv.ParseFloat(w, 64)
+		if err != nil || f < 0 || math.IsInf(f, 0) || math.IsNaN(f) {
+			return nil, fmt.Errorf("%w: --mix: weight of %s must be a number >= 0", errBenchUsage, name)
+		}
+		if f > 0 {
+			out[name] = f
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: --mix names no source with a positive weight", errBenchUsage)
+	}
+	return out, nil
+}
+
+func (o *benchOptions) check() error {
+	switch {
+	case o.Duration <= 0:
+		return fmt.Errorf("%w: --duration must be positive", errBenchUsage)
+	case o.Concurrency < 1:
+		return fmt.Errorf("%w: --concurrency must be at least 1", errBenchUsage)
+	case o.DupRatio < 0 || o.DupRatio > 1:
+		return fmt.Errorf("%w: --dup-ratio must be within 0..1", errBenchUsage)
+	case o.Rate < 0:
+		return fmt.Errorf("%w: --rate must be >= 0", errBenchUsage)
+	case o.ReceiverErrors < 0 || o.ReceiverErrors > 1:
+		return fmt.Errorf("%w: --receiver-error-rate must be within 0..1", errBenchUsage)
+	}
+	if o.Self {
+		return nil
+	}
+	need := map[string]string{"stripe": o.StripeSecret, "shopify": o.ShopifySecret, "custom": o.APIKey}
+	flagOf := map[string]string{"stripe": "--stripe-secret", "shopify": "--shopify-secret", "custom": "--api-key"}
+	for src := range o.Mix {
+		if need[src] == "" {
+			return fmt.Errorf("%w: --mix includes %s but %s is not set", errBenchUsage, src, flagOf[src])
+		}
+	}
+	return nil
+}
+
+// benchRun is the state of one run.
+type benchRun struct {
+	o       benchOptions
+	base    string
+	client  *http.Client
+	picks   []string // cumulative mix
+	weights []float64
+	seq     atomic.Int64
+	runID   string
+
+	mu       sync.Mutex
+	sent     []benchSent // notifications sent so far (duplicate pool)
+	lat      []time.Duration
+	accepted int64
+	dups     int64
+	errs     int64
+	codes    map[string]int64
+	bySource map[string]int64
+	total    int64
+}
+
+// benchSent is one request that can be resent as a duplicate.
+type benchSent struct {
+	source  string
+	path    string
+	body    []byte
+	headers map[string]string
+	stripe  bool // Stripe signatures carry a timestamp: re-sign on resend
+}
+
+// runBench runs the load and returns the report.
+func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
+	r := &benchRun{o: o, codes: map[string]int64{}, bySource: map[string]int64{}}
+	var idb [6]byte
+	_, _ = rand.Read(idb[:])
+	r.runID = hex.EncodeToString(idb[:])
+	for _, s := range benchSources {
+		if w, ok := o.Mix[s]; ok {
+			r.picks = append(r.picks, s)
+			r.weights = append(r.weights, w)
+		}
+	}
+	r.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: o.Concurrency * 2, MaxConnsPerHost: o.Concurrency * 2}}
+	defer r.client.CloseIdleConnections()
+	var self *benchSelf
+	if o.Self {
+		var err error
+		if self, err = startBenchSelf(ctx, &r.o); err != nil {
+			return nil, err
+		}
+		defer self.stop()
+		r.base = self.url
+	} else {
+		r.base = "http://" + strings.TrimPrefix(strings.TrimPrefix(o.Addr, "http://"), "https://")
+	}
+	start := time.Now()
+	r.load(ctx)
+	elapsed := time.Since(start)
+	rep := r.report(elapsed)
+	if self != nil {
+		self.finish(ctx, rep, start, o.Drain)
+	}
+	return rep, nil
+}
+
+// load sends requests from Concurrency workers until Duration passes.
+func (r *benchRun) load(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, r.o.Duration)
+	defer cancel()
+	var tokens <-chan time.Time
+	if r.o.Rate > 0 {
+		t := time.NewTicker(time.Duration(float64(time.Second) / r.o.Rate))
+		defer t.Stop()
+		tokens = t.C
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < r.o.Concurrency; w++ {
+		wg.Add(1)
+		go func(rng *mrand.Rand) {
+			defer wg.Done()
+			for {
+				if tokens != nil {
+					select {
+					case <-ctx.Done():
+						return
+					case <-tokens:
+					}
+				} else if ctx.Err() != nil {
+					return
+				}
+				r.one(ctx, rng)
+			}
+		}(mrand.New(mrand.NewPCG(uint64(w), uint64(time.Now().UnixNano()))))
+	}
+	wg.Wait()
+}
+
+// one sends a new or duplicate notification and records the answer.
+func (r *benchRun) one(ctx context.Context, rng *mrand.Rand) {
+	var s benchSent
+	dup := false
+	r.mu.Lock()
+	if n := len(r.sent); n > 0 && rng.Float64() < r.o.DupRatio {
+		s, dup = r.sent[rng.IntN(n)], true
+	}
+	r.mu.Unlock()
+	if !dup {
+		s = r.next(rng)
+	}
+	headers := s.headers
+	if s.stripe {
+		headers = map[string]string{"Stripe-Signature": webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: s.body, Secret: r.o.StripeSecret, Timestamp: time.Now()}).Header}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+s.path, bytes.NewReader(s.body))
+	if err != nil {
+		r.fail("request")
+		return
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	t0 := time.Now()
+	resp, err := r.client.Do(req)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.fail("transport")
+		}
+		return
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	d := time.Since(t0)
+	if resp.StatusCode/100 != 2 {
+		r.fail(strconv.Itoa(resp.StatusCode))
+		return
+	}
+	var ack webhooks.Ack
+	_ = json.Unmarshal(raw, &ack)
+	duplicate := ack.Duplicate || resp.Header.Get("Idempotent-Replayed") == "true"
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.total++
+	r.lat = append(r.lat, d)
+	r.accepted++
+	r.bySource[s.source]++
+	if duplicate {
+		r.dups++
+	}
+	if !dup && r.o.DupRatio > 0 && len(r.sent) < 100000 {
+		r.sent = append(r.sent, s)
+	}
+}
+
+func (r *benchRun) fail(code string) {
+	r.mu.Lock()
+	r.total++
+	r.errs++
+	r.codes[code]++
+	r.mu.Unlock()
+}
+
+// next builds a new signed notification from a source picked by weight.
+func (r *benchRun) next(rng *mrand.Rand) benchSent {
+	sum := 0.0
+	for _, w := range r.weights {
+		sum += w
+	}
+	x, src := rng.Float64()*sum, r.picks[len(r.picks)-1]
+	for i, w := range r.weights {
+		if x < w {
+			src = r.picks[i]
+			break
+		}
+		x -= w
+	}
+	n := r.seq.Add(1)
+	id := fmt.Sprintf("%s_%d", r.runID, n)
+	now := time.Now().Unix()
+	switch src {
+	case "shopify":
+		body := []byte(fmt.Sprintf(`{"id":%d,"name":"#%d","test":false,"created_at":%q,"processed_at":%q,"financial_status":"paid","currency":"USD","total_price":"9.99","total_price_set":{"shop_money":{"amount":"9.99","currency_code":"USD"},"presentment_money":{"amount":"9.99","currency_code":"USD"}},"note_attributes":[{"name":"app_user_id","value":"bench-%s"}],"line_items":[{"id":%d,"title":"Pro","quantity":1,"price":"9.99","sku":"pro"}]}`,
+			1_000_000_000_000_000+n, n, time.Now().UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339), id, n))
+		return benchSent{source: src, path: "/webhooks/shopify", body: body, headers: map[string]string{
+			"X-Shopify-Hmac-Sha256": webhooks.SignShopify(body, r.o.ShopifySecret),
+			"X-Shopify-Topic":       "orders/paid",
+			"X-Shopify-Webhook-Id":  "bench-" + id,
+			"X-Shopify-Shop-Domain": "bench.myshopify.com",
+		}}
+	case "custom":
+		body := []byte(fmt.Sprintf(`{"type":"purchase","app_user_id":"bench-%s","app_id":"com.example.app","product_id":"pro","revenue":{"amount":"9.99","currency":"USD"}}`, id))
+		return benchSent{source: src, path: "/v1/events", body: body, headers: map[string]string{
+			"Authorization": "Bearer " + r.o.APIKey, "Idempotency-Key": "bench-" + id,
+		}}
+	default:
+		body := []byte(fmt.Sprintf(`{"id":"evt_%s","object":"event","api_version":"2023-10-16","created":%d,"livemode":true,"type":"customer.subscription.created","data":{"object":{"id":"sub_%s","object":"subscription","status":"trialing","customer":"cus_%s","trial_end":%d,"metadata":{"app_user_id":"bench-%s"},"items":{"data":[{"quantity":1,"price":{"id":"price_1","product":"prod_pro","unit_amount":999,"currency":"usd","recurring":{"interval":"month","interval_count":1}}}]}}}}`,
+			id, now, id, id, now+7*86400, id))
+		return benchSent{source: "stripe", path: "/webhooks/stripe", body: body, stripe: true}
+	}
+}
+
+// report summarises the load phase.
+func (r *benchRun) report(elapsed time.Duration) *BenchReport {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rep := &BenchReport{
+		Target: r.base, Duration: elapsed.Seconds(), Sent: r.total, Accepted: r.accepted,
+		Duplicates: r.dups, Errors: r.errs, BySource: r.bySource, Ingest: percentiles(r.lat),
+	}
+	if len(r.codes) > 0 {
+		rep.ErrorCodes = r.codes
+	}
+	if s := elapsed.Seconds(); s > 0 {
+		rep.AcceptedPS = float64(r.accepted) / s
+	}
+	return rep
+}
+
+// percentiles computes p50/p99/p99.9 (nearest rank) in milliseconds.
+func percentiles(d []time.Duration) BenchLatency {
+	if len(d) == 0 {
+		return BenchLatency{}
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	at := func(p float64) float64 {
+		i := int(math.Ceil(p*float64(len(s)))) - 1
+		i = max(0, min(i, len(s)-1))
+		return float64(s[i].Microseconds()) / 1000
+	}
+	return BenchLatency{P50: at(0.50), P99: at(0.99), P999: at(0.999), N: len(s)}
+}
+
+func printBench(w io.Writer, r *BenchReport) {
+	t := table(w)
+	fmt.Fprintf(t, "target\t%s\n", r.Target)
+	fmt.Fprintf(t, "duration\t%.1fs\n", r.Duration)
+	fmt.Fprintf(t, "sent\t%d\n", r.Sent)
+	fmt.Fprintf(t, "accepted\t%d\t(%.0f/s)\n", r.Accepted, r.AcceptedPS)
+	srcs := make([]string, 0, len(r.BySource))
+	for s := range r.BySource {
+		srcs = append(srcs, s)
+	}
+	sort.Strings(srcs)
+	for _, s := range srcs {
+		fmt.Fprintf(t, "  %s\t%d\n", s, r.BySource[s])
+	}
+	fmt.Fprintf(t, "duplicates suppressed\t%d\n", r.Duplicates)
+	fmt.Fprintf(t, "errors\t%d\t%s\n", r.Errors, codesText(r.ErrorCodes))
+	fmt.Fprintf(t, "ingest latency\tp50 %.2f ms\tp99 %.2f ms\tp99.9 %.2f ms\n", r.Ingest.P50, r.Ingest.P99, r.Ingest.P999)
+	if r.Delivery != nil {
+		fmt.Fprintf(t, "ingest-to-delivery\tp50 %.2f ms\tp99 %.2f ms\t(n=%d)\n", r.Delivery.P50, r.Delivery.P99, r.Delivery.N)
+		for name, n := range r.Deliveries {
+			fmt.Fprintf(t, "deliveries %s\t%d\t(%.0f/s)\n", name, n, r.DeliveryPS[name])
+		}
+	}
+	if r.PeakRSSKiB > 0 {
+		fmt.Fprintf(t, "peak RSS\t%.1f MiB\t%s\n", float64(r.PeakRSSKiB)/1024, r.PeakRSSNote)
+	}
+	t.Flush()
+}
+
+func codesText(m map[string]int64) string {
+	if len(m) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s×%d", k, m[k])
+	}
+	return "(" + strings.Join(parts, ", ") + ")"
+}
+
+// benchSelf is an in-process gateway with a mock webhook receiver.
+type benchSelf struct {
+	url     string
+	dir     string
+	cancel  context.CancelFunc
+	done    chan error
+	recv    *http.Server
+	mu      sync.Mutex
+	latency []time.Duration
+	last    time.Time
+	count   atomic.Int64
+}
+
+// startBenchSelf starts the receiver and the gateway and fills in the
+// secrets of o.
+func startBenchSelf(ctx context.Context, o *benchOptions) (*benchSelf, error) {
+	dir, err := os.MkdirTemp("", "postback-bench-")
+	if err != nil {
+		return nil, err
+	}
+	s := &benchSelf{dir: dir, done: make(chan error, 1)}
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	o.StripeSecret = "whsec_bench_" + hex.EncodeToString(key[:8])
+	o.ShopifySecret = "shpss_bench_" + hex.EncodeToString(key[8:16])
+	o.APIKey = "bench-" + hex.EncodeToString(key[16:24])
+	hookSecret := "whsec_" + base64.StdEncoding.EncodeToString(key)
+
+	rln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	errRate, lat := o.ReceiverErrors, o.ReceiverLatency
+	s.recv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(req.Body, 1<<20))
+		if lat > 0 {
+			time.Sleep(lat)
+		}
+		if errRate > 0 && mrand.Float64() < errRate {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		var ev struct {
+			ReceivedAt time.Time `json:"received_at"`
+		}
+		now := time.Now()
+		if json.Unmarshal(body, &ev) == nil && !ev.ReceivedAt.IsZero() {
+			s.mu.Lock()
+			s.latency = append(s.latency, now.Sub(ev.ReceivedAt))
+			s.last = now
+			s.mu.Unlock()
+		}
+		s.count.Add(1)
+		w.WriteHeader(http.StatusOK)
+	})}
+	go func() { _ = s.recv.Serve(rln) }()
+
+	y := fmt.Sprintf(`
+server: {listen: "127.0.0.1:0", shutdown_timeout: 5s}
+storage: {path: %q}
+log: {level: error}
+api_keys: [%q]
+sources:
+  apple: {enabled: false}
+  google: {enabled: false}
+  stripe: {enabled: true, secrets: [%q], app_id: com.example.app}
+  shopify: {enabled: true, secret: %q, app_id: com.example.app}
+destinations:
+  - name: bench-hook
+    type: webhook
+    endpoint: %q
+    secret: %q
+    match: {environments: [production, sandbox]}
+    rate_limit: {per_second: 1000000, burst: 1000000}
+`, filepath.Join(dir, "postback.db"), o.APIKey, o.StripeSecret, o.ShopifySecret, "http://"+rln.Addr().String()+"/hook", hookSecret)
+	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
+	if err != nil {
+		s.recv.Close()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		s.recv.Close()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	g, err := server.New(cfg, server.Options{Logger: server.NewLogger(io.Discard, cfg.Log, cfg.Secrets()), Listener: ln})
+	if err != nil {
+		ln.Close()
+		s.recv.Close()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	s.cancel = cancel
+	s.url = "http://" + ln.Addr().String()
+	go func() { s.done <- g.Run(gctx, nil) }()
+	return s, nil
+}
+
+// finish waits for outstanding deliveries (up to drain) and adds the
+// delivery figures and the peak RSS to rep.
+func (s *benchSelf) finish(ctx context.Context, rep *BenchReport, start time.Time, drain time.Duration) {
+	deadline := time.Now().Add(drain)
+	prev, stable := int64(-1), 0
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		n := s.count.Load()
+		if n == prev && n > 0 {
+			stable++
+			if stable >= 20 { // quiet for 2 s
+				break
+			}
+		} else {
+			stable = 0
+		}
+		prev = n
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.mu.Lock()
+	lat := percentiles(s.latency)
+	last := s.last
+	s.mu.Unlock()
+	rep.Delivery = &lat
+	n := s.count.Load()
+	rep.Deliveries = map[string]int64{"bench-hook": n}
+	rep.DeliveryPS = map[string]float64{"bench-hook": 0}
+	if span := last.Sub(start).Seconds(); span > 0 {
+		rep.DeliveryPS["bench-hook"] = float64(n) / span
+	}
+	if kib, err := peakRSS(); err == nil {
+		rep.PeakRSSKiB = kib
+		rep.PeakRSSNote = "VmHWM of the bench process, which includes the in-process gateway and the load generator"
+	}
+}
+
+func (s *benchSelf) stop() {
+	s.cancel()
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+	}
+	s.recv.Close()
+	os.RemoveAll(s.dir)
+}
+
+// peakRSS reads VmHWM from /proc/self/status (Linux), in KiB.
+func peakRSS() (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, errors.New("bench: no VmHWM in /proc/self/status")
+}
