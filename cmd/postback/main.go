@@ -49,6 +49,7 @@ var commands = map[string]command{
 	"demo":         {cmdDemo, "run a gateway with mock sources and destinations, no accounts needed"},
 	"destinations": {cmdDestinations, "destination health; 'destinations test NAME' sends a test event (admin API client)"},
 	"backfill":     {cmdBackfill, "recover Apple notifications missed during an outage: backfill apple --since 72h"},
+	"bench":        {cmdBench, "load-test a gateway with signed notifications, or --self with an in-process one"},
 	"reconcile":    {cmdReconcile, "find Google Play refunds that RTDN missed (gateway stopped): reconcile google --since 72h"},
 }
 
