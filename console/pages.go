@@ -171,10 +171,8 @@ func buildChart(s store.Stats) chart {
 		colour[t] = chartPalette[min(i, len(chartPalette)-1)]
 		ch.Legend = append(ch.Legend, legend{Type: t, Colour: colour[t], Count: totals[t]})
 	}
-	scaleMax := ch.Max
-	if scaleMax < 4 {
-		scaleMax = 4
-	}
+	// A multiple of four, so the five grid lines fall on whole numbers.
+	scaleMax := max(4, (ch.Max+3)/4*4)
 	plotH := h - top - bottom
 	for i := 0; i <= 4; i++ {
 		v := scaleMax * i / 4

@@ -773,11 +773,11 @@ func TestAdminDestinationsAndTestEvent(t *testing.T) {
 
 	var out struct {
 		Destinations []struct {
-			Name      string `json:"name"`
-			Type      string `json:"type"`
-			Circuit   string `json:"circuit"`
-			Paused    bool   `json:"paused"`
-			LastError string `json:"last_error"`
+			Name      string                  `json:"name"`
+			Type      string                  `json:"type"`
+			Circuit   string                  `json:"circuit"`
+			Paused    bool                    `json:"paused"`
+			LastError string                  `json:"last_error"`
 			Success5m struct{ OK, Total int } `json:"success_5m"`
 			Success1h struct{ OK, Total int } `json:"success_1h"`
 			Queue     struct {
