@@ -27,7 +27,7 @@ func TestStatsAndDeadCounts(t *testing.T) {
 	ingest("1", "trial_started", base.Add(10*time.Minute))
 	ingest("2", "trial_started", base.Add(50*time.Minute))
 	ingest("3", "refund", base.Add(70*time.Minute))
-	ingest("4", "refund", base.Add(3*time.Hour)) // outside the window
+	ingest("4", "refund", base.Add(3*time.Hour))  // outside the window
 	ingest("0", "refund", base.Add(-time.Minute)) // before the window
 	if err := db.Complete(ctx, []Completion{
 		{Key: "evt_1|a", State: StateDelivered, Attempt: &Attempt{Outcome: "delivered", Status: 200}},
