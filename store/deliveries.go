@@ -216,7 +216,11 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 			if Final(d.State) {
 				d.NextAtMs = 0
 			} else {
-				d.NextAtMs = c.NextAt.UnixMilli()
+				next := c.NextAt
+				if next.IsZero() {
+					next = now // never park a live delivery at the epoch
+				}
+				d.NextAtMs = next.UnixMilli()
 				if err := putDue(tx, &d); err != nil {
 					return err
 				}
