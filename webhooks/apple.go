@@ -243,31 +243,51 @@ type jwsDates struct {
 // VerifyJWS verifies one App Store compact JWS (a signedPayload, a signed
 // transaction, renewal info or app transaction) and returns its payload.
 func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, error) {
+	var d jwsDates
+	return v.verify(ctx, token, &d, func() (mapping.AppleMillis, mapping.AppleMillis) { return d.SignedDate, d.ReceiptCreationDate })
+}
+
+// verify verifies token, decoding its payload once into dst; dates reads
+// the signedDate and receiptCreationDate from dst to choose the
+// certificate check date. It returns the payload bytes.
+func (v *AppleVerifier) verify(ctx context.Context, token string, dst any, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
 	first := strings.IndexByte(token, '.')
 	last := strings.LastIndexByte(token, '.')
 	if first <= 0 || last == first || strings.Count(token, ".") != 2 {
 		return nil, fmt.Errorf("%w: not three dot-separated parts", ErrAppleMalformed)
 	}
-	hb, err := base64.RawURLEncoding.DecodeString(token[:first])
-	if err != nil {
-		return nil, fmt.Errorf("%w: header base64: %v", ErrAppleMalformed, err)
-	}
+	// Every JWS signed with one chain carries the same header bytes: a
+	// header already verified (alg ES256, three certificates, chain to a
+	// root) is found in the cache by its hash without decoding its ~3 KB of
+	// certificates again.
 	var h jwsHeader
-	if err := json.Unmarshal(hb, &h); err != nil {
-		return nil, fmt.Errorf("%w: header JSON: %v", ErrAppleMalformed, err)
+	var hk [32]byte
+	var hit chainEntry
+	cached := false
+	if v.cache != nil {
+		hk = sha256.Sum256([]byte(token[:first]))
+		hit, cached = v.cache.get(hk)
 	}
-	if h.Alg != "ES256" {
-		return nil, fmt.Errorf("%w: %q", ErrAppleAlg, h.Alg)
-	}
-	if len(h.X5C) != 3 {
-		return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
+	if !cached {
+		hb, err := base64.RawURLEncoding.DecodeString(token[:first])
+		if err != nil {
+			return nil, fmt.Errorf("%w: header base64: %v", ErrAppleMalformed, err)
+		}
+		if err := json.Unmarshal(hb, &h); err != nil {
+			return nil, fmt.Errorf("%w: header JSON: %v", ErrAppleMalformed, err)
+		}
+		if h.Alg != "ES256" {
+			return nil, fmt.Errorf("%w: %q", ErrAppleAlg, h.Alg)
+		}
+		if len(h.X5C) != 3 {
+			return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
+		}
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(token[first+1 : last])
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
 	}
-	var d jwsDates
-	if err := json.Unmarshal(payload, &d); err != nil {
+	if err := json.Unmarshal(payload, dst); err != nil {
 		return nil, fmt.Errorf("%w: payload JSON: %v", ErrAppleMalformed, err)
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(token[last+1:])
@@ -275,15 +295,26 @@ func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, er
 		return nil, fmt.Errorf("%w: signature base64: %v", ErrAppleMalformed, err)
 	}
 	at := v.now()
-	if !v.online {
+	if signed, receipt := dates(); !v.online {
 		switch {
-		case d.SignedDate != 0:
-			at = d.SignedDate.Time()
-		case d.ReceiptCreationDate != 0:
-			at = d.ReceiptCreationDate.Time()
+		case signed != 0:
+			at = signed.Time()
+		case receipt != 0:
+			at = receipt.Time()
 		}
 	}
-	pub, err := v.chain(ctx, h.X5C, at)
+	var pub *ecdsa.PublicKey
+	if cached {
+		hit, err = v.cachedChain(ctx, hk, hit, at)
+		pub = hit.pub
+	} else {
+		var e chainEntry
+		e, err = v.chain(ctx, h.X5C, at)
+		if err == nil && v.cache != nil {
+			v.cache.put(hk, e)
+		}
+		pub = e.pub
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -293,44 +324,65 @@ func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, er
 	return payload, nil
 }
 
+// cachedChain checks a cached chain's validity window at time at (and,
+// online, renews a stale OCSP answer) and returns the entry to use.
+func (v *AppleVerifier) cachedChain(ctx context.Context, key [32]byte, e chainEntry, at time.Time) (chainEntry, error) {
+	if err := e.validAt(at); err != nil {
+		return chainEntry{}, err
+	}
+	if v.online && v.now().Sub(e.ocspAt) > ocspTTL {
+		if err := v.revocation(ctx, e.leaf, e.inter, e.root); err != nil {
+			return chainEntry{}, err
+		}
+		e.ocspAt = v.now()
+		v.cache.put(key, e)
+	}
+	return e, nil
+}
+
 // chain verifies x5c[0] and x5c[1] against the roots at time at and returns
-// the leaf key, using the cache when the same chain was verified before.
-func (v *AppleVerifier) chain(ctx context.Context, x5c []string, at time.Time) (*ecdsa.PublicKey, error) {
+// the verified chain, using the cache (keyed by the SHA-256 of the leaf and
+// intermediate bytes) when the same chain was verified before.
+func (v *AppleVerifier) chain(ctx context.Context, x5c []string, at time.Time) (chainEntry, error) {
 	leafDER, err1 := base64.StdEncoding.DecodeString(x5c[0])
 	interDER, err2 := base64.StdEncoding.DecodeString(x5c[1])
 	if err := errors.Join(err1, err2); err != nil {
-		return nil, fmt.Errorf("%w: base64: %v", ErrAppleCertificate, err)
+		return chainEntry{}, fmt.Errorf("%w: base64: %v", ErrAppleCertificate, err)
 	}
 	key := chainKey(leafDER, interDER)
 	if v.cache != nil {
 		if e, ok := v.cache.get(key); ok {
-			if err := e.validAt(at); err != nil {
-				return nil, err
-			}
-			if v.online && v.now().Sub(e.ocspAt) > ocspTTL {
-				if err := v.revocation(ctx, e.leaf, e.inter, e.root); err != nil {
-					return nil, err
-				}
-				e.ocspAt = v.now()
-				v.cache.put(key, e)
-			}
-			return e.pub, nil
+			return v.cachedChain(ctx, key, e, at)
 		}
 	}
+	e, err := v.verifyChain(ctx, leafDER, interDER, at)
+	if err != nil {
+		return chainEntry{}, err
+	}
+	if v.cache != nil {
+		v.cache.put(key, e)
+	}
+	return e, nil
+}
+
+// verifyChain does the full check of a leaf and intermediate (the cold
+// path): parse, dates, path to a root, Apple's OIDs, P-256 key, OCSP.
+func (v *AppleVerifier) verifyChain(ctx context.Context, leafDER, interDER []byte, at time.Time) (chainEntry, error) {
+	fail := func(err error) (chainEntry, error) { return chainEntry{}, err }
 	leaf, err := x509.ParseCertificate(leafDER)
 	if err != nil {
-		return nil, fmt.Errorf("%w: leaf: %v", ErrAppleCertificate, err)
+		return fail(fmt.Errorf("%w: leaf: %v", ErrAppleCertificate, err))
 	}
 	inter, err := x509.ParseCertificate(interDER)
 	if err != nil {
-		return nil, fmt.Errorf("%w: intermediate: %v", ErrAppleCertificate, err)
+		return fail(fmt.Errorf("%w: intermediate: %v", ErrAppleCertificate, err))
 	}
 	for _, c := range []*x509.Certificate{leaf, inter} {
 		if at.Before(c.NotBefore) {
-			return nil, fmt.Errorf("%w: %s valid from %s, checked at %s", ErrAppleNotYetValid, c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
+			return fail(fmt.Errorf("%w: %s valid from %s, checked at %s", ErrAppleNotYetValid, c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339)))
 		}
 		if at.After(c.NotAfter) {
-			return nil, fmt.Errorf("%w: %s valid until %s, checked at %s", ErrAppleExpired, c.Subject.CommonName, c.NotAfter.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
+			return fail(fmt.Errorf("%w: %s valid until %s, checked at %s", ErrAppleExpired, c.Subject.CommonName, c.NotAfter.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339)))
 		}
 	}
 	inters := x509.NewCertPool()
@@ -340,7 +392,7 @@ func (v *AppleVerifier) chain(ctx context.Context, x5c []string, at time.Time) (
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrAppleUntrustedChain, err)
+		return fail(fmt.Errorf("%w: %v", ErrAppleUntrustedChain, err))
 	}
 	var root *x509.Certificate
 	for _, ch := range chains {
@@ -350,17 +402,17 @@ func (v *AppleVerifier) chain(ctx context.Context, x5c []string, at time.Time) (
 		}
 	}
 	if root == nil {
-		return nil, fmt.Errorf("%w: no chain leaf -> intermediate -> root", ErrAppleUntrustedChain)
+		return fail(fmt.Errorf("%w: no chain leaf -> intermediate -> root", ErrAppleUntrustedChain))
 	}
 	if !hasExtension(leaf, oidAppleLeaf) {
-		return nil, ErrAppleLeafOID
+		return fail(ErrAppleLeafOID)
 	}
 	if !hasExtension(inter, oidAppleIntermediate) {
-		return nil, ErrAppleIntermediateOID
+		return fail(ErrAppleIntermediateOID)
 	}
 	pub, ok := leaf.PublicKey.(*ecdsa.PublicKey)
 	if !ok || pub.Curve != elliptic.P256() {
-		return nil, ErrAppleLeafKey
+		return fail(ErrAppleLeafKey)
 	}
 	e := chainEntry{pub: pub, leaf: leaf, inter: inter, root: root}
 	e.from, e.until = leaf.NotBefore, leaf.NotAfter
@@ -374,14 +426,11 @@ func (v *AppleVerifier) chain(ctx context.Context, x5c []string, at time.Time) (
 	}
 	if v.online {
 		if err := v.revocation(ctx, leaf, inter, root); err != nil {
-			return nil, err
+			return fail(err)
 		}
 		e.ocspAt = v.now()
 	}
-	if v.cache != nil {
-		v.cache.put(key, e)
-	}
-	return pub, nil
+	return e, nil
 }
 
 func hasExtension(c *x509.Certificate, oid asn1.ObjectIdentifier) bool {
@@ -552,14 +601,11 @@ type AppleVerified struct {
 // environment, appAppleId in Production, nested bundleId and environment
 // equal to the notification's, and signedDate within the dedupe window.
 func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload string) (*AppleVerified, error) {
-	raw, err := v.VerifyJWS(ctx, signedPayload)
-	if err != nil {
-		return nil, err
-	}
 	out := &AppleVerified{}
 	p := &out.Payload
-	if err := json.Unmarshal(raw, p); err != nil {
-		return nil, fmt.Errorf("%w: notification payload: %v", ErrAppleMalformed, err)
+	raw, err := v.verify(ctx, signedPayload, p, func() (mapping.AppleMillis, mapping.AppleMillis) { return p.SignedDate, 0 })
+	if err != nil {
+		return nil, err
 	}
 	if p.NotificationUUID == "" || p.NotificationType == "" {
 		return nil, fmt.Errorf("%w: notification without notificationUUID or notificationType", ErrAppleMalformed)
@@ -586,60 +632,42 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 		return nil, fmt.Errorf("%w: signed %s, in the future", ErrAppleStale, signed.Format(time.RFC3339))
 	}
 	out.Environment = mapping.AppleCanonicalEnvironment(appleEnv)
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &top); err != nil {
-		return nil, fmt.Errorf("%w: notification payload: %v", ErrAppleMalformed, err)
-	}
+	// The stored body is the payload with each nested JWS replaced by its
+	// verified, decoded payload; every other byte is kept as Apple sent it.
+	var nested []nestedJWS
 	if d := p.Data; d != nil {
-		fields := map[string]json.RawMessage{}
-		if err := json.Unmarshal(top["data"], &fields); err != nil {
-			return nil, fmt.Errorf("%w: data: %v", ErrAppleMalformed, err)
-		}
 		if d.SignedTransactionInfo != "" {
-			txn, b, err := v.VerifyTransaction(ctx, d.SignedTransactionInfo, out.BundleID, appleEnv)
+			txn, b, err := v.verifyTransaction(ctx, d.SignedTransactionInfo, out.BundleID, appleEnv)
 			if err != nil {
 				return nil, fmt.Errorf("signedTransactionInfo: %w", err)
 			}
 			d.TransactionInfo = txn
-			fields["transactionInfo"] = b
-			delete(fields, "signedTransactionInfo")
+			nested = append(nested, nestedJWS{"data", "signedTransactionInfo", "transactionInfo", d.SignedTransactionInfo, b})
 		}
 		if d.SignedRenewalInfo != "" {
-			b, err := v.VerifyJWS(ctx, d.SignedRenewalInfo)
+			var ren mapping.AppleRenewalInfo
+			b, err := v.verify(ctx, d.SignedRenewalInfo, &ren, func() (mapping.AppleMillis, mapping.AppleMillis) { return ren.SignedDate, 0 })
 			if err != nil {
 				return nil, fmt.Errorf("signedRenewalInfo: %w", err)
-			}
-			var ren mapping.AppleRenewalInfo
-			if err := json.Unmarshal(b, &ren); err != nil {
-				return nil, fmt.Errorf("%w: renewal info: %v", ErrAppleMalformed, err)
 			}
 			if ren.Environment != appleEnv {
 				return nil, fmt.Errorf("signedRenewalInfo: %w: %q", ErrAppleNestedEnvironment, ren.Environment)
 			}
 			d.RenewalInfo = &ren
-			fields["renewalInfo"] = b
-			delete(fields, "signedRenewalInfo")
+			nested = append(nested, nestedJWS{"data", "signedRenewalInfo", "renewalInfo", d.SignedRenewalInfo, b})
 		}
 		d.SignedTransactionInfo, d.SignedRenewalInfo = "", ""
-		if top["data"], err = json.Marshal(fields); err != nil {
-			return nil, err
-		}
 	}
 	if a := p.AppData; a != nil && a.SignedAppTransactionInfo != "" {
-		fields := map[string]json.RawMessage{}
-		if err := json.Unmarshal(top["appData"], &fields); err != nil {
-			return nil, fmt.Errorf("%w: appData: %v", ErrAppleMalformed, err)
+		var at struct {
+			BundleID            string              `json:"bundleId"`
+			ReceiptType         string              `json:"receiptType"`
+			SignedDate          mapping.AppleMillis `json:"signedDate"`
+			ReceiptCreationDate mapping.AppleMillis `json:"receiptCreationDate"`
 		}
-		b, err := v.VerifyJWS(ctx, a.SignedAppTransactionInfo)
+		b, err := v.verify(ctx, a.SignedAppTransactionInfo, &at, func() (mapping.AppleMillis, mapping.AppleMillis) { return at.SignedDate, at.ReceiptCreationDate })
 		if err != nil {
 			return nil, fmt.Errorf("signedAppTransactionInfo: %w", err)
-		}
-		var at struct {
-			BundleID    string `json:"bundleId"`
-			ReceiptType string `json:"receiptType"`
-		}
-		if err := json.Unmarshal(b, &at); err != nil {
-			return nil, fmt.Errorf("%w: app transaction: %v", ErrAppleMalformed, err)
 		}
 		if at.BundleID != out.BundleID {
 			return nil, fmt.Errorf("signedAppTransactionInfo: %w", ErrAppleNestedBundle)
@@ -647,30 +675,73 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 		if at.ReceiptType != appleEnv {
 			return nil, fmt.Errorf("signedAppTransactionInfo: %w: %q", ErrAppleNestedEnvironment, at.ReceiptType)
 		}
+		nested = append(nested, nestedJWS{"appData", "signedAppTransactionInfo", "appTransactionInfo", a.SignedAppTransactionInfo, b})
 		a.AppTransactionInfo = b
 		a.SignedAppTransactionInfo = ""
-		fields["appTransactionInfo"] = b
-		delete(fields, "signedAppTransactionInfo")
-		if top["appData"], err = json.Marshal(fields); err != nil {
-			return nil, err
-		}
 	}
-	if out.Body, err = json.Marshal(top); err != nil {
+	if out.Body, err = decodedBody(raw, nested); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
+// nestedJWS is one verified JWS inside a notification payload.
+type nestedJWS struct {
+	object, signedKey, decodedKey, jws string
+	payload                            []byte
+}
+
+// decodedBody replaces each nested JWS in raw by its decoded payload. In
+// compact JSON (what Apple sends) this is an exact byte replacement of
+// `"signedKey":"<jws>"` by `"decodedKey":<payload>`: such bytes cannot occur
+// inside a JSON string (its quotes would be escaped) and the JWS is unique.
+// Anything else goes through a JSON round trip that keeps unknown fields.
+func decodedBody(raw []byte, nested []nestedJWS) ([]byte, error) {
+	body := raw
+	for i, n := range nested {
+		old := []byte(`"` + n.signedKey + `":"` + n.jws + `"`)
+		if bytes.Count(body, old) != 1 {
+			return decodedBodySlow(raw, nested[i:], body)
+		}
+		repl := append([]byte(`"`+n.decodedKey+`":`), bytes.TrimSpace(n.payload)...)
+		body = bytes.Replace(body, old, repl, 1)
+	}
+	return body, nil
+}
+
+// decodedBodySlow is decodedBody for payloads that are not compact JSON.
+func decodedBodySlow(_ []byte, nested []nestedJWS, body []byte) ([]byte, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil {
+		return nil, fmt.Errorf("%w: notification payload: %v", ErrAppleMalformed, err)
+	}
+	for _, n := range nested {
+		fields := map[string]json.RawMessage{}
+		if err := json.Unmarshal(top[n.object], &fields); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrAppleMalformed, n.object, err)
+		}
+		fields[n.decodedKey] = n.payload
+		delete(fields, n.signedKey)
+		b, err := json.Marshal(fields)
+		if err != nil {
+			return nil, err
+		}
+		top[n.object] = b
+	}
+	return json.Marshal(top)
+}
+
 // VerifyTransaction verifies a signed transaction and checks that it
 // belongs to bundleID in appleEnv (Apple's environment name).
 func (v *AppleVerifier) VerifyTransaction(ctx context.Context, jws, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
-	b, err := v.VerifyJWS(ctx, jws)
+	return v.verifyTransaction(ctx, jws, bundleID, appleEnv)
+}
+
+func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
+	var txn mapping.AppleTransaction
+	b, err := v.verify(ctx, jws, &txn, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
 	if err != nil {
 		return nil, nil, err
-	}
-	var txn mapping.AppleTransaction
-	if err := json.Unmarshal(b, &txn); err != nil {
-		return nil, nil, fmt.Errorf("%w: transaction: %v", ErrAppleMalformed, err)
 	}
 	if txn.BundleID != bundleID {
 		return nil, nil, fmt.Errorf("%w: %q", ErrAppleNestedBundle, txn.BundleID)
