@@ -45,7 +45,10 @@ type sink struct {
 	bodies [][]byte
 }
 
-func newSink(t *testing.T, status int) *sink {
+func newSink(t *testing.T, status int) *sink { return newSinkRetryAfter(t, status, "") }
+
+// newSinkRetryAfter answers with a Retry-After header when retryAfter is set.
+func newSinkRetryAfter(t *testing.T, status int, retryAfter string) *sink {
 	s := &sink{}
 	s.status.Store(int32(status))
 	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -54,6 +57,9 @@ func newSink(t *testing.T, status int) *sink {
 		s.ids = append(s.ids, r.Header.Get("webhook-id"))
 		s.bodies = append(s.bodies, body)
 		s.mu.Unlock()
+		if retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
 		w.WriteHeader(int(s.status.Load()))
 		fmt.Fprintf(w, `{"answer":%d}`, s.status.Load())
 	}))
@@ -766,11 +772,12 @@ func TestAdminBulkReplayDryRunEqualsRealRun(t *testing.T) {
 }
 
 func TestAdminDestinationsAndTestEvent(t *testing.T) {
-	a, b := newSink(t, 200), newSink(t, 503)
+	// mmp asks to be retried in an hour: its delivery stays queued.
+	a, b := newSink(t, 200), newSinkRetryAfter(t, 503, "3600")
 	h := startAdmin(t, a, b, harnessOpts{token: adminToken})
 	h.post(t, stripeSub{id: "evt_1", sub: "sub_A", user: "u1", status: "active", live: true})
 	waitUntil(t, "backend delivered", func() bool { return len(h.deliveries(t, "state=delivered")) == 1 })
-	waitUntil(t, "mmp attempted", func() bool { return b.count() >= 1 })
+	waitUntil(t, "mmp retrying", func() bool { return len(h.deliveries(t, "state=retrying&destination=mmp")) == 1 })
 
 	var out struct {
 		Destinations []struct {
