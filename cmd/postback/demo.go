@@ -190,8 +190,8 @@ destinations:
 	}()
 	base := "http://" + ln.Addr().String()
 	sum := &DemoSummary{ConsoleURL: base, Token: sec.admin, Missing: map[string]string{
-		"apple":  "the Apple source is not mounted by this build of the gateway",
-		"google": "not included: the Google story needs the Pub/Sub OIDC and Play API fakes wired into the demo",
+		"apple":  "not in the demo yet: its story needs the test PKI (webhooks/appletest) wired in",
+		"google": "not in the demo yet: its story needs the Pub/Sub OIDC and Play API fakes (webhooks/googletest) wired in",
 	}}
 	fmt.Fprintf(out, "Postback demo: gateway on %s, temporary database in %s\n", base, dir)
 	fmt.Fprintf(out, "Mock destinations: appsflyer-demo -> %s, tiktok-demo -> %s, my-backend -> %s\n\n", mmp.srv.URL, adnet.srv.URL, backend.srv.URL)
