@@ -182,6 +182,9 @@ func (db *DB) Deliveries(f DeliveryFilter) ([]Delivery, error) {
 				}
 				if f.match(&d) {
 					out = append(out, d)
+					if len(out) >= f.Limit {
+						return nil
+					}
 				}
 			}
 		}
