@@ -14,10 +14,12 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/postback/postback/config"
 	"github.com/postback/postback/console"
 	"github.com/postback/postback/dispatch"
 	"github.com/postback/postback/forwarders"
 	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/play"
 	"github.com/postback/postback/store"
 	"github.com/postback/postback/webhooks"
 )
@@ -41,6 +43,7 @@ func (g *Gateway) mountAdmin() error {
 	api.GET("/replay", a.replayJobs)
 	api.GET("/replay/:id", a.replayStatus)
 	api.POST("/reprocess", a.reprocess)
+	api.POST("/google/reconcile", a.reconcileGoogle)
 	api.GET("/destinations", a.destinations)
 	api.POST("/destinations/:name/test", a.testEvent)
 	api.Any("/*", func(c echo.Context) error {
@@ -101,10 +104,10 @@ func (a *admin) parseTime(c echo.Context, name string) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339, v); err == nil {
 		return t, nil
 	}
-	if d, err := time.ParseDuration(v); err == nil {
+	if d, err := config.ParseDuration(v); err == nil {
 		return a.g.now().Add(-d), nil
 	}
-	return time.Time{}, badParam(name, "use RFC 3339 (2026-11-30T03:00:00Z) or a duration ago (24h)")
+	return time.Time{}, badParam(name, "use RFC 3339 (2026-11-30T03:00:00Z) or a duration ago (24h, 30d)")
 }
 
 func (a *admin) listEvents(c echo.Context) error {
@@ -694,4 +697,35 @@ func decodeJSON(c echo.Context, v any) error {
 		return webhooks.Wrap(http.StatusBadRequest, webhooks.CodeMalformed, "body must be a JSON object with the documented fields", err)
 	}
 	return nil
+}
+
+// reconcileGoogle lists the purchases Google voided in [since, until) and
+// stores the refunds RTDN missed, while the gateway runs; the enrichment
+// worker turns them into refund events. Refunds already received are
+// recognised and not repeated.
+func (a *admin) reconcileGoogle(c echo.Context) error {
+	gs := a.g.google
+	if gs == nil {
+		return webhooks.Errorf(http.StatusNotFound, webhooks.CodeNotFound, "sources.google is not enabled")
+	}
+	since, err := a.parseTime(c, "since")
+	if err != nil {
+		return err
+	}
+	if since.IsZero() {
+		since = a.g.now().Add(-72 * time.Hour)
+	}
+	until, err := a.parseTime(c, "until")
+	if err != nil {
+		return err
+	}
+	res, err := play.Reconcile(c.Request().Context(), gs.api, a.g.Store, play.ReconcileOptions{Packages: gs.packages, Since: since, Until: until, Now: a.g.now})
+	if errors.Is(err, play.ErrReconcileWindow) {
+		return webhooks.Wrap(http.StatusBadRequest, "invalid", "since must be before until, within Google's 30 days", err)
+	}
+	if err != nil {
+		return webhooks.Wrap(http.StatusBadGateway, "play_api", "listing voided purchases failed", err)
+	}
+	gs.enricher.Nudge()
+	return c.JSON(http.StatusOK, res)
 }

@@ -62,6 +62,9 @@ type Gateway struct {
 	mu       sync.Mutex
 	dests    []config.Destination
 	adminAPI *admin
+	// google holds the Play API client and enricher when the Google source
+	// is enabled, for the admin reconcile endpoint.
+	google *googleSource
 }
 
 // Route returns the destinations an event matches.

@@ -41,6 +41,7 @@ func (g *Gateway) mountSources() error {
 			},
 			Wake: enricher.Nudge,
 		}
+		g.google = &googleSource{api: api, enricher: enricher, packages: c.Packages}
 		g.Echo.POST("/webhooks/google", h.Handle)
 		g.AddWorker(func(ctx context.Context) { _ = enricher.Run(ctx) })
 		g.Logger.Info("source enabled", "source", "google", "path", "/webhooks/google", "packages", len(c.Packages))
@@ -59,4 +60,12 @@ func (g *Gateway) mountSources() error {
 		g.Logger.Info("api enabled", "paths", "/v1/events, /v1/users/:id", "api_keys", len(v1.APIKeys))
 	}
 	return nil
+}
+
+// googleSource is what the admin reconcile endpoint needs of the running
+// Google source.
+type googleSource struct {
+	api      *play.Client
+	enricher *webhooks.GoogleEnricher
+	packages []string
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/postback/postback/config"
@@ -27,8 +29,9 @@ func cmdReconcile(ctx context.Context, env *Env, args []string) int {
 	until := fs.String("until", "", "end of the window (default now)")
 	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for the Play API to enrich what was found")
 	asJSON := fs.Bool("json", false, "print JSON")
+	addr := fs.String("addr", "", "a running gateway's admin address (token from POSTBACK_ADMIN_TOKEN): reconcile through it instead of opening the database")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback reconcile google [--since 72h] [--until TIME] [--config PATH] [--json]")
+		fmt.Fprintln(env.Stderr, "usage: postback reconcile google [--since 72h] [--until TIME] [--addr http://127.0.0.1:8080 | --config PATH] [--json]")
 		fs.PrintDefaults()
 	}
 	if len(args) == 0 || args[0] != "google" {
@@ -51,6 +54,9 @@ func cmdReconcile(ctx context.Context, env *Env, args []string) int {
 			return 2
 		}
 	}
+	if *addr != "" {
+		return reconcileRemote(ctx, env, *addr, from, to, *asJSON)
+	}
 	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {
 		fmt.Fprintln(env.Stderr, err)
@@ -69,7 +75,7 @@ func cmdReconcile(ctx context.Context, env *Env, args []string) int {
 	}
 	db, err := store.Open(cfg.Storage.Path, &store.Options{Route: server.Route(cfg.Destinations), Logger: log})
 	if errors.Is(err, store.ErrLocked) {
-		fmt.Fprintln(env.Stderr, "postback: the gateway is running and holds", cfg.Storage.Path, "- stop it, run reconcile, start it again")
+		fmt.Fprintln(env.Stderr, "postback: the gateway is running and holds", cfg.Storage.Path, "- run reconcile through it with --addr (and POSTBACK_ADMIN_TOKEN)")
 		return 1
 	}
 	if err != nil {
@@ -103,6 +109,30 @@ func cmdReconcile(ctx context.Context, env *Env, args []string) int {
 		fmt.Fprintln(env.Stderr, "postback: some refunds are still waiting for the Play API; the gateway completes them when it runs:", drainErr)
 		return 1
 	}
+	return 0
+}
+
+// reconcileRemote asks a running gateway to reconcile (POST
+// /admin/api/google/reconcile); its enrichment worker makes the refunds.
+func reconcileRemote(ctx context.Context, env *Env, addr string, from, to time.Time, asJSON bool) int {
+	c, err := newAdminClient(env, addr)
+	if err != nil {
+		return exitErr(env, err)
+	}
+	q := url.Values{"since": {from.UTC().Format(time.RFC3339)}}
+	if !to.IsZero() {
+		q.Set("until", to.UTC().Format(time.RFC3339))
+	}
+	var res play.ReconcileResult
+	if err := c.do(ctx, http.MethodPost, "/admin/api/google/reconcile", q, nil, &res); err != nil {
+		return exitErr(env, err)
+	}
+	if asJSON {
+		printJSON(env.Stdout, res)
+		return 0
+	}
+	fmt.Fprintf(env.Stdout, "window   %s .. %s\nlisted   %d voided purchases\nknown    %d (already received)\nnew      %d (refund events queued in the gateway)\n",
+		res.Since.Format(time.RFC3339), res.Until.Format(time.RFC3339), res.Listed, res.Known, res.New)
 	return 0
 }
 
