@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/postback/postback/mapping"
 	"io"
 	"net/http"
 	"net/url"
@@ -69,20 +70,17 @@ func clip(s string, n int) string {
 
 // apiEvent is the canonical event as the admin API shows it.
 type apiEvent struct {
-	ID             string `json:"id"`
-	Type           string `json:"type"`
-	Name           string `json:"name,omitempty"`
-	Source         string `json:"source"`
-	Environment    string `json:"environment"`
-	AppID          string `json:"app_id"`
-	ProductID      string `json:"product_id,omitempty"`
-	SubscriptionID string `json:"subscription_id,omitempty"`
-	TransactionID  string `json:"transaction_id,omitempty"`
-	Revenue        *struct {
-		AmountMicros int64  `json:"amount_micros"`
-		Currency     string `json:"currency"`
-	} `json:"revenue,omitempty"`
-	User struct {
+	ID             string           `json:"id"`
+	Type           string           `json:"type"`
+	Name           string           `json:"name,omitempty"`
+	Source         string           `json:"source"`
+	Environment    string           `json:"environment"`
+	AppID          string           `json:"app_id"`
+	ProductID      string           `json:"product_id,omitempty"`
+	SubscriptionID string           `json:"subscription_id,omitempty"`
+	TransactionID  string           `json:"transaction_id,omitempty"`
+	Revenue        *mapping.Revenue `json:"revenue,omitempty"`
+	User           struct {
 		AppUserID   string            `json:"app_user_id,omitempty"`
 		Identifiers map[string]string `json:"identifiers,omitempty"`
 	} `json:"user"`
@@ -96,12 +94,8 @@ func (e *apiEvent) revenue() string {
 	if e.Revenue == nil {
 		return "-"
 	}
-	m := e.Revenue.AmountMicros
-	sign := ""
-	if m < 0 {
-		sign, m = "-", -m
-	}
-	return fmt.Sprintf("%s%d.%06d %s", sign, m/1e6, m%1e6, e.Revenue.Currency)
+	// Exact, with the currency's own decimals: "9.99 USD", "1200 JPY".
+	return e.Revenue.Decimal() + " " + e.Revenue.Currency
 }
 
 type apiAttempt struct {
