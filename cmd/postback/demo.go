@@ -22,6 +22,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/postback/postback/config"
+	"github.com/postback/postback/mapping"
 	"github.com/postback/postback/server"
 	"github.com/postback/postback/store"
 	"github.com/postback/postback/webhooks"
@@ -82,10 +83,8 @@ type DemoDestination struct {
 type DemoSummary struct {
 	ConsoleURL string
 	Token      string
-	// Sources are the sources whose story was fired; Missing says why any
-	// other source is not in the demo.
+	// Sources are the sources whose story was fired, in order.
 	Sources      []string
-	Missing      map[string]string
 	Events       []DemoEvent
 	Destinations []DemoDestination
 	// Unfinished counts deliveries not final when the demo stopped waiting.
@@ -116,9 +115,11 @@ func cmdDemo(ctx context.Context, env *Env, args []string) int {
 }
 
 // runDemo starts a gateway on a temporary database with generated test
-// secrets and local mock destinations, fires a subscription story from each
-// source through real HTTP with real signatures, prints what each
-// destination received, calls ready and serves until ctx ends.
+// secrets (a test Apple PKI, a Pub/Sub OIDC key server and fake Play API for
+// Google, Stripe and Shopify secrets, an API key) and local mock
+// destinations, fires a subscription story from each source through real
+// HTTP with real signatures, prints what each destination received, calls
+// ready and serves until ctx ends.
 func runDemo(ctx context.Context, out, logs io.Writer, listen string, ready func(*DemoSummary)) (*DemoSummary, error) {
 	dir, err := os.MkdirTemp("", "postback-demo-")
 	if err != nil {
@@ -128,21 +129,28 @@ func runDemo(ctx context.Context, out, logs io.Writer, listen string, ready func
 
 	mmp := newMock("mock-mmp", `ok`)
 	defer mmp.srv.Close()
+	mmpAndroid := newMock("mock-mmp-android", `ok`)
+	defer mmpAndroid.srv.Close()
 	adnet := newMock("mock-ad-network", `{"code":0,"message":"OK","data":{}}`)
 	defer adnet.srv.Close()
 	backend := newMock("backend", `{"received":true}`)
 	defer backend.srv.Close()
+
+	fakes, err := newStoreFakes(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer fakes.close()
 
 	sec := demoSecrets()
 	y := fmt.Sprintf(`
 server: {listen: %q, shutdown_timeout: 5s}
 storage: {path: %q}
 admin: {token: %q}
+api_keys: [%q]
 log: {level: info}
 sources:
-  apple: {enabled: false}
-  google: {enabled: false}
-  stripe: {enabled: true, secrets: [%q], app_id: com.example.app}
+%s  stripe: {enabled: true, secrets: [%q], app_id: com.example.app}
   shopify: {enabled: true, secret: %q, app_id: com.example.app}
 destinations:
   - name: appsflyer-demo
@@ -151,7 +159,13 @@ destinations:
     app_id: id1234567890
     dev_key: demo-dev-key
     bundle_id: com.example.app
-    match: {environments: [production]}
+    match: {environments: [production], sources: [apple, stripe, shopify, custom]}
+  - name: appsflyer-android
+    type: appsflyer
+    endpoint: %q
+    app_id: com.example.app
+    dev_key: demo-dev-key
+    match: {environments: [production], sources: [google]}
   - name: tiktok-demo
     type: tiktok
     endpoint: %q
@@ -164,7 +178,7 @@ destinations:
     endpoint: %q
     secret: %q
     match: {environments: [production, sandbox]}
-`, listen, filepath.Join(dir, "postback.db"), sec.admin, sec.stripe, sec.shopify, mmp.srv.URL, adnet.srv.URL, backend.srv.URL, sec.webhook)
+`, listen, filepath.Join(dir, "postback.db"), sec.admin, sec.apiKey, fakes.sourcesYAML(), sec.stripe, sec.shopify, mmp.srv.URL, mmpAndroid.srv.URL, adnet.srv.URL, backend.srv.URL, sec.webhook)
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		return nil, fmt.Errorf("demo config: %w", err)
@@ -189,22 +203,29 @@ destinations:
 		<-done
 	}()
 	base := "http://" + ln.Addr().String()
-	sum := &DemoSummary{ConsoleURL: base, Token: sec.admin, Missing: map[string]string{
-		"apple":  "not in the demo yet: its story needs the test PKI (webhooks/appletest) wired in",
-		"google": "not in the demo yet: its story needs the Pub/Sub OIDC and Play API fakes (webhooks/googletest) wired in",
-	}}
+	sum := &DemoSummary{ConsoleURL: base, Token: sec.admin}
 	fmt.Fprintf(out, "Postback demo: gateway on %s, temporary database in %s\n", base, dir)
-	fmt.Fprintf(out, "Mock destinations: appsflyer-demo -> %s, tiktok-demo -> %s, my-backend -> %s\n\n", mmp.srv.URL, adnet.srv.URL, backend.srv.URL)
+	fmt.Fprintf(out, "Test keys: Apple PKI root %s, Google OIDC keys %s, fake Play API %s\n", fakes.rootPath, fakes.oidc.URL(), fakes.play.URL())
+	fmt.Fprintf(out, "Mock destinations: appsflyer-demo -> %s, appsflyer-android -> %s, tiktok-demo -> %s, my-backend -> %s\n\n", mmp.srv.URL, mmpAndroid.srv.URL, adnet.srv.URL, backend.srv.URL)
 
 	client := &http.Client{Timeout: 10 * time.Second}
-	if err := stripeStory(ctx, client, base, sec.stripe, out); err != nil {
-		return nil, err
+	enriched := func(id string) error { return demoEnriched(ctx, g.Store, id) }
+	stories := []struct {
+		source string
+		run    func() error
+	}{
+		{"apple", func() error { return appleStory(ctx, client, base, sec.apiKey, fakes, out) }},
+		{"google", func() error { return googleStory(ctx, client, base, sec.apiKey, fakes, enriched, out) }},
+		{"stripe", func() error { return stripeStory(ctx, client, base, sec.stripe, out) }},
+		{"shopify", func() error { return shopifyStory(ctx, client, base, sec.shopify, out) }},
+		{"custom", func() error { return customStory(ctx, client, base, sec.apiKey, out) }},
 	}
-	sum.Sources = append(sum.Sources, "stripe")
-	if err := shopifyStory(ctx, client, base, sec.shopify, out); err != nil {
-		return nil, err
+	for _, st := range stories {
+		if err := st.run(); err != nil {
+			return nil, err
+		}
+		sum.Sources = append(sum.Sources, st.source)
 	}
-	sum.Sources = append(sum.Sources, "shopify")
 
 	// Wait until every delivery is final (the mocks answer at once).
 	deadline := time.Now().Add(30 * time.Second)
@@ -238,7 +259,7 @@ destinations:
 	for _, m := range []struct {
 		name, typ string
 		mock      *mock
-	}{{"appsflyer-demo", "appsflyer", mmp}, {"tiktok-demo", "tiktok", adnet}, {"my-backend", "webhook", backend}} {
+	}{{"appsflyer-demo", "appsflyer", mmp}, {"appsflyer-android", "appsflyer", mmpAndroid}, {"tiktok-demo", "tiktok", adnet}, {"my-backend", "webhook", backend}} {
 		d := DemoDestination{Name: m.name, Type: m.typ, Requests: m.mock.requests(), States: map[string]int{}}
 		for _, dl := range all {
 			if dl.Destination != m.name {
@@ -260,7 +281,7 @@ destinations:
 	return sum, nil
 }
 
-type demoSecretSet struct{ admin, stripe, shopify, webhook string }
+type demoSecretSet struct{ admin, apiKey, stripe, shopify, webhook string }
 
 // demoSecrets generates fresh test secrets for one demo run.
 func demoSecrets() demoSecretSet {
@@ -271,6 +292,7 @@ func demoSecrets() demoSecretSet {
 	}
 	return demoSecretSet{
 		admin:   "demo-" + hex.EncodeToString(r(12)),
+		apiKey:  "demo-api-" + hex.EncodeToString(r(12)),
 		stripe:  "whsec_demo" + hex.EncodeToString(r(16)),
 		shopify: "shpss_demo" + hex.EncodeToString(r(16)),
 		webhook: "whsec_" + base64.StdEncoding.EncodeToString(r(32)),
@@ -301,16 +323,40 @@ func printSummary(w io.Writer, s *DemoSummary) {
 	if s.Unfinished > 0 {
 		fmt.Fprintf(w, "\n%d deliveries were still in progress.\n", s.Unfinished)
 	}
-	for _, src := range []string{"apple", "google"} {
-		if why, ok := s.Missing[src]; ok {
-			fmt.Fprintf(w, "\n%s: %s", src, why)
-		}
-	}
 	fmt.Fprintln(w)
 }
 
+// demoEnriched waits until the gateway has looked a Google push up in the
+// Play API (its inbox item is no longer "enriching").
+func demoEnriched(ctx context.Context, db *store.DB, messageID string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := db.Notification(mapping.SourceGoogle, messageID)
+		if err != nil {
+			return err
+		}
+		if n.Status != mapping.StatusEnriching {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not enriched after 10s: %s", n.Reason)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// demoPost POSTs body and expects a 2xx answer.
 func demoPost(ctx context.Context, c *http.Client, url string, body []byte, headers map[string]string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	return demoRequest(ctx, c, http.MethodPost, url, body, headers)
+}
+
+// demoRequest sends one request and expects a 2xx answer.
+func demoRequest(ctx context.Context, c *http.Client, method, url string, body []byte, headers map[string]string) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -324,7 +370,7 @@ func demoPost(ctx context.Context, c *http.Client, url string, body []byte, head
 	}
 	defer resp.Body.Close()
 	ack, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("%s answered HTTP %d: %s", url, resp.StatusCode, ack)
 	}
 	return nil

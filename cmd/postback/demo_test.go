@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -39,12 +40,16 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(sum.Sources, []string{"stripe", "shopify"}) {
+	if !slices.Equal(sum.Sources, []string{"apple", "google", "stripe", "shopify", "custom"}) {
 		t.Errorf("sources %v", sum.Sources)
 	}
+	story := []string{"trial_started", "trial_converted", "subscription_renewed", "refund"}
 	want := map[string][]string{
-		"stripe":  {"trial_started", "trial_converted", "subscription_renewed", "refund"},
+		"apple":   story,
+		"google":  story,
+		"stripe":  story,
 		"shopify": {"purchase", "subscription_renewed", "refund"},
+		"custom":  {"purchase"},
 	}
 	got := map[string][]string{}
 	var ids []string
@@ -54,11 +59,14 @@ func TestDemo(t *testing.T) {
 	}
 	for src, types := range want {
 		// Events received in the same millisecond list in id order.
-		slices.Sort(types)
+		types = slices.Sorted(slices.Values(types))
 		slices.Sort(got[src])
 		if !slices.Equal(got[src], types) {
 			t.Errorf("%s story: events %v, want %v", src, got[src], types)
 		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("events from sources %v, want %v", got, want)
 	}
 	if liveEvents != len(sum.Events) {
 		t.Errorf("admin API listed %d events, want %d", liveEvents, len(sum.Events))
@@ -66,70 +74,145 @@ func TestDemo(t *testing.T) {
 	if sum.Unfinished != 0 {
 		t.Errorf("%d deliveries unfinished", sum.Unfinished)
 	}
-	if len(sum.Destinations) != 3 {
+	byName := map[string]DemoDestination{}
+	for _, d := range sum.Destinations {
+		byName[d.Name] = d
+	}
+	if len(byName) != 4 {
 		t.Fatalf("destinations %+v", sum.Destinations)
 	}
 	for _, d := range sum.Destinations {
-		t.Run(d.Name, func(t *testing.T) {
-			if d.States["dead"] != 0 || d.States["pending"]+d.States["retrying"]+d.States["waiting"] != 0 {
-				t.Errorf("states %v", d.States)
-			}
-			if total := d.States["delivered"] + d.States["skipped"]; total != len(ids) {
-				t.Errorf("%d final deliveries, want one per event (%d)", total, len(ids))
-			}
-			switch d.Type {
-			case "webhook":
-				var gotIDs []string
-				for _, r := range d.Requests {
-					var e struct {
-						ID string `json:"id"`
-					}
-					if err := json.Unmarshal([]byte(r.Body), &e); err != nil {
-						t.Fatal(err)
-					}
-					gotIDs = append(gotIDs, e.ID)
-				}
-				slices.Sort(gotIDs)
-				want := slices.Sorted(slices.Values(ids))
-				if !slices.Equal(gotIDs, want) {
-					t.Errorf("backend received %v, want every event once %v", gotIDs, want)
-				}
-			case "appsflyer":
-				if len(d.Requests) != len(ids) {
-					t.Fatalf("%d requests, want %d", len(d.Requests), len(ids))
-				}
-				for i, r := range d.Requests {
-					if r.Path != "/inappevent/id1234567890" || !strings.Contains(r.Body, `"appsflyer_id":"1700000000000-`) {
-						t.Errorf("request %d: %s %s", i, r.Path, r.Body)
-					}
-				}
-				names := map[string]int{}
-				for _, r := range d.Requests {
-					var b struct {
-						EventName string `json:"eventName"`
-					}
-					_ = json.Unmarshal([]byte(r.Body), &b)
-					names[b.EventName]++
-				}
-				if names["af_start_trial"] != 1 || names["af_subscribe"] != 1 || names["refund"] != 2 {
-					t.Errorf("appsflyer event names %v", names)
-				}
-			case "tiktok":
-				// TikTok batches; refunds have no TikTok event name.
-				if len(d.Requests) == 0 || d.States["delivered"] != 5 || d.States["skipped"] != 2 {
-					t.Errorf("%d requests, states %v, want 5 delivered and 2 refunds skipped", len(d.Requests), d.States)
-				}
-				sent := 0
-				for _, r := range d.Requests {
-					sent += strings.Count(r.Body, `"event_id":"evt_`)
-				}
-				if sent != 5 {
-					t.Errorf("tiktok got %d events, want 5", sent)
-				}
-			}
-		})
+		if d.States["dead"] != 0 || d.States["pending"]+d.States["retrying"]+d.States["waiting"] != 0 {
+			t.Errorf("%s: states %v, want every delivery final and none dead", d.Name, d.States)
+		}
 	}
-	for _, s := range []string{"trial_started", "appsflyer-demo (appsflyer) received 7 requests", "my-backend (webhook) received 7 requests"} {
+
+	t.Run("my-backend receives every canonical event once", func(t *testing.T) {
+		d := byName["my-backend"]
+		type money struct {
+			Micros   int64  `json:"amount_micros"`
+			Currency string `json:"currency"`
+		}
+		var gotIDs []string
+		revenue := map[string]*money{}
+		users := map[string]string{}
+		for _, r := range d.Requests {
+			var e struct {
+				ID, Type, Source, Environment string
+				Revenue                       *money `json:"revenue"`
+				User                          struct {
+					AppUserID   string            `json:"app_user_id"`
+					Identifiers map[string]string `json:"identifiers"`
+				} `json:"user"`
+			}
+			if err := json.Unmarshal([]byte(r.Body), &e); err != nil {
+				t.Fatal(err)
+			}
+			gotIDs = append(gotIDs, e.ID)
+			revenue[e.Source+" "+e.Type] = e.Revenue
+			users[e.Source] = e.User.AppUserID
+			if e.Environment != "production" {
+				t.Errorf("%s %s: environment %q", e.Source, e.Type, e.Environment)
+			}
+			if e.Source == "apple" && e.User.Identifiers["appsflyer_id"] != "1700000000000-3333333" {
+				t.Errorf("apple %s: identifiers %v, want those of PUT /v1/users", e.Type, e.User.Identifiers)
+			}
+		}
+		slices.Sort(gotIDs)
+		if want := slices.Sorted(slices.Values(ids)); !slices.Equal(gotIDs, want) {
+			t.Errorf("backend received %v, want every event once %v", gotIDs, want)
+		}
+		usd := func(m int64) *money { return &money{m, "USD"} }
+		wantRevenue := map[string]*money{
+			"apple trial_started": nil, "apple trial_converted": usd(9_990_000), "apple subscription_renewed": usd(9_990_000), "apple refund": usd(-9_990_000),
+			"google trial_started": nil, "google trial_converted": usd(4_990_000), "google subscription_renewed": usd(4_990_000), "google refund": usd(-4_990_000),
+			"stripe trial_started": nil, "stripe trial_converted": usd(9_990_000), "stripe subscription_renewed": usd(9_990_000), "stripe refund": usd(-9_990_000),
+			"shopify purchase": usd(14_990_000), "shopify subscription_renewed": usd(14_990_000), "shopify refund": usd(-14_990_000),
+			"custom purchase": usd(49_990_000),
+		}
+		for k, w := range wantRevenue {
+			g, ok := revenue[k]
+			switch {
+			case !ok:
+				t.Errorf("%s: not received", k)
+			case (g == nil) != (w == nil) || g != nil && *g != *w:
+				t.Errorf("%s: revenue %+v, want %+v", k, g, w)
+			}
+		}
+		if len(users["apple"]) != 36 || users["google"] != "demo-user-google" || users["custom"] != "demo-user-web" {
+			t.Errorf("app user ids %v: want the appAccountToken for apple, obfuscatedExternalAccountId for google", users)
+		}
+	})
+
+	afNames := func(t *testing.T, d DemoDestination, path, idPrefix string) map[string]int {
+		t.Helper()
+		names := map[string]int{}
+		for i, r := range d.Requests {
+			var b struct {
+				ID        string `json:"appsflyer_id"`
+				EventName string `json:"eventName"`
+			}
+			if err := json.Unmarshal([]byte(r.Body), &b); err != nil {
+				t.Fatal(err)
+			}
+			if r.Path != path || !strings.HasPrefix(b.ID, idPrefix) {
+				t.Errorf("request %d: %s %s", i, r.Path, r.Body)
+			}
+			names[b.EventName]++
+		}
+		return names
+	}
+	t.Run("appsflyer-demo receives the iOS and web events", func(t *testing.T) {
+		d := byName["appsflyer-demo"]
+		if len(d.Requests) != 12 || d.States["delivered"] != 12 || len(d.States) != 1 {
+			t.Fatalf("%d requests, states %v, want 12 delivered", len(d.Requests), d.States)
+		}
+		names := afNames(t, d, "/inappevent/id1234567890", "1700000000000-")
+		want := map[string]int{"af_start_trial": 2, "af_subscribe": 2, "subscription_renewed": 3, "refund": 3, "af_purchase": 2}
+		if !maps.Equal(names, want) {
+			t.Errorf("event names %v, want %v", names, want)
+		}
+	})
+	t.Run("appsflyer-android receives the Google Play story", func(t *testing.T) {
+		d := byName["appsflyer-android"]
+		if len(d.Requests) != 4 || d.States["delivered"] != 4 || len(d.States) != 1 {
+			t.Fatalf("%d requests, states %v, want 4 delivered", len(d.Requests), d.States)
+		}
+		names := afNames(t, d, "/inappevent/com.example.app", "1700000000000-4444444")
+		want := map[string]int{"af_start_trial": 1, "af_subscribe": 1, "subscription_renewed": 1, "refund": 1}
+		if !maps.Equal(names, want) {
+			t.Errorf("event names %v, want %v", names, want)
+		}
+		for _, r := range d.Requests {
+			if !strings.Contains(r.Body, `"advertising_id":"38400000-8cf0-11bd-b23e-10b96e40000d"`) {
+				t.Errorf("no GAID from PUT /v1/users in %s", r.Body)
+			}
+		}
+	})
+	t.Run("tiktok-demo receives app and web events but no refunds", func(t *testing.T) {
+		d := byName["tiktok-demo"]
+		// TikTok batches; refunds have no TikTok event name.
+		if len(d.Requests) == 0 || d.States["delivered"] != 12 || d.States["skipped"] != 4 {
+			t.Errorf("%d requests, states %v, want 12 delivered and 4 refunds skipped", len(d.Requests), d.States)
+		}
+		sent := map[string]int{}
+		for _, r := range d.Requests {
+			var b struct {
+				Source string            `json:"event_source"`
+				Data   []json.RawMessage `json:"data"`
+			}
+			if err := json.Unmarshal([]byte(r.Body), &b); err != nil {
+				t.Fatal(err)
+			}
+			sent[b.Source] += len(b.Data)
+		}
+		// App: Apple and Google (3 each); web: Stripe 3, Shopify 2, custom 1.
+		if want := map[string]int{"app": 6, "web": 6}; !maps.Equal(sent, want) {
+			t.Errorf("tiktok got events by source %v, want %v", sent, want)
+		}
+	})
+	for _, s := range []string{"apple    SUBSCRIBED/INITIAL_BUY", "google   VOIDED_PURCHASE", "custom   POST /v1/events", "trial_started",
+		"appsflyer-demo (appsflyer) received 12 requests", "appsflyer-android (appsflyer) received 4 requests", "my-backend (webhook) received 16 requests"} {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("printed summary lacks %q:\n%s", s, out.String())
 		}
