@@ -22,6 +22,7 @@ import (
 
 	"github.com/postback/postback/config"
 	"github.com/postback/postback/server"
+	"github.com/postback/postback/webhooks"
 )
 
 // Env is what a command may use from the outside world, injected so that
@@ -148,6 +149,10 @@ func cmdCheckConfig(_ context.Context, env *Env, args []string) int {
 	cfg, err := loadConfig(env, *cfgPath)
 	if err == nil {
 		_, err = server.BuildDestinations(cfg, nil, nil)
+	}
+	if err == nil && cfg.Sources.Apple.Enabled {
+		// Parses the roots (fingerprint of the embedded one) and the .p8 key.
+		_, err = webhooks.NewApple(cfg.Sources.Apple, cfg.Storage.Retention.D(), webhooks.Deps{})
 	}
 	if err != nil {
 		fmt.Fprintln(env.Stderr, err)
