@@ -251,3 +251,20 @@ func adCancelled(ctx context.Context) *Result {
 	}
 	return nil
 }
+
+// adExchange sends req and classifies the answer with classify, masking
+// secret in the response excerpt and prefixing errors with the request
+// summary (never the secret).
+func adExchange(client *http.Client, req *http.Request, summary, secret string, now time.Time, classify func(adResponse, time.Time, string) Result) Result {
+	resp, rr := adDo(client, req, summary)
+	if rr != nil {
+		return *rr
+	}
+	r := classify(resp, now, secret)
+	r.Request = summary
+	r.Response = redact(Excerpt(resp.Body), secret)
+	if r.Err != nil {
+		r.Err = fmt.Errorf("%s: %w", summary, r.Err)
+	}
+	return r
+}

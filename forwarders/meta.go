@@ -380,17 +380,7 @@ func (m *Meta) post(ctx context.Context, c *metaCreds, events []metaEvent, idx [
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("User-Agent", "postback")
-	resp, rr := adDo(m.client, req, summary)
-	if rr != nil {
-		return *rr
-	}
-	r := classifyMeta(resp, m.now(), c.AccessToken)
-	r.Request = summary
-	r.Response = redact(Excerpt(resp.Body), c.AccessToken)
-	if r.Err != nil {
-		r.Err = fmt.Errorf("%s: %w", summary, r.Err)
-	}
-	return r
+	return adExchange(m.client, req, summary, c.AccessToken, m.now(), classifyMeta)
 }
 
 // metaError is the Graph API error envelope.

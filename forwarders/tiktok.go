@@ -373,17 +373,7 @@ func (t *TikTok) post(ctx context.Context, c *tiktokCreds, channel string, event
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "postback")
 	req.Header.Set("Access-Token", c.AccessToken)
-	resp, rr := adDo(t.client, req, summary)
-	if rr != nil {
-		return *rr
-	}
-	r := classifyTikTok(resp, t.now(), c.AccessToken)
-	r.Request = summary
-	r.Response = redact(Excerpt(resp.Body), c.AccessToken)
-	if r.Err != nil {
-		r.Err = fmt.Errorf("%s: %w", summary, r.Err)
-	}
-	return r
+	return adExchange(t.client, req, summary, c.AccessToken, t.now(), classifyTikTok)
 }
 
 // tiktokAnswer is the Business API envelope.
