@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -26,8 +27,12 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/postback/postback/config"
+	"github.com/postback/postback/forwarders"
+	"github.com/postback/postback/mapping"
 	"github.com/postback/postback/server"
+	"github.com/postback/postback/store"
 	"github.com/postback/postback/webhooks"
+	"github.com/postback/postback/webhooks/googletest"
 )
 
 // benchOptions are the flags of `postback bench`.
@@ -49,25 +54,43 @@ type benchOptions struct {
 }
 
 // benchSources are the sources bench can sign for, in report order.
-var benchSources = []string{"stripe", "shopify", "custom"}
+var benchSources = []string{"stripe", "shopify", "custom", "apple", "google"}
+
+// benchSelfOnly are the sources bench can sign for only in --self mode: the
+// in-process gateway trusts the test Apple PKI, OIDC key server and fake
+// Play API that bench generates; a gateway started elsewhere does not.
+var benchSelfOnly = map[string]bool{"apple": true, "google": true}
+
+// benchUsers is the number of app users whose identifiers bench stores
+// through PUT /v1/users before sending; notifications take them in turn.
+const benchUsers = 512
 
 // BenchReport is what `postback bench` measured (the --json output).
 type BenchReport struct {
-	Target      string             `json:"target"`
-	Duration    float64            `json:"duration_s"`
-	Sent        int64              `json:"sent"`
-	Accepted    int64              `json:"accepted"`
-	AcceptedPS  float64            `json:"accepted_per_s"`
-	Duplicates  int64              `json:"duplicates_suppressed"`
-	Errors      int64              `json:"errors"`
-	ErrorCodes  map[string]int64   `json:"error_statuses,omitempty"`
-	Ingest      BenchLatency       `json:"ingest_latency_ms"`
-	BySource    map[string]int64   `json:"accepted_by_source"`
-	Delivery    *BenchLatency      `json:"ingest_to_delivery_ms,omitempty"`
-	Deliveries  map[string]int64   `json:"deliveries,omitempty"`
-	DeliveryPS  map[string]float64 `json:"deliveries_per_s,omitempty"`
-	PeakRSSKiB  int64              `json:"peak_rss_kib,omitempty"`
-	PeakRSSNote string             `json:"peak_rss_note,omitempty"`
+	Target     string             `json:"target"`
+	Duration   float64            `json:"duration_s"`
+	Sent       int64              `json:"sent"`
+	Accepted   int64              `json:"accepted"`
+	AcceptedPS float64            `json:"accepted_per_s"`
+	Duplicates int64              `json:"duplicates_suppressed"`
+	Errors     int64              `json:"errors"`
+	ErrorCodes map[string]int64   `json:"error_statuses,omitempty"`
+	Ingest     BenchLatency       `json:"ingest_latency_ms"`
+	BySource   map[string]int64   `json:"accepted_by_source"`
+	Delivery   *BenchLatency      `json:"ingest_to_delivery_ms,omitempty"`
+	Deliveries map[string]int64   `json:"deliveries,omitempty"`
+	DeliveryPS map[string]float64 `json:"deliveries_per_s,omitempty"`
+	// DeliveryStates counts each --self destination's deliveries by state
+	// when bench stopped waiting (delivered, skipped, retrying, dead, ...).
+	DeliveryStates map[string]map[string]int `json:"delivery_states,omitempty"`
+	// ReceiverRequests counts the HTTP requests each mock receiver got
+	// (batching destinations carry several events per request).
+	ReceiverRequests map[string]int64 `json:"receiver_requests,omitempty"`
+	// Undrained counts deliveries still queued and Google notifications
+	// still waiting for the Play API when bench stopped waiting.
+	Undrained   int    `json:"undrained,omitempty"`
+	PeakRSSKiB  int64  `json:"peak_rss_kib,omitempty"`
+	PeakRSSNote string `json:"peak_rss_note,omitempty"`
 }
 
 // BenchLatency holds latency percentiles in milliseconds.
@@ -89,14 +112,15 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "how long to send")
 	fs.IntVar(&o.Concurrency, "concurrency", 16, "concurrent clients")
 	fs.Float64Var(&o.DupRatio, "dup-ratio", 0, "fraction of requests (0..1) that resend an earlier notification")
-	mix := fs.String("mix", "stripe=1", "weights of sources: stripe, shopify, custom (e.g. stripe=3,shopify=1,custom=1)")
+	mix := fs.String("mix", "stripe=1", "weights of sources: stripe, shopify, custom, apple, google (e.g. stripe=3,shopify=1,custom=1,apple=2,google=2); "+
+		"apple and google need --self, whose gateway trusts the test Apple PKI, Pub/Sub OIDC keys and fake Play API bench generates (a gateway started elsewhere does not)")
 	fs.StringVar(&o.StripeSecret, "stripe-secret", "", "Stripe signing secret the target trusts (env STRIPE_WEBHOOK_SECRET)")
 	fs.StringVar(&o.ShopifySecret, "shopify-secret", "", "Shopify secret the target trusts (env SHOPIFY_WEBHOOK_SECRET)")
-	fs.StringVar(&o.APIKey, "api-key", "", "API key for /v1/events (env POSTBACK_API_KEY)")
+	fs.StringVar(&o.APIKey, "api-key", "", "API key for /v1/events (env POSTBACK_API_KEY); when set, bench first stores device identifiers for its test users with PUT /v1/users")
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON")
-	fs.BoolVar(&o.Self, "self", false, "start an in-process gateway on a temporary database with a local mock receiver")
-	fs.DurationVar(&o.ReceiverLatency, "receiver-latency", 0, "--self: the mock receiver's answer latency")
-	fs.Float64Var(&o.ReceiverErrors, "receiver-error-rate", 0, "--self: fraction (0..1) of deliveries the mock receiver answers 503")
+	fs.BoolVar(&o.Self, "self", false, "start an in-process gateway on a temporary database, with test keys for every source and one destination of every type pointed at local mock receivers")
+	fs.DurationVar(&o.ReceiverLatency, "receiver-latency", 0, "--self: the mock receivers' answer latency")
+	fs.Float64Var(&o.ReceiverErrors, "receiver-error-rate", 0, "--self: fraction (0..1) of requests the mock receivers answer 503 (retried by the gateway)")
 	fs.DurationVar(&o.Drain, "drain", 10*time.Second, "--self: how long to wait for outstanding deliveries after sending")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -182,6 +206,11 @@ func (o *benchOptions) check() error {
 	if o.Self {
 		return nil
 	}
+	for _, src := range benchSources {
+		if _, ok := o.Mix[src]; ok && benchSelfOnly[src] {
+			return fmt.Errorf("%w: --mix includes %s, which needs --self: only the in-process gateway trusts the test keys bench signs %s notifications with", errBenchUsage, src, src)
+		}
+	}
 	need := map[string]string{"stripe": o.StripeSecret, "shopify": o.ShopifySecret, "custom": o.APIKey}
 	flagOf := map[string]string{"stripe": "--stripe-secret", "shopify": "--shopify-secret", "custom": "--api-key"}
 	for src := range o.Mix {
@@ -201,6 +230,8 @@ type benchRun struct {
 	weights []float64
 	seq     atomic.Int64
 	runID   string
+	users   []string    // app user ids with stored identifiers, if any
+	fakes   *storeFakes // --self: the Apple and Google stand-ins
 
 	mu       sync.Mutex
 	sent     []benchSent // notifications sent so far (duplicate pool)
@@ -220,6 +251,7 @@ type benchSent struct {
 	body    []byte
 	headers map[string]string
 	stripe  bool // Stripe signatures carry a timestamp: re-sign on resend
+	err     error
 }
 
 // runBench runs the load and returns the report.
@@ -244,8 +276,14 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 		}
 		defer self.stop()
 		r.base = self.url
+		r.fakes = self.fakes
 	} else {
 		r.base = "http://" + strings.TrimPrefix(strings.TrimPrefix(o.Addr, "http://"), "https://")
+	}
+	if r.o.APIKey != "" {
+		if err := r.putUsers(ctx); err != nil {
+			return nil, err
+		}
 	}
 	start := time.Now()
 	r.load(ctx)
@@ -300,6 +338,10 @@ func (r *benchRun) one(ctx context.Context, rng *mrand.Rand) {
 	r.mu.Unlock()
 	if !dup {
 		s = r.next(rng)
+		if s.err != nil {
+			r.fail("fixture")
+			return
+		}
 	}
 	headers := s.headers
 	if s.stripe {
@@ -354,6 +396,78 @@ func (r *benchRun) fail(code string) {
 	r.mu.Unlock()
 }
 
+// benchUserIDs returns the identifiers bench stores for its i-th user:
+// enough for every destination type to send its events (AppsFlyer,
+// Adjust, Singular, Branch, Kochava, Meta, TikTok and GA4 app streams).
+func benchUserIDs(runID string, i int) map[string]string {
+	h := func(tag string) string {
+		sum := sha256.Sum256([]byte(runID + "/" + tag + "/" + strconv.Itoa(i)))
+		return hex.EncodeToString(sum[:16])
+	}
+	uuid := func(tag string) string {
+		x := h(tag)
+		return x[:8] + "-" + x[8:12] + "-4" + x[13:16] + "-a" + x[17:20] + "-" + x[20:32]
+	}
+	return map[string]string{
+		"appsflyer_id":             fmt.Sprintf("%d-%07d", 1700000000000+i, i),
+		"adid":                     h("adid"),
+		"idfa":                     strings.ToUpper(uuid("idfa")),
+		"idfv":                     strings.ToUpper(uuid("idfv")),
+		"gaid":                     uuid("gaid"),
+		"sdid":                     uuid("sdid"),
+		"kochava_device_id":        "KA" + h("kochava"),
+		"firebase_app_instance_id": h("firebase"),
+		"ip":                       fmt.Sprintf("203.0.113.%d", 1+i%254),
+		"user_agent":               "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+		"os":                       "ios",
+		"os_version":               "17.5",
+		"att_status":               "3",
+	}
+}
+
+// putUsers stores the identifiers of benchUsers users with PUT /v1/users,
+// so that deliveries of the notifications that name them do not wait.
+func (r *benchRun) putUsers(ctx context.Context) error {
+	r.users = make([]string, benchUsers)
+	for i := range r.users {
+		r.users[i] = fmt.Sprintf("bench-%s-u%04d", r.runID, i)
+	}
+	jobs := make(chan int)
+	errs := make(chan error, benchUsers)
+	var wg sync.WaitGroup
+	for w := 0; w < min(r.o.Concurrency, 16); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				body, _ := json.Marshal(map[string]any{"identifiers": benchUserIDs(r.runID, i)})
+				if err := demoRequest(ctx, r.client, http.MethodPut, r.base+"/v1/users/"+r.users[i], body, map[string]string{"Authorization": "Bearer " + r.o.APIKey}); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	for i := range r.users {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return fmt.Errorf("bench: storing test users' identifiers: %w", err)
+	}
+	return nil
+}
+
+// user returns the app user id of the n-th notification: one of the users
+// whose identifiers are stored, or a user of its own.
+func (r *benchRun) user(n int64, id string) string {
+	if len(r.users) == 0 {
+		return "bench-" + id
+	}
+	return r.users[n%int64(len(r.users))]
+}
+
 // next builds a new signed notification from a source picked by weight.
 func (r *benchRun) next(rng *mrand.Rand) benchSent {
 	sum := 0.0
@@ -370,11 +484,28 @@ func (r *benchRun) next(rng *mrand.Rand) benchSent {
 	}
 	n := r.seq.Add(1)
 	id := fmt.Sprintf("%s_%d", r.runID, n)
-	now := time.Now().Unix()
+	user := r.user(n, id)
+	now := time.Now()
 	switch src {
+	case "apple":
+		// A new subscriber starts a free trial: SUBSCRIBED/INITIAL_BUY.
+		orig := strconv.FormatInt(3_000_000_000_000_000+n, 10)
+		at := now.Truncate(time.Millisecond)
+		txn := appleTxn{ID: orig, OriginalID: orig, User: user, Product: "pro_monthly", Purchased: at, Expires: at.AddDate(0, 0, 7),
+			Reason: "PURCHASE", Trial: true, PriceMilli: 9990, Currency: "USD"}
+		body := r.fakes.appleBody(newUUID(), "SUBSCRIBED", "INITIAL_BUY", txn, at)
+		return benchSent{source: src, path: "/webhooks/apple", body: body}
+	case "google":
+		// A new subscriber starts a free trial: SUBSCRIPTION_PURCHASED, which
+		// the gateway enriches from the fake Play API.
+		token := "bench-token-" + id
+		r.fakes.setGoogle(googleSub{Token: token, User: user, Product: "pro_monthly", OrderID: fmt.Sprintf("GPA.%s-%d", r.runID, n),
+			Started: now, Expires: now.AddDate(0, 0, 7), Trial: true, PriceMicros: 4_990_000, Currency: "USD"}, false)
+		body, headers, err := r.fakes.googlePush("bench-"+id, googletest.SubscriptionNotification(fakeBundleID, token, "pro_monthly", 4, now), now)
+		return benchSent{source: src, path: "/webhooks/google", body: body, headers: headers, err: err}
 	case "shopify":
-		body := []byte(fmt.Sprintf(`{"id":%d,"name":"#%d","test":false,"created_at":%q,"processed_at":%q,"financial_status":"paid","currency":"USD","total_price":"9.99","total_price_set":{"shop_money":{"amount":"9.99","currency_code":"USD"},"presentment_money":{"amount":"9.99","currency_code":"USD"}},"note_attributes":[{"name":"app_user_id","value":"bench-%s"}],"line_items":[{"id":%d,"title":"Pro","quantity":1,"price":"9.99","sku":"pro"}]}`,
-			1_000_000_000_000_000+n, n, time.Now().UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339), id, n))
+		body := []byte(fmt.Sprintf(`{"id":%d,"name":"#%d","test":false,"created_at":%q,"processed_at":%q,"financial_status":"paid","currency":"USD","total_price":"9.99","total_price_set":{"shop_money":{"amount":"9.99","currency_code":"USD"},"presentment_money":{"amount":"9.99","currency_code":"USD"}},"note_attributes":[{"name":"app_user_id","value":%q}],"line_items":[{"id":%d,"title":"Pro","quantity":1,"price":"9.99","sku":"pro"}]}`,
+			1_000_000_000_000_000+n, n, now.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), user, n))
 		return benchSent{source: src, path: "/webhooks/shopify", body: body, headers: map[string]string{
 			"X-Shopify-Hmac-Sha256": webhooks.SignShopify(body, r.o.ShopifySecret),
 			"X-Shopify-Topic":       "orders/paid",
@@ -382,13 +513,13 @@ func (r *benchRun) next(rng *mrand.Rand) benchSent {
 			"X-Shopify-Shop-Domain": "bench.myshopify.com",
 		}}
 	case "custom":
-		body := []byte(fmt.Sprintf(`{"type":"purchase","app_user_id":"bench-%s","app_id":"com.example.app","product_id":"pro","revenue":{"amount":"9.99","currency":"USD"}}`, id))
+		body := []byte(fmt.Sprintf(`{"type":"purchase","app_user_id":%q,"app_id":"com.example.app","product_id":"pro","revenue":{"amount":"9.99","currency":"USD"}}`, user))
 		return benchSent{source: src, path: "/v1/events", body: body, headers: map[string]string{
 			"Authorization": "Bearer " + r.o.APIKey, "Idempotency-Key": "bench-" + id,
 		}}
 	default:
-		body := []byte(fmt.Sprintf(`{"id":"evt_%s","object":"event","api_version":"2023-10-16","created":%d,"livemode":true,"type":"customer.subscription.created","data":{"object":{"id":"sub_%s","object":"subscription","status":"trialing","customer":"cus_%s","trial_end":%d,"metadata":{"app_user_id":"bench-%s"},"items":{"data":[{"quantity":1,"price":{"id":"price_1","product":"prod_pro","unit_amount":999,"currency":"usd","recurring":{"interval":"month","interval_count":1}}}]}}}}`,
-			id, now, id, id, now+7*86400, id))
+		body := []byte(fmt.Sprintf(`{"id":"evt_%s","object":"event","api_version":"2023-10-16","created":%d,"livemode":true,"type":"customer.subscription.created","data":{"object":{"id":"sub_%s","object":"subscription","status":"trialing","customer":"cus_%s","trial_end":%d,"metadata":{"app_user_id":%q},"items":{"data":[{"quantity":1,"price":{"id":"price_1","product":"prod_pro","unit_amount":999,"currency":"usd","recurring":{"interval":"month","interval_count":1}}}]}}}}`,
+			id, now.Unix(), id, id, now.Unix()+7*86400, user))
 		return benchSent{source: "stripe", path: "/webhooks/stripe", body: body, stripe: true}
 	}
 }
@@ -443,15 +574,37 @@ func printBench(w io.Writer, r *BenchReport) {
 	fmt.Fprintf(t, "errors\t%d\t%s\n", r.Errors, codesText(r.ErrorCodes))
 	fmt.Fprintf(t, "ingest latency\tp50 %.2f ms\tp99 %.2f ms\tp99.9 %.2f ms\n", r.Ingest.P50, r.Ingest.P99, r.Ingest.P999)
 	if r.Delivery != nil {
-		fmt.Fprintf(t, "ingest-to-delivery\tp50 %.2f ms\tp99 %.2f ms\t(n=%d)\n", r.Delivery.P50, r.Delivery.P99, r.Delivery.N)
-		for name, n := range r.Deliveries {
-			fmt.Fprintf(t, "deliveries %s\t%d\t(%.0f/s)\n", name, n, r.DeliveryPS[name])
-		}
+		fmt.Fprintf(t, "ingest-to-delivery\tp50 %.2f ms\tp99 %.2f ms\t(n=%d, webhook receiver)\n", r.Delivery.P50, r.Delivery.P99, r.Delivery.N)
+	}
+	names := make([]string, 0, len(r.Deliveries))
+	for name := range r.Deliveries {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(t, "deliveries %s\t%d\t(%.0f/s)\t%s\n", name, r.Deliveries[name], r.DeliveryPS[name], statesText(r.DeliveryStates[name], r.ReceiverRequests[name]))
+	}
+	if r.Undrained > 0 {
+		fmt.Fprintf(t, "not drained\t%d\t(still queued or enriching when bench stopped waiting)\n", r.Undrained)
 	}
 	if r.PeakRSSKiB > 0 {
 		fmt.Fprintf(t, "peak RSS\t%.1f MiB\t%s\n", float64(r.PeakRSSKiB)/1024, r.PeakRSSNote)
 	}
 	t.Flush()
+}
+
+// statesText renders a destination's delivery states other than delivered
+// and its receiver's request count.
+func statesText(states map[string]int, requests int64) string {
+	var parts []string
+	for st, n := range states {
+		if st != store.StateDelivered {
+			parts = append(parts, fmt.Sprintf("%s %d", st, n))
+		}
+	}
+	sort.Strings(parts)
+	parts = append(parts, fmt.Sprintf("%d requests", requests))
+	return strings.Join(parts, ", ")
 }
 
 func codesText(m map[string]int64) string {
@@ -470,27 +623,135 @@ func codesText(m map[string]int64) string {
 	return "(" + strings.Join(parts, ", ") + ")"
 }
 
-// benchSelf is an in-process gateway with a mock webhook receiver.
-type benchSelf struct {
-	url     string
-	dir     string
-	cancel  context.CancelFunc
-	done    chan error
-	recv    *http.Server
-	mu      sync.Mutex
-	latency []time.Duration
-	last    time.Time
-	count   atomic.Int64
+// benchReceiver is a mock of one destination's API: it answers like the
+// real service (per its type), after the configured latency, with 503 at
+// the configured error rate, and counts what it got.
+type benchReceiver struct {
+	name, typ string
+	srv       *http.Server
+	url       string
+	requests  atomic.Int64
+	mu        sync.Mutex
+	last      time.Time
+	latency   []time.Duration // webhook only: received_at to arrival
 }
 
-// startBenchSelf starts the receiver and the gateway and fills in the
-// secrets of o.
-func startBenchSelf(ctx context.Context, o *benchOptions) (*benchSelf, error) {
+// benchAnswers are the success answers of each destination type's API.
+var benchAnswers = map[string]struct {
+	status int
+	body   string
+}{
+	"appsflyer": {http.StatusOK, "ok"},
+	"adjust":    {http.StatusOK, `{"status":"OK"}`},
+	"singular":  {http.StatusOK, `{"status":"ok"}`},
+	"branch":    {http.StatusOK, `{}`},
+	"kochava":   {http.StatusOK, `{"success":"1"}`},
+	"meta":      {http.StatusOK, `{"events_received":1,"messages":[],"fbtrace_id":"bench"}`},
+	"tiktok":    {http.StatusOK, `{"code":0,"message":"OK","request_id":"bench","data":{}}`},
+	"ga4":       {http.StatusNoContent, ``},
+	"webhook":   {http.StatusOK, `{"received":true}`},
+}
+
+// benchDestination returns the config of the bench destination of type typ
+// pointed at url (type-specific test credentials; identifiers come from
+// the users bench stores).
+func benchDestination(typ, url, hookSecret string) (string, error) {
+	var extra string
+	switch typ {
+	case "appsflyer":
+		// An iOS app: Google Play events would be refused as another platform.
+		extra = "app_id: id1234567890\n    dev_key: bench-dev-key\n    match: {sources: [apple, stripe, shopify, custom]}"
+	case "adjust":
+		extra = "app_token: benchapptoken\n    event_tokens: {trial_started: abc123, trial_converted: def456, subscription_started: def456, subscription_renewed: ren789, purchase: pur012, refund: rfd345}"
+	case "singular":
+		extra = "sdk_key: bench-sdk-key"
+	case "branch":
+		extra = "branch_key: key_live_bench"
+	case "kochava":
+		extra = "app_guid: kobench-ios-abc123"
+	case "meta":
+		extra = `dataset_id: "1234567890123456"` + "\n    access_token: bench-meta-token"
+	case "tiktok":
+		extra = "access_token: bench-tiktok-token\n    app_id: \"7000000000000000000\"\n    pixel_code: BENCHPIXEL0"
+	case "ga4":
+		extra = `firebase_app_id: "1:1234567890:ios:321abc456def7890"` + "\n    api_secret: bench-ga4-secret"
+	case "webhook":
+		extra = fmt.Sprintf("secret: %q", hookSecret)
+	default:
+		return "", fmt.Errorf("bench: no mock receiver for destination type %q", typ)
+	}
+	return fmt.Sprintf(`  - name: bench-%s
+    type: %s
+    endpoint: %q
+    %s
+    rate_limit: {per_second: 1000000, burst: 1000000}
+    concurrency: 32
+`, typ, typ, url, extra), nil
+}
+
+func (b *benchReceiver) serve(w http.ResponseWriter, req *http.Request, lat time.Duration, errRate float64) {
+	body, _ := io.ReadAll(io.LimitReader(req.Body, 4<<20))
+	if lat > 0 {
+		time.Sleep(lat)
+	}
+	if errRate > 0 && mrand.Float64() < errRate {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	now := time.Now()
+	b.requests.Add(1)
+	b.mu.Lock()
+	b.last = now
+	if b.typ == "webhook" {
+		var ev struct {
+			ReceivedAt time.Time `json:"received_at"`
+		}
+		if json.Unmarshal(body, &ev) == nil && !ev.ReceivedAt.IsZero() {
+			b.latency = append(b.latency, now.Sub(ev.ReceivedAt))
+		}
+	}
+	b.mu.Unlock()
+	if b.typ == "ga4" && strings.HasPrefix(req.URL.Path, "/debug/") {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"validationMessages":[]}`)
+		return
+	}
+	a := benchAnswers[b.typ]
+	if a.body != "" {
+		w.Header().Set("Content-Type", "application/json")
+	}
+	w.WriteHeader(a.status)
+	_, _ = io.WriteString(w, a.body)
+}
+
+// benchSelf is an in-process gateway with test keys for every source and
+// one destination of every type, each pointed at its mock receiver.
+type benchSelf struct {
+	url       string
+	dir       string
+	g         *server.Gateway
+	fakes     *storeFakes
+	cancel    context.CancelFunc
+	done      chan error
+	receivers []*benchReceiver
+}
+
+// startBenchSelf starts the receivers, the Apple and Google stand-ins and
+// the gateway, and fills in the secrets of o.
+func startBenchSelf(ctx context.Context, o *benchOptions) (s *benchSelf, err error) {
 	dir, err := os.MkdirTemp("", "postback-bench-")
 	if err != nil {
 		return nil, err
 	}
-	s := &benchSelf{dir: dir, done: make(chan error, 1)}
+	s = &benchSelf{dir: dir, done: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			s.closeParts()
+		}
+	}()
+	if s.fakes, err = newStoreFakes(dir); err != nil {
+		return nil, err
+	}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	o.StripeSecret = "whsec_bench_" + hex.EncodeToString(key[:8])
@@ -498,35 +759,29 @@ func startBenchSelf(ctx context.Context, o *benchOptions) (*benchSelf, error) {
 	o.APIKey = "bench-" + hex.EncodeToString(key[16:24])
 	hookSecret := "whsec_" + base64.StdEncoding.EncodeToString(key)
 
-	rln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
+	var dests strings.Builder
+	for _, typ := range forwarders.Types() {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		b := &benchReceiver{name: "bench-" + typ, typ: typ, url: "http://" + ln.Addr().String()}
+		lat, errRate := o.ReceiverLatency, o.ReceiverErrors
+		b.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			b.serve(w, req, lat, errRate)
+		})}
+		s.receivers = append(s.receivers, b)
+		go func() { _ = b.srv.Serve(ln) }()
+		endpoint := b.url
+		if typ == "webhook" {
+			endpoint += "/hook"
+		}
+		d, err := benchDestination(typ, endpoint, hookSecret)
+		if err != nil {
+			return nil, err
+		}
+		dests.WriteString(d)
 	}
-	errRate, lat := o.ReceiverErrors, o.ReceiverLatency
-	s.recv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		body, _ := io.ReadAll(io.LimitReader(req.Body, 1<<20))
-		if lat > 0 {
-			time.Sleep(lat)
-		}
-		if errRate > 0 && mrand.Float64() < errRate {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
-		}
-		var ev struct {
-			ReceivedAt time.Time `json:"received_at"`
-		}
-		now := time.Now()
-		if json.Unmarshal(body, &ev) == nil && !ev.ReceivedAt.IsZero() {
-			s.mu.Lock()
-			s.latency = append(s.latency, now.Sub(ev.ReceivedAt))
-			s.last = now
-			s.mu.Unlock()
-		}
-		s.count.Add(1)
-		w.WriteHeader(http.StatusOK)
-	})}
-	go func() { _ = s.recv.Serve(rln) }()
 
 	y := fmt.Sprintf(`
 server: {listen: "127.0.0.1:0", shutdown_timeout: 5s}
@@ -534,77 +789,96 @@ storage: {path: %q}
 log: {level: error}
 api_keys: [%q]
 sources:
-  apple: {enabled: false}
-  google: {enabled: false}
-  stripe: {enabled: true, secrets: [%q], app_id: com.example.app}
+%s  stripe: {enabled: true, secrets: [%q], app_id: com.example.app}
   shopify: {enabled: true, secret: %q, app_id: com.example.app}
 destinations:
-  - name: bench-hook
-    type: webhook
-    endpoint: %q
-    secret: %q
-    match: {environments: [production, sandbox]}
-    rate_limit: {per_second: 1000000, burst: 1000000}
-`, filepath.Join(dir, "postback.db"), o.APIKey, o.StripeSecret, o.ShopifySecret, "http://"+rln.Addr().String()+"/hook", hookSecret)
+%s`, filepath.Join(dir, "postback.db"), o.APIKey, s.fakes.sourcesYAML(), o.StripeSecret, o.ShopifySecret, dests.String())
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
-		s.recv.Close()
-		os.RemoveAll(dir)
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		s.recv.Close()
-		os.RemoveAll(dir)
 		return nil, err
 	}
 	g, err := server.New(cfg, server.Options{Logger: server.NewLogger(io.Discard, cfg.Log, cfg.Secrets()), Listener: ln})
 	if err != nil {
 		ln.Close()
-		s.recv.Close()
-		os.RemoveAll(dir)
 		return nil, err
 	}
 	gctx, cancel := context.WithCancel(ctx)
-	s.cancel = cancel
+	s.g, s.cancel = g, cancel
 	s.url = "http://" + ln.Addr().String()
 	go func() { s.done <- g.Run(gctx, nil) }()
 	return s, nil
 }
 
-// finish waits for outstanding deliveries (up to drain) and adds the
+// undrained counts the deliveries still queued and the Google
+// notifications still waiting for the Play API.
+func (s *benchSelf) undrained() int {
+	n := 0
+	for _, b := range s.receivers {
+		if q, err := s.g.Store.Queue(b.name); err == nil {
+			n += q.Depth
+		}
+	}
+	if p, err := s.g.Store.Pending(mapping.SourceGoogle, 1000); err == nil {
+		n += len(p)
+	}
+	return n
+}
+
+// finish waits until every delivery is final (up to drain) and adds the
 // delivery figures and the peak RSS to rep.
 func (s *benchSelf) finish(ctx context.Context, rep *BenchReport, start time.Time, drain time.Duration) {
 	deadline := time.Now().Add(drain)
-	prev, stable := int64(-1), 0
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		n := s.count.Load()
-		if n == prev && n > 0 {
-			stable++
-			if stable >= 20 { // quiet for 2 s
-				break
-			}
-		} else {
-			stable = 0
+	for {
+		rep.Undrained = s.undrained()
+		if rep.Undrained == 0 || !time.Now().Before(deadline) || ctx.Err() != nil {
+			break
 		}
-		prev = n
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
-	s.mu.Lock()
-	lat := percentiles(s.latency)
-	last := s.last
-	s.mu.Unlock()
-	rep.Delivery = &lat
-	n := s.count.Load()
-	rep.Deliveries = map[string]int64{"bench-hook": n}
-	rep.DeliveryPS = map[string]float64{"bench-hook": 0}
-	if span := last.Sub(start).Seconds(); span > 0 {
-		rep.DeliveryPS["bench-hook"] = float64(n) / span
+	rep.Deliveries = map[string]int64{}
+	rep.DeliveryPS = map[string]float64{}
+	rep.ReceiverRequests = map[string]int64{}
+	st, err := s.g.Store.Stats(start.Add(-time.Minute), time.Now().Add(time.Minute), time.Hour)
+	if err == nil {
+		rep.DeliveryStates = st.Deliveries
+	}
+	for _, b := range s.receivers {
+		b.mu.Lock()
+		last := b.last
+		if b.typ == "webhook" {
+			lat := percentiles(b.latency)
+			rep.Delivery = &lat
+		}
+		b.mu.Unlock()
+		n := int64(rep.DeliveryStates[b.name][store.StateDelivered])
+		rep.Deliveries[b.name] = n
+		rep.ReceiverRequests[b.name] = b.requests.Load()
+		if span := last.Sub(start).Seconds(); span > 0 {
+			rep.DeliveryPS[b.name] = float64(n) / span
+		} else {
+			rep.DeliveryPS[b.name] = 0
+		}
 	}
 	if kib, err := peakRSS(); err == nil {
 		rep.PeakRSSKiB = kib
-		rep.PeakRSSNote = "VmHWM of the bench process, which includes the in-process gateway and the load generator"
+		rep.PeakRSSNote = "VmHWM of the bench process, which includes the in-process gateway, the mock receivers and the load generator"
 	}
+}
+
+// closeParts stops the receivers and the store fakes and removes the
+// temporary directory.
+func (s *benchSelf) closeParts() {
+	for _, b := range s.receivers {
+		b.srv.Close()
+	}
+	if s.fakes != nil {
+		s.fakes.close()
+	}
+	os.RemoveAll(s.dir)
 }
 
 func (s *benchSelf) stop() {
@@ -613,8 +887,7 @@ func (s *benchSelf) stop() {
 	case <-s.done:
 	case <-time.After(10 * time.Second):
 	}
-	s.recv.Close()
-	os.RemoveAll(s.dir)
+	s.closeParts()
 }
 
 // peakRSS reads VmHWM from /proc/self/status (Linux), in KiB.

@@ -5,15 +5,22 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/postback/postback/forwarders"
+	"github.com/postback/postback/store"
 )
 
 func TestBenchSelf(t *testing.T) {
 	var out, errOut bytes.Buffer
 	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
 	code := Main(context.Background(), []string{"bench", "--self", "--duration", "1s", "--concurrency", "4",
-		"--dup-ratio", "0.2", "--mix", "stripe=2,shopify=1,custom=1", "--drain", "5s", "--json"}, env)
+		"--dup-ratio", "0.2", "--mix", "stripe=1,shopify=1,custom=1,apple=1,google=1", "--drain", "15s", "--json"}, env)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
@@ -33,7 +40,7 @@ func TestBenchSelf(t *testing.T) {
 	if rep.Duplicates == 0 {
 		t.Errorf("no duplicates suppressed with --dup-ratio 0.2 over %d requests", rep.Sent)
 	}
-	for _, src := range []string{"stripe", "shopify", "custom"} {
+	for _, src := range benchSources {
 		if rep.BySource[src] == 0 {
 			t.Errorf("no %s notification accepted", src)
 		}
@@ -41,8 +48,35 @@ func TestBenchSelf(t *testing.T) {
 	if rep.Ingest.N != int(rep.Accepted) || rep.Ingest.P50 <= 0 || rep.Ingest.P50 > rep.Ingest.P99 || rep.Ingest.P99 > rep.Ingest.P999 {
 		t.Errorf("ingest percentiles %+v for %d accepted", rep.Ingest, rep.Accepted)
 	}
-	if rep.Delivery == nil || rep.Delivery.N == 0 || rep.Deliveries["bench-hook"] == 0 || rep.DeliveryPS["bench-hook"] <= 0 {
-		t.Errorf("delivery figures %+v %v %v", rep.Delivery, rep.Deliveries, rep.DeliveryPS)
+	if rep.Delivery == nil || rep.Delivery.N == 0 {
+		t.Errorf("ingest-to-delivery %+v", rep.Delivery)
+	}
+	if rep.Undrained != 0 {
+		t.Errorf("%d deliveries or enrichments not drained", rep.Undrained)
+	}
+	// Every new notification is one conversion event; duplicates add none.
+	// Every destination type has a mock receiver and delivers every event
+	// it matches.
+	events := 0
+	for _, n := range rep.DeliveryStates["bench-webhook"] {
+		events += n
+	}
+	// (Pub/Sub pushes are answered 204 without saying whether they were
+	// duplicates, and requests cut off at the end may still have been
+	// stored, so the count is bounded, not exact.)
+	if events == 0 || events > int(rep.Accepted)+4 {
+		t.Errorf("%d events for %d accepted notifications", events, rep.Accepted)
+	}
+	for _, typ := range forwarders.Types() {
+		name := "bench-" + typ
+		states := rep.DeliveryStates[name]
+		if rep.Deliveries[name] == 0 || int(rep.Deliveries[name]) != states[store.StateDelivered] || len(states) != 1 || rep.DeliveryPS[name] <= 0 || rep.ReceiverRequests[name] == 0 {
+			t.Errorf("%s: delivered %d (%.1f/s), states %v, %d requests; want all delivered", name, rep.Deliveries[name], rep.DeliveryPS[name], states, rep.ReceiverRequests[name])
+		}
+		// AppsFlyer matches no Google event (the bench app is an iOS app).
+		if typ != "appsflyer" && states[store.StateDelivered] != events {
+			t.Errorf("%s: %d delivered, want every event (%d)", name, states[store.StateDelivered], events)
+		}
 	}
 	if rep.PeakRSSKiB <= 0 {
 		t.Errorf("peak RSS %d", rep.PeakRSSKiB)
@@ -52,8 +86,11 @@ func TestBenchSelf(t *testing.T) {
 func TestBenchTable(t *testing.T) {
 	var out bytes.Buffer
 	printBench(&out, &BenchReport{Target: "http://x", Accepted: 3, BySource: map[string]int64{"stripe": 3}, ErrorCodes: map[string]int64{"500": 1}, Errors: 1,
-		Delivery: &BenchLatency{P50: 1, P99: 2, N: 3}, Deliveries: map[string]int64{"hook": 3}, DeliveryPS: map[string]float64{"hook": 3}, PeakRSSKiB: 2048})
-	for _, want := range []string{"accepted", "stripe", "errors", "500×1", "ingest latency", "ingest-to-delivery", "deliveries hook", "peak RSS", "2.0 MiB"} {
+		Delivery: &BenchLatency{P50: 1, P99: 2, N: 3}, Deliveries: map[string]int64{"hook": 3, "meta": 2}, DeliveryPS: map[string]float64{"hook": 3, "meta": 2},
+		DeliveryStates: map[string]map[string]int{"hook": {"delivered": 3}, "meta": {"delivered": 2, "skipped": 1}}, ReceiverRequests: map[string]int64{"hook": 3, "meta": 1},
+		Undrained: 7, PeakRSSKiB: 2048})
+	for _, want := range []string{"accepted", "stripe", "errors", "500×1", "ingest latency", "ingest-to-delivery", "deliveries hook", "3 requests",
+		"deliveries meta", "skipped 1, 1 requests", "not drained", "7", "peak RSS", "2.0 MiB"} {
 		if !bytes.Contains(out.Bytes(), []byte(want)) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
@@ -78,6 +115,8 @@ func TestBenchFlags(t *testing.T) {
 		{"stripe without secret", []string{"--mix", "stripe=1"}, 2},
 		{"shopify without secret", []string{"--mix", "shopify=1", "--stripe-secret", "s"}, 2},
 		{"custom without API key", []string{"--mix", "custom=1"}, 2},
+		{"apple without --self", []string{"--mix", "apple=1"}, 2},
+		{"google without --self", []string{"--mix", "stripe=1,google=1", "--stripe-secret", "whsec_x"}, 2},
 		{"unknown flag", []string{"--nope"}, 2},
 		{"gateway not reachable", []string{"--addr", "127.0.0.1:9", "--stripe-secret", "whsec_x", "--duration", "200ms", "--concurrency", "1"}, 1},
 	}
@@ -116,5 +155,60 @@ func TestPercentiles(t *testing.T) {
 	got := percentiles(d)
 	if got.P50 != 500 || got.P99 != 990 || got.P999 != 999 || got.N != 1000 {
 		t.Errorf("percentiles %+v", got)
+	}
+}
+
+func TestBenchReceiver(t *testing.T) {
+	tests := []struct {
+		name, typ, path string
+		errRate         float64
+		status          int
+		body            string
+		counted         bool
+	}{
+		{"appsflyer", "appsflyer", "/inappevent/id1", 0, 200, "ok", true},
+		{"adjust", "adjust", "/event", 0, 200, `{"status":"OK"}`, true},
+		{"singular", "singular", "/api/v1/evt", 0, 200, `{"status":"ok"}`, true},
+		{"branch", "branch", "/v2/event/standard", 0, 200, `{}`, true},
+		{"kochava", "kochava", "/track/json", 0, 200, `{"success":"1"}`, true},
+		{"meta", "meta", "/v25.0/1/events", 0, 200, `{"events_received":1,"messages":[],"fbtrace_id":"bench"}`, true},
+		{"tiktok", "tiktok", "/open_api/v1.3/event/track/", 0, 200, `{"code":0,"message":"OK","request_id":"bench","data":{}}`, true},
+		{"ga4", "ga4", "/mp/collect", 0, 204, ``, true},
+		{"ga4 validation", "ga4", "/debug/mp/collect", 0, 200, `{"validationMessages":[]}`, true},
+		{"webhook", "webhook", "/hook", 0, 200, `{"received":true}`, true},
+		{"error rate 1", "adjust", "/event", 1, 503, ``, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &benchReceiver{name: "bench-" + tc.typ, typ: tc.typ}
+			rec := httptest.NewRecorder()
+			body := `{"id":"evt_1","received_at":"` + time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano) + `"}`
+			t0 := time.Now()
+			b.serve(rec, httptest.NewRequest(http.MethodPost, tc.path, strings.NewReader(body)), 5*time.Millisecond, tc.errRate)
+			if d := time.Since(t0); d < 5*time.Millisecond {
+				t.Errorf("answered after %v, want the configured latency first", d)
+			}
+			got, _ := io.ReadAll(rec.Body)
+			if rec.Code != tc.status || string(got) != tc.body {
+				t.Errorf("got %d %q, want %d %q", rec.Code, got, tc.status, tc.body)
+			}
+			if n := b.requests.Load(); (n == 1) != tc.counted {
+				t.Errorf("counted %d requests, want counted=%t", n, tc.counted)
+			}
+			if tc.typ == "webhook" && (len(b.latency) != 1 || b.latency[0] < time.Second) {
+				t.Errorf("webhook latency %v, want one sample of about 1s", b.latency)
+			}
+		})
+	}
+}
+
+func TestBenchDestination(t *testing.T) {
+	for _, typ := range forwarders.Types() {
+		if _, err := benchDestination(typ, "http://127.0.0.1:1", "whsec_x"); err != nil {
+			t.Errorf("%s: %v", typ, err)
+		}
+	}
+	if _, err := benchDestination("carrier-pigeon", "http://127.0.0.1:1", ""); err == nil {
+		t.Error("an unknown destination type got a config")
 	}
 }
