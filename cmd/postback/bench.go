@@ -63,7 +63,7 @@ var benchSelfOnly = map[string]bool{"apple": true, "google": true}
 
 // benchUsers is the number of app users whose identifiers bench stores
 // through PUT /v1/users before sending; notifications take them in turn.
-const benchUsers = 512
+const benchUsers = 4096
 
 // BenchReport is what `postback bench` measured (the --json output).
 type BenchReport struct {
