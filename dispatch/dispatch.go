@@ -323,7 +323,12 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	if probing {
 		limit = 1 // one probe request decides
 	}
-	due, err := w.d.store.DueFor(w.dest.Name, now, limit, w.leased)
+	// Copy the leases before reading the due index: a send that completes
+	// during the scan releases its lease only after its outcome is
+	// committed, so a delivery either is in this copy or its completed state
+	// is in the scan's snapshot, never neither (which would resend it).
+	leased := w.leaseSnapshot(now)
+	due, err := w.d.store.DueFor(w.dest.Name, now, limit, func(key string) bool { return leased[key] })
 	if err != nil {
 		o.Logger.Error("scan due deliveries", "destination", w.dest.Name, "err", err)
 		return o.Poll
@@ -362,11 +367,18 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	return time.Millisecond
 }
 
-func (w *worker) leased(key string) bool {
+func (w *worker) leaseSnapshot(now time.Time) map[string]bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	exp, ok := w.leases[key]
-	return ok && w.d.opts.Now().Before(exp)
+	out := make(map[string]bool, len(w.leases))
+	for k, exp := range w.leases {
+		if now.Before(exp) {
+			out[k] = true
+		} else {
+			delete(w.leases, k)
+		}
+	}
+	return out
 }
 
 func (w *worker) claim(due []store.Due, now time.Time) {
