@@ -318,7 +318,7 @@ func (s *snapStore) Complete(_ context.Context, cs []store.Completion) error {
 	return nil
 }
 
-func (s *snapStore) NextDue(string) time.Time                 { return time.Time{} }
+func (s *snapStore) NextDue(string) time.Time               { return time.Time{} }
 func (s *snapStore) Queue(string) (store.QueueStats, error) { return store.QueueStats{}, nil }
 
 // TestNoResendWithoutFailure: with no failure at all every delivery is sent
