@@ -64,10 +64,12 @@ type Options struct {
 	IdentityWait time.Duration // default 10m
 	PauseProbe   time.Duration // how often a paused destination is probed; default 5m
 	// Breaker: after BreakerFailures consecutive failed requests the
-	// destination is not called for BreakerCooldown (doubling up to 5m),
+	// destination is not called for BreakerCooldown (doubling up to
+	// BreakerMaxCooldown),
 	// then one probe request decides.
-	BreakerFailures int           // default 5
-	BreakerCooldown time.Duration // default 30s
+	BreakerFailures    int           // default 5
+	BreakerCooldown    time.Duration // default 30s
+	BreakerMaxCooldown time.Duration // the doubling stops here; default 1m
 }
 
 func (o *Options) defaults() {
@@ -103,6 +105,9 @@ func (o *Options) defaults() {
 	}
 	if o.BreakerCooldown == 0 {
 		o.BreakerCooldown = 30 * time.Second
+	}
+	if o.BreakerMaxCooldown == 0 {
+		o.BreakerMaxCooldown = time.Minute
 	}
 }
 
@@ -578,7 +583,7 @@ func (w *worker) health(results []forwarders.Result, now time.Time) {
 			if w.cooldown == 0 {
 				w.cooldown = o.BreakerCooldown
 			} else if w.circuit == "half-open" {
-				w.cooldown = min(w.cooldown*2, 5*time.Minute)
+				w.cooldown = min(w.cooldown*2, o.BreakerMaxCooldown)
 			}
 			if w.circuit != "open" {
 				o.Logger.Warn("circuit open: destination keeps failing", "destination", w.dest.Name, "failures", w.failures, "cooldown", w.cooldown)

@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/labstack/echo/v4"
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/postback/postback/config"
@@ -51,6 +52,11 @@ type benchOptions struct {
 	ReceiverLatency time.Duration
 	ReceiverErrors  float64
 	Drain           time.Duration
+	// Bare replaces the gateway with an echo handler that answers 200 to
+	// everything: the baseline the durable ingest is compared with.
+	Bare bool
+	// Destinations limits --self's destination types ("" all, "none").
+	Destinations string
 }
 
 // benchSources are the sources bench can sign for, in report order.
@@ -91,6 +97,13 @@ type BenchReport struct {
 	Undrained   int    `json:"undrained,omitempty"`
 	PeakRSSKiB  int64  `json:"peak_rss_kib,omitempty"`
 	PeakRSSNote string `json:"peak_rss_note,omitempty"`
+	// RSS sampled every 5 s during the load: the largest value in the
+	// first and in the last tenth of the run, and the growth between them
+	// (memory flatness over a long run).
+	RSSEarlyKiB   int64   `json:"rss_early_kib,omitempty"`
+	RSSLateKiB    int64   `json:"rss_late_kib,omitempty"`
+	RSSGrowthPct  float64 `json:"rss_growth_pct,omitempty"`
+	RSSSamplesKiB []int64 `json:"rss_samples_kib,omitempty"`
 }
 
 // BenchLatency holds latency percentiles in milliseconds.
@@ -122,6 +135,8 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.DurationVar(&o.ReceiverLatency, "receiver-latency", 0, "--self: the mock receivers' answer latency")
 	fs.Float64Var(&o.ReceiverErrors, "receiver-error-rate", 0, "--self: fraction (0..1) of requests the mock receivers answer 503 (retried by the gateway)")
 	fs.DurationVar(&o.Drain, "drain", 10*time.Second, "--self: how long to wait for outstanding deliveries after sending")
+	fs.BoolVar(&o.Bare, "bare", false, "baseline: drive an in-process echo handler that answers 200 without verifying or storing anything (stripe, shopify and custom mixes)")
+	fs.StringVar(&o.Destinations, "destinations", "", "--self: comma-separated destination types to configure (default every type; \"none\" measures ingest alone)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -203,8 +218,14 @@ func (o *benchOptions) check() error {
 	case o.ReceiverErrors < 0 || o.ReceiverErrors > 1:
 		return fmt.Errorf("%w: --receiver-error-rate must be within 0..1", errBenchUsage)
 	}
+	if o.Bare && o.Self {
+		return fmt.Errorf("%w: --bare and --self exclude each other", errBenchUsage)
+	}
 	if o.Self {
 		return nil
+	}
+	if o.Bare {
+		o.StripeSecret, o.ShopifySecret, o.APIKey = "whsec_bare_baseline", "shpss_bare_baseline", "bare-baseline"
 	}
 	for _, src := range benchSources {
 		if _, ok := o.Mix[src]; ok && benchSelfOnly[src] {
@@ -277,6 +298,14 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 		defer self.stop()
 		r.base = self.url
 		r.fakes = self.fakes
+	} else if o.Bare {
+		base, stop, err := startBare()
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		r.base = base
+		r.o.APIKey = "" // nothing to store identifiers in
 	} else {
 		r.base = "http://" + strings.TrimPrefix(strings.TrimPrefix(o.Addr, "http://"), "https://")
 	}
@@ -286,9 +315,11 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 		}
 	}
 	start := time.Now()
+	samples := sampleRSS(ctx, 5*time.Second)
 	r.load(ctx)
 	elapsed := time.Since(start)
 	rep := r.report(elapsed)
+	rep.rssFlatness(samples())
 	if self != nil {
 		self.finish(ctx, rep, start, o.Drain)
 	}
@@ -590,6 +621,9 @@ func printBench(w io.Writer, r *BenchReport) {
 	if r.PeakRSSKiB > 0 {
 		fmt.Fprintf(t, "peak RSS\t%.1f MiB\t%s\n", float64(r.PeakRSSKiB)/1024, r.PeakRSSNote)
 	}
+	if r.RSSEarlyKiB > 0 {
+		fmt.Fprintf(t, "RSS early / late\t%.1f / %.1f MiB\t%+.1f%%\n", float64(r.RSSEarlyKiB)/1024, float64(r.RSSLateKiB)/1024, r.RSSGrowthPct)
+	}
 	t.Flush()
 }
 
@@ -760,7 +794,16 @@ func startBenchSelf(ctx context.Context, o *benchOptions) (s *benchSelf, err err
 	hookSecret := "whsec_" + base64.StdEncoding.EncodeToString(key)
 
 	var dests strings.Builder
+	want := map[string]bool{}
+	for _, t := range strings.Split(o.Destinations, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			want[t] = true
+		}
+	}
 	for _, typ := range forwarders.Types() {
+		if len(want) > 0 && !want[typ] {
+			continue
+		}
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
@@ -890,16 +933,91 @@ func (s *benchSelf) stop() {
 	s.closeParts()
 }
 
+// sampleRSS records the process's resident size every interval until the
+// returned function is called, which stops and returns the samples.
+func sampleRSS(ctx context.Context, every time.Duration) func() []int64 {
+	var mu sync.Mutex
+	var out []int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if kib, err := procStatusKiB("VmRSS:"); err == nil {
+					mu.Lock()
+					out = append(out, kib)
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+	return func() []int64 {
+		close(stop)
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		return out
+	}
+}
+
+// rssFlatness compares the first and last tenth of the samples (at least
+// one sample each); fewer than 4 samples say nothing and are left out.
+func (r *BenchReport) rssFlatness(s []int64) {
+	if len(s) < 4 {
+		return
+	}
+	n := max(1, len(s)/10)
+	maxOf := func(xs []int64) int64 {
+		m := xs[0]
+		for _, x := range xs {
+			m = max(m, x)
+		}
+		return m
+	}
+	r.RSSSamplesKiB = s
+	r.RSSEarlyKiB, r.RSSLateKiB = maxOf(s[:n]), maxOf(s[len(s)-n:])
+	r.RSSGrowthPct = 100 * float64(r.RSSLateKiB-r.RSSEarlyKiB) / float64(r.RSSEarlyKiB)
+}
+
 // peakRSS reads VmHWM from /proc/self/status (Linux), in KiB.
-func peakRSS() (int64, error) {
+func peakRSS() (int64, error) { return procStatusKiB("VmHWM:") }
+
+// procStatusKiB reads one "Name:   123 kB" line of /proc/self/status.
+func procStatusKiB(field string) (int64, error) {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 		}
 	}
-	return 0, errors.New("bench: no VmHWM in /proc/self/status")
+	return 0, fmt.Errorf("bench: no %s in /proc/self/status", field)
+}
+
+// startBare serves the baseline: echo answering 200 to every request after
+// reading its body, nothing verified or stored.
+func startBare() (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.Any("/*", func(c echo.Context) error {
+		_, _ = io.Copy(io.Discard, c.Request().Body)
+		return c.NoContent(http.StatusOK)
+	})
+	srv := &http.Server{Handler: e, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
 }

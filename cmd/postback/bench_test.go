@@ -118,6 +118,8 @@ func TestBenchFlags(t *testing.T) {
 		{"apple without --self", []string{"--mix", "apple=1"}, 2},
 		{"google without --self", []string{"--mix", "stripe=1,google=1", "--stripe-secret", "whsec_x"}, 2},
 		{"unknown flag", []string{"--nope"}, 2},
+		{"bare and self", []string{"--bare", "--self"}, 2},
+		{"bare with apple", []string{"--bare", "--mix", "apple=1"}, 2},
 		{"gateway not reachable", []string{"--addr", "127.0.0.1:9", "--stripe-secret", "whsec_x", "--duration", "200ms", "--concurrency", "1"}, 1},
 	}
 	for _, tc := range tests {
@@ -128,6 +130,38 @@ func TestBenchFlags(t *testing.T) {
 				t.Errorf("exit %d, want %d; stderr %s", code, tc.code, errOut.String())
 			}
 		})
+	}
+}
+
+// TestBenchBare drives the bare baseline handler: everything is accepted,
+// nothing is verified or stored.
+func TestBenchBare(t *testing.T) {
+	var out, errOut bytes.Buffer
+	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+	code := Main(context.Background(), []string{"bench", "--bare", "--mix", "stripe=1,shopify=1,custom=1", "--duration", "300ms", "--concurrency", "2", "--json"}, env)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var rep BenchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil || rep.Accepted == 0 || rep.Errors != 0 {
+		t.Fatalf("report %s (%v): want accepted > 0 and no errors", out.String(), err)
+	}
+}
+
+func TestRSSFlatness(t *testing.T) {
+	var r BenchReport
+	r.rssFlatness([]int64{100, 100})
+	if r.RSSEarlyKiB != 0 {
+		t.Error("two samples must say nothing")
+	}
+	s := make([]int64, 20)
+	for i := range s {
+		s[i] = 1000
+	}
+	s[1], s[19] = 1100, 1210
+	r.rssFlatness(s)
+	if r.RSSEarlyKiB != 1100 || r.RSSLateKiB != 1210 || r.RSSGrowthPct < 9.99 || r.RSSGrowthPct > 10.01 {
+		t.Errorf("early %d late %d growth %.2f, want 1100, 1210, 10%%", r.RSSEarlyKiB, r.RSSLateKiB, r.RSSGrowthPct)
 	}
 }
 

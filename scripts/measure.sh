@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Reproduces every figure in docs/PERFORMANCE.md on this machine. Run it on an
+# otherwise idle machine: each figure is a ratio to a limit measured in the
+# same run, but absolute numbers move with load. Takes about 4 minutes
+# (add LONG=1 for the 10-minute memory run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/postback-measure}
+mkdir -p "$out"
+go build -o "$out/postback" ./cmd/postback
+pb="$out/postback"
+
+echo "== limits: P-256 verify, bbolt commit per write vs group commit, bare echo handler"
+go test ./webhooks -run '^$' -bench 'P256Verify|AppleVerify' -benchtime 2s | tee "$out/apple.txt"
+go test ./store -run x -bench . -benchtime 2000x | tee "$out/store.txt"
+go test ./server -run x -bench 'StripeIngest|BoltCommitPerWrite' -benchtime 2000x | tee "$out/server.txt"
+"$pb" bench --bare --mix stripe=1 --duration 15s --concurrency 32 --json > "$out/bare.json"
+
+echo "== ingest flat out over HTTP, durable, no destinations"
+for src in stripe shopify custom apple; do
+  "$pb" bench --self --destinations none --mix "$src=1" --duration 15s --concurrency 32 --json > "$out/ingest-$src.json"
+done
+
+echo "== 1000 notifications/s against a 20 ms webhook receiver"
+"$pb" bench --self --destinations webhook --mix stripe=1 --rate 1000 --duration 30s --concurrency 64 \
+  --receiver-latency 20ms --json > "$out/rate1000.json"
+
+echo "== every source to every destination type"
+"$pb" bench --self --mix stripe=1,shopify=1,custom=1,apple=1,google=1 --duration 15s --json > "$out/mixed.json"
+
+if [ "${LONG:-}" = 1 ]; then
+  echo "== 10 minutes at 300/s: memory"
+  "$pb" bench --self --destinations webhook --mix stripe=1 --rate 300 --duration 10m --receiver-latency 20ms --json > "$out/long.json"
+fi
+echo "results in $out"
