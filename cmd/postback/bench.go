@@ -17,6 +17,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/metrics"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,6 +60,7 @@ type benchOptions struct {
 	Bare bool
 	// Destinations limits --self's destination types ("" all, "none").
 	Destinations string
+	heapProfile  string // written after the load, before the gateway stops
 }
 
 // benchSources are the sources bench can sign for, in report order.
@@ -97,13 +101,20 @@ type BenchReport struct {
 	Undrained   int    `json:"undrained,omitempty"`
 	PeakRSSKiB  int64  `json:"peak_rss_kib,omitempty"`
 	PeakRSSNote string `json:"peak_rss_note,omitempty"`
-	// RSS sampled every 5 s during the load: the largest value in the
-	// first and in the last tenth of the run, and the growth between them
-	// (memory flatness over a long run).
+	// Anonymous RSS (RssAnon: heap, stacks; not the mmapped database file)
+	// sampled every 5 s during the load: the largest value in the first and
+	// in the last tenth of the run, and the growth between them (memory
+	// flatness over a long run).
 	RSSEarlyKiB   int64   `json:"rss_early_kib,omitempty"`
 	RSSLateKiB    int64   `json:"rss_late_kib,omitempty"`
 	RSSGrowthPct  float64 `json:"rss_growth_pct,omitempty"`
 	RSSSamplesKiB []int64 `json:"rss_samples_kib,omitempty"`
+	// Go's live heap after each GC (runtime/metrics /gc/heap/live:bytes),
+	// sampled with the RSS: what the process really keeps.
+	HeapEarlyKiB   int64   `json:"heap_live_early_kib,omitempty"`
+	HeapLateKiB    int64   `json:"heap_live_late_kib,omitempty"`
+	HeapGrowthPct  float64 `json:"heap_live_growth_pct,omitempty"`
+	HeapSamplesKiB []int64 `json:"heap_live_samples_kib,omitempty"`
 }
 
 // BenchLatency holds latency percentiles in milliseconds.
@@ -135,6 +146,8 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.DurationVar(&o.ReceiverLatency, "receiver-latency", 0, "--self: the mock receivers' answer latency")
 	fs.Float64Var(&o.ReceiverErrors, "receiver-error-rate", 0, "--self: fraction (0..1) of requests the mock receivers answer 503 (retried by the gateway)")
 	fs.DurationVar(&o.Drain, "drain", 10*time.Second, "--self: how long to wait for outstanding deliveries after sending")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (with --self it covers the in-process gateway; view with go tool pprof)")
+	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file")
 	fs.BoolVar(&o.Bare, "bare", false, "baseline: drive an in-process echo handler that answers 200 without verifying or storing anything (stripe, shopify and custom mixes)")
 	fs.StringVar(&o.Destinations, "destinations", "", "--self: comma-separated destination types to configure (default every type; \"none\" measures ingest alone)")
 	if err := fs.Parse(args); err != nil {
@@ -153,6 +166,22 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	if err := o.check(); err != nil {
 		fmt.Fprintln(env.Stderr, "postback bench:", err)
 		return 2
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(env.Stderr, "postback bench:", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(env.Stderr, "postback bench:", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *memProfile != "" {
+		o.heapProfile = *memProfile
 	}
 	rep, err := runBench(ctx, o)
 	if err != nil {
@@ -256,7 +285,7 @@ type benchRun struct {
 
 	mu       sync.Mutex
 	sent     []benchSent // notifications sent so far (duplicate pool)
-	lat      []time.Duration
+	lat      latencyHist
 	accepted int64
 	dups     int64
 	errs     int64
@@ -320,6 +349,11 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 	elapsed := time.Since(start)
 	rep := r.report(elapsed)
 	rep.rssFlatness(samples())
+	if o.heapProfile != "" {
+		if err := writeHeapProfile(o.heapProfile); err != nil {
+			return nil, err
+		}
+	}
 	if self != nil {
 		self.finish(ctx, rep, start, o.Drain)
 	}
@@ -408,7 +442,7 @@ func (r *benchRun) one(ctx context.Context, rng *mrand.Rand) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.total++
-	r.lat = append(r.lat, d)
+	r.lat.add(d)
 	r.accepted++
 	r.bySource[s.source]++
 	if duplicate {
@@ -561,7 +595,7 @@ func (r *benchRun) report(elapsed time.Duration) *BenchReport {
 	defer r.mu.Unlock()
 	rep := &BenchReport{
 		Target: r.base, Duration: elapsed.Seconds(), Sent: r.total, Accepted: r.accepted,
-		Duplicates: r.dups, Errors: r.errs, BySource: r.bySource, Ingest: percentiles(r.lat),
+		Duplicates: r.dups, Errors: r.errs, BySource: r.bySource, Ingest: r.lat.percentiles(),
 	}
 	if len(r.codes) > 0 {
 		rep.ErrorCodes = r.codes
@@ -573,18 +607,46 @@ func (r *benchRun) report(elapsed time.Duration) *BenchReport {
 }
 
 // percentiles computes p50/p99/p99.9 (nearest rank) in milliseconds.
-func percentiles(d []time.Duration) BenchLatency {
-	if len(d) == 0 {
+// latencyHist is a fixed-size histogram of durations in 1 % logarithmic
+// buckets from 1 µs to about 20 minutes, so a long run's bookkeeping does not
+// grow with the number of requests (which would show up as memory growth of
+// the process being measured).
+type latencyHist struct {
+	counts [histBuckets]int64
+	n      int
+}
+
+const histBuckets = 2100 // 1.01^2100 µs ≈ 20 min
+
+var histLogBase = math.Log(1.01)
+
+func (h *latencyHist) add(d time.Duration) {
+	us := float64(d) / float64(time.Microsecond)
+	i := 0
+	if us > 1 {
+		i = min(int(math.Log(us)/histLogBase), histBuckets-1)
+	}
+	h.counts[i]++
+	h.n++
+}
+
+// percentiles reports p50/p99/p99.9 in milliseconds, each the upper bound of
+// its bucket (at most 1 % above the true value).
+func (h *latencyHist) percentiles() BenchLatency {
+	if h.n == 0 {
 		return BenchLatency{}
 	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	at := func(p float64) float64 {
-		i := int(math.Ceil(p*float64(len(s)))) - 1
-		i = max(0, min(i, len(s)-1))
-		return float64(s[i].Microseconds()) / 1000
+		target := int64(math.Ceil(p * float64(h.n)))
+		var cum int64
+		for i, c := range h.counts {
+			if cum += c; cum >= target {
+				return math.Round(math.Pow(1.01, float64(i+1))) / 1000
+			}
+		}
+		return 0
 	}
-	return BenchLatency{P50: at(0.50), P99: at(0.99), P999: at(0.999), N: len(s)}
+	return BenchLatency{P50: at(0.50), P99: at(0.99), P999: at(0.999), N: h.n}
 }
 
 func printBench(w io.Writer, r *BenchReport) {
@@ -622,7 +684,8 @@ func printBench(w io.Writer, r *BenchReport) {
 		fmt.Fprintf(t, "peak RSS\t%.1f MiB\t%s\n", float64(r.PeakRSSKiB)/1024, r.PeakRSSNote)
 	}
 	if r.RSSEarlyKiB > 0 {
-		fmt.Fprintf(t, "RSS early / late\t%.1f / %.1f MiB\t%+.1f%%\n", float64(r.RSSEarlyKiB)/1024, float64(r.RSSLateKiB)/1024, r.RSSGrowthPct)
+		fmt.Fprintf(t, "anon RSS early / late\t%.1f / %.1f MiB\t%+.1f%%\n", float64(r.RSSEarlyKiB)/1024, float64(r.RSSLateKiB)/1024, r.RSSGrowthPct)
+		fmt.Fprintf(t, "live heap early / late\t%.1f / %.1f MiB\t%+.1f%%\n", float64(r.HeapEarlyKiB)/1024, float64(r.HeapLateKiB)/1024, r.HeapGrowthPct)
 	}
 	t.Flush()
 }
@@ -667,7 +730,7 @@ type benchReceiver struct {
 	requests  atomic.Int64
 	mu        sync.Mutex
 	last      time.Time
-	latency   []time.Duration // webhook only: received_at to arrival
+	latency   latencyHist // webhook only: received_at to arrival
 }
 
 // benchAnswers are the success answers of each destination type's API.
@@ -741,7 +804,7 @@ func (b *benchReceiver) serve(w http.ResponseWriter, req *http.Request, lat time
 			ReceivedAt time.Time `json:"received_at"`
 		}
 		if json.Unmarshal(body, &ev) == nil && !ev.ReceivedAt.IsZero() {
-			b.latency = append(b.latency, now.Sub(ev.ReceivedAt))
+			b.latency.add(now.Sub(ev.ReceivedAt))
 		}
 	}
 	b.mu.Unlock()
@@ -893,7 +956,7 @@ func (s *benchSelf) finish(ctx context.Context, rep *BenchReport, start time.Tim
 		b.mu.Lock()
 		last := b.last
 		if b.typ == "webhook" {
-			lat := percentiles(b.latency)
+			lat := b.latency.percentiles()
 			rep.Delivery = &lat
 		}
 		b.mu.Unlock()
@@ -935,9 +998,9 @@ func (s *benchSelf) stop() {
 
 // sampleRSS records the process's resident size every interval until the
 // returned function is called, which stops and returns the samples.
-func sampleRSS(ctx context.Context, every time.Duration) func() []int64 {
+func sampleRSS(ctx context.Context, every time.Duration) func() (rss, heap []int64) {
 	var mu sync.Mutex
-	var out []int64
+	var out, heap []int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -951,27 +1014,32 @@ func sampleRSS(ctx context.Context, every time.Duration) func() []int64 {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if kib, err := procStatusKiB("VmRSS:"); err == nil {
+				// Anonymous memory only: the database file's mmapped pages
+				// are page cache that grows with the data, not a leak.
+				if kib, err := procStatusKiB("RssAnon:"); err == nil {
+					live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+					metrics.Read(live)
 					mu.Lock()
 					out = append(out, kib)
+					heap = append(heap, int64(live[0].Value.Uint64()/1024))
 					mu.Unlock()
 				}
 			}
 		}
 	}()
-	return func() []int64 {
+	return func() ([]int64, []int64) {
 		close(stop)
 		<-done
 		mu.Lock()
 		defer mu.Unlock()
-		return out
+		return out, heap
 	}
 }
 
 // rssFlatness compares the first and last tenth of the samples (at least
 // one sample each); fewer than 4 samples say nothing and are left out.
-func (r *BenchReport) rssFlatness(s []int64) {
-	if len(s) < 4 {
+func (r *BenchReport) rssFlatness(s, heap []int64) {
+	if len(s) < 4 || len(heap) != len(s) {
 		return
 	}
 	n := max(1, len(s)/10)
@@ -982,9 +1050,11 @@ func (r *BenchReport) rssFlatness(s []int64) {
 		}
 		return m
 	}
-	r.RSSSamplesKiB = s
+	r.RSSSamplesKiB, r.HeapSamplesKiB = s, heap
 	r.RSSEarlyKiB, r.RSSLateKiB = maxOf(s[:n]), maxOf(s[len(s)-n:])
 	r.RSSGrowthPct = 100 * float64(r.RSSLateKiB-r.RSSEarlyKiB) / float64(r.RSSEarlyKiB)
+	r.HeapEarlyKiB, r.HeapLateKiB = maxOf(heap[:n]), maxOf(heap[len(heap)-n:])
+	r.HeapGrowthPct = 100 * float64(r.HeapLateKiB-r.HeapEarlyKiB) / float64(r.HeapEarlyKiB)
 }
 
 // peakRSS reads VmHWM from /proc/self/status (Linux), in KiB.
@@ -1020,4 +1090,15 @@ func startBare() (string, func(), error) {
 	srv := &http.Server{Handler: e, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
+}
+
+// writeHeapProfile writes the live heap (after a GC) to path.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	runtime.GC()
+	return pprof.WriteHeapProfile(f)
 }

@@ -150,7 +150,7 @@ func TestBenchBare(t *testing.T) {
 
 func TestRSSFlatness(t *testing.T) {
 	var r BenchReport
-	r.rssFlatness([]int64{100, 100})
+	r.rssFlatness([]int64{100, 100}, []int64{1, 1})
 	if r.RSSEarlyKiB != 0 {
 		t.Error("two samples must say nothing")
 	}
@@ -159,8 +159,8 @@ func TestRSSFlatness(t *testing.T) {
 		s[i] = 1000
 	}
 	s[1], s[19] = 1100, 1210
-	r.rssFlatness(s)
-	if r.RSSEarlyKiB != 1100 || r.RSSLateKiB != 1210 || r.RSSGrowthPct < 9.99 || r.RSSGrowthPct > 10.01 {
+	r.rssFlatness(s, s)
+	if r.RSSEarlyKiB != 1100 || r.RSSLateKiB != 1210 || r.RSSGrowthPct < 9.99 || r.RSSGrowthPct > 10.01 || r.HeapGrowthPct != r.RSSGrowthPct {
 		t.Errorf("early %d late %d growth %.2f, want 1100, 1210, 10%%", r.RSSEarlyKiB, r.RSSLateKiB, r.RSSGrowthPct)
 	}
 }
@@ -179,16 +179,17 @@ func TestParseMix(t *testing.T) {
 }
 
 func TestPercentiles(t *testing.T) {
-	if got := percentiles(nil); got != (BenchLatency{}) {
+	var h latencyHist
+	if got := h.percentiles(); got != (BenchLatency{}) {
 		t.Errorf("empty: %+v", got)
 	}
-	var d []time.Duration
 	for i := 1; i <= 1000; i++ {
-		d = append(d, time.Duration(i)*time.Millisecond)
+		h.add(time.Duration(i) * time.Millisecond)
 	}
-	got := percentiles(d)
-	if got.P50 != 500 || got.P99 != 990 || got.P999 != 999 || got.N != 1000 {
-		t.Errorf("percentiles %+v", got)
+	got := h.percentiles()
+	within := func(got, want float64) bool { return got >= want && got <= want*1.0101 }
+	if !within(got.P50, 500) || !within(got.P99, 990) || !within(got.P999, 999) || got.N != 1000 {
+		t.Errorf("percentiles %+v, want 500/990/999 ms within 1 %%", got)
 	}
 }
 
@@ -229,8 +230,8 @@ func TestBenchReceiver(t *testing.T) {
 			if n := b.requests.Load(); (n == 1) != tc.counted {
 				t.Errorf("counted %d requests, want counted=%t", n, tc.counted)
 			}
-			if tc.typ == "webhook" && (len(b.latency) != 1 || b.latency[0] < time.Second) {
-				t.Errorf("webhook latency %v, want one sample of about 1s", b.latency)
+			if p := b.latency.percentiles(); tc.typ == "webhook" && (p.N != 1 || p.P50 < 1000) {
+				t.Errorf("webhook latency %+v, want one sample of about 1s", p)
 			}
 		})
 	}
