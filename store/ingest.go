@@ -157,6 +157,11 @@ func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResul
 		if err := tx.Bucket(bEventsTime).Put(timeKey(e.ReceivedAt, e.ID), nil); err != nil {
 			return err
 		}
+		if e.User.AppUserID != "" {
+			if err := tx.Bucket(bUserEvents).Put(userEventKey(e.User.AppUserID, e.ID), nil); err != nil {
+				return err
+			}
+		}
 		for _, dest := range db.opts.Route(e) {
 			d := Delivery{
 				Key: deliveryKey(e.ID, dest), EventID: e.ID, Destination: dest, State: StatePending,

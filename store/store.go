@@ -44,10 +44,11 @@ var (
 	bAttempts   = []byte("attempts")    // delivery key 0 n(4) -> Attempt
 	bUsers      = []byte("users")       // app_user_id -> User
 	bWaiting    = []byte("waiting")     // app_user_id 0 delivery key -> nil
+	bUserEvents = []byte("user_events") // app_user_id 0 event id -> nil (privacy erasure)
 	bMeta       = []byte("meta")        // name -> value
 )
 
-var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bMeta}
+var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta}
 
 // Options configure a DB. The zero value is usable: nil fields get defaults.
 type Options struct {

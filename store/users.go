@@ -158,24 +158,27 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 			v any
 		}
 		var events, states []upd
-		err := tx.Bucket(bEvents).ForEach(func(k, v []byte) error {
-			if !bytes.Contains(v, needle) {
-				return nil
+		// The user's events come from the user_events index, so an erasure
+		// reads only that user's events, not the whole store.
+		eb := tx.Bucket(bEvents)
+		prefix := userEventKey(appUserID, "")
+		c := tx.Bucket(bUserEvents).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			id := k[len(prefix):]
+			v := eb.Get(id)
+			if v == nil {
+				continue
 			}
 			var e mapping.Event
 			if err := json.Unmarshal(v, &e); err != nil {
-				return nil
+				continue
 			}
 			if e.User.AppUserID == appUserID && len(e.User.Identifiers) > 0 {
 				e.User.Identifiers = nil
-				events = append(events, upd{append([]byte(nil), k...), &e})
+				events = append(events, upd{append([]byte(nil), id...), &e})
 			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
-		err = tx.Bucket(bStates).ForEach(func(k, v []byte) error {
+		err := tx.Bucket(bStates).ForEach(func(k, v []byte) error {
 			if !bytes.Contains(v, needle) {
 				return nil
 			}
@@ -207,3 +210,5 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 	}, nil)
 	return n, err
 }
+
+func userEventKey(user, eventID string) []byte { return []byte(user + "\x00" + eventID) }
