@@ -531,7 +531,7 @@ func (c *Config) applyDefaults() {
 			}
 		}
 		if d.RateLimit.PerSecond == 0 {
-			d.RateLimit.PerSecond = 50
+			d.RateLimit.PerSecond = 200
 		}
 		if d.RateLimit.Burst == 0 {
 			d.RateLimit.Burst = int(d.RateLimit.PerSecond * 2)
@@ -546,7 +546,7 @@ func (c *Config) applyDefaults() {
 			d.Retry.MaxAge = Duration(72 * time.Hour)
 		}
 		if d.Concurrency == 0 {
-			d.Concurrency = 4
+			d.Concurrency = 16
 		}
 		if d.Timeout == 0 {
 			d.Timeout = Duration(15 * time.Second)

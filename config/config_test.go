@@ -133,8 +133,8 @@ func TestShippedConfig(t *testing.T) {
 		d := c.Destinations[0]
 		if c.Server.Listen != ":8080" || c.Server.MaxBodyBytes != 1<<20 || c.Storage.Retention.D() != 720*time.Hour ||
 			c.IdentityWait.D() != 10*time.Minute || c.Sources.Stripe.Tolerance.D() != 5*time.Minute ||
-			d.Retry.MaxAttempts != 12 || d.Retry.MaxAge.D() != 72*time.Hour || d.RateLimit.PerSecond != 50 ||
-			d.RateLimit.Burst != 100 || d.Concurrency != 4 || d.Linger == nil || d.Linger.D() != time.Second {
+			d.Retry.MaxAttempts != 12 || d.Retry.MaxAge.D() != 72*time.Hour || d.RateLimit.PerSecond != 200 ||
+			d.RateLimit.Burst != 400 || d.Concurrency != 16 || d.Linger == nil || d.Linger.D() != time.Second {
 			t.Errorf("defaults not applied: %+v %+v", c, d)
 		}
 		if got := strings.Join(d.Match.Environments, ","); got != "production,sandbox" {

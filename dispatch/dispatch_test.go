@@ -58,7 +58,7 @@ func (f *fakeForwarder) callCount() int {
 	return len(f.calls)
 }
 
-func setup(t *testing.T, n int, dest Destination, opts Options) (*store.DB, *Dispatcher) {
+func setup(t testing.TB, n int, dest Destination, opts Options) (*store.DB, *Dispatcher) {
 	t.Helper()
 	var d *Dispatcher
 	db, err := store.Open(t.TempDir()+"/db", &store.Options{
@@ -89,14 +89,14 @@ func setup(t *testing.T, n int, dest Destination, opts Options) (*store.DB, *Dis
 	return db, d
 }
 
-func ingest(t *testing.T, db *store.DB, key string) {
+func ingest(t testing.TB, db *store.DB, key string) {
 	t.Helper()
 	if _, err := db.Ingest(context.Background(), &mapping.Notification{Source: "test", Key: key, Body: []byte("{}")}); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -108,7 +108,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
-func states(t *testing.T, db *store.DB) map[string]int {
+func states(t testing.TB, db *store.DB) map[string]int {
 	ds, err := db.Deliveries(store.DeliveryFilter{Limit: 1 << 20})
 	if err != nil {
 		t.Fatal(err)

@@ -126,16 +126,26 @@ destinations:
 		close(stop)
 		wg.Wait()
 		deadline := time.Now().Add(30 * time.Second)
+		lastTotal, stableSince := -1, time.Now()
 		for {
 			mu.Lock()
-			missing := 0
+			missing, total := 0, 0
 			for id := range acked {
 				if received[mapping.EventID(mapping.SourceStripe, "trial_started", "sub_"+id)] == 0 {
 					missing++
 				}
 			}
+			for _, n := range received {
+				total += n
+			}
 			mu.Unlock()
-			if missing == 0 {
+			if total != lastTotal {
+				lastTotal, stableSince = total, time.Now()
+			}
+			// Every acknowledged event is delivered, and deliveries have
+			// stopped: events stored but not acknowledged (the process
+			// died before answering) are delivered too.
+			if missing == 0 && time.Since(stableSince) > time.Second {
 				break
 			}
 			if time.Now().After(deadline) {
