@@ -124,7 +124,7 @@ func Open(path string, opts *Options) (*DB, error) {
 		Timeout:         o.OpenTimeout,
 		NoFreelistSync:  true,
 		FreelistType:    bolt.FreelistMapType,
-		InitialMmapSize: 1 << 30,
+		InitialMmapSize: 8 << 30, // virtual only: no remap stall (which waits for every reader) below 8 GiB
 	})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s (stop the other postback, or point storage.path elsewhere)", ErrLocked, path)
