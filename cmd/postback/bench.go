@@ -61,6 +61,9 @@ type benchOptions struct {
 	// Destinations limits --self's destination types ("" all, "none").
 	Destinations string
 	heapProfile  string // written after the load, before the gateway stops
+	// PID is the target gateway's process id (against --addr on the same
+	// machine): its peak and anonymous RSS are reported.
+	PID int
 }
 
 // benchSources are the sources bench can sign for, in report order.
@@ -147,6 +150,7 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.Float64Var(&o.ReceiverErrors, "receiver-error-rate", 0, "--self: fraction (0..1) of requests the mock receivers answer 503 (retried by the gateway)")
 	fs.DurationVar(&o.Drain, "drain", 10*time.Second, "--self: how long to wait for outstanding deliveries after sending")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (with --self it covers the in-process gateway; view with go tool pprof)")
+	fs.IntVar(&o.PID, "pid", 0, "with --addr: the gateway's process id on this machine, to report its peak RSS and sample its memory")
 	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file")
 	fs.BoolVar(&o.Bare, "bare", false, "baseline: drive an in-process echo handler that answers 200 without verifying or storing anything (stripe, shopify and custom mixes)")
 	fs.StringVar(&o.Destinations, "destinations", "", "--self: comma-separated destination types to configure (default every type; \"none\" measures ingest alone)")
@@ -250,6 +254,9 @@ func (o *benchOptions) check() error {
 	if o.Bare && o.Self {
 		return fmt.Errorf("%w: --bare and --self exclude each other", errBenchUsage)
 	}
+	if o.PID != 0 && (o.Self || o.Bare || o.PID < 0) {
+		return fmt.Errorf("%w: --pid names a gateway started elsewhere (with --addr)", errBenchUsage)
+	}
 	if o.Self {
 		return nil
 	}
@@ -344,11 +351,17 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 		}
 	}
 	start := time.Now()
-	samples := sampleRSS(ctx, 5*time.Second)
+	samples := sampleRSS(ctx, 5*time.Second, o.PID)
 	r.load(ctx)
 	elapsed := time.Since(start)
 	rep := r.report(elapsed)
 	rep.rssFlatness(samples())
+	if o.PID > 0 {
+		if kib, err := procStatusKiB(o.PID, "VmHWM:"); err == nil {
+			rep.PeakRSSKiB = kib
+			rep.PeakRSSNote = fmt.Sprintf("VmHWM of process %d (the target gateway)", o.PID)
+		}
+	}
 	if o.heapProfile != "" {
 		if err := writeHeapProfile(o.heapProfile); err != nil {
 			return nil, err
@@ -685,7 +698,9 @@ func printBench(w io.Writer, r *BenchReport) {
 	}
 	if r.RSSEarlyKiB > 0 {
 		fmt.Fprintf(t, "anon RSS early / late\t%.1f / %.1f MiB\t%+.1f%%\n", float64(r.RSSEarlyKiB)/1024, float64(r.RSSLateKiB)/1024, r.RSSGrowthPct)
-		fmt.Fprintf(t, "live heap early / late\t%.1f / %.1f MiB\t%+.1f%%\n", float64(r.HeapEarlyKiB)/1024, float64(r.HeapLateKiB)/1024, r.HeapGrowthPct)
+		if r.HeapEarlyKiB > 0 {
+			fmt.Fprintf(t, "live heap early / late\t%.1f / %.1f MiB\t%+.1f%%\n", float64(r.HeapEarlyKiB)/1024, float64(r.HeapLateKiB)/1024, r.HeapGrowthPct)
+		}
 	}
 	t.Flush()
 }
@@ -998,7 +1013,7 @@ func (s *benchSelf) stop() {
 
 // sampleRSS records the process's resident size every interval until the
 // returned function is called, which stops and returns the samples.
-func sampleRSS(ctx context.Context, every time.Duration) func() (rss, heap []int64) {
+func sampleRSS(ctx context.Context, every time.Duration, pid int) func() (rss, heap []int64) {
 	var mu sync.Mutex
 	var out, heap []int64
 	stop := make(chan struct{})
@@ -1016,12 +1031,14 @@ func sampleRSS(ctx context.Context, every time.Duration) func() (rss, heap []int
 			case <-t.C:
 				// Anonymous memory only: the database file's mmapped pages
 				// are page cache that grows with the data, not a leak.
-				if kib, err := procStatusKiB("RssAnon:"); err == nil {
+				if kib, err := procStatusKiB(pid, "RssAnon:"); err == nil {
 					live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 					metrics.Read(live)
 					mu.Lock()
 					out = append(out, kib)
-					heap = append(heap, int64(live[0].Value.Uint64()/1024))
+					if pid == 0 { // the live heap is only known in-process
+						heap = append(heap, int64(live[0].Value.Uint64()/1024))
+					}
 					mu.Unlock()
 				}
 			}
@@ -1039,7 +1056,7 @@ func sampleRSS(ctx context.Context, every time.Duration) func() (rss, heap []int
 // rssFlatness compares the first and last tenth of the samples (at least
 // one sample each); fewer than 4 samples say nothing and are left out.
 func (r *BenchReport) rssFlatness(s, heap []int64) {
-	if len(s) < 4 || len(heap) != len(s) {
+	if len(s) < 4 {
 		return
 	}
 	n := max(1, len(s)/10)
@@ -1053,16 +1070,23 @@ func (r *BenchReport) rssFlatness(s, heap []int64) {
 	r.RSSSamplesKiB, r.HeapSamplesKiB = s, heap
 	r.RSSEarlyKiB, r.RSSLateKiB = maxOf(s[:n]), maxOf(s[len(s)-n:])
 	r.RSSGrowthPct = 100 * float64(r.RSSLateKiB-r.RSSEarlyKiB) / float64(r.RSSEarlyKiB)
-	r.HeapEarlyKiB, r.HeapLateKiB = maxOf(heap[:n]), maxOf(heap[len(heap)-n:])
-	r.HeapGrowthPct = 100 * float64(r.HeapLateKiB-r.HeapEarlyKiB) / float64(r.HeapEarlyKiB)
+	if len(heap) == len(s) {
+		r.HeapEarlyKiB, r.HeapLateKiB = maxOf(heap[:n]), maxOf(heap[len(heap)-n:])
+		r.HeapGrowthPct = 100 * float64(r.HeapLateKiB-r.HeapEarlyKiB) / float64(r.HeapEarlyKiB)
+	}
 }
 
 // peakRSS reads VmHWM from /proc/self/status (Linux), in KiB.
-func peakRSS() (int64, error) { return procStatusKiB("VmHWM:") }
+func peakRSS() (int64, error) { return procStatusKiB(0, "VmHWM:") }
 
-// procStatusKiB reads one "Name:   123 kB" line of /proc/self/status.
-func procStatusKiB(field string) (int64, error) {
-	b, err := os.ReadFile("/proc/self/status")
+// procStatusKiB reads one "Name:   123 kB" line of /proc/<pid>/status
+// (pid 0: this process).
+func procStatusKiB(pid int, field string) (int64, error) {
+	path := "/proc/self/status"
+	if pid > 0 {
+		path = fmt.Sprintf("/proc/%d/status", pid)
+	}
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
@@ -1071,7 +1095,7 @@ func procStatusKiB(field string) (int64, error) {
 			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("bench: no %s in /proc/self/status", field)
+	return 0, fmt.Errorf("bench: no %s in %s", field, path)
 }
 
 // startBare serves the baseline: echo answering 200 to every request after

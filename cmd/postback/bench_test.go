@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -245,5 +247,28 @@ func TestBenchDestination(t *testing.T) {
 	}
 	if _, err := benchDestination("carrier-pigeon", "http://127.0.0.1:1", ""); err == nil {
 		t.Error("an unknown destination type got a config")
+	}
+}
+
+// TestBenchAgainstRunningGateway drives a gateway started elsewhere (here
+// in-process) over --addr and reports that process's peak RSS via --pid.
+func TestBenchAgainstRunningGateway(t *testing.T) {
+	addr := admGateway(t, newAdmSink(t, 200))
+	var out, errOut bytes.Buffer
+	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+	code := Main(context.Background(), []string{"bench", "--addr", addr, "--stripe-secret", admStripe, "--duration", "300ms",
+		"--concurrency", "2", "--pid", strconv.Itoa(os.Getpid()), "--json"}, env)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var rep BenchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil || rep.Accepted == 0 || rep.Errors != 0 {
+		t.Fatalf("report %s (%v)", out.String(), err)
+	}
+	if rep.PeakRSSKiB <= 0 || !strings.Contains(rep.PeakRSSNote, strconv.Itoa(os.Getpid())) {
+		t.Errorf("peak RSS %d (%q), want the target process's", rep.PeakRSSKiB, rep.PeakRSSNote)
+	}
+	if code := Main(context.Background(), []string{"bench", "--self", "--pid", "1"}, env); code != 2 {
+		t.Errorf("--pid with --self: exit %d, want 2", code)
 	}
 }
