@@ -67,6 +67,21 @@ func (s *State) SetValue(k, v string) {
 	s.Values[k] = v
 }
 
+// Learn records who a subscription, order or customer belongs to, so that
+// its later events carry the identity even when their own notification
+// does not. An empty appUser keeps the one already known.
+func (s *State) Learn(appUser string, ids map[string]string) {
+	if appUser != "" {
+		s.AppUserID = appUser
+	}
+	for k, v := range ids {
+		if s.Identifiers == nil {
+			s.Identifiers = map[string]string{}
+		}
+		s.Identifiers[k] = v
+	}
+}
+
 // States reads prior per-subscription state. Implementations read inside the
 // store's transaction, so a mapping sees the effect of earlier notifications
 // committed in the same batch.

@@ -329,20 +329,6 @@ func identify(e *Event, appUser string, ids map[string]string, states ...State) 
 	}
 }
 
-// learn records an identity on a state, so later events of the same order,
-// customer or contract carry it.
-func learn(s *State, appUser string, ids map[string]string) {
-	if appUser != "" {
-		s.AppUserID = appUser
-	}
-	for k, v := range ids {
-		if s.Identifiers == nil {
-			s.Identifiers = map[string]string{}
-		}
-		s.Identifiers[k] = v
-	}
-}
-
 // identity reads who placed an order: note attributes (cart attributes set
 // by the storefront: app_user_id, appsflyer_id, fbp, fbc, ttclid, ...; one
 // leading underscore, Shopify's convention for hidden attributes, is
@@ -487,7 +473,7 @@ func (m *shopifyMapper) orderPaid() error {
 	identify(&e, appUser, ids, os, cs)
 	m.emit(e)
 
-	learn(&os, e.User.AppUserID, e.User.Identifiers)
+	os.Learn(e.User.AppUserID, e.User.Identifiers)
 	os.Status = "paid"
 	os.SetValue("env", e.Environment)
 	if rev != nil {
@@ -499,7 +485,7 @@ func (m *shopifyMapper) orderPaid() error {
 	}
 	m.save(os)
 	if cs.Key != "" {
-		learn(&cs, e.User.AppUserID, e.User.Identifiers)
+		cs.Learn(e.User.AppUserID, e.User.Identifiers)
 		m.save(cs)
 	}
 	return nil
@@ -658,7 +644,7 @@ func (m *shopifyMapper) contractEvent(t Type, c *shopifyContract, s *State, idPa
 		ids = map[string]string{IDShopifyCustomer: id}
 	}
 	identify(&e, "", ids, *s, origin, customer)
-	learn(s, e.User.AppUserID, e.User.Identifiers)
+	s.Learn(e.User.AppUserID, e.User.Identifiers)
 	return e
 }
 

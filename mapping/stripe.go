@@ -240,16 +240,7 @@ func (m *stripeMapper) save(s State) {
 // remember stores the user identity found in metadata on a state so that
 // later events of the same subscription or customer carry it.
 func remember(s *State, md map[string]string) {
-	appUser, ids := IdentifiersFromMetadata(md)
-	if appUser != "" {
-		s.AppUserID = appUser
-	}
-	for k, v := range ids {
-		if s.Identifiers == nil {
-			s.Identifiers = map[string]string{}
-		}
-		s.Identifiers[k] = v
-	}
+	s.Learn(IdentifiersFromMetadata(md))
 }
 
 func stripeID(v any) string {

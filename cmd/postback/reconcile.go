@@ -18,10 +18,12 @@ import (
 
 // cmdReconcile runs `postback reconcile google --since 72h`: it lists the
 // purchases Google voided in the window, stores the ones the inbox does not
-// know (RTDN missed them) and enriches them into refund events, whose
-// deliveries the gateway sends when it runs. It works on the database
-// directly, so it runs while the gateway is stopped (the database admits one
-// process); refunds RTDN already delivered are recognised and not repeated.
+// know (RTDN missed them) and enriches them into refund events; refunds RTDN
+// already delivered are recognised and not repeated. With --addr it asks a
+// running gateway to do it (POST /admin/api/google/reconcile); without, it
+// opens the database directly, for when the gateway is stopped (the
+// database admits one process), and the gateway sends the deliveries when
+// it runs.
 func cmdReconcile(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("reconcile", env)
 	cfgPath := fs.String("config", "", "path to config.yaml")
