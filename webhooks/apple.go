@@ -699,12 +699,23 @@ type nestedJWS struct {
 func decodedBody(raw []byte, nested []nestedJWS) ([]byte, error) {
 	body := raw
 	for i, n := range nested {
-		old := []byte(`"` + n.signedKey + `":"` + n.jws + `"`)
-		if bytes.Count(body, old) != 1 {
+		// Find the key with a short-pattern search (fast), check it occurs
+		// once and carries exactly this JWS, then splice: scanning for the
+		// multi-KB JWS itself cost more than verifying its signature.
+		prefix := []byte(`"` + n.signedKey + `":"`)
+		at := bytes.Index(body, prefix)
+		start := at + len(prefix)
+		end := start + len(n.jws)
+		if at < 0 || bytes.Contains(body[start:], prefix) || end >= len(body) ||
+			string(body[start:end]) != n.jws || body[end] != '"' {
 			return decodedBodySlow(raw, nested[i:], body)
 		}
-		repl := append([]byte(`"`+n.decodedKey+`":`), bytes.TrimSpace(n.payload)...)
-		body = bytes.Replace(body, old, repl, 1)
+		payload := bytes.TrimSpace(n.payload)
+		out := make([]byte, 0, len(body)-(end+1-at)+len(n.decodedKey)+3+len(payload))
+		out = append(out, body[:at]...)
+		out = append(out, `"`+n.decodedKey+`":`...)
+		out = append(out, payload...)
+		body = append(out, body[end+1:]...)
 	}
 	return body, nil
 }
