@@ -77,7 +77,7 @@ var ErrAPIKey = errors.New("custom: missing or unknown API key")
 func (h *Custom) Auth(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if len(h.keyHashes) == 0 {
-			return Errorf(http.StatusNotFound, CodeNotFound, "the /v1 API is off: set api_keys in config.yaml (e.g. api_keys: [${POSTBACK_API_KEY}])")
+			return Errorf(http.StatusNotFound, CodeNotFound, "the /v1 API is off: set api_keys in config.yaml (e.g. api_keys: [\"${POSTBACK_API_KEY}\"])")
 		}
 		auth := c.Request().Header.Get("Authorization")
 		scheme, key, _ := strings.Cut(auth, " ")
