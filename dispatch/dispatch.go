@@ -49,7 +49,13 @@ type Destination struct {
 	BatchSize   int // 0: the forwarder's limit
 	Linger      time.Duration
 	MaxAttempts int
-	MaxAge      time.Duration
+	// MaxAge is the retry horizon (retry.max_age): a delivery is not
+	// retried past it, counted from its creation or its last replay.
+	MaxAge time.Duration
+	// EventMaxAge is the destination API's own limit on event age
+	// (Limits().MaxAge: Meta 7 days, GA4 72 hours); older events are never
+	// sent, replayed or not.
+	EventMaxAge time.Duration
 }
 
 // Options tune the engine; zero values get defaults.
@@ -141,8 +147,8 @@ func New(st Store, dests []Destination, opts Options) *Dispatcher {
 		if dest.MaxAttempts <= 0 {
 			dest.MaxAttempts = 12
 		}
-		if lim.MaxAge > 0 && (dest.MaxAge == 0 || lim.MaxAge < dest.MaxAge) {
-			dest.MaxAge = lim.MaxAge
+		if lim.MaxAge > 0 && (dest.EventMaxAge == 0 || lim.MaxAge < dest.EventMaxAge) {
+			dest.EventMaxAge = lim.MaxAge
 		}
 		perSecond := rate.Inf
 		if dest.PerSecond > 0 {
@@ -412,8 +418,13 @@ func (w *worker) send(ctx context.Context, batch []store.Due) {
 	var itemDue []store.Due
 	req, _ := w.dest.Forwarder.(forwarders.Requirer)
 	for _, d := range batch {
-		if w.dest.MaxAge > 0 && now.Sub(d.Event.ReceivedAt) > w.dest.MaxAge {
-			completions = append(completions, store.Completion{Key: d.Delivery.Key, State: store.StateDead, Reason: "max_age: event older than " + w.dest.MaxAge.String()})
+		if age := now.Sub(d.Event.ReceivedAt); w.dest.EventMaxAge > 0 && age > w.dest.EventMaxAge {
+			completions = append(completions, store.Completion{Key: d.Delivery.Key, State: store.StateDead, Reason: "too_old: the destination takes events up to " + w.dest.EventMaxAge.String() + " old"})
+			o.Metrics.Deliveries.WithLabelValues(w.dest.Name, "dead").Inc()
+			continue
+		}
+		if w.dest.MaxAge > 0 && now.Sub(d.Delivery.RetryStart()) > w.dest.MaxAge {
+			completions = append(completions, store.Completion{Key: d.Delivery.Key, State: store.StateDead, Reason: "max_age: retried for longer than " + w.dest.MaxAge.String()})
 			o.Metrics.Deliveries.WithLabelValues(w.dest.Name, "dead").Inc()
 			continue
 		}
@@ -459,7 +470,7 @@ func (w *worker) send(ctx context.Context, batch []store.Due) {
 // identifier, or skips it once identity_wait has passed since it was queued.
 func (w *worker) identityWait(d store.Due, missing string, now time.Time) store.Completion {
 	o := &w.d.opts
-	deadline := d.Delivery.CreatedAt.Add(o.IdentityWait)
+	deadline := d.Delivery.RetryStart().Add(o.IdentityWait) // a replay waits afresh
 	if !now.Before(deadline) {
 		o.Metrics.NotSent.WithLabelValues(w.dest.Name, "missing_identifier").Inc()
 		o.Metrics.Deliveries.WithLabelValues(w.dest.Name, "skipped").Inc()
@@ -502,7 +513,8 @@ func (w *worker) outcome(d store.Due, r forwarders.Result, latency time.Duration
 		case attempts >= w.dest.MaxAttempts:
 			c.State, c.Reason = store.StateDead, "max_attempts: "+r.Reason
 			label = "dead"
-		case w.dest.MaxAge > 0 && now.Add(delay).Sub(d.Event.ReceivedAt) > w.dest.MaxAge:
+		case w.dest.MaxAge > 0 && now.Add(delay).Sub(d.Delivery.RetryStart()) > w.dest.MaxAge,
+			w.dest.EventMaxAge > 0 && now.Add(delay).Sub(d.Event.ReceivedAt) > w.dest.EventMaxAge:
 			c.State, c.Reason = store.StateDead, "max_age: "+r.Reason
 			label = "dead"
 		default:

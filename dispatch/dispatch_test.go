@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -360,4 +361,132 @@ func TestNoResendWithoutFailure(t *testing.T) {
 	if resent > 0 || len(sent) != 200 {
 		t.Errorf("%d deliveries sent, %d of them again although nothing failed", len(sent), resent)
 	}
+}
+
+// clock is a movable time source shared by the store and the dispatcher.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// TestReplayRestartsRetryHorizon: a delivery that died past retry.max_age
+// is sent again when replayed (its horizon restarts), while an event older
+// than the destination API's own age limit is never sent, replayed or not.
+func TestReplayRestartsRetryHorizon(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 11, 30, 3, 0, 0, 0, time.UTC)}
+	var mu sync.Mutex
+	up := false
+	f := &fakeForwarder{batch: 1, answer: func(_ int, it forwarders.Item) forwarders.Result {
+		mu.Lock()
+		defer mu.Unlock()
+		if up {
+			return forwarders.Result{Outcome: forwarders.Delivered, Status: 200}
+		}
+		return forwarders.Result{Outcome: forwarders.Retry, Status: 503, Reason: "http_503"}
+	}}
+	var d *Dispatcher
+	db, err := store.Open(t.TempDir()+"/db", &store.Options{
+		Now: clk.Now,
+		Map: func(n *mapping.Notification, _ mapping.States) (mapping.Result, error) {
+			return mapping.Result{Events: []mapping.Event{{ID: "evt_" + n.Key, Type: mapping.Purchase, Source: "test", Environment: mapping.Production, ReceivedAt: n.ReceivedAt}}}, nil
+		},
+		Route:    func(*mapping.Event) []string { return []string{"d"} },
+		OnCommit: func(ds []string) { d.Wake(ds) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	d = New(db, []Destination{{Name: "d", Forwarder: f, Concurrency: 1, MaxAttempts: 100, MaxAge: time.Hour}},
+		Options{Now: clk.Now, Poll: 5 * time.Millisecond, BackoffBase: time.Minute, BackoffCap: time.Minute, BreakerFailures: 1000,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	if _, err := db.Ingest(ctx, &mapping.Notification{Source: "test", Key: "a", Body: []byte("{}"), ReceivedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "first attempt", func() bool { return f.callCount() >= 1 })
+	// The destination stays down past the one-hour horizon.
+	for i := 0; i < 70 && states(t, db)[store.StateDead] == 0; i++ {
+		clk.add(time.Minute)
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitFor(t, "dead past max_age", func() bool { return states(t, db)[store.StateDead] == 1 })
+	ds, _ := db.Deliveries(store.DeliveryFilter{})
+	if !strings.HasPrefix(ds[0].Reason, "max_age") {
+		t.Fatalf("reason %q, want max_age", ds[0].Reason)
+	}
+	mu.Lock()
+	up = true
+	mu.Unlock()
+	clk.add(2 * time.Hour) // the operator replays it much later
+	if _, err := db.Replay(ctx, ds[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "replayed delivery sent", func() bool { return states(t, db)[store.StateDelivered] == 1 })
+}
+
+func TestEventOlderThanTheAPITakesIsNeverSent(t *testing.T) {
+	f := &fakeForwarder{batch: 1}
+	st := &snapStore{due: map[string]store.Due{}}
+	old := store.Due{Delivery: store.Delivery{Key: "evt_old|d", Destination: "d", CreatedAt: time.Now()},
+		Event: mapping.Event{ID: "evt_old", ReceivedAt: time.Now().Add(-8 * 24 * time.Hour)}}
+	st.due[old.Delivery.Key] = old
+	var mu sync.Mutex
+	var got []store.Completion
+	rec := &recordingStore{snapStore: st, mu: &mu, got: &got}
+	d := New(rec, []Destination{{Name: "d", Forwarder: &agedForwarder{fakeForwarder: f, maxAge: 7 * 24 * time.Hour}, Concurrency: 1, MaxAge: 72 * time.Hour}},
+		Options{Poll: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	waitFor(t, "completion", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 1
+	})
+	cancel()
+	<-done
+	if got[0].State != store.StateDead || !strings.HasPrefix(got[0].Reason, "too_old") || f.callCount() != 0 {
+		t.Errorf("completion %+v, calls %d; want dead too_old without a request", got[0], f.callCount())
+	}
+}
+
+// agedForwarder declares an API event-age limit.
+type agedForwarder struct {
+	*fakeForwarder
+	maxAge time.Duration
+}
+
+func (a *agedForwarder) Limits() forwarders.Limits {
+	return forwarders.Limits{BatchSize: 1, MaxAge: a.maxAge}
+}
+
+// recordingStore records completions.
+type recordingStore struct {
+	*snapStore
+	mu  *sync.Mutex
+	got *[]store.Completion
+}
+
+func (r *recordingStore) Complete(ctx context.Context, cs []store.Completion) error {
+	r.mu.Lock()
+	*r.got = append(*r.got, cs...)
+	r.mu.Unlock()
+	return r.snapStore.Complete(ctx, cs)
 }

@@ -45,6 +45,16 @@ type Delivery struct {
 	WaitUntil   time.Time `json:"wait_until,omitzero"`
 	AppUserID   string    `json:"app_user_id,omitempty"`
 	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+	ReplayedAt  time.Time `json:"replayed_at,omitzero"`
+}
+
+// RetryStart is when the delivery's retry horizon (retry.max_age) began:
+// its last replay, else its creation.
+func (d *Delivery) RetryStart() time.Time {
+	if d.ReplayedAt.After(d.CreatedAt) {
+		return d.ReplayedAt
+	}
+	return d.CreatedAt
 }
 
 // NextAt returns the due time.
@@ -265,6 +275,7 @@ func (db *DB) Replay(ctx context.Context, key string) (Delivery, error) {
 		}
 		now := db.opts.Now()
 		d.State, d.Reason, d.UpdatedAt, d.NextAtMs = StatePending, "replayed", now, now.UnixMilli()
+		d.ReplayedAt = now
 		d.RetryBase = d.Attempts
 		d.WaitUntil = time.Time{}
 		if err := putDue(tx, &d); err != nil {
