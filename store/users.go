@@ -133,8 +133,9 @@ func (db *DB) GetUser(appUserID string) (User, error) {
 }
 
 // DeleteUser erases a user's identifiers (a privacy deletion): the identity
-// record, the identifiers on that user's stored events, and the identity
-// that per-subscription states remember for the user (so that a later
+// record, the identifiers on that user's stored events, the bodies of the
+// raw notifications those events came from, and the identity that
+// per-subscription states remember for the user (so that a later
 // notification does not bring it back). It returns how many events were
 // scrubbed. Erasing an unknown user scrubs nothing and is not an error.
 func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
@@ -158,6 +159,7 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 			v any
 		}
 		var events, states []upd
+		var sources [][]byte // inbox keys of the user's events
 		// The user's events come from the user_events index, so an erasure
 		// reads only that user's events, not the whole store.
 		eb := tx.Bucket(bEvents)
@@ -173,7 +175,11 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 			if err := json.Unmarshal(v, &e); err != nil {
 				continue
 			}
-			if e.User.AppUserID == appUserID && len(e.User.Identifiers) > 0 {
+			if e.User.AppUserID != appUserID {
+				continue
+			}
+			sources = append(sources, inboxKey(e.Source, e.SourceEventID))
+			if len(e.User.Identifiers) > 0 {
 				e.User.Identifiers = nil
 				events = append(events, upd{append([]byte(nil), id...), &e})
 			}
@@ -200,6 +206,22 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 				return err
 			}
 			n++
+		}
+		// The raw notifications behind those events carry the same
+		// identifiers (metadata, note attributes, hashed emails): their
+		// bodies are erased too, keeping the inbox entry (the dedupe key and
+		// the event ids) so a store retry is still recognised.
+		inbox := tx.Bucket(bInbox)
+		for _, ik := range sources {
+			var nt mapping.Notification
+			if ok, err := getJSON(inbox, ik, &nt); err != nil || !ok || nt.Body == nil {
+				continue
+			}
+			nt.Body, nt.Enriched, nt.Meta = nil, nil, nil
+			nt.Reason = "body erased for a privacy deletion"
+			if err := putJSON(inbox, ik, &nt); err != nil {
+				return err
+			}
 		}
 		for _, u := range states {
 			if err := putJSON(tx.Bucket(bStates), u.k, u.v); err != nil {

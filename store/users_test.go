@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,7 @@ func usersMap(n *mapping.Notification, _ mapping.States) (mapping.Result, error)
 	if err := jsonUnmarshal(n.Body, &e); err != nil {
 		return mapping.Result{}, err
 	}
+	e.Source, e.SourceEventID = n.Source, n.Key // as every source mapping sets them
 	out := mapping.Result{Events: []mapping.Event{e}}
 	if e.User.AppUserID != "" {
 		out.States = []mapping.State{{Key: "test:" + e.ID, AppUserID: e.User.AppUserID, Identifiers: e.User.Identifiers}}
@@ -163,6 +165,20 @@ func TestDeleteUserScrubsEventsAndStates(t *testing.T) {
 	other, err := db.Event("evt_u10")
 	if err != nil || other.Identifier(mapping.IDIDFA) != "IDFA-10" {
 		t.Errorf("event of u-10 = %+v, %v; want its identifiers kept", other.User, err)
+	}
+	// The raw notifications behind u-1's events lose their bodies (they
+	// carried the same identifiers) but stay as dedupe keys; u-10's stays.
+	for _, key := range []string{"evt_u1_a", "evt_u1_b"} {
+		nt, err := db.Notification("test", key)
+		if err != nil || nt.Body != nil || len(nt.EventIDs) != 1 {
+			t.Errorf("inbox %s after erasure: %+v, %v; want no body, event ids kept", key, nt, err)
+		}
+		if res, err := db.Ingest(ctx, &mapping.Notification{Source: "test", Key: key, Body: []byte(`{}`)}); err != nil || !res.Duplicate {
+			t.Errorf("a retry of %s after erasure: %+v, %v; want a duplicate", key, res, err)
+		}
+	}
+	if nt, err := db.Notification("test", "evt_u10"); err != nil || !strings.Contains(string(nt.Body), "IDFA-10") {
+		t.Errorf("inbox of u-10 after u-1's erasure: %v; want its body kept", err)
 	}
 	// Erasure is idempotent.
 	if n, err := db.DeleteUser(ctx, "u-1"); err != nil || n != 0 {
