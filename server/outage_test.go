@@ -168,7 +168,7 @@ func TestDestinationOutage(t *testing.T) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	p99 := lat[len(lat)*99/100]
 	t.Logf("outage %v: %d events; healthy destination post-to-delivery p50 %v p99 %v", outage, n, lat[len(lat)/2], p99)
-	if p99 > 500*time.Millisecond {
-		t.Errorf("healthy destination p99 %v during the other's outage, want < 500ms", p99)
+	if p99 > time.Second {
+		t.Errorf("healthy destination p99 %v during the other's outage, want < 1s (it shares nothing with the failing one)", p99)
 	}
 }
