@@ -70,35 +70,17 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (PruneResult, 
 func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult) ([]byte, error) {
 	idx := tx.Bucket(bEventsTime)
 	events, deliveries, attempts := tx.Bucket(bEvents), tx.Bucket(bDeliveries), tx.Bucket(bAttempts)
-	var drop [][]byte
-	var next []byte
-	c := idx.Cursor()
-	k, _ := c.First()
-	if from != nil {
-		k, _ = c.Seek(from)
-	}
-	for ; k != nil && binary.BigEndian.Uint64(k[:8]) < cutoff; k, _ = c.Next() {
-		if len(drop) >= pruneChunk {
-			next = append([]byte(nil), k...)
-			break
-		}
-		id := k[8:]
-		prefix := append(append([]byte(nil), id...), '|')
-		unfinished := false
+	drop, next := oldKeys(idx, cutoff, from, r, func(k []byte) bool {
+		prefix := append(append([]byte(nil), k[8:]...), '|')
 		dc := deliveries.Cursor()
 		for dk, v := dc.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, v = dc.Next() {
 			var d Delivery
 			if jsonUnmarshal(v, &d) == nil && !Final(d.State) {
-				unfinished = true
-				break
+				return true // unfinished work is never pruned
 			}
 		}
-		if unfinished {
-			r.Kept++
-			continue
-		}
-		drop = append(drop, append([]byte(nil), k...))
-	}
+		return false
+	})
 	for _, k := range drop {
 		id := k[8:]
 		prefix := append(append([]byte(nil), id...), '|')
@@ -149,25 +131,11 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResul
 // returns the key to resume from, or nil when done.
 func (db *DB) pruneInbox(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult) ([]byte, error) {
 	idx, inbox, alt := tx.Bucket(bInboxTime), tx.Bucket(bInbox), tx.Bucket(bAltKeys)
-	var drop [][]byte
-	var next []byte
-	c := idx.Cursor()
-	k, _ := c.First()
-	if from != nil {
-		k, _ = c.Seek(from)
-	}
-	for ; k != nil && binary.BigEndian.Uint64(k[:8]) < cutoff; k, _ = c.Next() {
-		if len(drop) >= pruneChunk {
-			next = append([]byte(nil), k...)
-			break
-		}
+	drop, next := oldKeys(idx, cutoff, from, r, func(k []byte) bool {
 		var n mapping.Notification
-		if ok, _ := getJSON(inbox, k[8:], &n); ok && n.Status == mapping.StatusEnriching {
-			r.Kept++
-			continue
-		}
-		drop = append(drop, append([]byte(nil), k...))
-	}
+		ok, _ := getJSON(inbox, k[8:], &n)
+		return ok && n.Status == mapping.StatusEnriching
+	})
 	for _, k := range drop {
 		ik := k[8:]
 		var n mapping.Notification
@@ -187,4 +155,27 @@ func (db *DB) pruneInbox(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult
 		r.Notifications++
 	}
 	return next, nil
+}
+
+// oldKeys collects up to pruneChunk keys of a time index older than cutoff,
+// starting at from (the oldest when nil) and passing over the keys keep
+// reports (counted in r.Kept). next is the key to resume from, nil when the
+// scan reached the cutoff.
+func oldKeys(idx *bolt.Bucket, cutoff uint64, from []byte, r *PruneResult, keep func(k []byte) bool) (drop [][]byte, next []byte) {
+	c := idx.Cursor()
+	k, _ := c.First()
+	if from != nil {
+		k, _ = c.Seek(from)
+	}
+	for ; k != nil && binary.BigEndian.Uint64(k[:8]) < cutoff; k, _ = c.Next() {
+		if len(drop) >= pruneChunk {
+			return drop, append([]byte(nil), k...)
+		}
+		if keep(k) {
+			r.Kept++
+			continue
+		}
+		drop = append(drop, append([]byte(nil), k...))
+	}
+	return drop, nil
 }
