@@ -47,18 +47,12 @@ func cmdBackfill(ctx context.Context, env *Env, args []string) int {
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
-	now := time.Now()
-	from, err := parseWhen(*since, now)
-	if err != nil {
-		fmt.Fprintln(env.Stderr, "postback: --since:", err)
+	from, to, ok := parseWindow(env, *since, *until)
+	if !ok {
 		return 2
 	}
-	to := now
-	if *until != "" {
-		if to, err = parseWhen(*until, now); err != nil {
-			fmt.Fprintln(env.Stderr, "postback: --until:", err)
-			return 2
-		}
+	if to.IsZero() {
+		to = time.Now()
 	}
 	cfg, err := loadConfig(env, *cfgPath)
 	if err != nil {

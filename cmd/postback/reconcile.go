@@ -43,18 +43,9 @@ func cmdReconcile(ctx context.Context, env *Env, args []string) int {
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
-	now := time.Now()
-	from, err := parseWhen(*since, now)
-	if err != nil {
-		fmt.Fprintln(env.Stderr, "postback: --since:", err)
+	from, to, ok := parseWindow(env, *since, *until)
+	if !ok {
 		return 2
-	}
-	var to time.Time
-	if *until != "" {
-		if to, err = parseWhen(*until, now); err != nil {
-			fmt.Fprintln(env.Stderr, "postback: --until:", err)
-			return 2
-		}
 	}
 	if *addr != "" {
 		return reconcileRemote(ctx, env, *addr, from, to, *asJSON)
@@ -136,6 +127,24 @@ func reconcileRemote(ctx context.Context, env *Env, addr string, from, to time.T
 	fmt.Fprintf(env.Stdout, "window   %s .. %s\nlisted   %d voided purchases\nknown    %d (already received)\nnew      %d (refund events queued in the gateway)\n",
 		res.Since.Format(time.RFC3339), res.Until.Format(time.RFC3339), res.Listed, res.Known, res.New)
 	return 0
+}
+
+// parseWindow reads --since and --until (zero to when until is empty),
+// printing a usage error naming the flag; ok is false on a bad value.
+func parseWindow(env *Env, since, until string) (from, to time.Time, ok bool) {
+	now := time.Now()
+	from, err := parseWhen(since, now)
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback: --since:", err)
+		return from, to, false
+	}
+	if until != "" {
+		if to, err = parseWhen(until, now); err != nil {
+			fmt.Fprintln(env.Stderr, "postback: --until:", err)
+			return from, to, false
+		}
+	}
+	return from, to, true
 }
 
 // parseWhen reads a duration back from now (72h, 30d) or a time.
