@@ -767,7 +767,25 @@ func (c *Config) Redacted() ([]byte, error) {
 		}
 	}
 	redact(&doc, "")
+	// A secret's value copied into a key that is not secret (a name, a URL
+	// built from ${VAR}) is masked there too.
+	scrubValues(&doc, c.Secrets())
 	return yaml.Marshal(&doc)
+}
+
+// scrubValues masks every occurrence of a secret value in any scalar, keys
+// included.
+func scrubValues(n *yaml.Node, secrets []string) {
+	if n.Kind == yaml.ScalarNode {
+		for _, s := range secrets {
+			if strings.Contains(n.Value, s) {
+				n.Value, n.Tag, n.Style = strings.ReplaceAll(n.Value, s, "[redacted]"), "!!str", 0
+			}
+		}
+	}
+	for _, ch := range n.Content {
+		scrubValues(ch, secrets)
+	}
 }
 
 func deepCopy(n *yaml.Node) *yaml.Node {

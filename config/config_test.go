@@ -443,6 +443,22 @@ func TestRedacted(t *testing.T) {
 			t.Errorf("Redacted() lost %q:\n%s", keep, out)
 		}
 	}
+	t.Run("secret copied into a key that is not secret", func(t *testing.T) {
+		c, err := Parse([]byte(minimal+"destinations:\n  - {name: \"hook-${HOOK_SECRET}\", type: webhook, endpoint: \"https://example.com/${HOOK_SECRET}\", secret: \"${HOOK_SECRET}\"}\n"), env(secretEnv...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := c.Redacted()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(out, []byte("s3cret")) {
+			t.Errorf("Redacted() leaks a secret through a name or URL:\n%s", out)
+		}
+		if !bytes.Contains(out, []byte("hook-[redacted]")) || !bytes.Contains(out, []byte("https://example.com/[redacted]")) {
+			t.Errorf("the rest of the name and URL is lost:\n%s", out)
+		}
+	})
 	t.Run("shipped config", func(t *testing.T) {
 		c, err := Parse(Default, env(allSecrets...))
 		if err != nil {

@@ -234,6 +234,13 @@ type jwsHeader struct {
 	X5C []string `json:"x5c"`
 }
 
+// JWS segments and x5c certificates must be canonical base64: the lenient
+// decoders accept several spellings (spare trailing bits) of the same bytes.
+var (
+	jwsBase64 = base64.RawURLEncoding.Strict()
+	x5cBase64 = base64.StdEncoding.Strict()
+)
+
 // jwsDates are the payload fields that choose the certificate check date.
 type jwsDates struct {
 	SignedDate          mapping.AppleMillis `json:"signedDate"`
@@ -256,6 +263,10 @@ func (v *AppleVerifier) verify(ctx context.Context, token string, dst any, dates
 	if first <= 0 || last == first || strings.Count(token, ".") != 2 {
 		return nil, fmt.Errorf("%w: not three dot-separated parts", ErrAppleMalformed)
 	}
+	// Strict decoding still skips CR and LF; a JWS never contains them.
+	if strings.ContainsAny(token, "\r\n") {
+		return nil, fmt.Errorf("%w: line break in the JWS", ErrAppleMalformed)
+	}
 	// Every JWS signed with one chain carries the same header bytes: a
 	// header already verified (alg ES256, three certificates, chain to a
 	// root) is found in the cache by its hash without decoding its ~3 KB of
@@ -269,7 +280,7 @@ func (v *AppleVerifier) verify(ctx context.Context, token string, dst any, dates
 		hit, cached = v.cache.get(hk)
 	}
 	if !cached {
-		hb, err := base64.RawURLEncoding.DecodeString(token[:first])
+		hb, err := jwsBase64.DecodeString(token[:first])
 		if err != nil {
 			return nil, fmt.Errorf("%w: header base64: %v", ErrAppleMalformed, err)
 		}
@@ -283,14 +294,14 @@ func (v *AppleVerifier) verify(ctx context.Context, token string, dst any, dates
 			return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
 		}
 	}
-	payload, err := base64.RawURLEncoding.DecodeString(token[first+1 : last])
+	payload, err := jwsBase64.DecodeString(token[first+1 : last])
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
 	}
 	if err := json.Unmarshal(payload, dst); err != nil {
 		return nil, fmt.Errorf("%w: payload JSON: %v", ErrAppleMalformed, err)
 	}
-	sig, err := base64.RawURLEncoding.DecodeString(token[last+1:])
+	sig, err := jwsBase64.DecodeString(token[last+1:])
 	if err != nil {
 		return nil, fmt.Errorf("%w: signature base64: %v", ErrAppleMalformed, err)
 	}
@@ -344,8 +355,8 @@ func (v *AppleVerifier) cachedChain(ctx context.Context, key [32]byte, e chainEn
 // the verified chain, using the cache (keyed by the SHA-256 of the leaf and
 // intermediate bytes) when the same chain was verified before.
 func (v *AppleVerifier) chain(ctx context.Context, x5c []string, at time.Time) (chainEntry, error) {
-	leafDER, err1 := base64.StdEncoding.DecodeString(x5c[0])
-	interDER, err2 := base64.StdEncoding.DecodeString(x5c[1])
+	leafDER, err1 := x5cBase64.DecodeString(x5c[0])
+	interDER, err2 := x5cBase64.DecodeString(x5c[1])
 	if err := errors.Join(err1, err2); err != nil {
 		return chainEntry{}, fmt.Errorf("%w: base64: %v", ErrAppleCertificate, err)
 	}

@@ -324,6 +324,8 @@ func TestAppleRejections(t *testing.T) {
 		{"header not JSON", appleRequest(base64.RawURLEncoding.EncodeToString([]byte("nope")) + ".e30.AA"), 400, CodeMalformed},
 		{"payload not base64", appleRequest(parts[0] + ".***." + parts[2]), 400, CodeMalformed},
 		{"signature not base64", appleRequest(parts[0] + "." + parts[1] + ".***"), 400, CodeMalformed},
+		{"signature in non-canonical base64", appleRequest(parts[0] + "." + parts[1] + "." + spareBits(t, parts[2])), 400, CodeMalformed},
+		{"line break inside the JWS", appleRequest(parts[0] + "." + parts[1] + "." + parts[2][:10] + "\n" + parts[2][10:]), 400, CodeMalformed},
 		{"payload not JSON", appleRequest(good.SignJWS([]byte("not json"))), 400, CodeMalformed},
 		{"payload without notificationUUID", signedEnv(good, map[string]any{"notificationUUID": nil}), 400, CodeMalformed},
 		{"payload with a wrongly typed field", signedEnv(good, map[string]any{"version": 2}), 400, CodeMalformed},
@@ -369,6 +371,20 @@ func TestAppleRejections(t *testing.T) {
 			t.Fatalf("status %d, stored %d: %s", rec.Code, st.count(), rec.Body)
 		}
 	})
+}
+
+// spareBits re-spells an unpadded base64url segment with a spare trailing
+// bit set: lenient decoders read it as the same bytes.
+func spareBits(t *testing.T, seg string) string {
+	t.Helper()
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	b := []byte(seg)
+	b[len(b)-1] = alphabet[strings.IndexByte(alphabet, b[len(b)-1])+1]
+	want, _ := base64.RawURLEncoding.DecodeString(seg)
+	if got, err := base64.RawURLEncoding.DecodeString(string(b)); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("%q is not another spelling of %q", b, seg)
+	}
+	return string(b)
 }
 
 // TestAppleSandboxEnvironments: Sandbox, Xcode and LocalTesting are all the

@@ -2,7 +2,9 @@ package webhooks
 
 import (
 	"context"
+	"crypto/hmac"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -32,6 +34,8 @@ func FuzzStripeVerify(f *testing.F) {
 	f.Add([]byte(""), "")
 	f.Add([]byte("{}"), "t=99999999999999999999,v1=zz,v0=aa")
 	f.Add(body, strings.Repeat("t=1,", 100))
+	f.Add(body, upperHex(sign(body, secretA, testNow)))
+	f.Add(body, fmt.Sprintf("t=%d,", testNow.Unix())+sign(body, secretA, testNow.Add(-time.Hour)))
 	s := &Stripe{Deps: testDeps(&fakeIngester{}, nil), Secrets: []string{secretA, secretB}, Tolerance: 5 * time.Minute}
 	f.Fuzz(func(t *testing.T, body []byte, header string) {
 		if err := s.Verify(body, header, testNow); err != nil {
@@ -39,10 +43,25 @@ func FuzzStripeVerify(f *testing.F) {
 		}
 		// Accepted: the header must carry a v1 that is the HMAC of its own
 		// timestamp and this body under one of the secrets.
-		ts, _ := stripeTimestamp(header)
-		for _, sec := range s.Secrets {
-			if strings.Contains(header, "v1="+hex.EncodeToString(webhook.ComputeSignature(ts, body, sec))) {
-				return
+		// Hex case does not matter (stripe-go decodes before comparing);
+		// the timestamp must be the header's only t=.
+		ts, ok := stripeTimestamp(header)
+		if !ok || strings.Count(","+header, ",t=") != 1 {
+			t.Fatalf("accepted a header without exactly one timestamp: %q", header)
+		}
+		for _, part := range strings.Split(header, ",") {
+			v, ok := strings.CutPrefix(part, "v1=")
+			if !ok {
+				continue
+			}
+			got, err := hex.DecodeString(v)
+			if err != nil {
+				continue
+			}
+			for _, sec := range s.Secrets {
+				if hmac.Equal(got, webhook.ComputeSignature(ts, body, sec)) {
+					return
+				}
 			}
 		}
 		t.Fatalf("accepted a header with no valid signature: %q", header)
@@ -232,10 +251,18 @@ func FuzzGoogleToken(f *testing.F) {
 	v := &GoogleVerifier{Keys: &GoogleKeys{URL: o.URL(), Now: now}, Audience: gAudience, ServiceAccount: gAccount, Now: now}
 	f.Fuzz(func(t *testing.T, auth string) {
 		c, err := v.Verify(context.Background(), auth)
-		if err == nil && (c == nil || auth != "Bearer "+good) {
-			if !strings.HasPrefix(auth, "Bearer ") {
-				t.Fatalf("accepted %q", auth)
-			}
+		if err != nil {
+			return
+		}
+		if c == nil {
+			t.Fatal("accepted without claims")
+		}
+		// Accepted: the scheme is Bearer (any case) and the token is the
+		// signed one (the signature is the only part a forger may vary, and
+		// it has a single canonical encoding).
+		scheme, tok, _ := strings.Cut(strings.TrimSpace(auth), " ")
+		if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) != good {
+			t.Fatalf("accepted %q", auth)
 		}
 	})
 }

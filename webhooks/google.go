@@ -266,6 +266,7 @@ func (v *GoogleVerifier) Verify(ctx context.Context, authorization string) (*Goo
 		return key, err
 	},
 		jwt.WithValidMethods([]string{"RS256"}),
+		jwt.WithStrictDecoding(),
 		jwt.WithTimeFunc(now),
 		jwt.WithLeeway(leeway),
 		jwt.WithExpirationRequired(),

@@ -120,6 +120,10 @@ func TestGooglePushToken(t *testing.T) {
 		{"unknown key id", "Bearer " + must(googletest.Sign(other, "rotated-away", valid)), ErrGoogleUnknownKey},
 		{"alg none", "Bearer " + googletest.Unsigned(o.KID, valid), ErrGoogleSignature},
 		{"tampered payload", "Bearer " + tamper(mint(t, o, valid)), ErrGoogleSignature},
+		{"signature in non-canonical base64", "Bearer " + func() string {
+			p := strings.Split(mint(t, o, valid), ".")
+			return p[0] + "." + p[1] + "." + spareBits(t, p[2])
+		}(), ErrGoogleMalformedToken},
 		{"missing header", "", ErrGoogleNoToken},
 		{"basic scheme", "Basic " + base64.StdEncoding.EncodeToString([]byte("a:b")), ErrGoogleNoToken},
 		{"bearer without token", "Bearer ", ErrGoogleNoToken},

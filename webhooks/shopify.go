@@ -73,7 +73,9 @@ func (s *Shopify) Verify(body []byte, header string) (int, error) {
 		return -1, ErrShopifyNoHeader
 	}
 	got, err := base64.StdEncoding.DecodeString(header)
-	if err != nil || len(got) != sha256.Size {
+	// Only the canonical spelling: the decoder alone would also take spare
+	// trailing bits and embedded line breaks.
+	if err != nil || len(got) != sha256.Size || base64.StdEncoding.EncodeToString(got) != header {
 		return -1, ErrShopifyBadHeader
 	}
 	if len(body) == 0 {

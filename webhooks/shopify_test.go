@@ -2,6 +2,7 @@ package webhooks
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -104,6 +105,17 @@ func TestShopifySignatures(t *testing.T) {
 			wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthorized},
 		{name: "hex instead of base64", headers: func(h map[string]string) {
 			h["X-Shopify-Hmac-Sha256"] = strings.Repeat("ab", 32)
+		}, wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthorized},
+		{name: "non-canonical base64 of the right HMAC", headers: func(h map[string]string) {
+			// 32 bytes leave two spare bits in the last character: a
+			// lenient decoder reads both spellings as the same HMAC.
+			const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+			v := []byte(h["X-Shopify-Hmac-Sha256"])
+			v[len(v)-2] = alphabet[strings.IndexByte(alphabet, v[len(v)-2])+1]
+			if got, err := base64.StdEncoding.DecodeString(string(v)); err != nil || base64.StdEncoding.EncodeToString(got) != h["X-Shopify-Hmac-Sha256"] {
+				t.Fatalf("test header %q does not decode to the same HMAC", v)
+			}
+			h["X-Shopify-Hmac-Sha256"] = string(v)
 		}, wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthorized},
 		{name: "empty body", body: []byte{}, wantStatus: http.StatusUnauthorized, wantCode: CodeSignature},
 		{name: "unknown shop", headers: func(h map[string]string) { h["X-Shopify-Shop-Domain"] = "other.myshopify.com" },

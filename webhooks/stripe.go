@@ -71,19 +71,28 @@ func (s *Stripe) Verify(body []byte, header string, now time.Time) error {
 	return nil
 }
 
-// stripeTimestamp extracts t= from the header.
+// stripeTimestamp extracts t= from the header. A header with more than one
+// t= is malformed: stripe-go verifies against the last one, so accepting
+// "t=<now>,t=<old>,v1=<old signature>" and checking the tolerance against the
+// first would let a captured header be replayed forever.
 func stripeTimestamp(header string) (time.Time, bool) {
+	var ts time.Time
+	found := false
 	for _, part := range strings.Split(header, ",") {
 		k, v, ok := strings.Cut(part, "=")
-		if ok && k == "t" {
-			sec, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || sec <= 0 {
-				return time.Time{}, false
-			}
-			return time.Unix(sec, 0), true
+		if !ok || k != "t" {
+			continue
 		}
+		if found {
+			return time.Time{}, false
+		}
+		sec, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || sec <= 0 {
+			return time.Time{}, false
+		}
+		ts, found = time.Unix(sec, 0), true
 	}
-	return time.Time{}, false
+	return ts, found
 }
 
 // Handle is the echo handler.

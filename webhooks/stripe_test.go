@@ -83,6 +83,17 @@ func sign(body []byte, secret string, at time.Time) string {
 	return webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: body, Secret: secret, Timestamp: at}).Header
 }
 
+// upperHex upper-cases the v1= values of a Stripe-Signature header.
+func upperHex(header string) string {
+	parts := strings.Split(header, ",")
+	for i, p := range parts {
+		if v, ok := strings.CutPrefix(p, "v1="); ok {
+			parts[i] = "v1=" + strings.ToUpper(v)
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
 // post sends a request through a real echo instance with the server's error
 // shape, so status codes are what a client sees.
 func post(t *testing.T, h echo.HandlerFunc, body []byte, headers map[string]string) *httptest.ResponseRecorder {
@@ -135,6 +146,11 @@ func TestStripeSignatures(t *testing.T) {
 		{name: "missing header", body: body, header: "", secrets: []string{secretA}, status: 400, code: CodeUnauthorized},
 		{name: "garbled header", body: body, header: "t=abc,v1=zz", secrets: []string{secretA}, status: 400, code: CodeUnauthorized},
 		{name: "header without t", body: body, header: "v1=" + strings.Repeat("a", 64), secrets: []string{secretA}, status: 400, code: CodeUnauthorized},
+		// A captured old header with a fresh t= put in front: stripe-go
+		// checks the signature against the last t=, so two are refused.
+		{name: "second timestamp replays an old signature", body: body, header: fmt.Sprintf("t=%d,", testNow.Unix()) + sign(body, secretA, testNow.Add(-time.Hour)), secrets: []string{secretA}, status: 400, code: CodeUnauthorized},
+		{name: "two timestamps both fresh", body: body, header: sign(body, secretA, testNow) + fmt.Sprintf(",t=%d", testNow.Unix()), secrets: []string{secretA}, status: 400, code: CodeUnauthorized},
+		{name: "upper-case hex is the same signature", body: body, header: upperHex(sign(body, secretA, testNow)), secrets: []string{secretA}, status: 200, accepted: true},
 		{name: "header with spaces", body: body, header: strings.Replace(sign(body, secretA, testNow), ",", ", ", 1), secrets: []string{secretA}, status: 400, code: CodeSignature},
 		{name: "signed but not an event", body: []byte(`{"hello":1}`), header: sign([]byte(`{"hello":1}`), secretA, testNow), secrets: []string{secretA}, status: 400, code: CodeMalformed},
 		{name: "signed but not JSON", body: []byte(`not json`), header: sign([]byte(`not json`), secretA, testNow), secrets: []string{secretA}, status: 400, code: CodeMalformed},
