@@ -3,6 +3,7 @@ package mapping
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 )
 
@@ -122,7 +123,24 @@ func Map(n *Notification, st States) (Result, error) {
 	if !ok {
 		return Result{}, fmt.Errorf("%w %q", ErrUnknownSource, n.Source)
 	}
+	if st != nil {
+		st = privateStates{st}
+	}
 	return f(n, st)
+}
+
+// privateStates hands every mapping its own copy of a state's maps, so a
+// mapping that changes the state it read never mutates what the States
+// implementation holds (a cache, a test fixture, an earlier result).
+type privateStates struct{ States }
+
+func (p privateStates) State(key string) (State, bool) {
+	s, ok := p.States.State(key)
+	if ok {
+		s.Identifiers = maps.Clone(s.Identifiers)
+		s.Values = maps.Clone(s.Values)
+	}
+	return s, ok
 }
 
 // malformed wraps a description into ErrMalformed.

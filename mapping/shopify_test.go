@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -298,5 +299,33 @@ func TestShopifyMalformed(t *testing.T) {
 				t.Errorf("err = %v, want ErrMalformed", err)
 			}
 		})
+	}
+}
+
+// TestMapLeavesStatesUnchanged: a mapping works on its own copy of the
+// states it reads. The billing attempt below records its order in the
+// contract's state; the States it was given must not see it.
+func TestMapLeavesStatesUnchanged(t *testing.T) {
+	prior := State{
+		Key: activeContractState.Key, Status: "active", AppUserID: "u-42",
+		Identifiers: map[string]string{IDShopifyCustomer: "115310627314723954"},
+		Values:      map[string]string{"customer_id": "115310627314723954", "origin_order_id": "820982911946154508"},
+	}
+	st := shopifyStates{prior.Key: prior}
+	before := maps.Clone(prior.Identifiers)
+	beforeValues := maps.Clone(prior.Values)
+	res, err := Map(shopifyNote(t, "subscription_billing_attempts/success", "billing_attempt_success.json", ""), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := false
+	for _, s := range res.States {
+		changed = changed || (s.Key == prior.Key && !maps.Equal(s.Values, beforeValues))
+	}
+	if !changed {
+		t.Fatal("the mapping no longer changes the contract's values; pick a case that does")
+	}
+	if !maps.Equal(prior.Identifiers, before) || !maps.Equal(prior.Values, beforeValues) {
+		t.Errorf("Map changed the States' maps: identifiers %v, values %v", prior.Identifiers, prior.Values)
 	}
 }
