@@ -9,16 +9,22 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/postback ./cmd/postback
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/postback ./cmd/postback \
+ && mkdir -p /out/data
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/postback /usr/local/bin/postback
 COPY --from=build /src/config.yaml /etc/postback/config.yaml
+# The data directory belongs to the nonroot user (65532); a named volume
+# mounted there starts with that owner.
+COPY --from=build --chown=65532:65532 /out/data /data
 ENV POSTBACK_CONFIG=/etc/postback/config.yaml
-# storage.path in the mounted config should point under /data.
+# The shipped storage.path, ./data/postback.db, is relative to the working
+# directory: from / it is /data/postback.db, on the volume. A mounted config
+# should keep its database under /data.
+WORKDIR /
 VOLUME ["/data"]
-WORKDIR /data
-USER nonroot:nonroot
+USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/postback"]
 CMD ["serve"]
