@@ -240,8 +240,17 @@ func TestHashVectors(t *testing.T) {
 		if got := hashID("  "); got != "" {
 			t.Errorf("hashID(blank) = %q", got)
 		}
-		if got, want := hashAdID(" 6D92078A-8246-4BA4-AE5B-76104861E7DC "), mapping.SHA256Hex("6d92078a-8246-4ba4-ae5b-76104861e7dc"); got != want {
-			t.Errorf("hashAdID = %s, want %s", got, want)
+	})
+	t.Run("TikTok advertising ids are raw, IDFA upper-case, GAID lower-case", func(t *testing.T) {
+		if got, want := tiktokIDFA(" 6d92078a-8246-4ba4-ae5b-76104861e7dc "), "6D92078A-8246-4BA4-AE5B-76104861E7DC"; got != want {
+			t.Errorf("tiktokIDFA = %s, want %s", got, want)
+		}
+		h := mapping.SHA256Hex("6D92078A-8246-4BA4-AE5B-76104861E7DC")
+		if got := tiktokIDFA(strings.ToUpper(h)); got != h {
+			t.Errorf("tiktokIDFA(hash) = %s, want it lower-cased unchanged", got)
+		}
+		if got, want := tiktokGAID(" 38400000-8CF0-11BD-B23E-10B96E40000D "), "38400000-8cf0-11bd-b23e-10b96e40000d"; got != want {
+			t.Errorf("tiktokGAID = %s, want %s", got, want)
 		}
 	})
 }

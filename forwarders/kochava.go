@@ -194,7 +194,7 @@ func (k *Kochava) send(ctx context.Context, it Item) Result {
 	platform := platformOf(e)
 	d := kochavaData{
 		EventName:     name,
-		UserTime:      at.UnixMilli(),
+		UserTime:      at.Unix(), // seconds: Kochava's own post-install example sends 10 digits
 		OriginationIP: e.Identifier(mapping.IDIP),
 		DeviceUA:      e.Identifier(mapping.IDUserAgent),
 		OSVersion:     e.Identifier(mapping.IDOSVersion),

@@ -18,8 +18,9 @@ import (
 // app events (event_source "app", event_source_id the TikTok App ID) and web
 // events from Stripe and Shopify (event_source "web", the pixel code), up to
 // 1000 per request. event_id is the canonical event id for TikTok's 48-hour
-// deduplication; email, phone (E.164 with '+'), external id, IDFA and GAID
-// are sent SHA-256-hashed.
+// deduplication; email, phone (E.164 with '+') and external id are sent
+// SHA-256-hashed, IDFA (upper-case) and GAID (lower-case) raw, as TikTok's
+// own integrations send them.
 //
 // TikTok answers HTTP 200 with a code in the body: 0 (and 20001, partial
 // success) is delivered, 40100 is throttling (retried slowly), token and
@@ -196,8 +197,8 @@ type tiktokEvent struct {
 	Page       *tiktokPage  `json:"page,omitempty"`
 }
 
-// tiktokUser holds the matching keys: personal data and advertising ids
-// hashed, click and cookie ids, ip and user agent raw.
+// tiktokUser holds the matching keys: personal data hashed; advertising,
+// click and cookie ids, ip and user agent raw.
 type tiktokUser struct {
 	Email      string `json:"email,omitempty"`
 	Phone      string `json:"phone,omitempty"`
@@ -234,11 +235,19 @@ type tiktokPage struct {
 // tiktokATT names Apple's ATT statuses 0..3 as TikTok does.
 var tiktokATT = [...]string{"NOT_DETERMINED", "RESTRICTED", "DENIED", "AUTHORIZED"}
 
-// hashAdID hashes an IDFA or GAID for TikTok: SHA-256 of the trimmed,
-// lower-cased id; an id already hashed passes through.
-func hashAdID(v string) string {
-	return hashID(strings.ToLower(strings.TrimSpace(v)))
+// tiktokIDFA and tiktokGAID spell advertising ids as TikTok's own Segment
+// integration (tiktok-app-events, maintained by TikTok) sends them: raw, the
+// IDFA upper-case and the GAID lower-case; an id that is already a SHA-256
+// hash passes through in lower case.
+func tiktokIDFA(v string) string {
+	v = strings.TrimSpace(v)
+	if l := strings.ToLower(v); mapping.IsSHA256Hex(l) {
+		return l
+	}
+	return strings.ToUpper(v)
 }
+
+func tiktokGAID(v string) string { return strings.ToLower(strings.TrimSpace(v)) }
 
 func (t *TikTok) event(e *mapping.Event, name string, now time.Time) tiktokEvent {
 	ts := e.OccurredAt
@@ -267,7 +276,7 @@ func (t *TikTok) event(e *mapping.Event, name string, now time.Time) tiktokEvent
 		switch adPlatform(e) {
 		case "ios":
 			if id := adID(e); id != "" {
-				u.IDFA = hashAdID(id)
+				u.IDFA = tiktokIDFA(id)
 			}
 			u.IDFV = e.Identifier(mapping.IDIDFV)
 			if s := attStatus(e); s >= 0 {
@@ -275,7 +284,7 @@ func (t *TikTok) event(e *mapping.Event, name string, now time.Time) tiktokEvent
 			}
 		case "android":
 			if id := adID(e); id != "" {
-				u.GAID = hashAdID(id)
+				u.GAID = tiktokGAID(id)
 			}
 			u.ATTStatus = "NOT_APPLICABLE"
 		}
