@@ -188,6 +188,11 @@ type Shopify struct {
 	Shops    []string `yaml:"shops"`    // accepted X-Shopify-Shop-Domain values; empty accepts any
 	Currency string   `yaml:"currency"` // presentment|shop
 	AppID    string   `yaml:"app_id"`
+	// ShopSecrets maps a shop domain to the store's own webhook key, which
+	// signs webhooks created in that store's admin (Settings > Notifications)
+	// instead of the app's client secret. A key authenticates webhooks from
+	// its own shop only.
+	ShopSecrets map[string]string `yaml:"shop_secrets"`
 }
 
 // Match selects which events a destination receives.
@@ -440,7 +445,7 @@ func rejectUnknown(root *yaml.Node) error {
 		"sources.apple":   {"enabled", "apps", "environments", "root_certificates", "online_checks", "api"},
 		"sources.google":  {"enabled", "packages", "push_audience", "push_service_account", "oidc_certs_url", "play_api"},
 		"sources.stripe":  {"enabled", "secrets", "tolerance", "app_id"},
-		"sources.shopify": {"enabled", "secret", "secrets", "shops", "currency", "app_id"},
+		"sources.shopify": {"enabled", "secret", "secrets", "shops", "currency", "app_id", "shop_secrets"},
 	}
 	var walk func(n *yaml.Node, path string) error
 	walk = func(n *yaml.Node, path string) error {
@@ -584,6 +589,13 @@ func (c *Config) resolveUnset(unset map[string]string) error {
 				c.Sources.Apple.API = AppleAPI{Endpoint: c.Sources.Apple.API.Endpoint}
 				continue
 			}
+			if shop, ok := strings.CutPrefix(path, "sources.shopify.shop_secrets."); ok {
+				// One store's key missing disables that store's admin
+				// webhooks only.
+				delete(c.Sources.Shopify.ShopSecrets, shop)
+				c.Disabled = append(c.Disabled, fmt.Sprintf("Shopify admin webhooks of %s: ${%s} is not set", shop, v))
+				continue
+			}
 			if c.disableSource(name) {
 				c.Disabled = append(c.Disabled, fmt.Sprintf("source %s: ${%s} is not set (%s)", name, v, path))
 			}
@@ -625,7 +637,7 @@ func (c *Config) disableSource(name string) bool {
 		c.Sources.Stripe.Enabled = false
 		return was
 	case "shopify":
-		if c.Sources.Shopify.Secret != "" || len(c.Sources.Shopify.Secrets) > 0 {
+		if c.Sources.Shopify.Secret != "" || len(c.Sources.Shopify.Secrets) > 0 || len(c.Sources.Shopify.ShopSecrets) > 0 {
 			return false
 		}
 		was := c.Sources.Shopify.Enabled
@@ -696,8 +708,26 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	if s := c.Sources.Shopify; s.Enabled && s.Secret == "" && len(s.Secrets) == 0 {
-		bad("sources.shopify.secret", "set the app's client secret or set enabled: false")
+	if s := c.Sources.Shopify; s.Enabled && s.Secret == "" && len(s.Secrets) == 0 && len(s.ShopSecrets) == 0 {
+		bad("sources.shopify.secret", "set the app's client secret (or a store's webhook key under shop_secrets) or set enabled: false")
+	}
+	if s := c.Sources.Shopify; s.Enabled {
+		shops := make([]string, 0, len(s.ShopSecrets))
+		for shop := range s.ShopSecrets {
+			shops = append(shops, shop)
+		}
+		sort.Strings(shops)
+		for _, shop := range shops {
+			key := "sources.shopify.shop_secrets." + shop
+			switch {
+			case strings.TrimSpace(s.ShopSecrets[shop]) == "":
+				bad(key, "empty; write the store's webhook key (Settings > Notifications > Webhooks) or remove the entry")
+			case shop != strings.ToLower(strings.TrimSpace(shop)) || !strings.Contains(shop, "."):
+				bad(key, "name the shop by its lower-case domain as Shopify sends it in X-Shopify-Shop-Domain, e.g. example.myshopify.com")
+			case len(s.Shops) > 0 && !containsFold(s.Shops, shop):
+				bad(key, "%s is not in sources.shopify.shops; add it there too", shop)
+			}
+		}
 	}
 	if s := c.Sources.Shopify.Currency; s != "shop" && s != "presentment" {
 		bad("sources.shopify.currency", "%q is not one of shop, presentment", s)
@@ -807,11 +837,32 @@ func setDefaults(user, resolved *yaml.Node) {
 	}
 }
 
+// childKey is the key a mapping's entry is judged by: inside a mapping of
+// secrets (shop_secrets: {shop: key}) every value is a secret, whatever its
+// own key. (Other mappings under a secret-like name, such as Adjust's
+// event_tokens, hold identifiers that stay readable.)
+func childKey(parent, key string) string {
+	if strings.HasSuffix(strings.ToLower(parent), "secrets") {
+		return parent
+	}
+	return key
+}
+
+// containsFold reports whether list holds v, ignoring case and spaces.
+func containsFold(list []string, v string) bool {
+	for _, s := range list {
+		if strings.EqualFold(strings.TrimSpace(s), v) {
+			return true
+		}
+	}
+	return false
+}
+
 func redact(n *yaml.Node, key string) {
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			redact(n.Content[i+1], n.Content[i].Value)
+			redact(n.Content[i+1], childKey(key, n.Content[i].Value))
 		}
 	case yaml.SequenceNode:
 		for _, ch := range n.Content {
@@ -837,7 +888,7 @@ func (c *Config) Secrets() []string {
 			}
 		case yaml.MappingNode:
 			for i := 0; i+1 < len(n.Content); i += 2 {
-				walk(n.Content[i+1], n.Content[i].Value)
+				walk(n.Content[i+1], childKey(key, n.Content[i].Value))
 			}
 		case yaml.SequenceNode:
 			for _, ch := range n.Content {

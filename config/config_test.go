@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -541,4 +542,70 @@ func TestDestinationDecode(t *testing.T) {
 			t.Errorf("hook disabled = %q", c.Destinations[2].Disabled)
 		}
 	})
+}
+
+// TestShopifyStoreKeys: sources.shopify.shop_secrets holds the keys that sign
+// webhooks created in a store's admin, one per shop.
+func TestShopifyStoreKeys(t *testing.T) {
+	const base = `
+sources:
+  apple: {enabled: false}
+  google: {enabled: false}
+  stripe: {enabled: false}
+  shopify:
+    enabled: true
+    secret: ${SHOPIFY_APP}
+`
+	t.Run("parsed, redacted and masked", func(t *testing.T) {
+		c, err := Parse([]byte(base+"    shop_secrets:\n      example.myshopify.com: ${STORE_A}\n"), env("SHOPIFY_APP", "shpss_app_secret_value", "STORE_A", "store-a-webhook-key-123456"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Sources.Shopify.ShopSecrets["example.myshopify.com"]; got != "store-a-webhook-key-123456" {
+			t.Fatalf("shop secret = %q", got)
+		}
+		out, err := c.Redacted()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(out, []byte("store-a-webhook-key")) || !bytes.Contains(out, []byte("example.myshopify.com: '[redacted]'")) {
+			t.Errorf("store key not redacted under its shop:\n%s", out)
+		}
+		if !slices.Contains(c.Secrets(), "store-a-webhook-key-123456") {
+			t.Error("the store key is not among Secrets(), so logs would not mask it")
+		}
+	})
+	t.Run("an unset key disables that store only", func(t *testing.T) {
+		c, err := Parse([]byte(base+"    shop_secrets:\n      example.myshopify.com: ${STORE_A}\n      other.myshopify.com: ${STORE_B}\n"), env("SHOPIFY_APP", "shpss_app_secret_value", "STORE_A", "store-a-webhook-key-123456"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Sources.Shopify.Enabled || len(c.Sources.Shopify.ShopSecrets) != 1 {
+			t.Fatalf("enabled %v, shop secrets %v", c.Sources.Shopify.Enabled, c.Sources.Shopify.ShopSecrets)
+		}
+		if !containsPrefix(c.Disabled, "Shopify admin webhooks of other.myshopify.com: ${STORE_B} is not set") {
+			t.Errorf("disabled: %q", c.Disabled)
+		}
+	})
+	t.Run("store keys alone enable the source", func(t *testing.T) {
+		c, err := Parse([]byte(strings.Replace(base, "secret: ${SHOPIFY_APP}", `secret: ""`, 1)+"    shop_secrets: {example.myshopify.com: store-a-webhook-key-123456}\n"), env())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Sources.Shopify.Enabled {
+			t.Fatal("disabled")
+		}
+	})
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"upper-case shop": {"    shop_secrets: {Example.myshopify.com: k-123456789}\n", "sources.shopify.shop_secrets.Example.myshopify.com: name the shop by its lower-case domain"},
+		"empty key":       {"    shop_secrets: {example.myshopify.com: \"\"}\n", "sources.shopify.shop_secrets.example.myshopify.com: empty"},
+		"shop not listed": {"    shops: [a.myshopify.com]\n    shop_secrets: {b.myshopify.com: k-123456789}\n", "sources.shopify.shop_secrets.b.myshopify.com: b.myshopify.com is not in sources.shopify.shops"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse([]byte(base+tc.yaml), env("SHOPIFY_APP", "shpss_app_secret_value"))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
 }

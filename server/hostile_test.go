@@ -26,6 +26,7 @@ import (
 
 const (
 	hostileShopifySecret = "shpss_hostile_test_secret_0123456789"
+	hostileStoreKey      = "hostile-store-admin-webhook-key-0123456789" // signs the store's admin-created webhooks
 	hostileAPIKey        = "hostile-api-key-0123456789abcdef"
 	hostileBundle        = "com.example.app"
 	hostileAppAppleID    = 1234567890
@@ -53,10 +54,10 @@ sources:
     environments: [production, sandbox]
     root_certificates: [%q]
   google: {enabled: false}
-  shopify: {enabled: true, secret: %q, app_id: %s}
+  shopify: {enabled: true, secret: %q, app_id: %s, shop_secrets: {hostile.myshopify.com: %q}}
   stripe: {enabled: true, secrets: [%q], app_id: %s}
 `, hostileMaxBody, filepath.Join(dir, "postback.db"), e2eAdminToken, hostileAPIKey, hostileBundle, hostileAppAppleID, root,
-		hostileShopifySecret, hostileBundle, e2eStripeSecret, hostileBundle)
+		hostileShopifySecret, hostileBundle, hostileStoreKey, e2eStripeSecret, hostileBundle)
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -162,6 +163,7 @@ func TestHostileInputs(t *testing.T) {
 		{"stripe invalid UTF-8, forged", "/webhooks/stripe", badUTF8, map[string]string{"Stripe-Signature": "t=" + fmt.Sprint(now.Unix()) + ",v1=" + strings.Repeat("0", 64)}, 400, "", [2]string{"stripe", "evt_\xff\xfe"}},
 		{"shopify bad HMAC", "/webhooks/shopify", []byte(`{"id":1}`), map[string]string{"X-Shopify-Hmac-Sha256": webhooks.SignShopify([]byte(`{"id":2}`), hostileShopifySecret), "X-Shopify-Topic": "orders/paid", "X-Shopify-Webhook-Id": "wh-bad"}, 401, "", [2]string{"shopify", "wh-bad"}},
 		{"shopify oversize", "/webhooks/shopify", oversize, shopifySigned(oversize, "wh-big"), 413, "", [2]string{"shopify", "wh-big"}},
+		{"shopify store key claiming another shop", "/webhooks/shopify", []byte(`{"id":3}`), map[string]string{"X-Shopify-Hmac-Sha256": webhooks.SignShopify([]byte(`{"id":3}`), hostileStoreKey), "X-Shopify-Topic": "orders/paid", "X-Shopify-Webhook-Id": "wh-other-shop", "X-Shopify-Shop-Domain": "other.myshopify.com"}, 401, webhooks.CodeSignature, [2]string{"shopify", "wh-other-shop"}},
 		{"apple alg none", "/webhooks/apple", appleBody(pki.Sign(appleNote, appletest.JWS{Alg: "none", Sign: func([]byte) []byte { return nil }})), nil, 401, webhooks.CodeAppleAlg, [2]string{"apple", "11111111-2222-4333-8444-555555555555"}},
 		{"apple HS256 keyed with the leaf public key", "/webhooks/apple", appleBody(pki.Sign(appleNote, appletest.JWS{Alg: "HS256", Sign: hs256(leafPub)})), nil, 401, webhooks.CodeAppleAlg, [2]string{"apple", "11111111-2222-4333-8444-555555555555"}},
 		{"apple foreign root", "/webhooks/apple", appleBody(foreign.SignJWS(appleNote)), nil, 401, webhooks.CodeAppleUntrustedChain, [2]string{"apple", "11111111-2222-4333-8444-555555555555"}},
@@ -221,4 +223,24 @@ func hs256(key []byte) func([]byte) []byte {
 
 func x509MarshalPKIX(p *appletest.PKI) ([]byte, error) {
 	return x509.MarshalPKIXPublicKey(p.Leaf.PublicKey)
+}
+
+// TestShopifyStoreKeyThroughGateway: a webhook created in a store's admin,
+// signed with that store's key from sources.shopify.shop_secrets, is
+// accepted by the running gateway and stored.
+func TestShopifyStoreKeyThroughGateway(t *testing.T) {
+	tg := hostileGateway(t, appletest.NewPKI(t))
+	body := []byte(`{"id":5899171709999,"total_price":"9.99","currency":"USD"}`)
+	h := map[string]string{
+		"X-Shopify-Hmac-Sha256": webhooks.SignShopify(body, hostileStoreKey),
+		"X-Shopify-Topic":       "orders/paid",
+		"X-Shopify-Webhook-Id":  "wh-admin-1",
+		"X-Shopify-Shop-Domain": "hostile.myshopify.com",
+	}
+	if status, code := send(t, tg.url+"/webhooks/shopify", body, h); status != 200 {
+		t.Fatalf("status %d (%s), want 200", status, code)
+	}
+	if _, err := tg.g.Store.Notification("shopify", "wh-admin-1"); err != nil {
+		t.Fatalf("not stored: %v", err)
+	}
 }

@@ -48,9 +48,9 @@ func (g *Gateway) mountSources() error {
 	}
 	if c := cfg.Shopify; c.Enabled {
 		secrets := append([]string{c.Secret}, c.Secrets...)
-		s := &webhooks.Shopify{Deps: g.Deps, Secrets: secrets, Shops: c.Shops, Currency: c.Currency, AppID: c.AppID}
+		s := &webhooks.Shopify{Deps: g.Deps, Secrets: secrets, ShopSecrets: c.ShopSecrets, Shops: c.Shops, Currency: c.Currency, AppID: c.AppID}
 		g.Echo.POST("/webhooks/shopify", s.Handle)
-		g.Logger.Info("source enabled", "source", "shopify", "path", "/webhooks/shopify", "shops", len(c.Shops))
+		g.Logger.Info("source enabled", "source", "shopify", "path", "/webhooks/shopify", "shops", len(c.Shops), "store_keys", len(c.ShopSecrets))
 	}
 	// The app's own API: /v1/events and /v1/users. Always mounted, so that
 	// without api_keys it answers 404 with a message saying how to turn it on.

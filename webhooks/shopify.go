@@ -33,6 +33,10 @@ type Shopify struct {
 	// Secrets are the app's client secrets (sources.shopify.secret plus
 	// sources.shopify.secrets during a rotation).
 	Secrets []string
+	// ShopSecrets maps a lower-case shop domain to the store's own webhook
+	// key (webhooks created in the store's admin are signed with it). It is
+	// tried, after the app's secrets, only for requests naming that shop.
+	ShopSecrets map[string]string
 	// Shops are the accepted X-Shopify-Shop-Domain values; empty accepts
 	// any shop (apps installed on many shops).
 	Shops []string
@@ -65,9 +69,25 @@ func SignShopify(body []byte, secret string) string {
 	return base64.StdEncoding.EncodeToString(mac.Sum(nil))
 }
 
-// Verify checks a body against its X-Shopify-Hmac-Sha256 header. It returns
-// the index of the secret that matched (0 is the primary).
+// Verify checks a body against its X-Shopify-Hmac-Sha256 header with the
+// app's secrets. It returns the index of the secret that matched (0 is the
+// primary).
 func (s *Shopify) Verify(body []byte, header string) (int, error) {
+	return verifyShopify(body, header, s.Secrets)
+}
+
+// secretsFor returns the secrets that may sign a request naming shop: the
+// app's, then that store's own webhook key if one is configured.
+func (s *Shopify) secretsFor(shop string) []string {
+	key, ok := s.ShopSecrets[shop]
+	if !ok || key == "" {
+		return s.Secrets
+	}
+	return append(append(make([]string, 0, len(s.Secrets)+1), s.Secrets...), key)
+}
+
+// verifyShopify checks body against header with each of secrets.
+func verifyShopify(body []byte, header string, secrets []string) (int, error) {
 	header = strings.TrimSpace(header)
 	if header == "" {
 		return -1, ErrShopifyNoHeader
@@ -82,7 +102,7 @@ func (s *Shopify) Verify(body []byte, header string) (int, error) {
 		return -1, ErrShopifyEmptyBody
 	}
 	matched := -1
-	for i, secret := range s.Secrets {
+	for i, secret := range secrets {
 		if secret == "" {
 			continue
 		}
@@ -134,7 +154,11 @@ func (s *Shopify) Handle(c echo.Context) error {
 		return s.Reject(src, AsError(err))
 	}
 	r := c.Request()
-	matched, err := s.Verify(body, header(r, "Hmac-Sha256"))
+	// The shop header is not authenticated yet: it only chooses which
+	// store's key may also have signed the body, and that key vouches for
+	// its own shop alone.
+	shop := strings.ToLower(header(r, "Shop-Domain"))
+	matched, err := verifyShopify(body, header(r, "Hmac-Sha256"), s.secretsFor(shop))
 	if err != nil {
 		code := CodeSignature
 		if errors.Is(err, ErrShopifyNoHeader) || errors.Is(err, ErrShopifyBadHeader) {
@@ -142,10 +166,9 @@ func (s *Shopify) Handle(c echo.Context) error {
 		}
 		return s.Reject(src, Wrap(http.StatusUnauthorized, code, err.Error(), err))
 	}
-	if matched > 0 {
+	if matched > 0 && matched < len(s.Secrets) {
 		s.Logger.Info("shopify webhook verified with a fallback secret; finish the rotation", "secret_index", matched)
 	}
-	shop := strings.ToLower(header(r, "Shop-Domain"))
 	if shop == "" {
 		return s.Reject(src, Errorf(http.StatusBadRequest, CodeMalformed, "missing X-Shopify-Shop-Domain header"))
 	}

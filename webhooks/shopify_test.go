@@ -23,6 +23,7 @@ const (
 	shopSecret    = "shpss_test_secret_current_0000000000"
 	shopOldSecret = "shpss_test_secret_previous_111111111"
 	shopDomain    = "example.myshopify.com"
+	shopStoreKey  = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" // a store's admin webhook key
 )
 
 // boltForTest opens a real store in a temporary directory and checks its
@@ -68,7 +69,7 @@ func newShopify(st Ingester, logs *bytes.Buffer) *Shopify {
 	if logs != nil {
 		d = testDeps(st, logs)
 	}
-	return &Shopify{Deps: d, Secrets: []string{shopSecret, shopOldSecret}, Shops: []string{"Example.myshopify.com"}, AppID: "shop.example.app"}
+	return &Shopify{Deps: d, Secrets: []string{shopSecret, shopOldSecret}, ShopSecrets: map[string]string{shopDomain: shopStoreKey}, Shops: []string{"Example.myshopify.com"}, AppID: "shop.example.app"}
 }
 
 func TestShopifySignatures(t *testing.T) {
@@ -117,6 +118,17 @@ func TestShopifySignatures(t *testing.T) {
 			}
 			h["X-Shopify-Hmac-Sha256"] = string(v)
 		}, wantStatus: http.StatusUnauthorized, wantCode: CodeUnauthorized},
+		{name: "admin webhook signed with the store's own key", headers: func(h map[string]string) {
+			h["X-Shopify-Hmac-Sha256"] = SignShopify(body, shopStoreKey)
+		}, wantStatus: http.StatusOK},
+		{name: "store key of one shop claiming another shop", headers: func(h map[string]string) {
+			h["X-Shopify-Hmac-Sha256"] = SignShopify(body, shopStoreKey)
+			h["X-Shopify-Shop-Domain"] = "other.myshopify.com"
+		}, wantStatus: http.StatusUnauthorized, wantCode: CodeSignature},
+		{name: "store key without a shop header", headers: func(h map[string]string) {
+			h["X-Shopify-Hmac-Sha256"] = SignShopify(body, shopStoreKey)
+			delete(h, "X-Shopify-Shop-Domain")
+		}, wantStatus: http.StatusUnauthorized, wantCode: CodeSignature},
 		{name: "empty body", body: []byte{}, wantStatus: http.StatusUnauthorized, wantCode: CodeSignature},
 		{name: "unknown shop", headers: func(h map[string]string) { h["X-Shopify-Shop-Domain"] = "other.myshopify.com" },
 			wantStatus: http.StatusForbidden, wantCode: CodeUnknownShop},
@@ -170,7 +182,7 @@ func TestShopifySignatures(t *testing.T) {
 			if tt.wantLog != "" && !strings.Contains(logs.String(), tt.wantLog) {
 				t.Errorf("log does not mention %q:\n%s", tt.wantLog, logs.String())
 			}
-			for _, secret := range []string{shopSecret, shopOldSecret} {
+			for _, secret := range []string{shopSecret, shopOldSecret, shopStoreKey} {
 				if strings.Contains(logs.String(), secret) || strings.Contains(rec.Body.String(), secret) {
 					t.Errorf("a secret leaked into the log or the answer")
 				}
