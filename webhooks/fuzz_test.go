@@ -122,9 +122,13 @@ func FuzzShopifyHandle(f *testing.F) {
 	f.Add([]byte("\xc3\x28"), "app/uninstalled", "wh-3")
 	f.Fuzz(func(t *testing.T, body []byte, topic, id string) {
 		st := &fakeIngester{}
-		s := &Shopify{Deps: testDeps(st, nil), Secrets: []string{"shpss_fuzz"}}
+		s := &Shopify{Deps: testDeps(st, nil), Secrets: []string{"shpss_fuzz"}, ShopSecrets: map[string]string{"fuzz.myshopify.com": "store-key"}}
+		secret := "shpss_fuzz"
+		if len(body)%2 == 1 {
+			secret = "store-key" // an admin-created webhook of the same shop
+		}
 		h := map[string]string{
-			"X-Shopify-Hmac-Sha256": SignShopify(body, "shpss_fuzz"),
+			"X-Shopify-Hmac-Sha256": SignShopify(body, secret),
 			"X-Shopify-Topic":       topic,
 			"X-Shopify-Webhook-Id":  id,
 			"X-Shopify-Shop-Domain": "fuzz.myshopify.com",
