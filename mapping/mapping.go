@@ -95,6 +95,29 @@ type Result struct {
 	Events  []Event
 	States  []State // new or changed states, written in the same transaction
 	Ignored string  // when there is no event: why (logged and stored)
+	// Erase is a privacy request the notification carries (Shopify's
+	// customers/redact). The store queues it in the same transaction and
+	// carries it out in the background, a chunk per commit.
+	Erase *Erasure `json:",omitempty"`
+}
+
+// Erasure names the data of one person to forget: the identifiers of the
+// events and states that carry the identifier IDKey=IDValue (events limited
+// to those whose attribute EventAttr equals EventAttrValue, states to keys
+// under StatePrefix, where a StateValueKey value equal to IDValue also
+// matches), plus the events and states named outright. Matching events keep
+// their type, time and revenue; their identifiers are cleared and the raw
+// notifications behind them erased. Matching states lose their identifiers,
+// app user id and StateValueKey value.
+type Erasure struct {
+	IDKey          string   `json:"id_key"`
+	IDValue        string   `json:"id_value"`
+	EventAttr      string   `json:"event_attr,omitempty"`
+	EventAttrValue string   `json:"event_attr_value,omitempty"`
+	StatePrefix    string   `json:"state_prefix,omitempty"`
+	StateValueKey  string   `json:"state_value_key,omitempty"`
+	EventIDs       []string `json:"event_ids,omitempty"`
+	StateKeys      []string `json:"state_keys,omitempty"`
 }
 
 // Func maps one notification to canonical events. It must be pure: no I/O, no

@@ -234,7 +234,9 @@ func Shopify(n *Notification, st States) (Result, error) {
 		err = m.billingFailed()
 	case "app_subscriptions/update":
 		err = m.appSubscription()
-	case "customers/data_request", "customers/redact", "shop/redact", "app/uninstalled":
+	case "customers/redact":
+		err = m.customerRedact()
+	case "customers/data_request", "shop/redact", "app/uninstalled":
 		m.out.Ignored = "shopify compliance or lifecycle topic " + m.topic + " acknowledged"
 	default:
 		m.out.Ignored = "unhandled shopify topic " + m.topic
@@ -832,5 +834,43 @@ func (m *shopifyMapper) appSubscription() error {
 	}
 	s.Status = status
 	m.save(s)
+	return nil
+}
+
+// customerRedact turns customers/redact (Shopify's GDPR request to delete a
+// customer's data, sent ten days after the merchant asks) into an erasure:
+// every event and state of this shop that carries the customer's id, the
+// purchase and renewal events of the orders it lists, and those orders' and
+// the customer's states.
+func (m *shopifyMapper) customerRedact() error {
+	var r struct {
+		Customer *struct {
+			ID shopifyID `json:"id"`
+		} `json:"customer"`
+		OrdersToRedact []shopifyID `json:"orders_to_redact"`
+	}
+	if err := m.decode(&r); err != nil {
+		return err
+	}
+	if r.Customer == nil || r.Customer.ID == "" {
+		return malformed("shopify customers/redact without customer.id")
+	}
+	er := &Erasure{
+		IDKey: IDShopifyCustomer, IDValue: string(r.Customer.ID),
+		EventAttr: "shop_domain", EventAttrValue: m.shop,
+		StatePrefix: "shopify:" + m.shop + ":", StateValueKey: "customer_id",
+		StateKeys: []string{m.key("customer", r.Customer.ID)},
+	}
+	for _, o := range r.OrdersToRedact {
+		if o == "" {
+			continue
+		}
+		er.StateKeys = append(er.StateKeys, m.key("order", o))
+		for _, t := range []Type{Purchase, SubscriptionRenewed} {
+			er.EventIDs = append(er.EventIDs, EventID(SourceShopify, m.shop, string(t), string(o)))
+		}
+	}
+	m.out.Erase = er
+	m.out.Ignored = fmt.Sprintf("customers/redact: erasure of customer %s and %d orders queued", r.Customer.ID, len(r.OrdersToRedact))
 	return nil
 }

@@ -56,9 +56,10 @@ func shopifyNote(t *testing.T, topic, file, mode string) *Notification {
 
 // goldenResult is a Result with stable JSON names.
 type goldenResult struct {
-	Events  []Event `json:"events"`
-	States  []State `json:"states"`
-	Ignored string  `json:"ignored,omitempty"`
+	Events  []Event  `json:"events"`
+	States  []State  `json:"states"`
+	Ignored string   `json:"ignored,omitempty"`
+	Erase   *Erasure `json:"erase,omitempty"`
 }
 
 // Prior states shared by the cases: what earlier webhooks of the same shop

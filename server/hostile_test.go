@@ -19,6 +19,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/postback/postback/config"
+	"github.com/postback/postback/mapping"
 	"github.com/postback/postback/store"
 	"github.com/postback/postback/webhooks"
 	"github.com/postback/postback/webhooks/appletest"
@@ -242,5 +243,41 @@ func TestShopifyStoreKeyThroughGateway(t *testing.T) {
 	}
 	if _, err := tg.g.Store.Notification("shopify", "wh-admin-1"); err != nil {
 		t.Fatalf("not stored: %v", err)
+	}
+}
+
+// TestShopifyCustomerRedactThroughGateway: customers/redact is acknowledged
+// once queued, and the running gateway's background worker erases the
+// customer's identifiers from the events of that shop.
+func TestShopifyCustomerRedactThroughGateway(t *testing.T) {
+	tg := hostileGateway(t, appletest.NewPKI(t))
+	post := func(topic, id string, body []byte) {
+		t.Helper()
+		h := shopifySigned(body, id)
+		h["X-Shopify-Topic"] = topic
+		if status, code := send(t, tg.url+"/webhooks/shopify", body, h); status != 200 {
+			t.Fatalf("%s: status %d (%s)", topic, status, code)
+		}
+	}
+	post("orders/paid", "wh-order-1", []byte(`{"id":4001,"currency":"USD","total_price":"19.99","financial_status":"paid","customer":{"id":777,"email":"jane@example.com"},"note_attributes":[{"name":"app_user_id","value":"u-777"}]}`))
+	page, err := tg.g.Store.Events(store.EventFilter{})
+	if err != nil || len(page.Events) != 1 || page.Events[0].User.Identifiers[mapping.IDShopifyCustomer] != "777" {
+		t.Fatalf("setup: %+v %v", page.Events, err)
+	}
+	id := page.Events[0].ID
+	post("customers/redact", "wh-redact-1", []byte(`{"shop_domain":"hostile.myshopify.com","customer":{"id":777,"email":"jane@example.com"},"orders_to_redact":[4001]}`))
+	waitFor(t, "erasure", func() bool {
+		n, err := tg.g.Store.PendingErasures()
+		return err == nil && n == 0
+	})
+	e, err := tg.g.Store.Event(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(e.User.Identifiers) != 0 {
+		t.Fatalf("identifiers kept after the erasure: %v", e.User.Identifiers)
+	}
+	if n, err := tg.g.Store.Notification("shopify", "wh-order-1"); err != nil || n.Body != nil {
+		t.Fatalf("raw order notification kept: %v", err)
 	}
 }

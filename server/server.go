@@ -193,7 +193,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.Store.Close()
 		return nil, err
 	}
-	g.workers = append(g.workers, g.pruneLoop, g.checkLoop)
+	g.workers = append(g.workers, g.pruneLoop, g.checkLoop, g.erasureLoop)
 	for _, line := range cfg.Disabled {
 		g.Logger.Warn("disabled: " + line)
 	}
@@ -347,6 +347,36 @@ func (g *Gateway) pruneLoop(ctx context.Context) {
 		}
 		if r.Events+r.Notifications > 0 {
 			g.Logger.Info("pruned", "events", r.Events, "notifications", r.Notifications, "kept_unfinished", r.Kept)
+		}
+	}
+}
+
+// erasureLoop carries out queued privacy erasures (Shopify's
+// customers/redact) a chunk per commit, checking every second for new ones.
+func (g *Gateway) erasureLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for ctx.Err() == nil {
+			more, done, err := g.Store.EraseStep(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					g.Logger.Error("privacy erasure", "err", err)
+				}
+				break
+			}
+			if done != nil {
+				g.Logger.Info("privacy erasure done", "source", done.Source, "key", done.Key,
+					"events", done.Events, "states", done.States, "took", time.Since(done.QueuedAt).Round(time.Millisecond))
+			}
+			if !more {
+				break
+			}
 		}
 	}
 }

@@ -177,6 +177,11 @@ func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResul
 		}
 		res.Events = append(res.Events, *e)
 	}
+	if writeStates && out.Erase != nil {
+		if err := queueErasure(tx, inboxKey(n.Source, n.Key), out.Erase, now); err != nil {
+			return err
+		}
+	}
 	if writeStates {
 		sb := tx.Bucket(bStates)
 		for _, s := range out.States {

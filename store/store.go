@@ -46,9 +46,10 @@ var (
 	bWaiting    = []byte("waiting")     // app_user_id 0 delivery key -> nil
 	bUserEvents = []byte("user_events") // app_user_id 0 event id -> nil (privacy erasure)
 	bMeta       = []byte("meta")        // name -> value
+	bErasures   = []byte("erasures")    // inbox key -> erasureJob (queued privacy erasures)
 )
 
-var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta}
+var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta, bErasures}
 
 // Options configure a DB. The zero value is usable: nil fields get defaults.
 type Options struct {

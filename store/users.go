@@ -213,13 +213,7 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 		// the event ids) so a store retry is still recognised.
 		inbox := tx.Bucket(bInbox)
 		for _, ik := range sources {
-			var nt mapping.Notification
-			if ok, err := getJSON(inbox, ik, &nt); err != nil || !ok || nt.Body == nil {
-				continue
-			}
-			nt.Body, nt.Enriched, nt.Meta = nil, nil, nil
-			nt.Reason = "body erased for a privacy deletion"
-			if err := putJSON(inbox, ik, &nt); err != nil {
+			if err := eraseInboxBody(inbox, ik, "body erased for a privacy deletion"); err != nil {
 				return err
 			}
 		}

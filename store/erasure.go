@@ -1,0 +1,263 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/postback/postback/mapping"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Privacy erasures that a notification carries (mapping.Result.Erase, e.g.
+// Shopify's customers/redact) are queued in bErasures in the notification's
+// own transaction, so an acknowledged request is never lost, and carried out
+// by EraseStep a chunk per commit, so a search through every event never
+// holds the writer for long.
+
+// erasureChunk bounds the records one EraseStep examines.
+var erasureChunk = 2000 // a variable so tests can make chunks of one
+
+const (
+	erasePhaseNamed  = "named"  // the events and states named outright
+	erasePhaseEvents = "events" // a scan of the events bucket
+	erasePhaseStates = "states" // a scan of the states under StatePrefix
+)
+
+// erasureJob is one queued erasure (bErasures: inbox key -> erasureJob).
+type erasureJob struct {
+	mapping.Erasure
+	Phase    string    `json:"phase"`
+	Cursor   []byte    `json:"cursor,omitempty"` // last key examined in the phase's bucket
+	Events   int       `json:"events"`           // events erased so far
+	States   int       `json:"states"`           // states erased so far
+	QueuedAt time.Time `json:"queued_at"`
+}
+
+// ErasureDone reports a finished erasure.
+type ErasureDone struct {
+	Source, Key    string // the notification that asked for it
+	Events, States int    // records erased
+	QueuedAt       time.Time
+}
+
+func queueErasure(tx *bolt.Tx, ik []byte, e *mapping.Erasure, now time.Time) error {
+	return putJSON(tx.Bucket(bErasures), ik, &erasureJob{Erasure: *e, Phase: erasePhaseNamed, QueuedAt: now})
+}
+
+// PendingErasures counts queued erasures.
+func (db *DB) PendingErasures() (int, error) {
+	n := 0
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bErasures).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
+// EraseStep carries the oldest queued erasure one chunk further. It reports
+// whether work remains and, when an erasure finished, what it erased.
+func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err error) {
+	err = db.submit(ctx, func(tx *bolt.Tx) error {
+		more, done = false, nil
+		jobs := tx.Bucket(bErasures)
+		k, v := jobs.Cursor().First()
+		if k == nil {
+			return nil
+		}
+		ik := append([]byte(nil), k...)
+		var job erasureJob
+		if err := json.Unmarshal(v, &job); err != nil {
+			return fmt.Errorf("store: erasure %q: %w", ik, err)
+		}
+		finished, err := db.eraseChunk(tx, &job)
+		if err != nil {
+			return err
+		}
+		if !finished {
+			more = true
+			return putJSON(jobs, ik, &job)
+		}
+		if err := jobs.Delete(ik); err != nil {
+			return err
+		}
+		// The request itself names the person: its body goes too.
+		reason := fmt.Sprintf("erasure done: %d events, %d states", job.Events, job.States)
+		if err := eraseInboxBody(tx.Bucket(bInbox), ik, reason); err != nil {
+			return err
+		}
+		src, key, _ := bytes.Cut(ik, []byte{0})
+		done = &ErasureDone{Source: string(src), Key: string(key), Events: job.Events, States: job.States, QueuedAt: job.QueuedAt}
+		more = jobs.Stats().KeyN > 1
+		return nil
+	}, nil)
+	return more, done, err
+}
+
+// eraseChunk does one bounded step of job and reports whether it finished.
+func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
+	events, states := tx.Bucket(bEvents), tx.Bucket(bStates)
+	switch job.Phase {
+	case erasePhaseNamed:
+		for _, id := range job.EventIDs {
+			var e mapping.Event
+			if ok, err := getJSON(events, []byte(id), &e); err != nil || !ok {
+				continue
+			}
+			if err := eraseEvent(tx, []byte(id), &e); err != nil {
+				return false, err
+			}
+			job.Events++
+		}
+		for _, key := range job.StateKeys {
+			var s mapping.State
+			if ok, err := getJSON(states, []byte(key), &s); err != nil || !ok {
+				continue
+			}
+			if err := eraseState(states, []byte(key), &s, job.StateValueKey); err != nil {
+				return false, err
+			}
+			job.States++
+		}
+		job.Phase, job.Cursor = erasePhaseEvents, nil
+		return false, nil
+	case erasePhaseEvents:
+		needle, err := identifierNeedle(job.IDKey, job.IDValue)
+		if err != nil {
+			return false, err
+		}
+		type hit struct {
+			k []byte
+			e mapping.Event
+		}
+		var hits []hit
+		c := events.Cursor()
+		k, v := seekAfter(c, job.Cursor)
+		for i := 0; k != nil && i < erasureChunk; i++ {
+			job.Cursor = append(job.Cursor[:0], k...)
+			if bytes.Contains(v, needle) {
+				var e mapping.Event
+				if json.Unmarshal(v, &e) == nil && e.User.Identifiers[job.IDKey] == job.IDValue &&
+					(job.EventAttr == "" || e.Attributes[job.EventAttr] == job.EventAttrValue) {
+					hits = append(hits, hit{append([]byte(nil), k...), e})
+				}
+			}
+			k, v = c.Next()
+		}
+		// Written after the cursor is done with the bucket.
+		for i := range hits {
+			if err := eraseEvent(tx, hits[i].k, &hits[i].e); err != nil {
+				return false, err
+			}
+			job.Events++
+		}
+		if k == nil {
+			job.Phase, job.Cursor = erasePhaseStates, nil
+		}
+		return false, nil
+	case erasePhaseStates:
+		idNeedle, err := identifierNeedle(job.IDKey, job.IDValue)
+		if err != nil {
+			return false, err
+		}
+		valNeedle, err := identifierNeedle(job.StateValueKey, job.IDValue)
+		if err != nil {
+			return false, err
+		}
+		type hit struct {
+			k []byte
+			s mapping.State
+		}
+		var hits []hit
+		prefix := []byte(job.StatePrefix)
+		c := states.Cursor()
+		var k, v []byte
+		if job.Cursor == nil {
+			k, v = c.Seek(prefix)
+		} else {
+			k, v = seekAfter(c, job.Cursor)
+		}
+		for i := 0; k != nil && bytes.HasPrefix(k, prefix) && i < erasureChunk; i++ {
+			job.Cursor = append(job.Cursor[:0], k...)
+			if bytes.Contains(v, idNeedle) || (job.StateValueKey != "" && bytes.Contains(v, valNeedle)) {
+				var s mapping.State
+				if json.Unmarshal(v, &s) == nil && (s.Identifiers[job.IDKey] == job.IDValue ||
+					(job.StateValueKey != "" && s.Values[job.StateValueKey] == job.IDValue)) {
+					hits = append(hits, hit{append([]byte(nil), k...), s})
+				}
+			}
+			k, v = c.Next()
+		}
+		for i := range hits {
+			if err := eraseState(states, hits[i].k, &hits[i].s, job.StateValueKey); err != nil {
+				return false, err
+			}
+			job.States++
+		}
+		return k == nil || !bytes.HasPrefix(k, prefix), nil
+	}
+	return false, fmt.Errorf("store: erasure in unknown phase %q", job.Phase)
+}
+
+// seekAfter positions c on the first key after last (the first key when
+// last is nil).
+func seekAfter(c *bolt.Cursor, last []byte) ([]byte, []byte) {
+	if last == nil {
+		return c.First()
+	}
+	k, v := c.Seek(last)
+	if k != nil && bytes.Equal(k, last) {
+		k, v = c.Next()
+	}
+	return k, v
+}
+
+// identifierNeedle is the JSON text "key":"value", a cheap pre-filter on
+// encoded events and states before one is decoded.
+func identifierNeedle(key, value string) ([]byte, error) {
+	k, err := json.Marshal(key)
+	if err != nil {
+		return nil, err
+	}
+	v, err := json.Marshal(value)
+	if err != nil {
+		return nil, err
+	}
+	return append(append(k, ':'), v...), nil
+}
+
+// eraseEvent clears an event's identifiers and erases the raw notification
+// it came from.
+func eraseEvent(tx *bolt.Tx, id []byte, e *mapping.Event) error {
+	if len(e.User.Identifiers) > 0 {
+		e.User.Identifiers = nil
+		if err := putJSON(tx.Bucket(bEvents), id, e); err != nil {
+			return err
+		}
+	}
+	return eraseInboxBody(tx.Bucket(bInbox), inboxKey(e.Source, e.SourceEventID), "body erased for a privacy deletion")
+}
+
+// eraseState clears what ties a state to a person.
+func eraseState(b *bolt.Bucket, key []byte, s *mapping.State, valueKey string) error {
+	s.Identifiers, s.AppUserID = nil, ""
+	if valueKey != "" {
+		delete(s.Values, valueKey)
+	}
+	return putJSON(b, key, s)
+}
+
+// eraseInboxBody erases a stored notification's body, enrichment and
+// metadata, keeping the entry (its dedupe key and event ids) so that a
+// retry of it is still recognised.
+func eraseInboxBody(inbox *bolt.Bucket, ik []byte, reason string) error {
+	var nt mapping.Notification
+	if ok, err := getJSON(inbox, ik, &nt); err != nil || !ok || (nt.Body == nil && nt.Enriched == nil && nt.Meta == nil) {
+		return nil // nothing (readable) to erase
+	}
+	nt.Body, nt.Enriched, nt.Meta = nil, nil, nil
+	nt.Reason = reason
+	return putJSON(inbox, ik, &nt)
+}
