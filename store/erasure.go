@@ -68,9 +68,13 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err 
 			return nil
 		}
 		ik := append([]byte(nil), k...)
-		var job erasureJob
-		if err := json.Unmarshal(v, &job); err != nil {
-			return fmt.Errorf("store: erasure %q: %w", ik, err)
+		job, err := decodeJob(v)
+		if err != nil {
+			// Unreadable: dropped (and reported once) rather than retried
+			// forever ahead of every later erasure.
+			db.opts.Logger.Error("privacy erasure unreadable; dropped", "key", string(bytes.ReplaceAll(ik, []byte{0}, []byte("/"))), "err", err)
+			more = jobs.Stats().KeyN > 1
+			return jobs.Delete(ik)
 		}
 		finished, err := db.eraseChunk(tx, &job)
 		if err != nil {
@@ -94,6 +98,19 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err 
 		return nil
 	}, nil)
 	return more, done, err
+}
+
+// decodeJob reads a queued erasure.
+func decodeJob(v []byte) (erasureJob, error) {
+	var job erasureJob
+	if err := json.Unmarshal(v, &job); err != nil {
+		return job, err
+	}
+	switch job.Phase {
+	case erasePhaseNamed, erasePhaseEvents, erasePhaseStates:
+		return job, nil
+	}
+	return job, fmt.Errorf("unknown phase %q", job.Phase)
 }
 
 // eraseChunk does one bounded step of job and reports whether it finished.

@@ -1,12 +1,16 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/postback/postback/mapping"
+	bolt "go.etcd.io/bbolt"
 )
 
 // shopifyNote is a Shopify webhook as the handler stores it (PII scrubbed).
@@ -148,5 +152,32 @@ func TestShopifyCustomerErasure(t *testing.T) {
 	}
 	if n, _ := db.PendingErasures(); n != 0 {
 		t.Fatalf("a retried request queued %d erasures", n)
+	}
+}
+
+// TestErasureUnreadableJobDropped: a queued erasure that cannot be decoded is
+// dropped with an error log instead of blocking every later one.
+func TestErasureUnreadableJobDropped(t *testing.T) {
+	var logs bytes.Buffer
+	db := mustOpen(t, &Options{Map: mapping.Map, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err := db.bolt.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bErasures).Put(inboxKey("shopify", "wh-x"), []byte("{not json")); err != nil {
+			return err
+		}
+		return tx.Bucket(bErasures).Put(inboxKey("shopify", "wh-y"), []byte(`{"phase":"bogus"}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i, wantMore := range []bool{true, false} {
+		more, done, err := db.EraseStep(context.Background())
+		if err != nil || more != wantMore || done != nil {
+			t.Fatalf("step %d: more %v, done %+v, err %v", i, more, done, err)
+		}
+	}
+	if n, _ := db.PendingErasures(); n != 0 {
+		t.Fatalf("%d erasures left", n)
+	}
+	if strings.Count(logs.String(), "privacy erasure unreadable; dropped") != 2 || !strings.Contains(logs.String(), "unknown phase") {
+		t.Fatalf("log: %s", logs.String())
 	}
 }
