@@ -332,7 +332,21 @@ func (g *Gateway) readyz(c echo.Context) error {
 
 // pruneLoop applies storage.retention every 10 minutes.
 func (g *Gateway) pruneLoop(ctx context.Context) {
-	t := time.NewTicker(10 * time.Minute)
+	every(ctx, 10*time.Minute, func() {
+		r, err := g.Store.Prune(ctx, g.Config.Storage.Retention.D())
+		if err != nil {
+			g.Logger.Error("prune", "err", err)
+			return
+		}
+		if r.Events+r.Notifications > 0 {
+			g.Logger.Info("pruned", "events", r.Events, "notifications", r.Notifications, "kept_unfinished", r.Kept)
+		}
+	})
+}
+
+// every calls fn each period until ctx ends.
+func every(ctx context.Context, period time.Duration, fn func()) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
@@ -340,45 +354,31 @@ func (g *Gateway) pruneLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		r, err := g.Store.Prune(ctx, g.Config.Storage.Retention.D())
-		if err != nil {
-			g.Logger.Error("prune", "err", err)
-			continue
-		}
-		if r.Events+r.Notifications > 0 {
-			g.Logger.Info("pruned", "events", r.Events, "notifications", r.Notifications, "kept_unfinished", r.Kept)
-		}
+		fn()
 	}
 }
 
 // erasureLoop carries out queued privacy erasures (Shopify's
 // customers/redact) a chunk per commit, checking every second for new ones.
 func (g *Gateway) erasureLoop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, time.Second, func() {
 		for ctx.Err() == nil {
 			more, done, err := g.Store.EraseStep(ctx)
 			if err != nil {
 				if ctx.Err() == nil {
 					g.Logger.Error("privacy erasure", "err", err)
 				}
-				break
+				return
 			}
 			if done != nil {
 				g.Logger.Info("privacy erasure done", "source", done.Source, "key", done.Key,
 					"events", done.Events, "states", done.States, "took", time.Since(done.QueuedAt).Round(time.Millisecond))
 			}
 			if !more {
-				break
+				return
 			}
 		}
-	}
+	})
 }
 
 // AddWorker registers a background loop started by Run and stopped after
