@@ -101,17 +101,18 @@ type Result struct {
 	Erase *Erasure `json:",omitempty"`
 }
 
-// Erasure names the data of one person to forget: the identifiers of the
-// events and states that carry the identifier IDKey=IDValue (events limited
-// to those whose attribute EventAttr equals EventAttrValue, states to keys
-// under StatePrefix, where a StateValueKey value equal to IDValue also
-// matches), plus the events and states named outright. Matching events keep
-// their type, time and revenue; their identifiers are cleared and the raw
-// notifications behind them erased. Matching states lose their identifiers,
-// app user id and StateValueKey value.
+// Erasure names the data to forget: the identifiers of the events and states
+// that carry the identifier IDKey=IDValue (events limited to those whose
+// attribute EventAttr equals EventAttrValue, states to keys under
+// StatePrefix, where a StateValueKey value equal to IDValue also matches),
+// plus the events and states named outright. Without IDKey it is every event
+// with the attribute and every state under the prefix (a whole shop). Matching
+// events keep their type, time and revenue; their identifiers are cleared and
+// the raw notifications behind them erased. Matching states lose their
+// identifiers, app user id and StateValueKey value.
 type Erasure struct {
-	IDKey          string   `json:"id_key"`
-	IDValue        string   `json:"id_value"`
+	IDKey          string   `json:"id_key,omitempty"`
+	IDValue        string   `json:"id_value,omitempty"`
 	EventAttr      string   `json:"event_attr,omitempty"`
 	EventAttrValue string   `json:"event_attr_value,omitempty"`
 	StatePrefix    string   `json:"state_prefix,omitempty"`

@@ -236,7 +236,12 @@ func Shopify(n *Notification, st States) (Result, error) {
 		err = m.appSubscription()
 	case "customers/redact":
 		err = m.customerRedact()
-	case "customers/data_request", "shop/redact", "app/uninstalled":
+	case "shop/redact":
+		// Sent 48 hours after the shop uninstalled the app: everything
+		// personal Postback holds for the shop goes.
+		m.out.Erase = &Erasure{EventAttr: "shop_domain", EventAttrValue: m.shop, StatePrefix: "shopify:" + m.shop + ":", StateValueKey: "customer_id"}
+		m.out.Ignored = "shop/redact: erasure of every customer's data of " + m.shop + " queued"
+	case "customers/data_request", "app/uninstalled":
 		m.out.Ignored = "shopify compliance or lifecycle topic " + m.topic + " acknowledged"
 	default:
 		m.out.Ignored = "unhandled shopify topic " + m.topic

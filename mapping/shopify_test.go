@@ -122,6 +122,7 @@ func TestShopifyGolden(t *testing.T) {
 		}}},
 		{name: "unknown_topic", topic: "products/update", file: "product_update.json"},
 		{name: "compliance_customers_redact", topic: "customers/redact", file: "customers_redact.json"},
+		{name: "compliance_shop_redact", topic: "shop/redact", file: "shop_redact.json"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -44,6 +44,11 @@ type ErasureDone struct {
 }
 
 func queueErasure(tx *bolt.Tx, ik []byte, e *mapping.Erasure, now time.Time) error {
+	if e.IDKey == "" && (e.EventAttr == "" || e.EventAttrValue == "" || e.StatePrefix == "") {
+		// Without an identifier the scope must be explicit, or it would be
+		// everything.
+		return fmt.Errorf("store: erasure without an identifier needs an event attribute and a state prefix: %+v", *e)
+	}
 	return putJSON(tx.Bucket(bErasures), ik, &erasureJob{Erasure: *e, Phase: erasePhaseNamed, QueuedAt: now})
 }
 
@@ -142,6 +147,9 @@ func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
 		return false, nil
 	case erasePhaseEvents:
 		needle, err := identifierNeedle(job.IDKey, job.IDValue)
+		if job.IDKey == "" {
+			needle, err = identifierNeedle(job.EventAttr, job.EventAttrValue)
+		}
 		if err != nil {
 			return false, err
 		}
@@ -156,7 +164,7 @@ func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
 			job.Cursor = append(job.Cursor[:0], k...)
 			if bytes.Contains(v, needle) {
 				var e mapping.Event
-				if json.Unmarshal(v, &e) == nil && e.User.Identifiers[job.IDKey] == job.IDValue &&
+				if json.Unmarshal(v, &e) == nil && (job.IDKey == "" || e.User.Identifiers[job.IDKey] == job.IDValue) &&
 					(job.EventAttr == "" || e.Attributes[job.EventAttr] == job.EventAttrValue) {
 					hits = append(hits, hit{append([]byte(nil), k...), e})
 				}
@@ -198,9 +206,9 @@ func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
 		}
 		for i := 0; k != nil && bytes.HasPrefix(k, prefix) && i < erasureChunk; i++ {
 			job.Cursor = append(job.Cursor[:0], k...)
-			if bytes.Contains(v, idNeedle) || (job.StateValueKey != "" && bytes.Contains(v, valNeedle)) {
+			if job.IDKey == "" || bytes.Contains(v, idNeedle) || (job.StateValueKey != "" && bytes.Contains(v, valNeedle)) {
 				var s mapping.State
-				if json.Unmarshal(v, &s) == nil && (s.Identifiers[job.IDKey] == job.IDValue ||
+				if json.Unmarshal(v, &s) == nil && (job.IDKey == "" || s.Identifiers[job.IDKey] == job.IDValue ||
 					(job.StateValueKey != "" && s.Values[job.StateValueKey] == job.IDValue)) {
 					hits = append(hits, hit{append([]byte(nil), k...), s})
 				}
