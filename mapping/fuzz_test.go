@@ -56,6 +56,12 @@ func checkResult(t *testing.T, r Result, err error) {
 		}
 		return
 	}
+	if x := r.Erase; x != nil && x.IDKey == "" && (x.EventAttr == "" || x.EventAttrValue == "" || x.StatePrefix == "") {
+		t.Fatalf("an erasure without identifier or scope: %+v", *x)
+	}
+	if x := r.Erase; x != nil && x.IDKey != "" && x.IDValue == "" {
+		t.Fatalf("an erasure of an empty identifier: %+v", *x)
+	}
 	for _, e := range r.Events {
 		if e.ID == "" || !e.Type.Valid() {
 			t.Fatalf("event without id or with invalid type: %+v", e)
@@ -93,7 +99,7 @@ func FuzzStripe(f *testing.F) {
 func FuzzShopify(f *testing.F) {
 	topics := []string{"orders/paid", "orders/cancelled", "refunds/create", "app_subscriptions/update",
 		"subscription_billing_attempts/success", "subscription_billing_attempts/failure",
-		"subscription_contracts/create", "subscription_contracts/update", "customers/redact", "products/update"}
+		"subscription_contracts/create", "subscription_contracts/update", "customers/redact", "shop/redact", "products/update"}
 	addFixtures(f, "shopify", func(b []byte) {
 		for _, tp := range topics {
 			f.Add(b, tp, false)
