@@ -33,6 +33,9 @@ type Metrics struct {
 	Paused          *prometheus.GaugeVec     // destination: 1 while paused for auth/config
 	Circuit         *prometheus.GaugeVec     // destination: 0 closed, 1 open, 2 half-open
 	NotSent         *prometheus.CounterVec   // destination, reason (no event name, sandbox, too old)
+
+	ErasuresPending prometheus.Gauge   // privacy erasures queued
+	ErasuresDone    prometheus.Counter // privacy erasures carried out
 }
 
 // New creates and registers the collectors.
@@ -85,9 +88,16 @@ func New() *Metrics {
 		NotSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postback_deliveries_not_sent_total", Help: "Deliveries deliberately not sent, by reason.",
 		}, []string{"destination", "reason"}),
+		ErasuresPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "postback_privacy_erasures_pending", Help: "Privacy erasures (Shopify customers/redact, shop/redact) queued and not yet carried out.",
+		}),
+		ErasuresDone: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postback_privacy_erasures_total", Help: "Privacy erasures carried out.",
+		}),
 	}
 	r.MustRegister(m.Received, m.Verified, m.Rejected, m.Duplicates, m.Ignored, m.Events, m.Ingest,
-		m.Deliveries, m.DeliveryLatency, m.QueueDepth, m.OldestPending, m.Paused, m.Circuit, m.NotSent)
+		m.Deliveries, m.DeliveryLatency, m.QueueDepth, m.OldestPending, m.Paused, m.Circuit, m.NotSent,
+		m.ErasuresPending, m.ErasuresDone)
 	return m
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	dto "github.com/prometheus/client_model/go"
 	"io"
 	"net/http"
 	"os"
@@ -279,5 +280,10 @@ func TestShopifyCustomerRedactThroughGateway(t *testing.T) {
 	}
 	if n, err := tg.g.Store.Notification("shopify", "wh-order-1"); err != nil || n.Body != nil {
 		t.Fatalf("raw order notification kept: %v", err)
+	}
+	var m dto.Metric
+	if err := tg.g.Metrics.ErasuresDone.Write(&m); err != nil || m.GetCounter().GetValue() != 1 {
+		got := m.GetCounter().GetValue()
+		t.Fatalf("postback_privacy_erasures_total = %v (%v), want 1", got, err)
 	}
 }

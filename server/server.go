@@ -362,6 +362,11 @@ func every(ctx context.Context, period time.Duration, fn func()) {
 // customers/redact) a chunk per commit, checking every second for new ones.
 func (g *Gateway) erasureLoop(ctx context.Context) {
 	every(ctx, time.Second, func() {
+		defer func() {
+			if n, err := g.Store.PendingErasures(); err == nil {
+				g.Metrics.ErasuresPending.Set(float64(n))
+			}
+		}()
 		for ctx.Err() == nil {
 			more, done, err := g.Store.EraseStep(ctx)
 			if err != nil {
@@ -371,6 +376,7 @@ func (g *Gateway) erasureLoop(ctx context.Context) {
 				return
 			}
 			if done != nil {
+				g.Metrics.ErasuresDone.Inc()
 				g.Logger.Info("privacy erasure done", "source", done.Source, "key", done.Key,
 					"events", done.Events, "states", done.States, "took", time.Since(done.QueuedAt).Round(time.Millisecond))
 			}
