@@ -25,7 +25,8 @@ import (
 // trials and refunds are sent without revenue (the refund token still
 // counts). Events older than 58 days, and events older than one already
 // delivered for the same device and token, are rejected by Adjust and so are
-// skipped before sending; the order memory lives in this process only.
+// skipped before sending; the order memory is kept in the store, so it
+// survives a restart.
 //
 // Adjust answers some failures with a 2xx: 202 means the S2S Security token
 // is missing or wrong, which pauses the destination. "Ignoring event,
@@ -39,8 +40,9 @@ type Adjust struct {
 }
 
 var (
-	_ Forwarder = (*Adjust)(nil)
-	_ Requirer  = (*Adjust)(nil)
+	_ Forwarder  = (*Adjust)(nil)
+	_ Rememberer = (*Adjust)(nil)
+	_ Requirer   = (*Adjust)(nil)
 )
 
 // adjustCredentials are the keys of the production block and of sandbox:.
@@ -239,6 +241,13 @@ func (a *Adjust) send(ctx context.Context, it Item) Result {
 	return r
 }
 
+// SetMemory makes the per-device order durable (Rememberer).
+func (a *Adjust) SetMemory(m Memory) {
+	a.order.mu.Lock()
+	a.order.mem = m
+	a.order.mu.Unlock()
+}
+
 // form builds the parameters.
 func (a *Adjust) form(e *mapping.Event, t *adjustTarget, token string, at time.Time, rev *mapping.Revenue) url.Values {
 	v := url.Values{}
@@ -336,24 +345,54 @@ func adjustVerdict(status int, body []byte, attempt int) verdict {
 // adjustOrder remembers, per environment, device and event token, the
 // latest occurred_at delivered, so an older event is skipped instead of
 // being rejected by Adjust. It is bounded: entries older than Adjust's 58
-// days are dropped first, then arbitrary ones.
+// days are dropped first, then arbitrary ones. With a Memory (the store) it
+// is also durable: a key not in the map is read from the Memory, and every
+// advance is written there, so the order survives a restart.
 type adjustOrder struct {
 	mu   sync.Mutex
 	last map[string]time.Time
+	mem  Memory
 }
 
 func (o *adjustOrder) get(k string) (time.Time, bool) {
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	t, ok := o.last[k]
-	return t, ok
+	mem := o.mem
+	o.mu.Unlock()
+	if ok || mem == nil {
+		return t, ok
+	}
+	// A read failure only loses the ordering hint: Adjust itself refuses
+	// an out-of-order event (400, kept as dead and replayable).
+	t, ok, err := mem.Get(k)
+	if err != nil || !ok {
+		return time.Time{}, false
+	}
+	return t, true
 }
 
+// put records t as delivered for k. The durable write happens outside the
+// lock (the Memory only ever advances a key, so concurrent writes cannot
+// move it back).
 func (o *adjustOrder) put(k string, t, now time.Time) {
+	if !o.remember(k, t, now) {
+		return
+	}
+	o.mu.Lock()
+	mem := o.mem
+	o.mu.Unlock()
+	if mem != nil {
+		_ = mem.Put(k, t) // best effort, as in get
+	}
+}
+
+// remember updates the in-process map; false when k already holds a later
+// time.
+func (o *adjustOrder) remember(k string, t, now time.Time) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if prev, ok := o.last[k]; ok && prev.After(t) {
-		return
+		return false
 	}
 	if _, ok := o.last[k]; !ok && len(o.last) >= adjustOrderCap {
 		for key, at := range o.last {
@@ -369,4 +408,5 @@ func (o *adjustOrder) put(k string, t, now time.Time) {
 		}
 	}
 	o.last[k] = t
+	return true
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,6 +136,43 @@ func TestAdjustRules(t *testing.T) {
 			t.Errorf("other token = %+v", r)
 		}
 	})
+	t.Run("per device order survives a restart through the memory", func(t *testing.T) {
+		mem := &fakeMemory{m: map[string]time.Time{}}
+		before := mmpNew(t, "adjust", srv.URL, adjBlock, nil)
+		before.(Rememberer).SetMemory(mem)
+		e := mmpEvent("subscription_renewed")
+		e.User.Identifiers[mapping.IDAdjust] = "restartdevice"
+		e.OccurredAt = mmpNow.Add(-time.Hour)
+		if r := send(before, e); r.Outcome != Delivered {
+			t.Fatalf("%+v", r)
+		}
+		if len(mem.m) != 1 {
+			t.Fatalf("memory after a delivery: %v", mem.m)
+		}
+		// A new process: its map is empty, the memory is not.
+		after := mmpNew(t, "adjust", srv.URL, adjBlock, nil)
+		after.(Rememberer).SetMemory(mem)
+		n := len(srv.requests())
+		e.OccurredAt = mmpNow.Add(-2 * time.Hour)
+		if r := send(after, e); r.Outcome != Skipped || r.Reason != ReasonOutOfOrder {
+			t.Errorf("older event after a restart = %+v, want out_of_order", r)
+		}
+		if len(srv.requests()) != n {
+			t.Error("the out-of-order event reached Adjust")
+		}
+		// Without the memory the new process would have sent it.
+		fresh := mmpNew(t, "adjust", srv.URL, adjBlock, nil)
+		if r := send(fresh, e); r.Outcome != Delivered {
+			t.Errorf("control without memory = %+v", r)
+		}
+		// A failing memory loses only the hint: the event is sent.
+		broken := mmpNew(t, "adjust", srv.URL, adjBlock, nil)
+		broken.(Rememberer).SetMemory(&fakeMemory{err: errors.New("disk gone")})
+		e.User.Identifiers[mapping.IDAdjust] = "brokenmemory"
+		if r := send(broken, e); r.Outcome != Delivered {
+			t.Errorf("with a failing memory = %+v", r)
+		}
+	})
 	t.Run("missing device id", func(t *testing.T) {
 		e := mmpEvent("subscription_renewed")
 		for _, k := range []string{mapping.IDAdjust, mapping.IDIDFA, mapping.IDIDFV} {
@@ -226,4 +264,33 @@ func TestAdjustConfigErrors(t *testing.T) {
 			t.Errorf("url %s limits %+v", u, f.Limits())
 		}
 	})
+}
+
+// fakeMemory is a forwarders.Memory in a map (advance-only, as the store's).
+type fakeMemory struct {
+	mu  sync.Mutex
+	m   map[string]time.Time
+	err error
+}
+
+func (f *fakeMemory) Get(k string) (time.Time, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return time.Time{}, false, f.err
+	}
+	t, ok := f.m[k]
+	return t, ok, nil
+}
+
+func (f *fakeMemory) Put(k string, at time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	if prev, ok := f.m[k]; !ok || at.After(prev) {
+		f.m[k] = at
+	}
+	return nil
 }

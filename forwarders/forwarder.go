@@ -95,6 +95,19 @@ type Settings struct {
 	Now        func() time.Time
 }
 
+// Memory is a small durable space a forwarder may keep across restarts: a
+// time per key (Adjust's latest delivered event per device and token). The
+// store provides it; entries older than storage.retention are pruned.
+type Memory interface {
+	Get(key string) (time.Time, bool, error)
+	Put(key string, at time.Time) error
+}
+
+// Rememberer is a forwarder that keeps a Memory once the store is open.
+type Rememberer interface {
+	SetMemory(m Memory)
+}
+
 // Constructor builds a forwarder from its settings, validating without I/O.
 type Constructor func(s Settings) (Forwarder, error)
 

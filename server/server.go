@@ -173,6 +173,11 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if do.IdentityWait == 0 {
 		do.IdentityWait = cfg.IdentityWait.D()
 	}
+	for _, d := range dests {
+		if r, ok := d.Forwarder.(forwarders.Rememberer); ok {
+			r.SetMemory(g.Store.ForwarderMemory(d.Name))
+		}
+	}
 	disp = dispatch.New(g.Store, dests, do)
 	g.Dispatcher = disp
 
@@ -338,8 +343,8 @@ func (g *Gateway) pruneLoop(ctx context.Context) {
 			g.Logger.Error("prune", "err", err)
 			return
 		}
-		if r.Events+r.Notifications > 0 {
-			g.Logger.Info("pruned", "events", r.Events, "notifications", r.Notifications, "kept_unfinished", r.Kept)
+		if r.Events+r.Notifications+r.Memory > 0 {
+			g.Logger.Info("pruned", "events", r.Events, "notifications", r.Notifications, "forwarder_memory", r.Memory, "kept_unfinished", r.Kept)
 		}
 	})
 }

@@ -16,6 +16,7 @@ type PruneResult struct {
 	Events        int `json:"events"`
 	Notifications int `json:"notifications"`
 	Kept          int `json:"kept_unfinished"`
+	Memory        int `json:"forwarder_memory"` // forwarder memory entries (Adjust's order) past retention
 }
 
 // pruneChunk bounds keys deleted per transaction (bbolt: mass deletes in one
@@ -31,13 +32,13 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (PruneResult, 
 	cutoff := uint64(db.opts.Now().Add(-retention).UnixMilli())
 	// Each chunk resumes where the previous one stopped, so work kept in
 	// an earlier chunk is neither rescanned nor counted twice.
-	var evFrom, inFrom []byte
-	evDone, inDone := false, false
-	for !evDone || !inDone {
+	var evFrom, inFrom, memFrom []byte
+	evDone, inDone, memDone := false, false, false
+	for !evDone || !inDone || !memDone {
 		var r PruneResult
-		var evNext, inNext []byte
+		var evNext, inNext, memNext []byte
 		err := db.submit(ctx, func(tx *bolt.Tx) error {
-			r, evNext, inNext = PruneResult{}, nil, nil
+			r, evNext, inNext, memNext = PruneResult{}, nil, nil, nil
 			var err error
 			if !evDone {
 				if evNext, err = db.pruneEvents(tx, cutoff, evFrom, &r); err != nil {
@@ -45,7 +46,12 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (PruneResult, 
 				}
 			}
 			if !inDone {
-				inNext, err = db.pruneInbox(tx, cutoff, inFrom, &r)
+				if inNext, err = db.pruneInbox(tx, cutoff, inFrom, &r); err != nil {
+					return err
+				}
+			}
+			if !memDone {
+				memNext, err = pruneMemory(tx, cutoff, memFrom, &r.Memory)
 			}
 			return err
 		}, nil)
@@ -55,8 +61,9 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (PruneResult, 
 		total.Events += r.Events
 		total.Notifications += r.Notifications
 		total.Kept += r.Kept
-		evFrom, inFrom = evNext, inNext
-		evDone, inDone = evDone || evNext == nil, inDone || inNext == nil
+		total.Memory += r.Memory
+		evFrom, inFrom, memFrom = evNext, inNext, memNext
+		evDone, inDone, memDone = evDone || evNext == nil, inDone || inNext == nil, memDone || memNext == nil
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}

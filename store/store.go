@@ -47,9 +47,10 @@ var (
 	bUserEvents = []byte("user_events") // app_user_id 0 event id -> nil (privacy erasure)
 	bMeta       = []byte("meta")        // name -> value
 	bErasures   = []byte("erasures")    // inbox key -> erasureJob (queued privacy erasures)
+	bFwdMemory  = []byte("fwd_memory")  // destination 0 key -> unix_ms(8) (forwarders.Memory)
 )
 
-var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta, bErasures}
+var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta, bErasures, bFwdMemory}
 
 // Options configure a DB. The zero value is usable: nil fields get defaults.
 type Options struct {
