@@ -64,6 +64,9 @@ type benchOptions struct {
 	// PID is the target gateway's process id (against --addr on the same
 	// machine): its peak and anonymous RSS are reported.
 	PID int
+	// Presign builds and signs this many notifications before the clock
+	// starts; the run sends them first.
+	Presign int
 }
 
 // benchSources are the sources bench can sign for, in report order.
@@ -101,7 +104,9 @@ type BenchReport struct {
 	ReceiverRequests map[string]int64 `json:"receiver_requests,omitempty"`
 	// Undrained counts deliveries still queued and Google notifications
 	// still waiting for the Play API when bench stopped waiting.
-	Undrained   int    `json:"undrained,omitempty"`
+	Undrained int `json:"undrained,omitempty"`
+	// Presigned counts the notifications sent from the --presign pool.
+	Presigned   int    `json:"presigned,omitempty"`
 	PeakRSSKiB  int64  `json:"peak_rss_kib,omitempty"`
 	PeakRSSNote string `json:"peak_rss_note,omitempty"`
 	// Anonymous RSS (RssAnon: heap, stacks; not the mmapped database file)
@@ -150,6 +155,7 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.Float64Var(&o.ReceiverErrors, "receiver-error-rate", 0, "--self: fraction (0..1) of requests the mock receivers answer 503 (retried by the gateway)")
 	fs.DurationVar(&o.Drain, "drain", 10*time.Second, "--self: how long to wait for outstanding deliveries after sending")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (with --self it covers the in-process gateway; view with go tool pprof)")
+	fs.IntVar(&o.Presign, "presign", 0, "build and sign this many notifications on every core before the clock starts, and send them first, so the load generator's own signing (three ES256 signatures per Apple notification) does not compete with the gateway during the run")
 	fs.IntVar(&o.PID, "pid", 0, "with --addr: the gateway's process id on this machine, to report its peak RSS and sample its memory")
 	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file")
 	fs.BoolVar(&o.Bare, "bare", false, "baseline: drive an in-process echo handler that answers 200 without verifying or storing anything (stripe, shopify and custom mixes)")
@@ -248,6 +254,8 @@ func (o *benchOptions) check() error {
 		return fmt.Errorf("%w: --dup-ratio must be within 0..1", errBenchUsage)
 	case o.Rate < 0:
 		return fmt.Errorf("%w: --rate must be >= 0", errBenchUsage)
+	case o.Presign < 0 || o.Presign > 10_000_000:
+		return fmt.Errorf("%w: --presign must be within 0..10000000", errBenchUsage)
 	case o.ReceiverErrors < 0 || o.ReceiverErrors > 1:
 		return fmt.Errorf("%w: --receiver-error-rate must be within 0..1", errBenchUsage)
 	}
@@ -289,6 +297,9 @@ type benchRun struct {
 	runID   string
 	users   []string    // app user ids with stored identifiers, if any
 	fakes   *storeFakes // --self: the Apple and Google stand-ins
+
+	pool     []benchSent // --presign: built before the clock started
+	poolNext atomic.Int64
 
 	mu       sync.Mutex
 	sent     []benchSent // notifications sent so far (duplicate pool)
@@ -349,6 +360,9 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 		if err := r.putUsers(ctx); err != nil {
 			return nil, err
 		}
+	}
+	if o.Presign > 0 {
+		r.presign(o.Presign)
 	}
 	start := time.Now()
 	samples := sampleRSS(ctx, 5*time.Second, o.PID)
@@ -546,8 +560,33 @@ func (r *benchRun) user(n int64, id string) string {
 	return r.users[n%int64(len(r.users))]
 }
 
-// next builds a new signed notification from a source picked by weight.
+// presign builds n notifications on every core before the run.
+func (r *benchRun) presign(n int) {
+	r.pool = make([]benchSent, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < runtime.NumCPU(); w++ {
+		wg.Add(1)
+		go func(rng *mrand.Rand) {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+				r.pool[i] = r.build(rng)
+			}
+		}(mrand.New(mrand.NewPCG(uint64(w)+1<<32, uint64(time.Now().UnixNano()))))
+	}
+	wg.Wait()
+}
+
+// next returns the next presigned notification, or builds one.
 func (r *benchRun) next(rng *mrand.Rand) benchSent {
+	if i := r.poolNext.Add(1) - 1; i < int64(len(r.pool)) {
+		return r.pool[i]
+	}
+	return r.build(rng)
+}
+
+// build builds a new signed notification from a source picked by weight.
+func (r *benchRun) build(rng *mrand.Rand) benchSent {
 	sum := 0.0
 	for _, w := range r.weights {
 		sum += w
@@ -612,6 +651,9 @@ func (r *benchRun) report(elapsed time.Duration) *BenchReport {
 	}
 	if len(r.codes) > 0 {
 		rep.ErrorCodes = r.codes
+	}
+	if len(r.pool) > 0 {
+		rep.Presigned = int(min(r.poolNext.Load(), int64(len(r.pool))))
 	}
 	if s := elapsed.Seconds(); s > 0 {
 		rep.AcceptedPS = float64(r.accepted) / s

@@ -113,6 +113,7 @@ func TestBenchFlags(t *testing.T) {
 		{"no concurrency", []string{"--self", "--concurrency", "0"}, 2},
 		{"dup ratio above 1", []string{"--self", "--dup-ratio", "1.5"}, 2},
 		{"negative rate", []string{"--self", "--rate", "-1"}, 2},
+		{"negative presign", []string{"--self", "--presign", "-1"}, 2},
 		{"receiver error rate above 1", []string{"--self", "--receiver-error-rate", "2"}, 2},
 		{"stripe without secret", []string{"--mix", "stripe=1"}, 2},
 		{"shopify without secret", []string{"--mix", "shopify=1", "--stripe-secret", "s"}, 2},
@@ -270,5 +271,25 @@ func TestBenchAgainstRunningGateway(t *testing.T) {
 	}
 	if code := Main(context.Background(), []string{"bench", "--self", "--pid", "1"}, env); code != 2 {
 		t.Errorf("--pid with --self: exit %d, want 2", code)
+	}
+}
+
+// TestBenchPresign: --presign signs notifications before the clock starts
+// and sends them first; they are accepted as new notifications.
+func TestBenchPresign(t *testing.T) {
+	var out, errOut bytes.Buffer
+	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+	code := Main(context.Background(), []string{"bench", "--self", "--destinations", "none", "--duration", "1s", "--concurrency", "2",
+		"--mix", "apple=1,stripe=1,google=1", "--presign", "40", "--json"}, env)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var rep BenchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if rep.Presigned != 40 || rep.Accepted < 40 || rep.Errors != 0 || rep.Duplicates != 0 {
+		t.Fatalf("presigned %d, accepted %d, errors %d %v, duplicates %d; want all 40 presigned accepted as new",
+			rep.Presigned, rep.Accepted, rep.Errors, rep.ErrorCodes, rep.Duplicates)
 	}
 }
