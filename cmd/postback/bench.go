@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	dto "github.com/prometheus/client_model/go"
 	"io"
 	"math"
 	mrand "math/rand/v2"
@@ -1001,6 +1002,12 @@ func (s *benchSelf) finish(ctx context.Context, rep *BenchReport, start time.Tim
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// Pub/Sub pushes are answered 204 without a body, so the load generator
+	// cannot see which were duplicates; the in-process gateway's counter can.
+	var m dto.Metric
+	if err := s.g.Metrics.Duplicates.WithLabelValues(mapping.SourceGoogle).Write(&m); err == nil {
+		rep.Duplicates += int64(m.GetCounter().GetValue())
 	}
 	rep.Deliveries = map[string]int64{}
 	rep.DeliveryPS = map[string]float64{}

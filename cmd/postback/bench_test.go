@@ -293,3 +293,22 @@ func TestBenchPresign(t *testing.T) {
 			rep.Presigned, rep.Accepted, rep.Errors, rep.ErrorCodes, rep.Duplicates)
 	}
 }
+
+// TestBenchGoogleDuplicates: Pub/Sub pushes are answered 204 without a body;
+// bench --self still reports the Google duplicates the gateway suppressed.
+func TestBenchGoogleDuplicates(t *testing.T) {
+	var out, errOut bytes.Buffer
+	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+	code := Main(context.Background(), []string{"bench", "--self", "--destinations", "none", "--duration", "1s", "--concurrency", "2",
+		"--mix", "google=1", "--dup-ratio", "0.5", "--json"}, env)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var rep BenchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if rep.Accepted < 10 || rep.Duplicates == 0 || rep.Duplicates >= rep.Accepted {
+		t.Fatalf("accepted %d, duplicates %d: want some Google duplicates counted", rep.Accepted, rep.Duplicates)
+	}
+}
