@@ -3,7 +3,6 @@ package mapping
 import (
 	"encoding/json"
 	"fmt"
-	"maps"
 	"strconv"
 	"time"
 )
@@ -219,16 +218,13 @@ func (m *stripeMapper) identify(e *Event, md map[string]string, states ...State)
 
 func (m *stripeMapper) emit(e Event) { m.out.Events = append(m.out.Events, e) }
 
-// state returns a copy of the stored state that the mapping may change: its
-// maps are cloned, so the States implementation's values are never mutated
-// (a mapping must stay pure whatever the States implementation shares).
+// state returns the stored state, or a new one. Map hands every mapping its
+// own copy of a state's maps, so changing it leaves the States untouched.
 func (m *stripeMapper) state(key string) State {
 	s, ok := m.st.State(key)
 	if !ok {
 		return State{Key: key}
 	}
-	s.Identifiers = maps.Clone(s.Identifiers)
-	s.Values = maps.Clone(s.Values)
 	return s
 }
 

@@ -85,7 +85,7 @@ func runStripe(t *testing.T, st stripeStates, fixtures ...string) []stripeStep {
 	t.Helper()
 	var steps []stripeStep
 	for _, f := range fixtures {
-		res, err := Stripe(stripeNotification(t, f), st)
+		res, err := Map(stripeNotification(t, f), st)
 		if err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
@@ -361,13 +361,13 @@ func TestStripeScrubbedBody(t *testing.T) {
 			rawSt, scrubSt := stripeStates{}, stripeStates{}
 			for _, f := range tc.fixtures {
 				n := stripeNotification(t, f)
-				want, err := Stripe(n, rawSt)
+				want, err := Map(n, rawSt)
 				if err != nil {
 					t.Fatal(err)
 				}
 				rawSt.apply(want)
 				n.Body = ScrubPII(n.Body)
-				got, err := Stripe(n, scrubSt)
+				got, err := Map(n, scrubSt)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -427,7 +427,7 @@ func TestStripeIgnored(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := &Notification{Source: SourceStripe, Key: "k", AppID: stripeAppID, Body: []byte(tt.body)}
-			res, err := Stripe(n, stripeStates{})
+			res, err := Map(n, stripeStates{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -476,7 +476,7 @@ func TestStripeMalformed(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := &Notification{Source: SourceStripe, Key: "k", Body: []byte(tt.body)}
-			res, err := Stripe(n, stripeStates{})
+			res, err := Map(n, stripeStates{})
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("err = %v (result %+v), want ErrMalformed", err, res)
 			}
@@ -508,7 +508,7 @@ func TestStripeDoesNotMutateStates(t *testing.T) {
 	}
 	before, _ := json.Marshal(shared)
 	for _, f := range []string{"invoice_a_paid_cycle", "invoice_d_paid_create", "sub_a_updated_cancel_trial", "sub_a_trial_will_end"} {
-		if _, err := Stripe(stripeNotification(t, f), shared); err != nil {
+		if _, err := Map(stripeNotification(t, f), shared); err != nil {
 			t.Fatal(err)
 		}
 	}
