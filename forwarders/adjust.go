@@ -375,24 +375,18 @@ func (o *adjustOrder) get(k string) (time.Time, bool) {
 // lock (the Memory only ever advances a key, so concurrent writes cannot
 // move it back).
 func (o *adjustOrder) put(k string, t, now time.Time) {
-	if !o.remember(k, t, now) {
-		return
-	}
-	o.mu.Lock()
-	mem := o.mem
-	o.mu.Unlock()
-	if mem != nil {
+	if mem, ok := o.remember(k, t, now); ok && mem != nil {
 		_ = mem.Put(k, t) // best effort, as in get
 	}
 }
 
-// remember updates the in-process map; false when k already holds a later
-// time.
-func (o *adjustOrder) remember(k string, t, now time.Time) bool {
+// remember updates the in-process map and returns the Memory to write to;
+// false when k already holds a later time.
+func (o *adjustOrder) remember(k string, t, now time.Time) (Memory, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if prev, ok := o.last[k]; ok && prev.After(t) {
-		return false
+		return nil, false
 	}
 	if _, ok := o.last[k]; !ok && len(o.last) >= adjustOrderCap {
 		for key, at := range o.last {
@@ -408,5 +402,5 @@ func (o *adjustOrder) remember(k string, t, now time.Time) bool {
 		}
 	}
 	o.last[k] = t
-	return true
+	return o.mem, true
 }

@@ -366,12 +366,21 @@ func every(ctx context.Context, period time.Duration, fn func()) {
 // erasureLoop carries out queued privacy erasures (Shopify's
 // customers/redact) a chunk per commit, checking every second for new ones.
 func (g *Gateway) erasureLoop(ctx context.Context) {
+	pending := func() int {
+		n, err := g.Store.PendingErasures()
+		if err != nil {
+			return 0
+		}
+		g.Metrics.ErasuresPending.Set(float64(n))
+		return n
+	}
 	every(ctx, time.Second, func() {
-		defer func() {
-			if n, err := g.Store.PendingErasures(); err == nil {
-				g.Metrics.ErasuresPending.Set(float64(n))
-			}
-		}()
+		// A read transaction when idle; the erasure steps (commits) only
+		// when something is queued.
+		if pending() == 0 {
+			return
+		}
+		defer pending()
 		for ctx.Err() == nil {
 			more, done, err := g.Store.EraseStep(ctx)
 			if err != nil {

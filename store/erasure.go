@@ -78,8 +78,11 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err 
 			// Unreadable: dropped (and reported once) rather than retried
 			// forever ahead of every later erasure.
 			db.opts.Logger.Error("privacy erasure unreadable; dropped", "key", string(bytes.ReplaceAll(ik, []byte{0}, []byte("/"))), "err", err)
-			more = jobs.Stats().KeyN > 1
-			return jobs.Delete(ik)
+			if err := jobs.Delete(ik); err != nil {
+				return err
+			}
+			more = hasJobs(jobs)
+			return nil
 		}
 		finished, err := db.eraseChunk(tx, &job)
 		if err != nil {
@@ -99,10 +102,17 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err 
 		}
 		src, key, _ := bytes.Cut(ik, []byte{0})
 		done = &ErasureDone{Source: string(src), Key: string(key), Events: job.Events, States: job.States, QueuedAt: job.QueuedAt}
-		more = jobs.Stats().KeyN > 1
+		more = hasJobs(jobs)
 		return nil
 	}, nil)
 	return more, done, err
+}
+
+// hasJobs reports whether erasures remain queued (a cursor sees this
+// transaction's own deletes).
+func hasJobs(jobs *bolt.Bucket) bool {
+	k, _ := jobs.Cursor().First()
+	return k != nil
 }
 
 // decodeJob reads a queued erasure.

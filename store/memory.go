@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"time"
@@ -55,12 +54,7 @@ func (m *ForwarderMemory) Put(key string, at time.Time) error {
 func pruneMemory(tx *bolt.Tx, cutoff uint64, from []byte, deleted *int) ([]byte, error) {
 	b := tx.Bucket(bFwdMemory)
 	c := b.Cursor()
-	var k, v []byte
-	if from == nil {
-		k, v = c.First()
-	} else if k, v = c.Seek(from); k != nil && bytes.Equal(k, from) {
-		k, v = c.Next()
-	}
+	k, v := seekAfter(c, from)
 	var old [][]byte
 	var last []byte
 	for i := 0; k != nil && i < pruneChunk; i++ {
