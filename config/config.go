@@ -99,11 +99,21 @@ type Server struct {
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 }
 
-// Storage holds the BoltDB settings.
+// Storage selects and configures the store backend: BoltDB (the embedded
+// default, one process) or PostgreSQL (several replicas on one database).
 type Storage struct {
-	Path      string   `yaml:"path"`
+	Driver    string   `yaml:"driver"` // bolt | postgres
+	Path      string   `yaml:"path"`   // bolt
+	DSN       string   `yaml:"dsn"`    // postgres: URL or key=value form
+	PoolSize  int      `yaml:"pool_size"`
 	Retention Duration `yaml:"retention"`
 }
+
+// Storage drivers.
+const (
+	DriverBolt     = "bolt"
+	DriverPostgres = "postgres"
+)
 
 // Admin holds the admin API and console settings.
 type Admin struct {
@@ -437,7 +447,7 @@ func rejectUnknown(root *yaml.Node) error {
 	known := map[string][]string{
 		"":                {"server", "storage", "admin", "log", "api_keys", "identity_wait", "dispatch", "sources", "destinations"},
 		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout"},
-		"storage":         {"path", "retention"},
+		"storage":         {"driver", "path", "dsn", "pool_size", "retention"},
 		"admin":           {"token", "listen"},
 		"log":             {"level", "format"},
 		"dispatch":        {"poll_interval", "linger", "lease"},
@@ -488,8 +498,14 @@ func (c *Config) applyDefaults() {
 	if c.Server.ShutdownTimeout == 0 {
 		c.Server.ShutdownTimeout = Duration(20 * time.Second)
 	}
+	if c.Storage.Driver == "" {
+		c.Storage.Driver = DriverBolt
+	}
 	if c.Storage.Path == "" {
 		c.Storage.Path = "./data/postback.db"
+	}
+	if c.Storage.PoolSize == 0 {
+		c.Storage.PoolSize = 10
 	}
 	if c.Storage.Retention == 0 {
 		c.Storage.Retention = Duration(720 * time.Hour)
@@ -670,6 +686,18 @@ func (c *Config) Validate() error {
 	if c.Storage.Retention.D() < time.Hour {
 		bad("storage.retention", "must be at least 1h (default 720h)")
 	}
+	switch c.Storage.Driver {
+	case DriverBolt:
+	case DriverPostgres:
+		if c.Storage.DSN == "" {
+			bad("storage.dsn", "is required with driver postgres: postgres://user:password@host:5432/db?sslmode=verify-full, or set it to ${DATABASE_URL}")
+		}
+	default:
+		bad("storage.driver", "%q is not one of bolt, postgres", c.Storage.Driver)
+	}
+	if c.Storage.PoolSize < 2 || c.Storage.PoolSize > 1000 {
+		bad("storage.pool_size", "must be between 2 and 1000 (default 10)")
+	}
 	for i, e := range c.Sources.Apple.Environments {
 		switch strings.ToLower(e) {
 		case "production", "sandbox", "xcode", "localtesting":
@@ -776,7 +804,7 @@ func (c *Config) Validate() error {
 }
 
 // secretKey matches key names whose values are redacted.
-var secretKey = regexp.MustCompile(`(?i)(secret|token|password|api_key|dev_key|private_key|access_key|^key$|^sdk_key$|^branch_key$|credentials)`)
+var secretKey = regexp.MustCompile(`(?i)(secret|token|password|^dsn$|api_key|dev_key|private_key|access_key|^key$|^sdk_key$|^branch_key$|credentials)`)
 
 // Redacted renders the resolved configuration as YAML with every secret
 // replaced by "[redacted]" (or "" when it is empty).

@@ -31,12 +31,7 @@ import (
 )
 
 // Store is what the dispatcher needs from the store.
-type Store interface {
-	DueFor(dest string, now time.Time, limit int, skip func(key string) bool) ([]store.Due, error)
-	Complete(ctx context.Context, cs []store.Completion) error
-	NextDue(dest string) time.Time
-	Queue(dest string) (store.QueueStats, error)
-}
+type Store = store.Queue
 
 // Destination is one configured destination as the dispatcher runs it.
 type Destination struct {
@@ -339,7 +334,10 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	// committed, so a delivery either is in this copy or its completed state
 	// is in the scan's snapshot, never neither (which would resend it).
 	leased := w.leaseSnapshot(now)
-	due, err := w.d.store.DueFor(w.dest.Name, now, limit, func(key string) bool { return leased[key] })
+	due, err := w.d.store.Claim(ctx, w.dest.Name, now, store.ClaimOptions{
+		Limit: limit, Lease: o.Lease, MaxInFlight: w.dest.Concurrency * w.dest.BatchSize,
+		Skip: func(key string) bool { return leased[key] },
+	})
 	if err != nil {
 		o.Logger.Error("scan due deliveries", "destination", w.dest.Name, "err", err)
 		return o.Poll
@@ -351,6 +349,7 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	if w.dest.BatchSize > 1 && len(due) < w.dest.BatchSize && w.dest.Linger > 0 && !probing {
 		oldest := due[0].Delivery.NextAt()
 		if wait := oldest.Add(w.dest.Linger).Sub(now); wait > 0 {
+			w.giveBack(ctx, due)
 			return wait
 		}
 	}
@@ -362,6 +361,7 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 		case w.sem <- struct{}{}:
 		case <-ctx.Done():
 			w.release(due[start:])
+			w.giveBack(ctx, due[start:])
 			return 0
 		}
 		w.inflight.Add(1)
@@ -397,6 +397,18 @@ func (w *worker) claim(due []store.Due, now time.Time) {
 	defer w.mu.Unlock()
 	for _, d := range due {
 		w.leases[d.Delivery.Key] = now.Add(w.d.opts.Lease)
+	}
+}
+
+// giveBack returns claimed deliveries that this pass will not send to the
+// store, so another dispatcher (replica) need not wait for their lease.
+func (w *worker) giveBack(ctx context.Context, due []store.Due) {
+	keys := make([]string, len(due))
+	for i, d := range due {
+		keys[i] = d.Delivery.Key
+	}
+	if err := w.d.store.Release(context.WithoutCancel(ctx), keys); err != nil {
+		w.d.opts.Logger.Warn("release claimed deliveries (their lease expires instead)", "destination", w.dest.Name, "err", err)
 	}
 }
 
@@ -441,6 +453,7 @@ func (w *worker) send(ctx context.Context, batch []store.Due) {
 	if len(items) > 0 {
 		if err := w.limiter.Wait(ctx); err != nil {
 			w.release(batch)
+			w.giveBack(ctx, batch)
 			return
 		}
 		start := time.Now()

@@ -319,8 +319,12 @@ func (s *snapStore) Complete(_ context.Context, cs []store.Completion) error {
 	return nil
 }
 
-func (s *snapStore) NextDue(string) time.Time               { return time.Time{} }
-func (s *snapStore) Queue(string) (store.QueueStats, error) { return store.QueueStats{}, nil }
+func (s *snapStore) Claim(_ context.Context, dest string, now time.Time, o store.ClaimOptions) ([]store.Due, error) {
+	return s.DueFor(dest, now, o.Limit, o.Skip)
+}
+func (s *snapStore) Release(context.Context, []string) error { return nil }
+func (s *snapStore) NextDue(string) time.Time                { return time.Time{} }
+func (s *snapStore) Queue(string) (store.QueueStats, error)  { return store.QueueStats{}, nil }
 
 // TestNoResendWithoutFailure: with no failure at all every delivery is sent
 // exactly once, even when sends complete while a scan is reading a snapshot

@@ -3,7 +3,9 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -46,6 +48,30 @@ type Delivery struct {
 	AppUserID   string    `json:"app_user_id,omitempty"`
 	DeliveredAt time.Time `json:"delivered_at,omitzero"`
 	ReplayedAt  time.Time `json:"replayed_at,omitzero"`
+	// OrderKey is the hashed ordering key (Options.OrderKey) and OrderAtMs
+	// the event time it orders by; empty for unordered destinations.
+	OrderKey  string `json:"order_key,omitempty"`
+	OrderAtMs int64  `json:"order_at_ms,omitempty"`
+}
+
+// OrderHash turns a forwarder's ordering key (raw device ids) into the
+// stored form: no raw identifier is ever a database key.
+func OrderHash(key string) string {
+	if key == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte("postback-order\x00" + key))
+	return hex.EncodeToString(sum[:16])
+}
+
+// setOrder fills the ordering fields of a new delivery of e.
+func (d *Delivery) setOrder(orderKey func(dest string, e *mapping.Event) string, e *mapping.Event) {
+	if orderKey == nil {
+		return
+	}
+	if k := orderKey(d.Destination, e); k != "" {
+		d.OrderKey, d.OrderAtMs = OrderHash(k), e.OccurredAt.UnixMilli()
+	}
 }
 
 // RetryStart is when the delivery's retry horizon (retry.max_age) began:
@@ -105,6 +131,40 @@ func delDue(tx *bolt.Tx, d *Delivery) error {
 	return b.Delete(dueKey(d.NextAtMs, d.Key))
 }
 
+// orderKey is the bOrder key of an ordered delivery: within one destination
+// and ordering key, entries sort by event time, so the first is the head.
+func orderKey(d *Delivery) []byte {
+	k := make([]byte, 0, len(d.Destination)+len(d.OrderKey)+10+len(d.Key))
+	k = append(append(append(append(k, d.Destination...), 0), d.OrderKey...), 0)
+	k = binary.BigEndian.AppendUint64(k, uint64(d.OrderAtMs))
+	return append(k, d.Key...)
+}
+
+func putOrder(tx *bolt.Tx, d *Delivery) error {
+	if d.OrderKey == "" {
+		return nil
+	}
+	return tx.Bucket(bOrder).Put(orderKey(d), nil)
+}
+
+func delOrder(tx *bolt.Tx, d *Delivery) error {
+	if d.OrderKey == "" {
+		return nil
+	}
+	return tx.Bucket(bOrder).Delete(orderKey(d))
+}
+
+// orderHead reports whether d is the earliest unfinished delivery of its
+// destination and ordering key.
+func orderHead(tx *bolt.Tx, d *Delivery) bool {
+	if d.OrderKey == "" {
+		return true
+	}
+	prefix := append(append(append(append([]byte(nil), d.Destination...), 0), d.OrderKey...), 0)
+	k, _ := tx.Bucket(bOrder).Cursor().Seek(prefix)
+	return k != nil && bytes.HasPrefix(k, prefix) && string(k[len(prefix)+8:]) == d.Key
+}
+
 // Due is a delivery ready to be attempted, with its event. The event's user
 // identifiers are refreshed from the identity store at read time, so a PUT
 // after ingest is reflected in the next attempt.
@@ -136,6 +196,9 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 			var d Due
 			if ok, err := getJSON(deliveries, []byte(key), &d.Delivery); err != nil || !ok {
 				continue
+			}
+			if !orderHead(tx, &d.Delivery) {
+				continue // an earlier delivery of its ordering key comes first
 			}
 			if ok, err := getJSON(events, []byte(d.Delivery.EventID), &d.Event); err != nil || !ok {
 				continue
@@ -193,7 +256,7 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 			if err != nil {
 				return err
 			}
-			if !ok || Final(d.State) && c.Attempt == nil {
+			if c.Skip(&d, ok) {
 				continue
 			}
 			if err := delDue(tx, &d); err != nil {
@@ -204,33 +267,17 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 					return err
 				}
 			}
+			d.Apply(c, now)
 			if c.Attempt != nil {
-				d.Attempts++
-				if c.KeepBudget {
-					d.RetryBase++
-				}
-				c.Attempt.N = d.Attempts
 				if err := putJSON(tx.Bucket(bAttempts), attemptKey(d.Key, d.Attempts), c.Attempt); err != nil {
 					return err
 				}
-				d.LastStatus = c.Attempt.Status
-				d.LastError = c.Attempt.Error
-			}
-			d.State, d.Reason, d.UpdatedAt = c.State, c.Reason, now
-			if c.State == StateDelivered {
-				d.DeliveredAt = now
-			}
-			if !c.WaitUntil.IsZero() {
-				d.WaitUntil = c.WaitUntil
 			}
 			if Final(d.State) {
-				d.NextAtMs = 0
-			} else {
-				next := c.NextAt
-				if next.IsZero() {
-					next = now // never park a live delivery at the epoch
+				if err := delOrder(tx, &d); err != nil {
+					return err
 				}
-				d.NextAtMs = next.UnixMilli()
+			} else {
 				if err := putDue(tx, &d); err != nil {
 					return err
 				}
@@ -246,6 +293,52 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 		}
 		return nil
 	}, &wake)
+}
+
+// Apply moves d to the outcome c at now: the attempt (numbered here) is
+// counted, the state, reason and due time set. Both backends record
+// outcomes with it.
+func (d *Delivery) Apply(c Completion, now time.Time) {
+	if c.Attempt != nil {
+		d.Attempts++
+		if c.KeepBudget {
+			d.RetryBase++
+		}
+		c.Attempt.N = d.Attempts
+		d.LastStatus = c.Attempt.Status
+		d.LastError = c.Attempt.Error
+	}
+	d.State, d.Reason, d.UpdatedAt = c.State, c.Reason, now
+	if c.State == StateDelivered {
+		d.DeliveredAt = now
+	}
+	if !c.WaitUntil.IsZero() {
+		d.WaitUntil = c.WaitUntil
+	}
+	if Final(d.State) {
+		d.NextAtMs = 0
+		return
+	}
+	next := c.NextAt
+	if next.IsZero() {
+		next = now // never park a live delivery at the epoch
+	}
+	d.NextAtMs = next.UnixMilli()
+}
+
+// Skip reports whether a completion changes nothing: the delivery is gone,
+// or already final and nothing was sent.
+func (c *Completion) Skip(d *Delivery, found bool) bool {
+	return !found || Final(d.State) && c.Attempt == nil
+}
+
+// Requeue moves a final delivery back to pending at now (a replay): its
+// retry budget starts afresh.
+func (d *Delivery) Requeue(now time.Time) {
+	d.State, d.Reason, d.UpdatedAt, d.NextAtMs = StatePending, "replayed", now, now.UnixMilli()
+	d.ReplayedAt = now
+	d.RetryBase = d.Attempts
+	d.WaitUntil = time.Time{}
 }
 
 func attemptKey(key string, n int) []byte {
@@ -273,12 +366,11 @@ func (db *DB) Replay(ctx context.Context, key string) (Delivery, error) {
 		if !Final(d.State) {
 			return nil
 		}
-		now := db.opts.Now()
-		d.State, d.Reason, d.UpdatedAt, d.NextAtMs = StatePending, "replayed", now, now.UnixMilli()
-		d.ReplayedAt = now
-		d.RetryBase = d.Attempts
-		d.WaitUntil = time.Time{}
+		d.Requeue(db.opts.Now())
 		if err := putDue(tx, &d); err != nil {
+			return err
+		}
+		if err := putOrder(tx, &d); err != nil {
 			return err
 		}
 		wake = append(wake, d.Destination)

@@ -26,7 +26,20 @@ const (
 	erasePhaseStates = "states" // a scan of the states under StatePrefix
 )
 
-// erasureJob is one queued erasure (bErasures: inbox key -> erasureJob).
+// ErasureJob is one queued erasure and its progress, the same record in
+// both backends (bErasures: inbox key -> ErasureJob).
+type ErasureJob = erasureJob
+
+// Erasure phases, in order.
+const (
+	ErasePhaseNamed  = erasePhaseNamed
+	ErasePhaseEvents = erasePhaseEvents
+	ErasePhaseStates = erasePhaseStates
+)
+
+// ErasureChunk bounds the records one erasure step examines.
+func ErasureChunk() int { return erasureChunk }
+
 type erasureJob struct {
 	mapping.Erasure
 	Phase    string    `json:"phase"`
@@ -43,14 +56,85 @@ type ErasureDone struct {
 	QueuedAt       time.Time
 }
 
-func queueErasure(tx *bolt.Tx, ik []byte, e *mapping.Erasure, now time.Time) error {
+// NewErasureJob validates a mapping's erasure request and starts its job.
+func NewErasureJob(e *mapping.Erasure, now time.Time) (ErasureJob, error) {
 	if e.IDKey == "" && (e.EventAttr == "" || e.EventAttrValue == "" || e.StatePrefix == "") {
 		// Without an identifier the scope must be explicit, or it would be
 		// everything.
-		return fmt.Errorf("store: erasure without an identifier needs an event attribute and a state prefix: %+v", *e)
+		return ErasureJob{}, fmt.Errorf("store: erasure without an identifier needs an event attribute and a state prefix: %+v", *e)
 	}
-	return putJSON(tx.Bucket(bErasures), ik, &erasureJob{Erasure: *e, Phase: erasePhaseNamed, QueuedAt: now})
+	return ErasureJob{Erasure: *e, Phase: erasePhaseNamed, QueuedAt: now}, nil
 }
+
+func queueErasure(tx *bolt.Tx, ik []byte, e *mapping.Erasure, now time.Time) error {
+	job, err := NewErasureJob(e, now)
+	if err != nil {
+		return err
+	}
+	return putJSON(tx.Bucket(bErasures), ik, &job)
+}
+
+// EventNeedle is the JSON text an event must contain to be in the job's
+// scope: a cheap pre-filter before decoding.
+func (job *erasureJob) EventNeedle() ([]byte, error) {
+	if job.IDKey == "" {
+		return identifierNeedle(job.EventAttr, job.EventAttrValue)
+	}
+	return identifierNeedle(job.IDKey, job.IDValue)
+}
+
+// MatchEvent decodes an encoded event that contains needle and reports
+// whether the job erases it.
+func (job *erasureJob) MatchEvent(v, needle []byte) (mapping.Event, bool) {
+	var e mapping.Event
+	if !bytes.Contains(v, needle) || json.Unmarshal(v, &e) != nil {
+		return e, false
+	}
+	return e, (job.IDKey == "" || e.User.Identifiers[job.IDKey] == job.IDValue) &&
+		(job.EventAttr == "" || e.Attributes[job.EventAttr] == job.EventAttrValue)
+}
+
+// MatchState decodes an encoded state and reports whether the job erases
+// it.
+func (job *erasureJob) MatchState(v []byte) (mapping.State, bool) {
+	var s mapping.State
+	idNeedle, err1 := identifierNeedle(job.IDKey, job.IDValue)
+	valNeedle, err2 := identifierNeedle(job.StateValueKey, job.IDValue)
+	if err1 != nil || err2 != nil {
+		return s, false
+	}
+	if job.IDKey != "" && !bytes.Contains(v, idNeedle) && (job.StateValueKey == "" || !bytes.Contains(v, valNeedle)) {
+		return s, false
+	}
+	if json.Unmarshal(v, &s) != nil {
+		return s, false
+	}
+	return s, job.IDKey == "" || s.Identifiers[job.IDKey] == job.IDValue ||
+		(job.StateValueKey != "" && s.Values[job.StateValueKey] == job.IDValue)
+}
+
+// ForgetState clears what ties a state to a person.
+func ForgetState(s *mapping.State, valueKey string) {
+	s.Identifiers, s.AppUserID = nil, ""
+	if valueKey != "" {
+		delete(s.Values, valueKey)
+	}
+}
+
+// EraseBody erases a stored notification's body, enrichment and metadata,
+// keeping the entry (its dedupe key and event ids) so a retry of it is
+// still recognised. It reports whether anything changed.
+func EraseBody(nt *mapping.Notification, reason string) bool {
+	if nt.Body == nil && nt.Enriched == nil && nt.Meta == nil {
+		return false
+	}
+	nt.Body, nt.Enriched, nt.Meta = nil, nil, nil
+	nt.Reason = reason
+	return true
+}
+
+// ErasedReason is the inbox reason of a body erased for a privacy deletion.
+const ErasedReason = "body erased for a privacy deletion"
 
 // PendingErasures counts queued erasures.
 func (db *DB) PendingErasures() (int, error) {
@@ -156,10 +240,7 @@ func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
 		job.Phase, job.Cursor = erasePhaseEvents, nil
 		return false, nil
 	case erasePhaseEvents:
-		needle, err := identifierNeedle(job.IDKey, job.IDValue)
-		if job.IDKey == "" {
-			needle, err = identifierNeedle(job.EventAttr, job.EventAttrValue)
-		}
+		needle, err := job.EventNeedle()
 		if err != nil {
 			return false, err
 		}
@@ -172,12 +253,8 @@ func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
 		k, v := seekAfter(c, job.Cursor)
 		for i := 0; k != nil && i < erasureChunk; i++ {
 			job.Cursor = append(job.Cursor[:0], k...)
-			if bytes.Contains(v, needle) {
-				var e mapping.Event
-				if json.Unmarshal(v, &e) == nil && (job.IDKey == "" || e.User.Identifiers[job.IDKey] == job.IDValue) &&
-					(job.EventAttr == "" || e.Attributes[job.EventAttr] == job.EventAttrValue) {
-					hits = append(hits, hit{append([]byte(nil), k...), e})
-				}
+			if e, ok := job.MatchEvent(v, needle); ok {
+				hits = append(hits, hit{append([]byte(nil), k...), e})
 			}
 			k, v = c.Next()
 		}
@@ -193,14 +270,6 @@ func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
 		}
 		return false, nil
 	case erasePhaseStates:
-		idNeedle, err := identifierNeedle(job.IDKey, job.IDValue)
-		if err != nil {
-			return false, err
-		}
-		valNeedle, err := identifierNeedle(job.StateValueKey, job.IDValue)
-		if err != nil {
-			return false, err
-		}
 		type hit struct {
 			k []byte
 			s mapping.State
@@ -216,12 +285,8 @@ func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
 		}
 		for i := 0; k != nil && bytes.HasPrefix(k, prefix) && i < erasureChunk; i++ {
 			job.Cursor = append(job.Cursor[:0], k...)
-			if job.IDKey == "" || bytes.Contains(v, idNeedle) || (job.StateValueKey != "" && bytes.Contains(v, valNeedle)) {
-				var s mapping.State
-				if json.Unmarshal(v, &s) == nil && (job.IDKey == "" || s.Identifiers[job.IDKey] == job.IDValue ||
-					(job.StateValueKey != "" && s.Values[job.StateValueKey] == job.IDValue)) {
-					hits = append(hits, hit{append([]byte(nil), k...), s})
-				}
+			if s, ok := job.MatchState(v); ok {
+				hits = append(hits, hit{append([]byte(nil), k...), s})
 			}
 			k, v = c.Next()
 		}
@@ -272,15 +337,12 @@ func eraseEvent(tx *bolt.Tx, id []byte, e *mapping.Event) error {
 			return err
 		}
 	}
-	return eraseInboxBody(tx.Bucket(bInbox), inboxKey(e.Source, e.SourceEventID), "body erased for a privacy deletion")
+	return eraseInboxBody(tx.Bucket(bInbox), inboxKey(e.Source, e.SourceEventID), ErasedReason)
 }
 
 // eraseState clears what ties a state to a person.
 func eraseState(b *bolt.Bucket, key []byte, s *mapping.State, valueKey string) error {
-	s.Identifiers, s.AppUserID = nil, ""
-	if valueKey != "" {
-		delete(s.Values, valueKey)
-	}
+	ForgetState(s, valueKey)
 	return putJSON(b, key, s)
 }
 
@@ -289,10 +351,8 @@ func eraseState(b *bolt.Bucket, key []byte, s *mapping.State, valueKey string) e
 // retry of it is still recognised.
 func eraseInboxBody(inbox *bolt.Bucket, ik []byte, reason string) error {
 	var nt mapping.Notification
-	if ok, err := getJSON(inbox, ik, &nt); err != nil || !ok || (nt.Body == nil && nt.Enriched == nil && nt.Meta == nil) {
+	if ok, err := getJSON(inbox, ik, &nt); err != nil || !ok || !EraseBody(&nt, reason) {
 		return nil // nothing (readable) to erase
 	}
-	nt.Body, nt.Enriched, nt.Meta = nil, nil, nil
-	nt.Reason = reason
 	return putJSON(inbox, ik, &nt)
 }

@@ -125,7 +125,7 @@ func (s txStates) State(key string) (mapping.State, bool) {
 func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResult, writeStates bool) error {
 	out, err := db.opts.Map(n, txStates{tx.Bucket(bStates)})
 	if err != nil {
-		if errors.Is(err, mapping.ErrMalformed) || errors.Is(err, mapping.ErrUnknownSource) || errors.Is(err, mapping.ErrCurrency) || errors.Is(err, mapping.ErrAmount) {
+		if MappingFailed(err) {
 			n.Status, n.Reason = mapping.StatusFailed, err.Error()
 			res.Status, res.Reason = n.Status, n.Reason
 			db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", err)
@@ -167,10 +167,14 @@ func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResul
 				Key: deliveryKey(e.ID, dest), EventID: e.ID, Destination: dest, State: StatePending,
 				CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), AppUserID: e.User.AppUserID,
 			}
+			d.setOrder(db.opts.OrderKey, e)
 			if err := putJSON(deliveries, []byte(d.Key), &d); err != nil {
 				return err
 			}
 			if err := putDue(tx, &d); err != nil {
+				return err
+			}
+			if err := putOrder(tx, &d); err != nil {
 				return err
 			}
 			res.dests = append(res.dests, dest)
@@ -199,6 +203,12 @@ func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResul
 	}
 	res.Status, res.Reason = n.Status, n.Reason
 	return nil
+}
+
+// MappingFailed reports a mapping error that fails the notification (kept
+// with status failed for reprocess) rather than the ingest.
+func MappingFailed(err error) bool {
+	return errors.Is(err, mapping.ErrMalformed) || errors.Is(err, mapping.ErrUnknownSource) || errors.Is(err, mapping.ErrCurrency) || errors.Is(err, mapping.ErrAmount)
 }
 
 func containsStr(s []string, v string) bool {

@@ -18,7 +18,7 @@ type ForwarderMemory struct {
 }
 
 // ForwarderMemory returns the memory of destination name.
-func (db *DB) ForwarderMemory(name string) *ForwarderMemory {
+func (db *DB) ForwarderMemory(name string) Memory {
 	return &ForwarderMemory{db: db, prefix: name + "\x00"}
 }
 

@@ -197,8 +197,17 @@ func (db *DB) Deliveries(f DeliveryFilter) ([]Delivery, error) {
 // second so replays never starve live traffic, calling progress after each.
 // With dryRun it only counts.
 func (db *DB) ReplayMatching(ctx context.Context, f DeliveryFilter, perSecond float64, dryRun bool, progress func(done, total int)) (int, error) {
+	return ReplayMatching(ctx, db, f, perSecond, dryRun, progress)
+}
+
+// ReplayMatching is Operator.ReplayMatching for any backend: it lists the
+// final deliveries matching f and replays them one by one.
+func ReplayMatching(ctx context.Context, s interface {
+	Deliveries(f DeliveryFilter) ([]Delivery, error)
+	Replay(ctx context.Context, key string) (Delivery, error)
+}, f DeliveryFilter, perSecond float64, dryRun bool, progress func(done, total int)) (int, error) {
 	f.Limit = 1 << 30
-	ds, err := db.Deliveries(f)
+	ds, err := s.Deliveries(f)
 	if err != nil {
 		return 0, err
 	}
@@ -224,7 +233,7 @@ func (db *DB) ReplayMatching(ctx context.Context, f DeliveryFilter, perSecond fl
 				return i, ctx.Err()
 			}
 		}
-		if _, err := db.Replay(ctx, k); err != nil {
+		if _, err := s.Replay(ctx, k); err != nil {
 			return i, err
 		}
 		if progress != nil {

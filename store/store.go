@@ -48,9 +48,10 @@ var (
 	bMeta       = []byte("meta")        // name -> value
 	bErasures   = []byte("erasures")    // inbox key -> erasureJob (queued privacy erasures)
 	bFwdMemory  = []byte("fwd_memory")  // destination 0 key -> unix_ms(8) (forwarders.Memory)
+	bOrder      = []byte("order")       // destination 0 order key 0 event_ms(8) delivery key -> nil (unfinished ordered deliveries)
 )
 
-var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta, bErasures, bFwdMemory}
+var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta, bErasures, bFwdMemory, bOrder}
 
 // Options configure a DB. The zero value is usable: nil fields get defaults.
 type Options struct {
@@ -66,6 +67,10 @@ type Options struct {
 	OpenTimeout time.Duration
 	// MaxBatch bounds operations per commit; default 1000.
 	MaxBatch int
+	// OrderKey, when set, returns the ordering key of an event's delivery
+	// to dest ("" for none): deliveries with the same key are claimed one
+	// at a time in event-time order (see Queue).
+	OrderKey func(dest string, e *mapping.Event) string
 	// OnCommit, when set, is called after each commit with the destinations
 	// that got new due work, so dispatchers wake without polling.
 	OnCommit func(dests []string)

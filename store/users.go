@@ -26,6 +26,9 @@ type User struct {
 // or holding a NUL byte (the separator of the waiting index).
 var ErrInvalidUser = errors.New("store: invalid app_user_id")
 
+// CheckUserID validates an app_user_id used as a key.
+func CheckUserID(id string) error { return checkUserID(id) }
+
 func checkUserID(id string) error {
 	if id == "" || strings.IndexByte(id, 0) >= 0 {
 		return fmt.Errorf("%w: %q", ErrInvalidUser, id)
@@ -45,6 +48,11 @@ func mergeUser(users *bolt.Bucket, e *mapping.Event) {
 	if ok, err := getJSON(users, []byte(e.User.AppUserID), &u); err != nil || !ok {
 		return
 	}
+	u.Fill(e)
+}
+
+// Fill gives e the identifiers it lacks from the user's record.
+func (u *User) Fill(e *mapping.Event) {
 	for k, v := range u.Identifiers {
 		if e.Identifier(k) == "" {
 			e.SetIdentifier(k, v)
@@ -213,7 +221,7 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 		// the event ids) so a store retry is still recognised.
 		inbox := tx.Bucket(bInbox)
 		for _, ik := range sources {
-			if err := eraseInboxBody(inbox, ik, "body erased for a privacy deletion"); err != nil {
+			if err := eraseInboxBody(inbox, ik, ErasedReason); err != nil {
 				return err
 			}
 		}

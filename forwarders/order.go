@@ -1,0 +1,38 @@
+package forwarders
+
+import "github.com/postback/postback/mapping"
+
+// Orderer is a forwarder whose API takes events of one key in
+// chronological order only. The dispatcher then sends deliveries with the
+// same key one at a time, in event-time order (across restarts and
+// replicas: the order lives in the store), while different keys still go
+// in parallel.
+type Orderer interface {
+	// OrderKey returns e's ordering key, "" when e needs no order. The
+	// store keeps only a hash of it.
+	OrderKey(e *mapping.Event) string
+}
+
+// OrderKey implements Orderer: "Events must be submitted chronologically
+// for each device and event token" (Adjust S2S). The device is the one
+// the event carries when it is queued; an event that has none yet is
+// ordered by its app user, whose device it will get from the identity
+// store.
+func (a *Adjust) OrderKey(e *mapping.Event) string {
+	t := &a.prod
+	if e.Sandboxed() && a.sandbox != nil {
+		t = a.sandbox
+	}
+	token := adjustToken(e, t.tokens)
+	if token == "" {
+		return ""
+	}
+	device := adjustDevice(e)
+	if device == "" {
+		if e.User.AppUserID == "" {
+			return ""
+		}
+		device = "user:" + e.User.AppUserID
+	}
+	return t.environment + "|" + device + "|" + token
+}
