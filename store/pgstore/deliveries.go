@@ -1,0 +1,329 @@
+package pgstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store"
+)
+
+// Claim leases up to o.Limit due deliveries of dest (see the package
+// comment). Claims of one destination are serialised by an advisory lock,
+// so the in-flight cap counts every replica's leases exactly.
+func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.ClaimOptions) ([]store.Due, error) {
+	if o.Limit <= 0 {
+		return nil, nil
+	}
+	lease := o.Lease
+	if lease <= 0 {
+		lease = 2 * time.Minute
+	}
+	var out []store.Due
+	err := db.inTx(ctx, func(tx pgx.Tx) error {
+		out = nil
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("claim:"+dest)); err != nil {
+			return err
+		}
+		limit := o.Limit
+		if o.MaxInFlight > 0 {
+			var inflight int
+			if err := tx.QueryRow(ctx, "SELECT count(*) FROM deliveries WHERE destination = $1 AND leased_until > now()", dest).Scan(&inflight); err != nil {
+				return err
+			}
+			limit = min(limit, o.MaxInFlight-inflight)
+			if limit <= 0 {
+				return nil
+			}
+		}
+		rows, err := tx.Query(ctx, `UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
+			WHERE key IN (
+				SELECT d.key FROM deliveries d
+				WHERE d.destination = $1 AND d.next_at_ms IS NOT NULL AND d.next_at_ms <= $2
+				  AND (d.leased_until IS NULL OR d.leased_until <= now())
+				  AND (d.order_key IS NULL OR NOT EXISTS (
+					SELECT 1 FROM deliveries o WHERE o.destination = d.destination AND o.order_key = d.order_key
+					  AND o.next_at_ms IS NOT NULL AND (o.order_at_ms, o.key) < (d.order_at_ms, d.key)))
+				ORDER BY d.next_at_ms, d.key
+				LIMIT $3
+				FOR UPDATE SKIP LOCKED)
+			RETURNING doc`, dest, now.UnixMilli(), limit, lease.Seconds(), db.opts.Owner)
+		if err != nil {
+			return err
+		}
+		ds, err := collectJSON[store.Delivery](rows)
+		if err != nil {
+			return err
+		}
+		if len(ds) == 0 {
+			return nil
+		}
+		sort.Slice(ds, func(i, j int) bool {
+			if ds[i].NextAtMs != ds[j].NextAtMs {
+				return ds[i].NextAtMs < ds[j].NextAtMs
+			}
+			return ds[i].Key < ds[j].Key
+		})
+		ids := make([]string, len(ds))
+		for i := range ds {
+			ids[i] = ds[i].EventID
+		}
+		events, err := db.eventsByID(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			e, ok := events[d.EventID]
+			if !ok {
+				continue
+			}
+			out = append(out, store.Due{Delivery: d, Event: e})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// eventsByID reads events with their identity-store identifiers merged.
+func (db *DB) eventsByID(ctx context.Context, q querier, ids []string) (map[string]mapping.Event, error) {
+	rows, err := q.Query(ctx, "SELECT doc FROM events WHERE id = ANY($1)", ids)
+	if err != nil {
+		return nil, err
+	}
+	evs, err := collectJSON[mapping.Event](rows)
+	if err != nil {
+		return nil, err
+	}
+	var users []string
+	for i := range evs {
+		if evs[i].User.AppUserID != "" {
+			users = append(users, evs[i].User.AppUserID)
+		}
+	}
+	known := map[string]store.User{}
+	if len(users) > 0 {
+		rows, err := q.Query(ctx, "SELECT doc FROM users WHERE app_user_id = ANY($1)", users)
+		if err != nil {
+			return nil, err
+		}
+		us, err := collectJSON[store.User](rows)
+		if err != nil {
+			return nil, err
+		}
+		for _, u := range us {
+			known[u.AppUserID] = u
+		}
+	}
+	out := make(map[string]mapping.Event, len(evs))
+	for _, e := range evs {
+		if u, ok := known[e.User.AppUserID]; ok {
+			u.Fill(&e)
+		}
+		out[e.ID] = e
+	}
+	return out, nil
+}
+
+// Release ends this replica's leases on deliveries it claimed but did not
+// send.
+func (db *DB) Release(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	_, err := db.pool.Exec(ctx, "UPDATE deliveries SET leased_until = NULL, lease_owner = NULL WHERE key = ANY($1) AND lease_owner = $2", keys, db.opts.Owner)
+	return err
+}
+
+// Complete records attempt outcomes in one transaction and ends the leases.
+func (db *DB) Complete(ctx context.Context, cs []store.Completion) error {
+	// Rows are locked in key order so that concurrent completions cannot
+	// deadlock.
+	sorted := slices.Clone(cs)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Key < sorted[j].Key })
+	return db.inTx(ctx, func(tx pgx.Tx) error {
+		now := db.opts.Now()
+		for _, c := range sorted {
+			if c.Attempt != nil {
+				a := *c.Attempt // a retried transaction numbers afresh
+				c.Attempt = &a
+			}
+			d, ok, err := lockDelivery(ctx, tx, c.Key)
+			if err != nil {
+				return err
+			}
+			if c.Skip(&d, ok) {
+				if ok {
+					if _, err := tx.Exec(ctx, "UPDATE deliveries SET leased_until = NULL, lease_owner = NULL WHERE key = $1", c.Key); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			d.Apply(c, now)
+			if c.Attempt != nil {
+				doc, err := json.Marshal(c.Attempt)
+				if err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, "INSERT INTO attempts (delivery_key, n, doc) VALUES ($1, $2, $3) ON CONFLICT (delivery_key, n) DO UPDATE SET doc = EXCLUDED.doc", d.Key, d.Attempts, doc); err != nil {
+					return err
+				}
+			}
+			if err := updateDelivery(ctx, tx, &d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func lockDelivery(ctx context.Context, tx pgx.Tx, key string) (store.Delivery, bool, error) {
+	var doc []byte
+	err := tx.QueryRow(ctx, "SELECT doc FROM deliveries WHERE key = $1 FOR UPDATE", key).Scan(&doc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Delivery{}, false, nil
+	}
+	if err != nil {
+		return store.Delivery{}, false, err
+	}
+	var d store.Delivery
+	if err := json.Unmarshal(doc, &d); err != nil {
+		return d, false, fmt.Errorf("pgstore: delivery %s unreadable: %w", key, err)
+	}
+	return d, true, nil
+}
+
+// Replay queues a final delivery again now; an unfinished one is left as
+// it is.
+func (db *DB) Replay(ctx context.Context, key string) (store.Delivery, error) {
+	var d store.Delivery
+	var queued bool
+	err := db.inTx(ctx, func(tx pgx.Tx) error {
+		queued = false
+		var ok bool
+		var err error
+		d, ok, err = lockDelivery(ctx, tx, key)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: delivery %s", store.ErrNotFound, key)
+		}
+		if !store.Final(d.State) {
+			return nil
+		}
+		d.Requeue(db.opts.Now())
+		if err := updateDelivery(ctx, tx, &d); err != nil {
+			return err
+		}
+		queued = true
+		return notify(ctx, tx, []string{d.Destination})
+	})
+	if err == nil && queued {
+		db.woke([]string{d.Destination})
+	}
+	return d, err
+}
+
+// ReplayMatching replays every final delivery matching f.
+func (db *DB) ReplayMatching(ctx context.Context, f store.DeliveryFilter, perSecond float64, dryRun bool, progress func(done, total int)) (int, error) {
+	return store.ReplayMatching(ctx, db, f, perSecond, dryRun, progress)
+}
+
+// NextDue returns the earliest due time of dest, zero when nothing is
+// queued.
+func (db *DB) NextDue(dest string) time.Time {
+	var ms *int64
+	if err := db.pool.QueryRow(context.Background(), "SELECT min(next_at_ms) FROM deliveries WHERE destination = $1 AND next_at_ms IS NOT NULL", dest).Scan(&ms); err != nil || ms == nil {
+		return time.Time{}
+	}
+	return time.UnixMilli(*ms)
+}
+
+// Queue summarises dest's backlog.
+func (db *DB) Queue(dest string) (store.QueueStats, error) {
+	var q store.QueueStats
+	var oldest *int64
+	var created *time.Time
+	err := db.pool.QueryRow(context.Background(), `SELECT count(*), min(next_at_ms), count(*) FILTER (WHERE state = 'waiting'), min(created_at)
+		FROM deliveries WHERE destination = $1 AND next_at_ms IS NOT NULL`, dest).Scan(&q.Depth, &oldest, &q.Waiting, &created)
+	if err != nil {
+		return q, err
+	}
+	if oldest != nil {
+		q.Oldest = time.UnixMilli(*oldest)
+	}
+	if created != nil {
+		q.OldestCreate = *created
+	}
+	return q, nil
+}
+
+// Delivery returns one delivery.
+func (db *DB) Delivery(key string) (store.Delivery, error) {
+	var doc []byte
+	err := db.pool.QueryRow(context.Background(), "SELECT doc FROM deliveries WHERE key = $1", key).Scan(&doc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Delivery{}, fmt.Errorf("%w: delivery %s", store.ErrNotFound, key)
+	}
+	if err != nil {
+		return store.Delivery{}, err
+	}
+	var d store.Delivery
+	return d, json.Unmarshal(doc, &d)
+}
+
+// Attempts returns a delivery's attempt log, oldest first.
+func (db *DB) Attempts(key string) ([]store.Attempt, error) {
+	rows, err := db.pool.Query(context.Background(), "SELECT doc FROM attempts WHERE delivery_key = $1 ORDER BY n", key)
+	if err != nil {
+		return nil, err
+	}
+	return collectJSON[store.Attempt](rows)
+}
+
+// EventDeliveries returns the deliveries of one event.
+func (db *DB) EventDeliveries(eventID string) ([]store.Delivery, error) {
+	rows, err := db.pool.Query(context.Background(), "SELECT doc FROM deliveries WHERE event_id = $1 ORDER BY key", eventID)
+	if err != nil {
+		return nil, err
+	}
+	return collectJSON[store.Delivery](rows)
+}
+
+// Deliveries lists deliveries matching f, newest events first.
+func (db *DB) Deliveries(f store.DeliveryFilter) ([]store.Delivery, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	states := f.States
+	if states == nil {
+		states = []string{}
+	}
+	rows, err := db.pool.Query(context.Background(), `SELECT d.doc FROM deliveries d JOIN events e ON e.id = d.event_id
+		WHERE ($1 = '' OR d.destination = $1)
+		  AND (cardinality($2::text[]) = 0 OR d.state = ANY($2))
+		  AND ($3 = '' OR strpos(d.reason, $3) > 0)
+		  AND ($4::timestamptz IS NULL OR (d.created_at >= $4 AND e.received_at >= $4))
+		  AND ($5::timestamptz IS NULL OR d.created_at <= $5)
+		ORDER BY e.received_at DESC, e.id DESC, d.key
+		LIMIT $6`, f.Destination, states, f.Reason, optTime(f.Since), optTime(f.Until), f.Limit)
+	if err != nil {
+		return nil, err
+	}
+	return collectJSON[store.Delivery](rows)
+}
+
+func optTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}

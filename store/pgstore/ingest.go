@@ -1,0 +1,539 @@
+package pgstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store"
+)
+
+// Ingest stores a verified notification, maps it and stores its events,
+// states and deliveries in one transaction (see the package comment). It
+// returns after COMMIT returned.
+func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.IngestResult, error) {
+	if n.Source == "" || n.Key == "" {
+		return store.IngestResult{}, errors.New("store: notification without source or key")
+	}
+	if n.ReceivedAt.IsZero() {
+		n.ReceivedAt = db.opts.Now()
+	}
+	var res store.IngestResult
+	var dests []string
+	err := db.inTx(ctx, func(tx pgx.Tx) error {
+		res, dests = store.IngestResult{}, nil
+		dup, err := db.claimInbox(ctx, tx, n, &res)
+		if dup || err != nil {
+			return err
+		}
+		item := *n
+		if item.Deferred && item.Enriched == nil {
+			item.Status = mapping.StatusEnriching
+			res.Status = item.Status
+		} else if dests, err = db.mapAndStore(ctx, tx, &item, &res, true); err != nil {
+			return err
+		}
+		if err := putInbox(ctx, tx, &item); err != nil {
+			return err
+		}
+		return notify(ctx, tx, dests)
+	})
+	if errors.Is(err, errDuplicate) {
+		return res, nil
+	}
+	if err != nil {
+		return store.IngestResult{}, err
+	}
+	db.woke(dests)
+	return res, nil
+}
+
+// claimInbox inserts the inbox row and the alternative ids. When the
+// notification is already known (by any id) it reports a duplicate with
+// the stored item; the caller's transaction then writes nothing.
+func (db *DB) claimInbox(ctx context.Context, tx pgx.Tx, n *mapping.Notification, res *store.IngestResult) (bool, error) {
+	tag, err := tx.Exec(ctx, `INSERT INTO inbox (source, key, received_at, status, doc) VALUES ($1, $2, $3, '', '\x')
+		ON CONFLICT (source, key) DO NOTHING`, n.Source, n.Key, n.ReceivedAt)
+	if err != nil {
+		return false, err
+	}
+	existing := n.Key
+	if tag.RowsAffected() == 1 {
+		existing = ""
+		for _, a := range n.AltKeys {
+			tag, err := tx.Exec(ctx, `INSERT INTO inbox_alt (source, alt_key, key) VALUES ($1, $2, $3) ON CONFLICT (source, alt_key) DO NOTHING`, n.Source, a, n.Key)
+			if err != nil {
+				return false, err
+			}
+			if tag.RowsAffected() == 0 {
+				if err := tx.QueryRow(ctx, `SELECT key FROM inbox_alt WHERE source = $1 AND alt_key = $2`, n.Source, a).Scan(&existing); err != nil {
+					return false, err
+				}
+				break
+			}
+		}
+		if existing == "" {
+			return false, nil
+		}
+	}
+	var doc []byte
+	if err := tx.QueryRow(ctx, `SELECT doc FROM inbox WHERE source = $1 AND key = $2`, n.Source, existing).Scan(&doc); err != nil {
+		return false, err
+	}
+	var ex mapping.Notification
+	if err := json.Unmarshal(doc, &ex); err != nil {
+		return false, fmt.Errorf("pgstore: inbox %s/%s unreadable: %w", n.Source, existing, err)
+	}
+	res.Duplicate, res.Existing, res.Status = true, &ex, ex.Status
+	// Nothing of this transaction may stay: an inserted inbox row or alt
+	// key would be a half-written record.
+	return true, errDuplicate
+}
+
+// errDuplicate rolls back a duplicate's transaction; Ingest reports the
+// duplicate, not an error.
+var errDuplicate = errors.New("duplicate")
+
+func putInbox(ctx context.Context, tx pgx.Tx, n *mapping.Notification) error {
+	doc, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `UPDATE inbox SET status = $3, doc = $4 WHERE source = $1 AND key = $2`, n.Source, n.Key, n.Status, doc)
+	return err
+}
+
+// txStates reads subscription states inside an ingest transaction, each
+// after taking its key's advisory lock, so concurrent notifications of one
+// subscription map one after the other.
+type txStates struct {
+	ctx   context.Context
+	tx    pgx.Tx
+	read  map[string]*mapping.State
+	found map[string]bool
+	err   error
+}
+
+func (s *txStates) State(key string) (mapping.State, bool) {
+	if st, ok := s.read[key]; ok {
+		return copyState(st), s.found[key]
+	}
+	if s.err != nil {
+		return mapping.State{}, false
+	}
+	if _, err := s.tx.Exec(s.ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("state:"+key)); err != nil {
+		s.err = err
+		return mapping.State{}, false
+	}
+	var doc []byte
+	err := s.tx.QueryRow(s.ctx, "SELECT doc FROM states WHERE key = $1", key).Scan(&doc)
+	var st mapping.State
+	found := true
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		found = false
+	case err != nil:
+		s.err = err
+		return mapping.State{}, false
+	default:
+		if err := json.Unmarshal(doc, &st); err != nil {
+			s.err = fmt.Errorf("pgstore: state %s unreadable: %w", key, err)
+			return mapping.State{}, false
+		}
+	}
+	s.read[key], s.found[key] = &st, found
+	return copyState(&st), found
+}
+
+// copyState gives the mapping its own maps (mapping.Map copies too; this
+// keeps the cache clean whatever a mapping does).
+func copyState(s *mapping.State) mapping.State {
+	c := *s
+	c.Identifiers = cloneMap(s.Identifiers)
+	c.Values = cloneMap(s.Values)
+	return c
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// mapAndStore maps n and writes its events, deliveries, states and queued
+// erasure; it sets n's status. It returns the destinations that got work.
+func (db *DB) mapAndStore(ctx context.Context, tx pgx.Tx, n *mapping.Notification, res *store.IngestResult, writeStates bool) ([]string, error) {
+	st := &txStates{ctx: ctx, tx: tx, read: map[string]*mapping.State{}, found: map[string]bool{}}
+	out, err := db.opts.Map(n, st)
+	if st.err != nil {
+		return nil, st.err
+	}
+	if err != nil {
+		if store.MappingFailed(err) {
+			n.Status, n.Reason = mapping.StatusFailed, err.Error()
+			res.Status, res.Reason = n.Status, n.Reason
+			db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", err)
+			return nil, nil
+		}
+		return nil, fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
+	}
+	now := db.opts.Now()
+	var dests []string
+	for i := range out.Events {
+		e := &out.Events[i]
+		if e.ID == "" {
+			return nil, fmt.Errorf("store: mapping %s produced an event without id", n.Source)
+		}
+		if !containsStr(n.EventIDs, e.ID) {
+			n.EventIDs = append(n.EventIDs, e.ID)
+		}
+		if e.ReceivedAt.IsZero() {
+			e.ReceivedAt = n.ReceivedAt
+		}
+		if err := db.fillUser(ctx, tx, e); err != nil {
+			return nil, err
+		}
+		doc, err := json.Marshal(e)
+		if err != nil {
+			return nil, err
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO events (id, received_at, source, type, app_id, environment, app_user_id, subscription_id, source_event_id, doc)
+			VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), NULLIF($8, ''), $9, $10) ON CONFLICT (id) DO NOTHING`,
+			e.ID, e.ReceivedAt, e.Source, string(e.Type), e.AppID, e.Environment, e.User.AppUserID, e.SubscriptionID, e.SourceEventID, doc)
+		if err != nil {
+			return nil, err
+		}
+		if tag.RowsAffected() == 0 {
+			res.Repeats++
+			continue
+		}
+		for _, dest := range db.opts.Route(e) {
+			d := store.Delivery{
+				Key: e.ID + "|" + dest, EventID: e.ID, Destination: dest, State: store.StatePending,
+				CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), AppUserID: e.User.AppUserID,
+			}
+			if db.opts.OrderKey != nil {
+				if k := db.opts.OrderKey(dest, e); k != "" {
+					d.OrderKey, d.OrderAtMs = store.OrderHash(k), e.OccurredAt.UnixMilli()
+				}
+			}
+			if err := insertDelivery(ctx, tx, &d); err != nil {
+				return nil, err
+			}
+			dests = append(dests, dest)
+		}
+		res.Events = append(res.Events, *e)
+	}
+	if writeStates && out.Erase != nil {
+		job, err := store.NewErasureJob(out.Erase, now)
+		if err != nil {
+			return nil, err
+		}
+		doc, err := json.Marshal(&job)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO erasures (inbox_source, inbox_key, queued_at, doc) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (inbox_source, inbox_key) DO UPDATE SET doc = EXCLUDED.doc`, n.Source, n.Key, now, doc); err != nil {
+			return nil, err
+		}
+	}
+	if writeStates {
+		for i := range out.States {
+			if err := putState(ctx, tx, &out.States[i]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	n.Status, n.Reason = mapping.StatusMapped, ""
+	if len(out.Events) == 0 {
+		n.Status, n.Reason = mapping.StatusIgnored, out.Ignored
+	}
+	res.Status, res.Reason = n.Status, n.Reason
+	return dests, nil
+}
+
+func putState(ctx context.Context, tx pgx.Tx, s *mapping.State) error {
+	if s.Key == "" {
+		return nil
+	}
+	doc, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO states (key, app_user_id, doc) VALUES ($1, NULLIF($2, ''), $3)
+		ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, app_user_id = EXCLUDED.app_user_id, version = states.version + 1`,
+		s.Key, s.AppUserID, doc)
+	return err
+}
+
+// insertDelivery writes a new delivery row.
+func insertDelivery(ctx context.Context, tx pgx.Tx, d *store.Delivery) error {
+	doc, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO deliveries (key, event_id, destination, state, next_at_ms, order_key, order_at_ms, app_user_id, created_at, reason, doc)
+		VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, NULLIF($8, ''), $9, $10, $11)`,
+		d.Key, d.EventID, d.Destination, d.State, nullMs(d), d.OrderKey, d.OrderAtMs, d.AppUserID, d.CreatedAt, reasonText(d), doc)
+	return err
+}
+
+// updateDelivery writes a changed delivery and ends any lease on it.
+func updateDelivery(ctx context.Context, tx pgx.Tx, d *store.Delivery) error {
+	doc, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `UPDATE deliveries SET state = $2, next_at_ms = $3, reason = $4, doc = $5, leased_until = NULL, lease_owner = NULL WHERE key = $1`,
+		d.Key, d.State, nullMs(d), reasonText(d), doc)
+	return err
+}
+
+// nullMs is the due column: NULL once the delivery is final.
+func nullMs(d *store.Delivery) *int64 {
+	if store.Final(d.State) {
+		return nil
+	}
+	v := d.NextAtMs
+	return &v
+}
+
+// reasonText is what the reason filter searches.
+func reasonText(d *store.Delivery) string { return d.Reason + " " + d.LastError }
+
+// fillUser gives the event the identifiers it lacks from the identity
+// store.
+func (db *DB) fillUser(ctx context.Context, q querier, e *mapping.Event) error {
+	if e.User.AppUserID == "" {
+		return nil
+	}
+	u, ok, err := getUser(ctx, q, e.User.AppUserID)
+	if err != nil || !ok {
+		return err
+	}
+	u.Fill(e)
+	return nil
+}
+
+// querier is a pool or a transaction.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func getUser(ctx context.Context, q querier, id string) (store.User, bool, error) {
+	var doc []byte
+	err := q.QueryRow(ctx, "SELECT doc FROM users WHERE app_user_id = $1", id).Scan(&doc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.User{}, false, nil
+	}
+	if err != nil {
+		return store.User{}, false, err
+	}
+	var u store.User
+	return u, true, json.Unmarshal(doc, &u)
+}
+
+func containsStr(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// State reads a subscription state outside any ingest.
+func (db *DB) State(key string) (mapping.State, bool, error) {
+	var doc []byte
+	err := db.pool.QueryRow(context.Background(), "SELECT doc FROM states WHERE key = $1", key).Scan(&doc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return mapping.State{}, false, nil
+	}
+	if err != nil {
+		return mapping.State{}, false, err
+	}
+	var st mapping.State
+	return st, true, json.Unmarshal(doc, &st)
+}
+
+// Enrich stores a deferred notification's enrichment and maps it.
+func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (store.IngestResult, error) {
+	var res store.IngestResult
+	var dests []string
+	err := db.inTx(ctx, func(tx pgx.Tx) error {
+		res, dests = store.IngestResult{}, nil
+		n, err := lockInbox(ctx, tx, source, key)
+		if err != nil {
+			return err
+		}
+		if n.Status != mapping.StatusEnriching {
+			res.Duplicate, res.Existing, res.Status = true, n, n.Status
+			return nil
+		}
+		n.Enriched = enriched
+		if dests, err = db.mapAndStore(ctx, tx, n, &res, true); err != nil {
+			return err
+		}
+		if err := putInbox(ctx, tx, n); err != nil {
+			return err
+		}
+		return notify(ctx, tx, dests)
+	})
+	if err != nil {
+		return store.IngestResult{}, err
+	}
+	db.woke(dests)
+	return res, nil
+}
+
+// lockInbox reads an inbox item for update.
+func lockInbox(ctx context.Context, tx pgx.Tx, source, key string) (*mapping.Notification, error) {
+	var doc []byte
+	err := tx.QueryRow(ctx, "SELECT doc FROM inbox WHERE source = $1 AND key = $2 FOR UPDATE", source, key).Scan(&doc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	var n mapping.Notification
+	if err := json.Unmarshal(doc, &n); err != nil {
+		return nil, fmt.Errorf("pgstore: inbox %s/%s unreadable: %w", source, key, err)
+	}
+	return &n, nil
+}
+
+// Pending lists inbox items of source waiting for enrichment, oldest first.
+func (db *DB) Pending(source string, limit int) ([]mapping.Notification, error) {
+	rows, err := db.pool.Query(context.Background(), "SELECT doc FROM inbox WHERE source = $1 AND status = 'enriching' ORDER BY received_at LIMIT $2", source, limit)
+	if err != nil {
+		return nil, err
+	}
+	return collectJSON[mapping.Notification](rows)
+}
+
+// collectJSON decodes a one-column result of documents.
+func collectJSON[T any](rows pgx.Rows) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return nil, err
+		}
+		var v T
+		if err := json.Unmarshal(doc, &v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// Reprocess re-maps stored inbox items (see store.DB.Reprocess).
+func (db *DB) Reprocess(ctx context.Context, f store.ReprocessFilter) (store.ReprocessResult, error) {
+	var r store.ReprocessResult
+	statuses := f.Statuses
+	if len(statuses) == 0 {
+		statuses = []string{mapping.StatusFailed, mapping.StatusIgnored}
+	}
+	since, until := f.Since, f.Until
+	if since.IsZero() {
+		since = time.Unix(0, 0)
+	}
+	if until.IsZero() {
+		until = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+	}
+	if err := db.pool.QueryRow(ctx, "SELECT count(*) FROM inbox WHERE received_at >= $1 AND received_at <= $2", since, until).Scan(&r.Scanned); err != nil {
+		return r, err
+	}
+	rows, err := db.pool.Query(ctx, `SELECT source, key FROM inbox WHERE received_at >= $1 AND received_at <= $2
+		AND ($3 = '' OR source = $3) AND status = ANY($4) ORDER BY received_at, source, key`, since, until, f.Source, statuses)
+	if err != nil {
+		return r, err
+	}
+	type ik struct{ source, key string }
+	var keys []ik
+	for rows.Next() {
+		var k ik
+		if err := rows.Scan(&k.source, &k.key); err != nil {
+			rows.Close()
+			return r, err
+		}
+		keys = append(keys, k)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return r, err
+	}
+	r.Matched = len(keys)
+	if f.DryRun {
+		return r, nil
+	}
+	for _, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return r, err
+		}
+		var res store.IngestResult
+		var dests []string
+		err := db.inTx(ctx, func(tx pgx.Tx) error {
+			res, dests = store.IngestResult{}, nil
+			n, err := lockInbox(ctx, tx, k.source, k.key)
+			if err != nil {
+				return err
+			}
+			writeStates := n.Status == mapping.StatusFailed
+			if dests, err = db.mapAndStore(ctx, tx, n, &res, writeStates); err != nil {
+				return err
+			}
+			if err := putInbox(ctx, tx, n); err != nil {
+				return err
+			}
+			return notify(ctx, tx, dests)
+		})
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return r, err
+		}
+		db.woke(dests)
+		r.NewEvents += len(res.Events)
+		r.Repeats += res.Repeats
+		if res.Status == mapping.StatusFailed {
+			r.Failed++
+		}
+	}
+	return r, nil
+}
+
+// Notification returns an inbox item.
+func (db *DB) Notification(source, key string) (*mapping.Notification, error) {
+	var doc []byte
+	err := db.pool.QueryRow(context.Background(), "SELECT doc FROM inbox WHERE source = $1 AND key = $2", source, key).Scan(&doc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	var n mapping.Notification
+	return &n, json.Unmarshal(doc, &n)
+}
+
+// NotificationOf returns the inbox item that produced an event.
+func (db *DB) NotificationOf(e *mapping.Event) (*mapping.Notification, error) {
+	return db.Notification(e.Source, e.SourceEventID)
+}

@@ -1,0 +1,86 @@
+// Package pgtest gives tests a fresh PostgreSQL database on the cluster
+// named by POSTBACK_TEST_PG (scripts/pg-cluster.sh starts a throwaway one;
+// .ci/run does). Without it the tests that need PostgreSQL skip with one
+// line saying how to run them; with POSTBACK_REQUIRE_PG=1 (CI) that skip is
+// a failure instead.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/url"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// EnvDSN names the variable holding the test cluster's DSN.
+const EnvDSN = "POSTBACK_TEST_PG"
+
+// EnvRequire, when "1", turns a missing cluster into a failure (CI).
+const EnvRequire = "POSTBACK_REQUIRE_PG"
+
+var skipOnce sync.Once
+
+// Base returns the cluster's DSN, or skips (fails under EnvRequire) when
+// there is none.
+func Base(t testing.TB) string {
+	t.Helper()
+	dsn := os.Getenv(EnvDSN)
+	if dsn == "" {
+		if os.Getenv(EnvRequire) == "1" {
+			t.Fatalf("%s is not set but %s=1: the PostgreSQL tests must run here (eval \"$(scripts/pg-cluster.sh start)\")", EnvDSN, EnvRequire)
+		}
+		skipOnce.Do(func() {
+			println("pgtest: PostgreSQL tests skipped: set " + EnvDSN + ` (eval "$(scripts/pg-cluster.sh start)") to run them`)
+		})
+		t.Skip("no PostgreSQL: set " + EnvDSN + ` (eval "$(scripts/pg-cluster.sh start)")`)
+	}
+	return dsn
+}
+
+// Database creates an empty database for this test and returns its DSN;
+// it is dropped when the test ends.
+func Database(t testing.TB) string {
+	t.Helper()
+	base := Base(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatalf("pgtest: connect %s: %v", EnvDSN, err)
+	}
+	defer conn.Close(context.Background())
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	name := "pbt_" + hex.EncodeToString(b)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("pgtest: create database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, base)
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	})
+	return WithDatabase(t, base, name)
+}
+
+// WithDatabase returns base with its database replaced by name.
+func WithDatabase(t testing.TB, base, name string) string {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatalf("pgtest: %s must be a URL: %v", EnvDSN, err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}

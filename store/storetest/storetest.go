@@ -1,0 +1,248 @@
+// Package storetest is the store contract's conformance suite: behaviour
+// tests that every backend (BoltDB, PostgreSQL) must pass. A backend's test
+// calls Run with a Backend that opens a fresh store.
+package storetest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store"
+)
+
+// Backend opens stores for the suite.
+type Backend struct {
+	// Open opens a fresh, empty store with opts. The backend closes it
+	// (and checks its consistency) when the test ends.
+	Open func(t *testing.T, opts *store.Options) store.Store
+	// Reopen closes s and opens the same data again with opts (a restart).
+	Reopen func(t *testing.T, s store.Store, opts *store.Options) store.Store
+}
+
+// T0 is the start of every conformance test's clock.
+var T0 = time.Date(2026, 11, 30, 3, 0, 0, 0, time.UTC)
+
+// Clock is a settable clock.
+type Clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// NewClock starts a clock at t.
+func NewClock(t time.Time) *Clock { return &Clock{t: t} }
+
+// Now reads the clock.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// Add moves the clock.
+func (c *Clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// Fact is one canonical fact in a fake notification body.
+type Fact struct {
+	Fact string            `json:"fact"` // the event id derives from it
+	Type mapping.Type      `json:"type"`
+	User string            `json:"user,omitempty"`
+	IDs  map[string]string `json:"ids,omitempty"`
+	// Sub names the subscription whose state counts this fact's runs.
+	Sub string `json:"sub,omitempty"`
+	// AtMs overrides the event's occurred time (Unix ms).
+	AtMs int64 `json:"at_ms,omitempty"`
+}
+
+// Body is what FakeMap reads.
+type Body struct {
+	Facts  []Fact `json:"facts,omitempty"`
+	Ignore string `json:"ignore,omitempty"`
+	Fail   string `json:"fail,omitempty"` // malformed | currency | amount | unknown | hard
+	// Sub, when set, is the subscription state the notification counts in
+	// (default "test:count").
+	Sub string `json:"sub,omitempty"`
+}
+
+// ErrHard is the fake mapping's failure that is not a mapping error.
+var ErrHard = errors.New("fake: not a mapping error")
+
+// FakeMap maps Body notifications (or, for deferred ones, their
+// enrichment). It counts its runs in the subscription state (value
+// "count", and the list of keys seen in "seen"), so tests can tell
+// whether and in which order states were written.
+func FakeMap(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
+	body := n.Body
+	if n.Deferred {
+		body = n.Enriched
+	}
+	var b Body
+	if err := json.Unmarshal(body, &b); err != nil {
+		return mapping.Result{}, fmt.Errorf("%w: %v", mapping.ErrMalformed, err)
+	}
+	switch b.Fail {
+	case "malformed":
+		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrMalformed)
+	case "currency":
+		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrCurrency)
+	case "amount":
+		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrAmount)
+	case "unknown":
+		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrUnknownSource)
+	case "hard":
+		return mapping.Result{}, ErrHard
+	}
+	key := b.Sub
+	if key == "" {
+		key = "test:count"
+	}
+	s, _ := st.State(key)
+	s.Key = key
+	c := 0
+	fmt.Sscan(s.Value("count"), &c)
+	s.SetValue("count", fmt.Sprint(c+1))
+	s.SetValue("seen", s.Value("seen")+n.Key+";")
+	out := mapping.Result{Ignored: b.Ignore, States: []mapping.State{s}}
+	for _, f := range b.Facts {
+		at := n.ReceivedAt
+		if f.AtMs != 0 {
+			at = time.UnixMilli(f.AtMs).UTC()
+		}
+		out.Events = append(out.Events, mapping.Event{
+			ID: mapping.EventID("test", f.Fact), Type: f.Type, Source: n.Source, Environment: mapping.Production,
+			AppID: "com.example.app", User: mapping.User{AppUserID: f.User, Identifiers: f.IDs},
+			OccurredAt: at, SourceEventID: n.Key,
+		})
+	}
+	return out, nil
+}
+
+// FactID is the event id of a fact.
+func FactID(fact string) string { return mapping.EventID("test", fact) }
+
+// Note builds a Stripe-like notification.
+func Note(key string, b Body) *mapping.Notification {
+	body, err := json.Marshal(b)
+	if err != nil {
+		panic(err)
+	}
+	return &mapping.Notification{Source: mapping.SourceStripe, Key: key, Type: "invoice.paid", AppID: "com.example.app", Body: body}
+}
+
+// Facts is a body of renewals of user u1.
+func Facts(ff ...string) Body {
+	var b Body
+	for _, f := range ff {
+		b.Facts = append(b.Facts, Fact{Fact: f, Type: mapping.SubscriptionRenewed, User: "u1"})
+	}
+	return b
+}
+
+// Env is one test's store with its clock and the wake-ups it reported.
+type Env struct {
+	store.Store
+	Clock   *Clock
+	Opts    *store.Options
+	backend Backend
+	mu      sync.Mutex
+	woken   [][]string
+}
+
+// Options returns the suite's standard options: FakeMap, the clock, routes
+// to "af" and "hook", wake-ups recorded.
+func (e *Env) options() *store.Options {
+	return &store.Options{
+		Map:    FakeMap,
+		Now:    e.Clock.Now,
+		Logger: slog.New(slog.DiscardHandler),
+		Route:  func(*mapping.Event) []string { return []string{"af", "hook"} },
+		OnCommit: func(dests []string) {
+			e.mu.Lock()
+			e.woken = append(e.woken, append([]string(nil), dests...))
+			e.mu.Unlock()
+		},
+	}
+}
+
+// Open opens a fresh store for t; edit, when not nil, adjusts the options.
+func Open(t *testing.T, b Backend, edit func(o *store.Options)) *Env {
+	t.Helper()
+	e := &Env{Clock: NewClock(T0), backend: b}
+	e.Opts = e.options()
+	if edit != nil {
+		edit(e.Opts)
+	}
+	e.Store = b.Open(t, e.Opts)
+	return e
+}
+
+// Restart closes and reopens the store on the same data.
+func (e *Env) Restart(t *testing.T) {
+	t.Helper()
+	e.Store = e.backend.Reopen(t, e.Store, e.Opts)
+}
+
+// Woken returns the wake-ups reported so far.
+func (e *Env) Woken() [][]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([][]string(nil), e.woken...)
+}
+
+// MustIngest ingests n or fails the test.
+func (e *Env) MustIngest(t *testing.T, n *mapping.Notification) store.IngestResult {
+	t.Helper()
+	res, err := e.Ingest(context.Background(), n)
+	if err != nil {
+		t.Fatalf("ingest %s: %v", n.Key, err)
+	}
+	return res
+}
+
+// DueKeys claims what is due for dest at now (limit 100) and returns the
+// delivery keys, releasing the claims again.
+func (e *Env) DueKeys(t *testing.T, dest string, now time.Time) []string {
+	t.Helper()
+	ds, err := e.Claim(context.Background(), dest, now, store.ClaimOptions{Limit: 100, Lease: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, d := range ds {
+		out = append(out, d.Delivery.Key)
+	}
+	if err := e.Release(context.Background(), out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Run runs every conformance test against b.
+func Run(t *testing.T, b Backend) {
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) { c.fn(t, b) })
+	}
+}
+
+type testCase struct {
+	name string
+	fn   func(t *testing.T, b Backend)
+}
+
+// cases lists the conformance tests; each file of the suite adds its own.
+var cases []testCase
+
+func register(name string, fn func(t *testing.T, b Backend)) bool {
+	cases = append(cases, testCase{name, fn})
+	return true
+}
