@@ -153,10 +153,16 @@ func New(st Store, dests []Destination, opts Options) *Dispatcher {
 		if burst < 1 {
 			burst = 1
 		}
+		var limiter waiter = rate.NewLimiter(perSecond, burst)
+		cluster, _ := st.(store.Cluster)
+		if cluster != nil && dest.PerSecond > 0 {
+			limiter = &clusterLimiter{c: cluster, dest: dest.Name, perSecond: dest.PerSecond, burst: burst}
+		}
 		w := &worker{
 			d:       d,
 			dest:    dest,
-			limiter: rate.NewLimiter(perSecond, burst),
+			cluster: cluster,
+			limiter: limiter,
 			sem:     make(chan struct{}, dest.Concurrency),
 			wake:    make(chan struct{}, 1),
 			leases:  map[string]time.Time{},
@@ -261,7 +267,8 @@ func Backoff(attempt int, base, ceiling time.Duration, r *rand.Rand) time.Durati
 type worker struct {
 	d       *Dispatcher
 	dest    Destination
-	limiter *rate.Limiter
+	limiter waiter
+	cluster store.Cluster // nil unless replicas share the store
 	sem     chan struct{}
 	wake    chan struct{}
 
@@ -277,6 +284,8 @@ type worker struct {
 	lastErrorAt time.Time
 	stats       *window
 	inflight    sync.WaitGroup
+	sharedAt    time.Time          // last read of the shared health
+	saved       store.SharedHealth // last shared health written or read
 }
 
 func (w *worker) loop(ctx context.Context) {
@@ -309,6 +318,11 @@ func (w *worker) loop(ctx context.Context) {
 func (w *worker) pass(ctx context.Context) time.Duration {
 	o := &w.d.opts
 	now := o.Now()
+	if w.cluster != nil {
+		if wait, ok := w.syncShared(ctx, now); !ok {
+			return wait
+		}
+	}
 	w.mu.Lock()
 	hold := w.holdUntil
 	halfOpen := w.circuit == "open" && !now.Before(hold)
@@ -468,6 +482,9 @@ func (w *worker) send(ctx context.Context, batch []store.Due) {
 		for i, r := range results {
 			completions = append(completions, w.outcome(itemDue[i], r, latency, now))
 		}
+	}
+	if w.cluster != nil {
+		w.shareHealth(ctx)
 	}
 	if len(completions) == 0 {
 		return

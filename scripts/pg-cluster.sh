@@ -40,7 +40,13 @@ start() {
     chown postgres "$dir"
     run=(runuser -u postgres --)
   fi
-  "${run[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+  # Password authentication over TCP, as a real server has it (the tests
+  # check the wrong-password message); trust on the unix socket only.
+  local pw
+  pw=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+  echo "$pw" >"$dir/pw"
+  [ "$(id -u)" = 0 ] && chown postgres "$dir/pw"
+  "${run[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 --pwfile="$dir/pw" -E UTF8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
   cat >>"$dir/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $port
@@ -51,8 +57,8 @@ synchronous_commit = on
 fsync = on
 CONF
   "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
-  "${run[@]}" "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -qc "CREATE DATABASE postback_test" >/dev/null
-  echo "export POSTBACK_TEST_PG='postgres://postgres@127.0.0.1:$port/postback_test?sslmode=disable'"
+  "${run[@]}" "$bin/psql" -h "$dir" -p "$port" -U postgres -qc "CREATE DATABASE postback_test" >/dev/null
+  echo "export POSTBACK_TEST_PG='postgres://postgres:$pw@127.0.0.1:$port/postback_test?sslmode=disable'"
   echo "export PGDATA_DIR='$dir'"
   echo "export PG_BIN='$bin'"
 }

@@ -719,7 +719,16 @@ func (a *admin) reconcileGoogle(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := play.Reconcile(c.Request().Context(), gs.api, a.g.Store, play.ReconcileOptions{Packages: gs.packages, Since: since, Until: until, Now: a.g.now})
+	var res play.ReconcileResult
+	ran, lerr := a.g.Store.Singleton(c.Request().Context(), "reconcile-google", func(ctx context.Context) {
+		res, err = play.Reconcile(ctx, gs.api, a.g.Store, play.ReconcileOptions{Packages: gs.packages, Since: since, Until: until, Now: a.g.now})
+	})
+	if lerr != nil {
+		return webhooks.Wrap(http.StatusServiceUnavailable, "store_unavailable", "could not take the reconcile lock", lerr)
+	}
+	if !ran {
+		return webhooks.Errorf(http.StatusConflict, "busy", "another replica is reconciling Google refunds now; try again when it has finished")
+	}
 	if errors.Is(err, play.ErrReconcileWindow) {
 		return webhooks.Wrap(http.StatusBadRequest, "invalid", "since must be before until, within Google's 30 days", err)
 	}

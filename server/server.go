@@ -47,7 +47,7 @@ type Options struct {
 // Gateway is one running Postback.
 type Gateway struct {
 	Config     *config.Config
-	Store      *store.DB
+	Store      store.Store
 	Dispatcher *dispatch.Dispatcher
 	Metrics    *metrics.Metrics
 	Logger     *slog.Logger
@@ -149,10 +149,11 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	}
 	g.dests = cfg.Destinations
 	var disp *dispatch.Dispatcher
-	g.Store, err = store.Open(cfg.Storage.Path, &store.Options{
-		Route:  Route(cfg.Destinations),
-		Now:    opts.Now,
-		Logger: opts.Logger,
+	g.Store, err = OpenStore(context.Background(), cfg, store.Options{
+		Route:    Route(cfg.Destinations),
+		OrderKey: OrderKeys(dests),
+		Now:      opts.Now,
+		Logger:   opts.Logger,
 		OnCommit: func(d []string) {
 			if disp != nil {
 				disp.Wake(d)
@@ -270,7 +271,7 @@ func (g *Gateway) Run(ctx context.Context, ready func(addr string)) error {
 		go func() { srvErr <- adminSrv.Serve(adminLn) }()
 		g.Logger.Info("admin listening", "addr", adminLn.Addr().String())
 	}
-	g.Logger.Info("postback listening", "addr", ln.Addr().String(), "db", g.Config.Storage.Path, "config", g.Config.Path)
+	g.Logger.Info("postback listening", "addr", ln.Addr().String(), "store", g.Store.Describe(), "config", g.Config.Path)
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
@@ -338,13 +339,19 @@ func (g *Gateway) readyz(c echo.Context) error {
 // pruneLoop applies storage.retention every 10 minutes.
 func (g *Gateway) pruneLoop(ctx context.Context) {
 	every(ctx, 10*time.Minute, func() {
-		r, err := g.Store.Prune(ctx, g.Config.Storage.Retention.D())
-		if err != nil {
+		// One replica prunes at a time; the others skip this round.
+		_, err := g.Store.Singleton(ctx, "prune", func(ctx context.Context) {
+			r, err := g.Store.Prune(ctx, g.Config.Storage.Retention.D())
+			if err != nil {
+				g.Logger.Error("prune", "err", err)
+				return
+			}
+			if r.Events+r.Notifications+r.Memory > 0 {
+				g.Logger.Info("pruned", "events", r.Events, "notifications", r.Notifications, "forwarder_memory", r.Memory, "kept_unfinished", r.Kept)
+			}
+		})
+		if err != nil && ctx.Err() == nil {
 			g.Logger.Error("prune", "err", err)
-			return
-		}
-		if r.Events+r.Notifications+r.Memory > 0 {
-			g.Logger.Info("pruned", "events", r.Events, "notifications", r.Notifications, "forwarder_memory", r.Memory, "kept_unfinished", r.Kept)
 		}
 	})
 }
@@ -381,24 +388,33 @@ func (g *Gateway) erasureLoop(ctx context.Context) {
 			return
 		}
 		defer pending()
-		for ctx.Err() == nil {
-			more, done, err := g.Store.EraseStep(ctx)
-			if err != nil {
-				if ctx.Err() == nil {
-					g.Logger.Error("privacy erasure", "err", err)
-				}
-				return
-			}
-			if done != nil {
-				g.Metrics.ErasuresDone.Inc()
-				g.Logger.Info("privacy erasure done", "source", done.Source, "key", done.Key,
-					"events", done.Events, "states", done.States, "took", time.Since(done.QueuedAt).Round(time.Millisecond))
-			}
-			if !more {
-				return
-			}
+		// One replica erases at a time (each step also locks its job).
+		_, err := g.Store.Singleton(ctx, "erasure", g.eraseAll)
+		if err != nil && ctx.Err() == nil {
+			g.Logger.Error("privacy erasure", "err", err)
 		}
 	})
+}
+
+// eraseAll carries out queued erasures until none is left.
+func (g *Gateway) eraseAll(ctx context.Context) {
+	for ctx.Err() == nil {
+		more, done, err := g.Store.EraseStep(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				g.Logger.Error("privacy erasure", "err", err)
+			}
+			return
+		}
+		if done != nil {
+			g.Metrics.ErasuresDone.Inc()
+			g.Logger.Info("privacy erasure done", "source", done.Source, "key", done.Key,
+				"events", done.Events, "states", done.States, "took", time.Since(done.QueuedAt).Round(time.Millisecond))
+		}
+		if !more {
+			return
+		}
+	}
 }
 
 // AddWorker registers a background loop started by Run and stopped after

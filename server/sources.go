@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/postback/postback/play"
 	"github.com/postback/postback/webhooks"
@@ -43,7 +44,11 @@ func (g *Gateway) mountSources() error {
 		}
 		g.google = &googleSource{api: api, enricher: enricher, packages: c.Packages}
 		g.Echo.POST("/webhooks/google", h.Handle)
-		g.AddWorker(func(ctx context.Context) { _ = enricher.Run(ctx) })
+		// One replica enriches at a time; the others take over within 5s
+		// of its end.
+		g.AddWorker(func(ctx context.Context) {
+			g.leader(ctx, "google-enrich", 5*time.Second, func(ctx context.Context) { _ = enricher.Run(ctx) })
+		})
 		g.Logger.Info("source enabled", "source", "google", "path", "/webhooks/google", "packages", len(c.Packages))
 	}
 	if c := cfg.Shopify; c.Enabled {

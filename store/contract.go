@@ -150,3 +150,30 @@ func (db *DB) Singleton(ctx context.Context, _ string, fn func(ctx context.Conte
 
 // Describe names the backend.
 func (db *DB) Describe() string { return "bolt " + db.Path() }
+
+// SharedHealth is a destination's delivery control state as replicas
+// share it: the hold (throttle, open circuit, pause probe), the circuit
+// and the pause.
+type SharedHealth struct {
+	HoldUntil time.Time
+	Circuit   string // closed | open | half-open
+	Cooldown  time.Duration
+	Paused    bool
+	PausedWhy string
+}
+
+// Cluster is what a store shared by several replicas offers the
+// dispatcher so that limits hold for the whole cluster, not per replica.
+// BoltDB (one process) does not implement it.
+type Cluster interface {
+	// TakeTokens takes up to n tokens from dest's token bucket (refilled at
+	// perSecond up to burst) and returns how many it got and, when none,
+	// how long until one is there.
+	TakeTokens(ctx context.Context, dest string, n int, perSecond float64, burst int) (granted int, wait time.Duration, err error)
+	// LoadHealth and SaveHealth read and write the shared state.
+	LoadHealth(ctx context.Context, dest string) (SharedHealth, bool, error)
+	SaveHealth(ctx context.Context, dest string, h SharedHealth) error
+	// TakeProbe lets one replica probe an open circuit whose hold ended
+	// (now): the winner's hold moves to until, so the others keep waiting.
+	TakeProbe(ctx context.Context, dest string, now, until time.Time) (bool, error)
+}

@@ -88,7 +88,7 @@ func cmdBackfill(ctx context.Context, env *Env, args []string) int {
 		receive = postTo(strings.TrimRight(*addr, "/")+"/webhooks/apple", &http.Client{Timeout: 30 * time.Second})
 	} else {
 		log := server.NewLogger(env.Stderr, cfg.Log, cfg.Secrets())
-		db, err := store.Open(cfg.Storage.Path, &store.Options{Route: server.Route(cfg.Destinations), Logger: log})
+		db, err := server.OpenStoreOffline(ctx, cfg, log)
 		if errors.Is(err, store.ErrLocked) {
 			fmt.Fprintln(env.Stderr, "postback: the gateway is running and holds", cfg.Storage.Path, "- pass --addr with its URL, or stop it first")
 			return 1

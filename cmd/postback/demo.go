@@ -328,7 +328,7 @@ func printSummary(w io.Writer, s *DemoSummary) {
 
 // demoEnriched waits until the gateway has looked a Google push up in the
 // Play API (its inbox item is no longer "enriching").
-func demoEnriched(ctx context.Context, db *store.DB, messageID string) error {
+func demoEnriched(ctx context.Context, db store.Reader, messageID string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		n, err := db.Notification(mapping.SourceGoogle, messageID)

@@ -66,7 +66,7 @@ func cmdReconcile(ctx context.Context, env *Env, args []string) int {
 		fmt.Fprintln(env.Stderr, "postback: sources.google.play_api:", err)
 		return 1
 	}
-	db, err := store.Open(cfg.Storage.Path, &store.Options{Route: server.Route(cfg.Destinations), Logger: log})
+	db, err := server.OpenStoreOffline(ctx, cfg, log)
 	if errors.Is(err, store.ErrLocked) {
 		fmt.Fprintln(env.Stderr, "postback: the gateway is running and holds", cfg.Storage.Path, "- run reconcile through it with --addr (and POSTBACK_ADMIN_TOKEN)")
 		return 1
@@ -76,7 +76,17 @@ func cmdReconcile(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	defer db.Close()
-	res, err := play.Reconcile(ctx, api, db, play.ReconcileOptions{Packages: g.Packages, Since: from, Until: to})
+	var res play.ReconcileResult
+	ran, lerr := db.Singleton(ctx, "reconcile-google", func(ctx context.Context) {
+		res, err = play.Reconcile(ctx, api, db, play.ReconcileOptions{Packages: g.Packages, Since: from, Until: to})
+	})
+	if lerr == nil && !ran {
+		lerr = errors.New("another gateway replica is reconciling Google refunds now; try again when it has finished")
+	}
+	if lerr != nil {
+		fmt.Fprintln(env.Stderr, "postback:", lerr)
+		return 1
+	}
 	if err != nil {
 		fmt.Fprintln(env.Stderr, "postback:", err)
 		return 1

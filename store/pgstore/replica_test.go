@@ -1,0 +1,486 @@
+package pgstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store"
+	"github.com/postback/postback/store/pgstore"
+	"github.com/postback/postback/store/pgstore/pgtest"
+	"github.com/postback/postback/store/storetest"
+)
+
+// replicas opens n stores on one fresh database: n gateway replicas.
+func replicas(t *testing.T, n int, edit func(i int, o *store.Options)) ([]*pgstore.DB, string) {
+	t.Helper()
+	dsn := pgtest.Database(t)
+	out := make([]*pgstore.DB, n)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range out {
+		o := store.Options{
+			Map:    storetest.FakeMap,
+			Logger: slog.New(slog.DiscardHandler),
+			Route:  func(*mapping.Event) []string { return []string{"af"} },
+		}
+		if edit != nil {
+			edit(i, &o)
+		}
+		wg.Add(1)
+		go func() { // replicas start together: migrations run once
+			defer wg.Done()
+			out[i], errs[i] = pgstore.Open(context.Background(), dsn, &pgstore.Options{Options: o, PoolSize: 8, Owner: fmt.Sprintf("replica-%d", i)})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("replica %d: %v", i, err)
+		}
+		db := out[i]
+		t.Cleanup(func() { _ = db.Close() })
+	}
+	return out, dsn
+}
+
+// TestReplicasSameNotificationOnce: the same notification reaching two
+// replicas at the same instant is stored once, with one event and one
+// delivery; every caller gets success (the loser sees a duplicate).
+func TestReplicasSameNotificationOnce(t *testing.T) {
+	rs, _ := replicas(t, 2, nil)
+	const rounds = 40
+	for r := 0; r < rounds; r++ {
+		key := fmt.Sprintf("evt_%d", r)
+		var stored, dups atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := 0; i < 4; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				n := storetest.Note(key, storetest.Facts("fact-"+key))
+				if i%2 == 1 {
+					n.AltKeys = []string{"alt-" + key} // a re-send under another id
+					n.Key = key + "-resent"
+				} else {
+					n.AltKeys = []string{"alt-" + key}
+				}
+				res, err := rs[i%2].Ingest(context.Background(), n)
+				if err != nil {
+					t.Errorf("ingest: %v", err)
+					return
+				}
+				if res.Duplicate {
+					dups.Add(1)
+				} else {
+					stored.Add(1)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if stored.Load() != 1 || dups.Load() != 3 {
+			t.Fatalf("round %d: stored %d, duplicates %d; want 1 and 3", r, stored.Load(), dups.Load())
+		}
+	}
+	var events, deliveries, inbox int
+	pool := rs[0].Pool()
+	ctx := context.Background()
+	_ = pool.QueryRow(ctx, "SELECT count(*) FROM events").Scan(&events)
+	_ = pool.QueryRow(ctx, "SELECT count(*) FROM deliveries").Scan(&deliveries)
+	_ = pool.QueryRow(ctx, "SELECT count(*) FROM inbox").Scan(&inbox)
+	if events != rounds || deliveries != rounds || inbox != rounds {
+		t.Fatalf("events %d, deliveries %d, inbox %d; want %d each", events, deliveries, inbox, rounds)
+	}
+}
+
+// TestReplicasOneSubscriptionSerialised: notifications of one subscription
+// that reach two replicas together map one after the other: no update of
+// the subscription state is lost.
+func TestReplicasOneSubscriptionSerialised(t *testing.T) {
+	rs, _ := replicas(t, 2, nil)
+	const n = 60
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := storetest.Facts(fmt.Sprintf("f%d", i))
+			b.Sub = "sub:1"
+			if _, err := rs[i%2].Ingest(context.Background(), storetest.Note(fmt.Sprintf("n%02d", i), b)); err != nil {
+				t.Errorf("ingest: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	st, ok, err := rs[0].State("sub:1")
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if st.Value("count") != fmt.Sprint(n) || strings.Count(st.Value("seen"), ";") != n {
+		t.Fatalf("state count %s, seen %d; want %d (an update was lost)", st.Value("count"), strings.Count(st.Value("seen"), ";"), n)
+	}
+}
+
+// TestReplicasClaimLeases: a claim leases its deliveries in the database:
+// another replica claims none of them until the lease expires (a replica
+// died mid-delivery), then takes them with the same keys; the in-flight
+// cap counts every replica's leases.
+func TestReplicasClaimLeases(t *testing.T) {
+	rs, _ := replicas(t, 2, nil)
+	ctx := context.Background()
+	for i := 0; i < 6; i++ {
+		if _, err := rs[0].Ingest(ctx, storetest.Note(fmt.Sprintf("n%d", i), storetest.Facts(fmt.Sprintf("f%d", i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	a, err := rs[0].Claim(ctx, "af", now, store.ClaimOptions{Limit: 4, Lease: 1500 * time.Millisecond, MaxInFlight: 5})
+	if err != nil || len(a) != 4 {
+		t.Fatalf("replica 0 claimed %d, %v", len(a), err)
+	}
+	b, err := rs[1].Claim(ctx, "af", now, store.ClaimOptions{Limit: 10, Lease: time.Minute, MaxInFlight: 5})
+	if err != nil || len(b) != 1 {
+		t.Fatalf("replica 1 claimed %d (in-flight cap 5, 4 leased), %v", len(b), err)
+	}
+	for _, d := range b {
+		for _, x := range a {
+			if d.Delivery.Key == x.Delivery.Key {
+				t.Fatalf("%s claimed by both replicas", d.Delivery.Key)
+			}
+		}
+	}
+	if err := rs[1].Release(ctx, []string{b[0].Delivery.Key}); err != nil {
+		t.Fatal(err)
+	}
+	// Replica 0 "dies": its leases expire and replica 1 retries them.
+	time.Sleep(1600 * time.Millisecond)
+	c, err := rs[1].Claim(ctx, "af", time.Now(), store.ClaimOptions{Limit: 10, Lease: time.Minute, MaxInFlight: 10})
+	if err != nil || len(c) != 6 {
+		t.Fatalf("after the lease expired replica 1 claimed %d, want 6: %v", len(c), err)
+	}
+	got := map[string]bool{}
+	for _, d := range c {
+		got[d.Delivery.Key] = true
+	}
+	for _, d := range a {
+		if !got[d.Delivery.Key] {
+			t.Errorf("expired lease %s not retried", d.Delivery.Key)
+		}
+	}
+	// Completing ends the lease; a final delivery is never claimed again.
+	var cs []store.Completion
+	for _, d := range c {
+		cs = append(cs, store.Completion{Key: d.Delivery.Key, State: store.StateDelivered, Attempt: &store.Attempt{At: time.Now(), Outcome: "delivered", Status: 200}})
+	}
+	if err := rs[1].Complete(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := rs[0].Claim(ctx, "af", time.Now().Add(time.Hour), store.ClaimOptions{Limit: 10, Lease: time.Minute}); len(d) != 0 {
+		t.Fatalf("delivered work claimed again: %d", len(d))
+	}
+}
+
+// TestReplicasOrderingKey: deliveries with one ordering key are claimed one
+// at a time in event-time order whichever replica claims, while another key
+// goes in parallel.
+func TestReplicasOrderingKey(t *testing.T) {
+	rs, _ := replicas(t, 2, func(_ int, o *store.Options) {
+		o.OrderKey = func(_ string, e *mapping.Event) string { return e.User.AppUserID }
+	})
+	ctx := context.Background()
+	base := time.Now().Add(-time.Hour).UnixMilli()
+	// Created out of order: u1's events at offsets 3, 1, 2, 0.
+	for i, off := range []int64{3, 1, 2, 0} {
+		b := storetest.Body{Facts: []storetest.Fact{{Fact: fmt.Sprintf("u1-%d", off), Type: mapping.SubscriptionRenewed, User: "u1", AtMs: base + off*1000}}}
+		if _, err := rs[i%2].Ingest(ctx, storetest.Note(fmt.Sprintf("a%d", i), b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := storetest.Body{Facts: []storetest.Fact{{Fact: "u2-0", Type: mapping.SubscriptionRenewed, User: "u2", AtMs: base}}}
+	if _, err := rs[0].Ingest(ctx, storetest.Note("b0", b)); err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for step := 0; step < 4; step++ {
+		r := rs[step%2]
+		due, err := r.Claim(ctx, "af", time.Now(), store.ClaimOptions{Limit: 10, Lease: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var u1 []store.Due
+		for _, d := range due {
+			if d.Event.User.AppUserID == "u1" {
+				u1 = append(u1, d)
+			}
+		}
+		if len(u1) != 1 {
+			t.Fatalf("step %d: %d deliveries of one ordering key claimed at once", step, len(u1))
+		}
+		if step == 0 && len(due) != 2 {
+			t.Fatalf("another key did not go in parallel: claimed %d", len(due))
+		}
+		// While it is in flight the other replica gets nothing of u1.
+		other, err := rs[(step+1)%2].Claim(ctx, "af", time.Now(), store.ClaimOptions{Limit: 10, Lease: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range other {
+			if d.Event.User.AppUserID == "u1" {
+				t.Fatalf("step %d: u1 claimed by the second replica while in flight", step)
+			}
+		}
+		order = append(order, u1[0].Event.ID)
+		var cs []store.Completion
+		for _, d := range append(due, other...) {
+			cs = append(cs, store.Completion{Key: d.Delivery.Key, State: store.StateDelivered, Attempt: &store.Attempt{At: time.Now(), Outcome: "delivered"}})
+		}
+		if err := r.Complete(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{storetest.FactID("u1-0"), storetest.FactID("u1-1"), storetest.FactID("u1-2"), storetest.FactID("u1-3")}
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Fatalf("order %v, want event-time order %v", order, want)
+	}
+}
+
+// TestReplicasSingleton: a job runs on one replica at a time, and moves to
+// another when its holder's session dies.
+func TestReplicasSingleton(t *testing.T) {
+	rs, _ := replicas(t, 2, nil)
+	ctx := context.Background()
+	holding := make(chan struct{})
+	release := make(chan struct{})
+	go func() {
+		_, _ = rs[0].Singleton(ctx, "prune", func(context.Context) {
+			close(holding)
+			<-release
+		})
+	}()
+	<-holding
+	ran, err := rs[1].Singleton(ctx, "prune", func(context.Context) {})
+	if err != nil || ran {
+		t.Fatalf("second replica ran a held job: %v %v", ran, err)
+	}
+	// Another job name is independent.
+	if ran, err := rs[1].Singleton(ctx, "erasure", func(context.Context) {}); err != nil || !ran {
+		t.Fatalf("independent job did not run: %v %v", ran, err)
+	}
+	// The holder's database session dies (kill -9 of a replica).
+	var pids []int
+	rows, err := rs[1].Pool().Query(ctx, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids, err = pgx.CollectRows(rows, pgx.RowTo[int])
+	if err != nil || len(pids) == 0 {
+		t.Fatalf("advisory lock holder not found: %v", err)
+	}
+	for _, pid := range pids {
+		if _, err := rs[1].Pool().Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ran, err := rs[1].Singleton(ctx, "prune", func(context.Context) {})
+		if ran {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job never moved to the live replica: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(release)
+}
+
+// TestReplicasNotifyWakes: a commit on one replica wakes the other's
+// dispatcher through LISTEN/NOTIFY.
+func TestReplicasNotifyWakes(t *testing.T) {
+	woke := make(chan string, 10)
+	rs, _ := replicas(t, 2, func(i int, o *store.Options) {
+		if i == 1 {
+			o.OnCommit = func(d []string) {
+				for _, x := range d {
+					woke <- x
+				}
+			}
+		}
+	})
+	time.Sleep(200 * time.Millisecond) // the LISTEN connection is up
+	if _, err := rs[0].Ingest(context.Background(), storetest.Note("n1", storetest.Facts("f1"))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-woke:
+		if d != "af" {
+			t.Fatalf("woken for %q", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the other replica was not woken")
+	}
+}
+
+// TestReplicasTokenBucket: replicas taking tokens together never exceed
+// burst + rate × elapsed.
+func TestReplicasTokenBucket(t *testing.T) {
+	rs, _ := replicas(t, 3, nil)
+	const perSecond, burst = 40.0, 4
+	var taken atomic.Int64
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, r := range rs {
+		for w := 0; w < 3; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					got, wait, err := r.TakeTokens(ctx, "af", 2, perSecond, burst)
+					if err != nil {
+						if ctx.Err() == nil {
+							t.Error(err)
+						}
+						return
+					}
+					taken.Add(int64(got))
+					if got == 0 {
+						select {
+						case <-ctx.Done():
+						case <-time.After(wait):
+						}
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	limit := float64(burst) + perSecond*elapsed
+	if got := float64(taken.Load()); got > limit+1 || got < 0.6*perSecond*elapsed {
+		t.Fatalf("took %.0f tokens in %.2fs; the bucket allows %.1f (and should give at least %.0f)", got, elapsed, limit, 0.6*perSecond*elapsed)
+	}
+}
+
+// TestOpenErrors: each way a DSN can be wrong gets its own message.
+func TestOpenErrors(t *testing.T) {
+	dsn := pgtest.Database(t)
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		dsn  string
+		want error
+		text string
+	}{
+		{"unreachable", "postgres://postback@127.0.0.1:1/postback?sslmode=disable&connect_timeout=2", pgstore.ErrUnreachable, "127.0.0.1:1"},
+		{"wrong password", withPassword(t, dsn, "not-the-password"), pgstore.ErrAuth, "password"},
+		{"missing database", pgtest.WithDatabase(t, dsn, "no_such_db"), pgstore.ErrNoDatabase, "createdb"},
+		{"bad dsn", "postgres://%zz", pgstore.ErrDSN, "storage.dsn"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := pgstore.Open(ctx, c.dsn, &pgstore.Options{Options: store.Options{Logger: slog.New(slog.DiscardHandler)}})
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.text) {
+				t.Fatalf("got %v, want %v mentioning %q", err, c.want, c.text)
+			}
+			if strings.Contains(err.Error(), "not-the-password") {
+				t.Fatalf("the password reached the message: %v", err)
+			}
+		})
+	}
+	t.Run("read-only", func(t *testing.T) {
+		admin, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer admin.Close(ctx)
+		role := fmt.Sprintf("ro_%d", time.Now().UnixNano())
+		if _, err := admin.Exec(ctx, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD 'ro-pass'; ALTER ROLE %s SET default_transaction_read_only = on", role, role)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _, _ = admin.Exec(context.Background(), "DROP ROLE IF EXISTS "+role) })
+		_, err = pgstore.Open(ctx, withUser(t, dsn, role, "ro-pass"), &pgstore.Options{Options: store.Options{Logger: slog.New(slog.DiscardHandler)}})
+		if !errors.Is(err, pgstore.ErrReadOnly) || !strings.Contains(err.Error(), "primary") {
+			t.Fatalf("got %v, want ErrReadOnly naming the fix", err)
+		}
+	})
+}
+
+// TestSchemaNewerRefused: a database migrated by a newer binary is refused
+// with a clear message.
+func TestSchemaNewerRefused(t *testing.T) {
+	rs, dsn := replicas(t, 1, nil)
+	ctx := context.Background()
+	if _, err := rs[0].Pool().Exec(ctx, "INSERT INTO postback_schema (version_id, is_applied) VALUES (999, true)"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := pgstore.Open(ctx, dsn, &pgstore.Options{Options: store.Options{Logger: slog.New(slog.DiscardHandler)}})
+	if !errors.Is(err, pgstore.ErrSchemaNewer) || !strings.Contains(err.Error(), "999") {
+		t.Fatalf("got %v, want ErrSchemaNewer naming version 999", err)
+	}
+	if _, err := pgstore.Migrate(ctx, dsn, true, slog.New(slog.DiscardHandler)); !errors.Is(err, pgstore.ErrSchemaNewer) {
+		t.Fatalf("migrate --dry-run: %v", err)
+	}
+}
+
+// TestMigrateDryRunThenApply: a dry run on an empty database lists the
+// migrations unapplied and changes nothing; the real run applies them, and
+// a second run has nothing to do.
+func TestMigrateDryRunThenApply(t *testing.T) {
+	dsn := pgtest.Database(t)
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	steps, err := pgstore.Migrate(ctx, dsn, true, log)
+	if err != nil || len(steps) == 0 || steps[0].Applied {
+		t.Fatalf("dry run: %+v %v", steps, err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	_ = conn.QueryRow(ctx, "SELECT to_regclass('public.events') IS NOT NULL").Scan(&exists)
+	if exists {
+		t.Fatal("a dry run created tables")
+	}
+	if steps, err = pgstore.Migrate(ctx, dsn, false, log); err != nil || len(steps) == 0 {
+		t.Fatalf("migrate: %+v %v", steps, err)
+	}
+	if steps, err = pgstore.Migrate(ctx, dsn, false, log); err != nil || len(steps) != 0 {
+		t.Fatalf("second migrate applied %+v, %v", steps, err)
+	}
+}
+
+func withPassword(t *testing.T, dsn, pw string) string {
+	t.Helper()
+	c, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return withUser(t, dsn, c.User, pw)
+}
+
+func withUser(t *testing.T, dsn, user, pw string) string {
+	t.Helper()
+	i := strings.Index(dsn, "://")
+	j := strings.LastIndex(dsn, "@")
+	if i < 0 || j < i {
+		t.Fatalf("unexpected DSN form")
+	}
+	return dsn[:i+3] + user + ":" + pw + dsn[j:]
+}
