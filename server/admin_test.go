@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/postback/postback/store/pgstore/pgtest"
 	"io"
 	"log/slog"
 	"net"
@@ -82,6 +83,22 @@ type adminHarness struct {
 type harnessOpts struct {
 	token    string
 	separate bool
+	dsn      string // PostgreSQL database; BoltDB in a temporary folder when empty
+}
+
+// eachBackend runs an admin test on BoltDB and on PostgreSQL: the admin
+// API, console and CLI behave the same on both.
+func eachBackend(t *testing.T, fn func(t *testing.T, dsn string)) {
+	t.Run("bolt", func(t *testing.T) { fn(t, "") })
+	t.Run("postgres", func(t *testing.T) { fn(t, pgtest.Database(t)) })
+}
+
+// storageYAML is the storage block of a test gateway.
+func storageYAML(t *testing.T, dsn string) string {
+	if dsn != "" {
+		return fmt.Sprintf("{driver: postgres, dsn: %q, pool_size: 8}", dsn)
+	}
+	return fmt.Sprintf("{path: %q}", t.TempDir()+"/pb.db")
 }
 
 func startAdmin(t *testing.T, a, b *sink, o harnessOpts) *adminHarness {
@@ -89,7 +106,7 @@ func startAdmin(t *testing.T, a, b *sink, o harnessOpts) *adminHarness {
 	tok := o.token
 	y := fmt.Sprintf(`
 server: {listen: "127.0.0.1:0", shutdown_timeout: 2s}
-storage: {path: %q}
+storage: %s
 admin: {token: %q}
 sources:
   apple: {enabled: false}
@@ -109,7 +126,7 @@ destinations:
     secret: %q
     match: {environments: [production, sandbox]}
     retry: {max_attempts: 3}
-`, t.TempDir()+"/pb.db", tok, adminStripe, adminAppID, a.srv.URL, adminHookSecret, b.srv.URL, adminHookSecret)
+`, storageYAML(t, o.dsn), tok, adminStripe, adminAppID, a.srv.URL, adminHookSecret, b.srv.URL, adminHookSecret)
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -400,9 +417,11 @@ func story(t *testing.T, h *adminHarness) (mid time.Time) {
 	return mid
 }
 
-func TestAdminEventFilters(t *testing.T) {
+func TestAdminEventFilters(t *testing.T) { eachBackend(t, testAdminEventFilters) }
+
+func testAdminEventFilters(t *testing.T, dsn string) {
 	a, b := newSink(t, 200), newSink(t, 200)
-	h := startAdmin(t, a, b, harnessOpts{token: adminToken})
+	h := startAdmin(t, a, b, harnessOpts{token: adminToken, dsn: dsn})
 	mid := story(t, h)
 
 	var all eventList
@@ -505,9 +524,11 @@ type eventView struct {
 	} `json:"deliveries"`
 }
 
-func TestAdminEventDetail(t *testing.T) {
+func TestAdminEventDetail(t *testing.T) { eachBackend(t, testAdminEventDetail) }
+
+func testAdminEventDetail(t *testing.T, dsn string) {
 	a, b := newSink(t, 200), newSink(t, 400)
-	h := startAdmin(t, a, b, harnessOpts{token: adminToken})
+	h := startAdmin(t, a, b, harnessOpts{token: adminToken, dsn: dsn})
 	h.post(t, stripeSub{id: "evt_pii", sub: "sub_P", user: "user-p", status: "active", live: true, name: "Jane Doe"})
 	var l eventList
 	h.get(t, "/admin/api/events", &l)
@@ -577,9 +598,11 @@ func TestAdminEventDetail(t *testing.T) {
 	})
 }
 
-func TestAdminDeliveryFilters(t *testing.T) {
+func TestAdminDeliveryFilters(t *testing.T) { eachBackend(t, testAdminDeliveryFilters) }
+
+func testAdminDeliveryFilters(t *testing.T, dsn string) {
 	a, b := newSink(t, 200), newSink(t, 422)
-	h := startAdmin(t, a, b, harnessOpts{token: adminToken})
+	h := startAdmin(t, a, b, harnessOpts{token: adminToken, dsn: dsn})
 	h.post(t, stripeSub{id: "evt_1", sub: "sub_A", user: "u1", status: "active", live: true})
 	time.Sleep(5 * time.Millisecond)
 	mid := time.Now()
@@ -619,9 +642,11 @@ func TestAdminDeliveryFilters(t *testing.T) {
 	}
 }
 
-func TestAdminReplayDeadThenDelivered(t *testing.T) {
+func TestAdminReplayDeadThenDelivered(t *testing.T) { eachBackend(t, testAdminReplayDeadThenDelivered) }
+
+func testAdminReplayDeadThenDelivered(t *testing.T, dsn string) {
 	a, b := newSink(t, 200), newSink(t, 400)
-	h := startAdmin(t, a, b, harnessOpts{token: adminToken})
+	h := startAdmin(t, a, b, harnessOpts{token: adminToken, dsn: dsn})
 	h.post(t, stripeSub{id: "evt_1", sub: "sub_A", user: "u1", status: "active", live: true})
 	var dead []store.Delivery
 	waitUntil(t, "mmp dead", func() bool {
@@ -682,8 +707,12 @@ type replayJob struct {
 }
 
 func TestAdminBulkReplayDryRunEqualsRealRun(t *testing.T) {
+	eachBackend(t, testAdminBulkReplayDryRunEqualsRealRun)
+}
+
+func testAdminBulkReplayDryRunEqualsRealRun(t *testing.T, dsn string) {
 	a, b := newSink(t, 500), newSink(t, 404)
-	h := startAdmin(t, a, b, harnessOpts{token: adminToken})
+	h := startAdmin(t, a, b, harnessOpts{token: adminToken, dsn: dsn})
 	for i := range 4 {
 		h.post(t, stripeSub{id: fmt.Sprintf("evt_%d", i), sub: fmt.Sprintf("sub_%d", i), user: "u", status: "active", live: true})
 	}
@@ -772,9 +801,13 @@ func TestAdminBulkReplayDryRunEqualsRealRun(t *testing.T) {
 }
 
 func TestAdminDestinationsAndTestEvent(t *testing.T) {
+	eachBackend(t, testAdminDestinationsAndTestEvent)
+}
+
+func testAdminDestinationsAndTestEvent(t *testing.T, dsn string) {
 	// mmp asks to be retried in an hour: its delivery stays queued.
 	a, b := newSink(t, 200), newSinkRetryAfter(t, 503, "3600")
-	h := startAdmin(t, a, b, harnessOpts{token: adminToken})
+	h := startAdmin(t, a, b, harnessOpts{token: adminToken, dsn: dsn})
 	h.post(t, stripeSub{id: "evt_1", sub: "sub_A", user: "u1", status: "active", live: true})
 	waitUntil(t, "backend delivered", func() bool { return len(h.deliveries(t, "state=delivered")) == 1 })
 	waitUntil(t, "mmp retrying", func() bool { return len(h.deliveries(t, "state=retrying&destination=mmp")) == 1 })
@@ -843,9 +876,11 @@ func TestAdminDestinationsAndTestEvent(t *testing.T) {
 	}
 }
 
-func TestAdminReprocess(t *testing.T) {
+func TestAdminReprocess(t *testing.T) { eachBackend(t, testAdminReprocess) }
+
+func testAdminReprocess(t *testing.T, dsn string) {
 	a, b := newSink(t, 200), newSink(t, 200)
-	h := startAdmin(t, a, b, harnessOpts{token: adminToken})
+	h := startAdmin(t, a, b, harnessOpts{token: adminToken, dsn: dsn})
 	h.post(t, stripeSub{id: "evt_1", sub: "sub_A", user: "u1", status: "active", live: true})
 	h.post(t, stripeSub{id: "evt_2", sub: "sub_B", user: "u2", status: "incomplete", live: true}) // ignored
 	type result struct {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/postback/postback/store/pgstore/pgtest"
 	"io"
 	"log/slog"
 	"net"
@@ -117,10 +118,33 @@ func e2eConfigB(b *testing.B, dbPath string) *config.Config {
 	return cfg
 }
 
+// e2eStorage is the storage block for a BoltDB path or a PostgreSQL DSN.
+func e2eStorage(dbPath string) string {
+	if strings.HasPrefix(dbPath, "postgres://") {
+		return fmt.Sprintf("{driver: postgres, dsn: %q, pool_size: 8}", dbPath)
+	}
+	return fmt.Sprintf("{path: %q}", dbPath)
+}
+
+// e2eDB returns a BoltDB path ("bolt") or a fresh PostgreSQL database.
+func e2eDB(t *testing.T, backend string) string {
+	if backend == "postgres" {
+		return pgtest.Database(t)
+	}
+	return t.TempDir() + "/db"
+}
+
+// bothBackends runs an end-to-end test on BoltDB and on PostgreSQL.
+func bothBackends(t *testing.T, fn func(t *testing.T, backend string)) {
+	for _, b := range []string{"bolt", "postgres"} {
+		t.Run(b, func(t *testing.T) { fn(t, b) })
+	}
+}
+
 func e2eParse(dbPath, hookURL, extra string) (*config.Config, error) {
 	y := fmt.Sprintf(`
 server: {listen: "127.0.0.1:0", shutdown_timeout: 1s}
-storage: {path: %q}
+storage: %s
 admin: {token: %q}
 sources:
   apple: {enabled: false}
@@ -134,7 +158,7 @@ destinations:
     secret: %q
     match: {environments: [production, sandbox]}
     retry: {max_attempts: 5}
-%s`, dbPath, e2eAdminToken, e2eStripeSecret, hookURL, e2eHookSecret, extra)
+%s`, e2eStorage(dbPath), e2eAdminToken, e2eStripeSecret, hookURL, e2eHookSecret, extra)
 	return config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 }
 
@@ -216,8 +240,12 @@ func onlyDelivery(t *testing.T, g *Gateway) store.Delivery {
 }
 
 func TestStripeRetriedFiveTimesIsOneEventOneDelivery(t *testing.T) {
+	bothBackends(t, testStripeRetriedFiveTimesIsOneEventOneDelivery)
+}
+
+func testStripeRetriedFiveTimesIsOneEventOneDelivery(t *testing.T, backend string) {
 	rcv := newReceiver(t)
-	tg := startGateway(t, e2eConfig(t, t.TempDir()+"/db", rcv.srv.URL, ""), nil)
+	tg := startGateway(t, e2eConfig(t, e2eDB(t, backend), rcv.srv.URL, ""), nil)
 	body := stripeEvent("evt_five")
 	for i := 0; i < 5; i++ {
 		if code := postStripe(t, tg.url, body); code != 200 {
@@ -247,9 +275,11 @@ func TestStripeRetriedFiveTimesIsOneEventOneDelivery(t *testing.T) {
 	waitFor(t, "delivered state", func() bool { return onlyDelivery(t, tg.g).State == store.StateDelivered })
 }
 
-func TestFailThreeTimesThenSucceed(t *testing.T) {
+func TestFailThreeTimesThenSucceed(t *testing.T) { bothBackends(t, testFailThreeTimesThenSucceed) }
+
+func testFailThreeTimesThenSucceed(t *testing.T, backend string) {
 	rcv := newReceiver(t, status(500), status(503), status(502), status(200))
-	tg := startGateway(t, e2eConfig(t, t.TempDir()+"/db", rcv.srv.URL, ""), nil)
+	tg := startGateway(t, e2eConfig(t, e2eDB(t, backend), rcv.srv.URL, ""), nil)
 	if code := postStripe(t, tg.url, stripeEvent("evt_retry")); code != 200 {
 		t.Fatalf("status %d", code)
 	}
@@ -313,12 +343,16 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 }
 
 func TestStoppedMidDeliveryIsDeliveredAfterRestart(t *testing.T) {
+	bothBackends(t, testStoppedMidDeliveryIsDeliveredAfterRestart)
+}
+
+func testStoppedMidDeliveryIsDeliveredAfterRestart(t *testing.T, backend string) {
 	release := make(chan struct{})
 	rcv := newReceiver(t, func(w http.ResponseWriter) {
 		<-release // the gateway stops while this delivery is in flight
 		w.WriteHeader(http.StatusOK)
 	}, status(200))
-	db := t.TempDir() + "/db"
+	db := e2eDB(t, backend)
 	cfg := e2eConfig(t, db, rcv.srv.URL, "")
 	tg := startGateway(t, cfg, nil)
 	postStripe(t, tg.url, stripeEvent("evt_restart"))

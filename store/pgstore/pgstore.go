@@ -134,7 +134,7 @@ func Open(ctx context.Context, dsn string, o *Options) (*DB, error) {
 	}
 	if opts.Owner == "" {
 		h, _ := os.Hostname()
-		opts.Owner = fmt.Sprintf("%s:%d", h, os.Getpid())
+		opts.Owner = fmt.Sprintf("%s:%d:%08x", h, os.Getpid(), rand.Uint32())
 	}
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
@@ -226,9 +226,16 @@ func (db *DB) classify(err error) error {
 // Describe names the backend without the password.
 func (db *DB) Describe() string { return "postgres " + db.where }
 
-// Close stops listening and closes the pool.
+// Close stops listening, gives back this replica's leases (the process is
+// ending: its sends in progress end with it, so another replica may retry
+// them at once instead of after the lease) and closes the pool.
 func (db *DB) Close() error {
 	db.closed.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if _, err := db.pool.Exec(ctx, "UPDATE deliveries SET leased_until = NULL, lease_owner = NULL WHERE lease_owner = $1", db.opts.Owner); err != nil {
+			db.opts.Logger.Warn("give back leases at close (they expire instead)", "err", err)
+		}
+		cancel()
 		if db.cancel != nil {
 			db.cancel()
 		}
