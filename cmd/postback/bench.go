@@ -68,6 +68,11 @@ type benchOptions struct {
 	// Presign builds and signs this many notifications before the clock
 	// starts; the run sends them first.
 	Presign int
+	// DSN, with Self, puts the in-process gateways on this PostgreSQL
+	// database instead of a temporary BoltDB file; Replicas gateways share
+	// it and the load is spread over them.
+	DSN      string
+	Replicas int
 }
 
 // benchSources are the sources bench can sign for, in report order.
@@ -160,6 +165,8 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.IntVar(&o.PID, "pid", 0, "with --addr: the gateway's process id on this machine, to report its peak RSS and sample its memory")
 	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file")
 	fs.BoolVar(&o.Bare, "bare", false, "baseline: drive an in-process echo handler that answers 200 without verifying or storing anything (stripe, shopify and custom mixes)")
+	fs.StringVar(&o.DSN, "dsn", "", "--self: run the gateway on this PostgreSQL database (storage.driver postgres) instead of a temporary BoltDB file; use an empty database")
+	fs.IntVar(&o.Replicas, "replicas", 1, "--self with --dsn: gateway replicas sharing the database; requests go to them in turn")
 	fs.StringVar(&o.Destinations, "destinations", "", "--self: comma-separated destination types to configure (default every type; \"none\" measures ingest alone)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -260,6 +267,12 @@ func (o *benchOptions) check() error {
 	case o.ReceiverErrors < 0 || o.ReceiverErrors > 1:
 		return fmt.Errorf("%w: --receiver-error-rate must be within 0..1", errBenchUsage)
 	}
+	if o.Replicas < 1 || o.Replicas > 16 || o.Replicas > 1 && (o.DSN == "" || !o.Self) {
+		return fmt.Errorf("%w: --replicas must be 1..16, and more than 1 needs --self --dsn", errBenchUsage)
+	}
+	if o.DSN != "" && !o.Self {
+		return fmt.Errorf("%w: --dsn needs --self (a gateway started elsewhere has its own storage settings)", errBenchUsage)
+	}
 	if o.Bare && o.Self {
 		return fmt.Errorf("%w: --bare and --self exclude each other", errBenchUsage)
 	}
@@ -291,6 +304,8 @@ func (o *benchOptions) check() error {
 type benchRun struct {
 	o       benchOptions
 	base    string
+	bases   []string      // --replicas: every replica, used in turn
+	turn    atomic.Uint64 // next replica
 	client  *http.Client
 	picks   []string // cumulative mix
 	weights []float64
@@ -345,6 +360,7 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 		}
 		defer self.stop()
 		r.base = self.url
+		r.bases = self.urls
 		r.fakes = self.fakes
 	} else if o.Bare {
 		base, stop, err := startBare()
@@ -440,7 +456,11 @@ func (r *benchRun) one(ctx context.Context, rng *mrand.Rand) {
 	if s.stripe {
 		headers = map[string]string{"Stripe-Signature": webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: s.body, Secret: r.o.StripeSecret, Timestamp: time.Now()}).Header}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+s.path, bytes.NewReader(s.body))
+	base := r.base
+	if len(r.bases) > 1 {
+		base = r.bases[r.turn.Add(1)%uint64(len(r.bases))]
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+s.path, bytes.NewReader(s.body))
 	if err != nil {
 		r.fail("request")
 		return
@@ -883,6 +903,9 @@ func (b *benchReceiver) serve(w http.ResponseWriter, req *http.Request, lat time
 // one destination of every type, each pointed at its mock receiver.
 type benchSelf struct {
 	url       string
+	urls      []string          // every replica
+	more      []*server.Gateway // replicas after the first
+	wg        sync.WaitGroup
 	dir       string
 	g         *server.Gateway
 	fakes     *storeFakes
@@ -947,16 +970,20 @@ func startBenchSelf(ctx context.Context, o *benchOptions) (s *benchSelf, err err
 		dests.WriteString(d)
 	}
 
+	storage := fmt.Sprintf("{path: %q}", filepath.Join(dir, "postback.db"))
+	if o.DSN != "" {
+		storage = fmt.Sprintf("{driver: postgres, dsn: %q, pool_size: %d}", o.DSN, max(10, o.Concurrency/o.Replicas+4))
+	}
 	y := fmt.Sprintf(`
 server: {listen: "127.0.0.1:0", shutdown_timeout: 5s}
-storage: {path: %q}
+storage: %s
 log: {level: error}
 api_keys: [%q]
 sources:
 %s  stripe: {enabled: true, secrets: [%q], app_id: com.example.app}
   shopify: {enabled: true, secret: %q, app_id: com.example.app}
 destinations:
-%s`, filepath.Join(dir, "postback.db"), o.APIKey, s.fakes.sourcesYAML(), o.StripeSecret, o.ShopifySecret, dests.String())
+%s`, storage, o.APIKey, s.fakes.sourcesYAML(), o.StripeSecret, o.ShopifySecret, dests.String())
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		return nil, err
@@ -973,7 +1000,31 @@ destinations:
 	gctx, cancel := context.WithCancel(ctx)
 	s.g, s.cancel = g, cancel
 	s.url = "http://" + ln.Addr().String()
+	s.urls = []string{s.url}
 	go func() { s.done <- g.Run(gctx, nil) }()
+	for i := 1; i < o.Replicas; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		rcfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		rg, err := server.New(rcfg, server.Options{Logger: server.NewLogger(io.Discard, cfg.Log, cfg.Secrets()), Listener: ln})
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		s.more = append(s.more, rg)
+		s.urls = append(s.urls, "http://"+ln.Addr().String())
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			_ = rg.Run(gctx, nil)
+		}()
+	}
 	return s, nil
 }
 
@@ -1057,6 +1108,7 @@ func (s *benchSelf) stop() {
 	case <-s.done:
 	case <-time.After(10 * time.Second):
 	}
+	s.wg.Wait()
 	s.closeParts()
 }
 

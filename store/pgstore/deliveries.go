@@ -184,7 +184,7 @@ func (db *DB) Complete(ctx context.Context, cs []store.Completion) error {
 	})
 }
 
-func lockDelivery(ctx context.Context, tx pgx.Tx, key string) (store.Delivery, bool, error) {
+func lockDelivery(ctx context.Context, tx dbtx, key string) (store.Delivery, bool, error) {
 	var doc []byte
 	err := tx.QueryRow(ctx, "SELECT doc FROM deliveries WHERE key = $1 FOR UPDATE", key).Scan(&doc)
 	if errors.Is(err, pgx.ErrNoRows) {

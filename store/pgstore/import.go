@@ -34,7 +34,7 @@ func (db *DB) Import(ctx context.Context, chunk []store.Record) (int, error) {
 	return inserted, err
 }
 
-func importRecord(ctx context.Context, tx pgx.Tx, r store.Record) (int, error) {
+func importRecord(ctx context.Context, tx dbtx, r store.Record) (int, error) {
 	exec := func(sql string, args ...any) (int, error) {
 		tag, err := tx.Exec(ctx, sql, args...)
 		return int(tag.RowsAffected()), err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -25,7 +26,7 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 	}
 	var res store.IngestResult
 	var dests []string
-	err := db.inTx(ctx, func(tx pgx.Tx) error {
+	err := db.inPipe(ctx, func(tx dbtx) error {
 		res, dests = store.IngestResult{}, nil
 		dup, err := db.claimInbox(ctx, tx, n, &res)
 		if dup || err != nil {
@@ -35,13 +36,10 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 		if item.Deferred && item.Enriched == nil {
 			item.Status = mapping.StatusEnriching
 			res.Status = item.Status
-		} else if dests, err = db.mapAndStore(ctx, tx, &item, &res, true); err != nil {
-			return err
+			return putInbox(ctx, tx, &item)
 		}
-		if err := putInbox(ctx, tx, &item); err != nil {
-			return err
-		}
-		return notify(ctx, tx, dests)
+		dests, err = db.mapAndStore(ctx, tx, &item, &res, true)
+		return err
 	})
 	if errors.Is(err, errDuplicate) {
 		return res, nil
@@ -56,29 +54,45 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 // claimInbox inserts the inbox row and the alternative ids. When the
 // notification is already known (by any id) it reports a duplicate with
 // the stored item; the caller's transaction then writes nothing.
-func (db *DB) claimInbox(ctx context.Context, tx pgx.Tx, n *mapping.Notification, res *store.IngestResult) (bool, error) {
-	tag, err := tx.Exec(ctx, `INSERT INTO inbox (source, key, received_at, status, doc) VALUES ($1, $2, $3, '', '\x')
+func (db *DB) claimInbox(ctx context.Context, tx dbtx, n *mapping.Notification, res *store.IngestResult) (bool, error) {
+	// One round trip: the inbox row, then each alternative id. Only the
+	// inbox insert's outcome matters when it conflicts; the alt inserts of
+	// a duplicate are rolled back with the transaction.
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO inbox (source, key, received_at, status, doc) VALUES ($1, $2, $3, '', '\x')
 		ON CONFLICT (source, key) DO NOTHING`, n.Source, n.Key, n.ReceivedAt)
+	for _, a := range n.AltKeys {
+		b.Queue(`INSERT INTO inbox_alt (source, alt_key, key) VALUES ($1, $2, $3) ON CONFLICT (source, alt_key) DO NOTHING`, n.Source, a, n.Key)
+	}
+	br := tx.SendBatch(ctx, b)
+	tag, err := br.Exec()
 	if err != nil {
+		br.Close()
 		return false, err
 	}
-	existing := n.Key
-	if tag.RowsAffected() == 1 {
-		existing = ""
-		for _, a := range n.AltKeys {
-			tag, err := tx.Exec(ctx, `INSERT INTO inbox_alt (source, alt_key, key) VALUES ($1, $2, $3) ON CONFLICT (source, alt_key) DO NOTHING`, n.Source, a, n.Key)
-			if err != nil {
-				return false, err
-			}
-			if tag.RowsAffected() == 0 {
-				if err := tx.QueryRow(ctx, `SELECT key FROM inbox_alt WHERE source = $1 AND alt_key = $2`, n.Source, a).Scan(&existing); err != nil {
-					return false, err
-				}
-				break
-			}
+	existing := ""
+	if tag.RowsAffected() == 0 {
+		existing = n.Key
+	}
+	for i := range n.AltKeys {
+		tag, err := br.Exec()
+		if err != nil {
+			br.Close()
+			return false, err
 		}
-		if existing == "" {
-			return false, nil
+		if existing == "" && tag.RowsAffected() == 0 {
+			existing = "alt:" + n.AltKeys[i]
+		}
+	}
+	if err := br.Close(); err != nil {
+		return false, err
+	}
+	if existing == "" {
+		return false, nil
+	}
+	if alt, ok := strings.CutPrefix(existing, "alt:"); ok {
+		if err := tx.QueryRow(ctx, `SELECT key FROM inbox_alt WHERE source = $1 AND alt_key = $2`, n.Source, alt).Scan(&existing); err != nil {
+			return false, err
 		}
 	}
 	var doc []byte
@@ -99,7 +113,7 @@ func (db *DB) claimInbox(ctx context.Context, tx pgx.Tx, n *mapping.Notification
 // duplicate, not an error.
 var errDuplicate = errors.New("duplicate")
 
-func putInbox(ctx context.Context, tx pgx.Tx, n *mapping.Notification) error {
+func putInbox(ctx context.Context, tx dbtx, n *mapping.Notification) error {
 	doc, err := json.Marshal(n)
 	if err != nil {
 		return err
@@ -113,7 +127,7 @@ func putInbox(ctx context.Context, tx pgx.Tx, n *mapping.Notification) error {
 // subscription map one after the other.
 type txStates struct {
 	ctx   context.Context
-	tx    pgx.Tx
+	tx    dbtx
 	read  map[string]*mapping.State
 	found map[string]bool
 	err   error
@@ -126,12 +140,21 @@ func (s *txStates) State(key string) (mapping.State, bool) {
 	if s.err != nil {
 		return mapping.State{}, false
 	}
-	if _, err := s.tx.Exec(s.ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("state:"+key)); err != nil {
-		s.err = err
-		return mapping.State{}, false
-	}
+	// One round trip, two statements: the lock first, then the read, whose
+	// READ COMMITTED snapshot is taken after the lock is held, so it sees
+	// what the previous holder committed.
+	b := &pgx.Batch{}
+	b.Queue("SELECT pg_advisory_xact_lock($1)", lockKey("state:"+key))
+	b.Queue("SELECT doc FROM states WHERE key = $1", key)
+	br := s.tx.SendBatch(s.ctx, b)
 	var doc []byte
-	err := s.tx.QueryRow(s.ctx, "SELECT doc FROM states WHERE key = $1", key).Scan(&doc)
+	_, err := br.Exec()
+	if err == nil {
+		err = br.QueryRow().Scan(&doc)
+	}
+	if cerr := br.Close(); err == nil || errors.Is(err, pgx.ErrNoRows) && cerr != nil {
+		err = cerr
+	}
 	var st mapping.State
 	found := true
 	switch {
@@ -170,25 +193,26 @@ func cloneMap(m map[string]string) map[string]string {
 	return c
 }
 
-// mapAndStore maps n and writes its events, deliveries, states and queued
-// erasure; it sets n's status. It returns the destinations that got work.
-func (db *DB) mapAndStore(ctx context.Context, tx pgx.Tx, n *mapping.Notification, res *store.IngestResult, writeStates bool) ([]string, error) {
+// mapAndStore maps n and writes, in two round trips, its events, then
+// their deliveries, the states, the queued erasure, the inbox document
+// (with n's new status) and the wake-up of the destinations that got work,
+// which it returns.
+func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification, res *store.IngestResult, writeStates bool) ([]string, error) {
 	st := &txStates{ctx: ctx, tx: tx, read: map[string]*mapping.State{}, found: map[string]bool{}}
 	out, err := db.opts.Map(n, st)
 	if st.err != nil {
 		return nil, st.err
 	}
 	if err != nil {
-		if store.MappingFailed(err) {
-			n.Status, n.Reason = mapping.StatusFailed, err.Error()
-			res.Status, res.Reason = n.Status, n.Reason
-			db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", err)
-			return nil, nil
+		if !store.MappingFailed(err) {
+			return nil, fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
 		}
-		return nil, fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
+		n.Status, n.Reason = mapping.StatusFailed, err.Error()
+		res.Status, res.Reason = n.Status, n.Reason
+		db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", err)
+		return nil, putInbox(ctx, tx, n)
 	}
 	now := db.opts.Now()
-	var dests []string
 	for i := range out.Events {
 		e := &out.Events[i]
 		if e.ID == "" {
@@ -200,21 +224,42 @@ func (db *DB) mapAndStore(ctx context.Context, tx pgx.Tx, n *mapping.Notificatio
 		if e.ReceivedAt.IsZero() {
 			e.ReceivedAt = n.ReceivedAt
 		}
-		if err := db.fillUser(ctx, tx, e); err != nil {
+	}
+	if err := db.fillUsers(ctx, tx, out.Events); err != nil {
+		return nil, err
+	}
+	fresh := make([]bool, len(out.Events))
+	if len(out.Events) > 0 {
+		b := &pgx.Batch{}
+		for i := range out.Events {
+			e := &out.Events[i]
+			doc, err := json.Marshal(e)
+			if err != nil {
+				return nil, err
+			}
+			b.Queue(`INSERT INTO events (id, received_at, source, type, app_id, environment, app_user_id, subscription_id, source_event_id, doc)
+				VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), NULLIF($8, ''), $9, $10) ON CONFLICT (id) DO NOTHING`,
+				e.ID, e.ReceivedAt, e.Source, string(e.Type), e.AppID, e.Environment, e.User.AppUserID, e.SubscriptionID, e.SourceEventID, doc)
+		}
+		br := tx.SendBatch(ctx, b)
+		for i := range out.Events {
+			tag, err := br.Exec()
+			if err != nil {
+				br.Close()
+				return nil, err
+			}
+			fresh[i] = tag.RowsAffected() == 1
+		}
+		if err := br.Close(); err != nil {
 			return nil, err
 		}
-		doc, err := json.Marshal(e)
-		if err != nil {
-			return nil, err
-		}
-		tag, err := tx.Exec(ctx, `INSERT INTO events (id, received_at, source, type, app_id, environment, app_user_id, subscription_id, source_event_id, doc)
-			VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), NULLIF($8, ''), $9, $10) ON CONFLICT (id) DO NOTHING`,
-			e.ID, e.ReceivedAt, e.Source, string(e.Type), e.AppID, e.Environment, e.User.AppUserID, e.SubscriptionID, e.SourceEventID, doc)
-		if err != nil {
-			return nil, err
-		}
-		if tag.RowsAffected() == 0 {
-			res.Repeats++
+	}
+	w := &pgx.Batch{}
+	var dests []string
+	for i := range out.Events {
+		e := &out.Events[i]
+		if !fresh[i] {
+			res.Repeats++ // a fact reported twice: stored and delivered once
 			continue
 		}
 		for _, dest := range db.opts.Route(e) {
@@ -227,7 +272,7 @@ func (db *DB) mapAndStore(ctx context.Context, tx pgx.Tx, n *mapping.Notificatio
 					d.OrderKey, d.OrderAtMs = store.OrderHash(k), e.OccurredAt.UnixMilli()
 				}
 			}
-			if err := insertDelivery(ctx, tx, &d); err != nil {
+			if err := queueDelivery(w, &d); err != nil {
 				return nil, err
 			}
 			dests = append(dests, dest)
@@ -243,14 +288,12 @@ func (db *DB) mapAndStore(ctx context.Context, tx pgx.Tx, n *mapping.Notificatio
 		if err != nil {
 			return nil, err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO erasures (inbox_source, inbox_key, queued_at, doc) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (inbox_source, inbox_key) DO UPDATE SET doc = EXCLUDED.doc`, n.Source, n.Key, now, doc); err != nil {
-			return nil, err
-		}
+		w.Queue(`INSERT INTO erasures (inbox_source, inbox_key, queued_at, doc) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (inbox_source, inbox_key) DO UPDATE SET doc = EXCLUDED.doc`, n.Source, n.Key, now, doc)
 	}
 	if writeStates {
 		for i := range out.States {
-			if err := putState(ctx, tx, &out.States[i]); err != nil {
+			if err := queueState(w, &out.States[i]); err != nil {
 				return nil, err
 			}
 		}
@@ -260,10 +303,81 @@ func (db *DB) mapAndStore(ctx context.Context, tx pgx.Tx, n *mapping.Notificatio
 		n.Status, n.Reason = mapping.StatusIgnored, out.Ignored
 	}
 	res.Status, res.Reason = n.Status, n.Reason
-	return dests, nil
+	if err := queueInbox(w, n); err != nil {
+		return nil, err
+	}
+	if len(dests) > 0 {
+		w.Queue("SELECT pg_notify('"+notifyChannel+"', d) FROM unnest($1::text[]) AS d", dedupe(dests))
+	}
+	return dests, commitWith(ctx, tx, w)
 }
 
-func putState(ctx context.Context, tx pgx.Tx, s *mapping.State) error {
+// fillUsers gives the events the identifiers they lack from the identity
+// store, in one query.
+func (db *DB) fillUsers(ctx context.Context, tx dbtx, events []mapping.Event) error {
+	var ids []string
+	for i := range events {
+		if id := events[i].User.AppUserID; id != "" && !containsStr(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	rows, err := tx.Query(ctx, "SELECT doc FROM users WHERE app_user_id = ANY($1)", ids)
+	if err != nil {
+		return err
+	}
+	users, err := collectJSON[store.User](rows)
+	if err != nil {
+		return err
+	}
+	for _, u := range users {
+		for i := range events {
+			if events[i].User.AppUserID == u.AppUserID {
+				u.Fill(&events[i])
+			}
+		}
+	}
+	return nil
+}
+
+func queueState(b *pgx.Batch, s *mapping.State) error {
+	if s.Key == "" {
+		return nil
+	}
+	doc, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	b.Queue(`INSERT INTO states (key, app_user_id, doc) VALUES ($1, NULLIF($2, ''), $3)
+		ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, app_user_id = EXCLUDED.app_user_id, version = states.version + 1`,
+		s.Key, s.AppUserID, doc)
+	return nil
+}
+
+func queueInbox(b *pgx.Batch, n *mapping.Notification) error {
+	doc, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	b.Queue(`UPDATE inbox SET status = $3, doc = $4 WHERE source = $1 AND key = $2`, n.Source, n.Key, n.Status, doc)
+	return nil
+}
+
+// queueDelivery queues the insert of a new delivery row.
+func queueDelivery(b *pgx.Batch, d *store.Delivery) error {
+	doc, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	b.Queue(`INSERT INTO deliveries (key, event_id, destination, state, next_at_ms, order_key, order_at_ms, app_user_id, created_at, reason, doc)
+		VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, NULLIF($8, ''), $9, $10, $11)`,
+		d.Key, d.EventID, d.Destination, d.State, nullMs(d), d.OrderKey, d.OrderAtMs, d.AppUserID, d.CreatedAt, reasonText(d), doc)
+	return nil
+}
+
+func putState(ctx context.Context, tx dbtx, s *mapping.State) error {
 	if s.Key == "" {
 		return nil
 	}
@@ -277,20 +391,8 @@ func putState(ctx context.Context, tx pgx.Tx, s *mapping.State) error {
 	return err
 }
 
-// insertDelivery writes a new delivery row.
-func insertDelivery(ctx context.Context, tx pgx.Tx, d *store.Delivery) error {
-	doc, err := json.Marshal(d)
-	if err != nil {
-		return err
-	}
-	_, err = tx.Exec(ctx, `INSERT INTO deliveries (key, event_id, destination, state, next_at_ms, order_key, order_at_ms, app_user_id, created_at, reason, doc)
-		VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, NULLIF($8, ''), $9, $10, $11)`,
-		d.Key, d.EventID, d.Destination, d.State, nullMs(d), d.OrderKey, d.OrderAtMs, d.AppUserID, d.CreatedAt, reasonText(d), doc)
-	return err
-}
-
 // updateDelivery writes a changed delivery and ends any lease on it.
-func updateDelivery(ctx context.Context, tx pgx.Tx, d *store.Delivery) error {
+func updateDelivery(ctx context.Context, tx dbtx, d *store.Delivery) error {
 	doc, err := json.Marshal(d)
 	if err != nil {
 		return err
@@ -311,20 +413,6 @@ func nullMs(d *store.Delivery) *int64 {
 
 // reasonText is what the reason filter searches.
 func reasonText(d *store.Delivery) string { return d.Reason + " " + d.LastError }
-
-// fillUser gives the event the identifiers it lacks from the identity
-// store.
-func (db *DB) fillUser(ctx context.Context, q querier, e *mapping.Event) error {
-	if e.User.AppUserID == "" {
-		return nil
-	}
-	u, ok, err := getUser(ctx, q, e.User.AppUserID)
-	if err != nil || !ok {
-		return err
-	}
-	u.Fill(e)
-	return nil
-}
 
 // querier is a pool or a transaction.
 type querier interface {
@@ -383,13 +471,8 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 			return nil
 		}
 		n.Enriched = enriched
-		if dests, err = db.mapAndStore(ctx, tx, n, &res, true); err != nil {
-			return err
-		}
-		if err := putInbox(ctx, tx, n); err != nil {
-			return err
-		}
-		return notify(ctx, tx, dests)
+		dests, err = db.mapAndStore(ctx, tx, n, &res, true)
+		return err
 	})
 	if err != nil {
 		return store.IngestResult{}, err
@@ -399,7 +482,7 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 }
 
 // lockInbox reads an inbox item for update.
-func lockInbox(ctx context.Context, tx pgx.Tx, source, key string) (*mapping.Notification, error) {
+func lockInbox(ctx context.Context, tx dbtx, source, key string) (*mapping.Notification, error) {
 	var doc []byte
 	err := tx.QueryRow(ctx, "SELECT doc FROM inbox WHERE source = $1 AND key = $2 FOR UPDATE", source, key).Scan(&doc)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -495,13 +578,8 @@ func (db *DB) Reprocess(ctx context.Context, f store.ReprocessFilter) (store.Rep
 				return err
 			}
 			writeStates := n.Status == mapping.StatusFailed
-			if dests, err = db.mapAndStore(ctx, tx, n, &res, writeStates); err != nil {
-				return err
-			}
-			if err := putInbox(ctx, tx, n); err != nil {
-				return err
-			}
-			return notify(ctx, tx, dests)
+			dests, err = db.mapAndStore(ctx, tx, n, &res, writeStates)
+			return err
 		})
 		if errors.Is(err, store.ErrNotFound) {
 			continue

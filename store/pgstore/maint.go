@@ -137,7 +137,7 @@ func (db *DB) erasuresLeft(ctx context.Context, tx pgx.Tx) (bool, error) {
 }
 
 // eraseChunk does one bounded step of job and reports whether it finished.
-func (db *DB) eraseChunk(ctx context.Context, tx pgx.Tx, job *store.ErasureJob) (bool, error) {
+func (db *DB) eraseChunk(ctx context.Context, tx dbtx, job *store.ErasureJob) (bool, error) {
 	chunk := store.ErasureChunk()
 	switch job.Phase {
 	case store.ErasePhaseNamed:
@@ -254,7 +254,7 @@ func (db *DB) eraseChunk(ctx context.Context, tx pgx.Tx, job *store.ErasureJob) 
 
 // eraseEvent clears an event's identifiers and erases the notification it
 // came from.
-func eraseEvent(ctx context.Context, tx pgx.Tx, e *mapping.Event) error {
+func eraseEvent(ctx context.Context, tx dbtx, e *mapping.Event) error {
 	if len(e.User.Identifiers) > 0 {
 		e.User.Identifiers = nil
 		if err := putEvent(ctx, tx, e); err != nil {

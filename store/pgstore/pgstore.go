@@ -383,7 +383,7 @@ func (db *DB) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 
 // notify queues a wake-up of every replica's dispatcher for dests, sent by
 // PostgreSQL when the transaction commits.
-func notify(ctx context.Context, tx pgx.Tx, dests []string) error {
+func notify(ctx context.Context, tx dbtx, dests []string) error {
 	if len(dests) == 0 {
 		return nil
 	}
@@ -520,4 +520,140 @@ func (db *DB) Check() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// dbtx is a transaction: pgx.Tx, or a pipe that sends BEGIN and COMMIT
+// with its first and last batch.
+type dbtx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// pipe is a transaction on one connection whose BEGIN travels with its
+// first statements and whose COMMIT travels with its last batch (see
+// commitWith), saving two round trips per ingest.
+type pipe struct {
+	conn      *pgxpool.Conn
+	begun     bool
+	committed bool
+}
+
+func (p *pipe) begin(ctx context.Context) error {
+	if p.begun {
+		return nil
+	}
+	p.begun = true
+	_, err := p.conn.Exec(ctx, "BEGIN")
+	return err
+}
+
+func (p *pipe) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := p.begin(ctx); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return p.conn.Exec(ctx, sql, args...)
+}
+
+func (p *pipe) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := p.begin(ctx); err != nil {
+		return nil, err
+	}
+	return p.conn.Query(ctx, sql, args...)
+}
+
+func (p *pipe) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := p.begin(ctx); err != nil {
+		return errRow{err}
+	}
+	return p.conn.QueryRow(ctx, sql, args...)
+}
+
+// SendBatch sends b, preceded by BEGIN when the transaction has not begun.
+func (p *pipe) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if p.begun {
+		return p.conn.SendBatch(ctx, b)
+	}
+	p.begun = true
+	nb := &pgx.Batch{}
+	nb.Queue("BEGIN")
+	nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)
+	br := p.conn.SendBatch(ctx, nb)
+	if _, err := br.Exec(); err != nil {
+		return failedBatch{br, err}
+	}
+	return br
+}
+
+// commitWith sends b followed by COMMIT (a pipe) or just b (a pgx.Tx,
+// which its caller commits).
+func commitWith(ctx context.Context, tx dbtx, b *pgx.Batch) error {
+	p, ok := tx.(*pipe)
+	if !ok {
+		return tx.SendBatch(ctx, b).Close()
+	}
+	b.Queue("COMMIT")
+	err := p.SendBatch(ctx, b).Close()
+	if err == nil {
+		p.committed = true
+	}
+	return err
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
+
+type failedBatch struct {
+	pgx.BatchResults
+	err error
+}
+
+func (f failedBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, f.err }
+func (f failedBatch) Query() (pgx.Rows, error)         { return nil, f.err }
+func (f failedBatch) QueryRow() pgx.Row                { return errRow{f.err} }
+func (f failedBatch) Close() error {
+	_ = f.BatchResults.Close()
+	return f.err
+}
+
+// inPipe runs fn in a pipe transaction on one connection, again on a
+// serialization failure or a deadlock. fn ends the transaction with
+// commitWith; if it returns without committing, the transaction is
+// committed (nil error) or rolled back (an error) here.
+func (db *DB) inPipe(ctx context.Context, fn func(tx dbtx) error) error {
+	for attempt := 0; ; attempt++ {
+		err := db.pipeOnce(ctx, fn)
+		if err == nil || !retryable(err) || attempt >= 20 {
+			return err
+		}
+		time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) << min(attempt, 6))))
+	}
+}
+
+func (db *DB) pipeOnce(ctx context.Context, fn func(tx dbtx) error) error {
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	p := &pipe{conn: conn}
+	err = fn(p)
+	if err == nil && !p.committed && p.begun {
+		_, err = conn.Exec(ctx, "COMMIT")
+		if err == nil {
+			return nil
+		}
+	}
+	if err != nil && p.begun && !p.committed {
+		// Whatever failed, the connection goes back to the pool outside
+		// any transaction, or not at all.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if _, rerr := conn.Exec(rctx, "ROLLBACK"); rerr != nil {
+			_ = conn.Conn().Close(rctx)
+		}
+		cancel()
+	}
+	return err
 }

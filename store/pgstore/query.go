@@ -300,7 +300,7 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 	return n, err
 }
 
-func putEvent(ctx context.Context, tx pgx.Tx, e *mapping.Event) error {
+func putEvent(ctx context.Context, tx dbtx, e *mapping.Event) error {
 	doc, err := json.Marshal(e)
 	if err != nil {
 		return err
@@ -310,7 +310,7 @@ func putEvent(ctx context.Context, tx pgx.Tx, e *mapping.Event) error {
 }
 
 // eraseInbox erases a stored notification's body, keeping its dedupe key.
-func eraseInbox(ctx context.Context, tx pgx.Tx, source, key, reason string) error {
+func eraseInbox(ctx context.Context, tx dbtx, source, key, reason string) error {
 	n, err := lockInbox(ctx, tx, source, key)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
