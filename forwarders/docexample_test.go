@@ -1,0 +1,150 @@
+package forwarders
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/postback/postback/mapping"
+)
+
+// The tests in this file rebuild each vendor's documented example request:
+// an event carrying the example's own values is sent through the forwarder,
+// and what the stand-in server receives must be exactly the documented
+// request (same parameter names, same forms), with no parameter the
+// reference does not list. Each test names its source page.
+
+// docSend builds a forwarder of typ from block whose clock reads now, sends
+// e and returns the one request the stand-in server received.
+func docSend(t *testing.T, typ, block string, now time.Time, e *mapping.Event, respond func(mmpCaptured) (int, string)) (Result, mmpCaptured) {
+	t.Helper()
+	srv := newMMPServer(t, respond)
+	s := mmpSettingsFor(t, typ, srv.URL, block, nil)
+	s.Now = func() time.Time { return now }
+	f, err := New(s)
+	if err != nil {
+		t.Fatalf("New(%s): %v", typ, err)
+	}
+	r := f.Send(context.Background(), []Item{{Key: "doc", Attempt: 1, Event: e}})[0]
+	reqs := srv.requests()
+	if len(reqs) != 1 {
+		t.Fatalf("server got %d requests, want 1 (result %+v)", len(reqs), r)
+	}
+	return r, reqs[0]
+}
+
+// docEvent is an event with no identifiers of its own: each test sets the
+// documented example's values.
+func docEvent(typ mapping.Type, src string, at time.Time, ids map[string]string) *mapping.Event {
+	return &mapping.Event{
+		ID: "evt_doc", Type: typ, Source: src, Environment: mapping.Production,
+		User:       mapping.User{Identifiers: ids},
+		OccurredAt: at, ReceivedAt: at, Attributes: map[string]string{},
+	}
+}
+
+// jsonEqual compares a JSON body with the documented one, key order aside.
+func jsonEqual(t *testing.T, got []byte, want string) {
+	t.Helper()
+	var g, w any
+	if err := json.Unmarshal(got, &g); err != nil {
+		t.Fatalf("body is not JSON: %v\n%s", err, got)
+	}
+	if err := json.Unmarshal([]byte(want), &w); err != nil {
+		t.Fatalf("test's documented body is not JSON: %v", err)
+	}
+	if !reflect.DeepEqual(g, w) {
+		gb, _ := json.MarshalIndent(g, "", "  ")
+		wb, _ := json.MarshalIndent(w, "", "  ")
+		t.Errorf("request body differs from the documented example:\n--- want\n%s\n--- got\n%s", wb, gb)
+	}
+}
+
+// onlyDocumented fails for every key of got that the reference does not
+// list.
+func onlyDocumented(t *testing.T, got []string, documented ...string) {
+	t.Helper()
+	known := map[string]bool{}
+	for _, k := range documented {
+		known[k] = true
+	}
+	var extra []string
+	for _, k := range got {
+		if !known[k] {
+			extra = append(extra, k)
+		}
+	}
+	sort.Strings(extra)
+	if len(extra) > 0 {
+		t.Errorf("parameters the reference does not document: %v", extra)
+	}
+}
+
+// jsonKeys returns the top-level keys of a JSON object.
+func jsonKeys(t *testing.T, body []byte) []string {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("body is not a JSON object: %v", err)
+	}
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// TestAppsFlyerDocumentedExample rebuilds the iOS example of AppsFlyer's
+// "Send Event" reference, https://dev.appsflyer.com/hc/reference/s2s-events-api3-post
+// (example values of the iOS Ids schema: appsflyer_id 1234567890123-1234567,
+// idfa 9876F1AA-..., idfv 95C9BD22-..., ip 192.0.2.1, os 14.5.1,
+// bundleIdentifier com.myapp, eventTime "2019-05-15 12:17:01.123",
+// eventValue {"af_revenue":"6","af_content_id":"15854",...}).
+func TestAppsFlyerDocumentedExample(t *testing.T) {
+	at := time.Date(2019, 5, 15, 12, 17, 1, 123_000_000, time.UTC)
+	e := docEvent(mapping.Purchase, mapping.SourceApple, at, map[string]string{
+		mapping.IDAppsFlyer: "1234567890123-1234567",
+		mapping.IDIDFA:      "9876F1AA-2983-3855-27BB-2C626772EFAB",
+		mapping.IDIDFV:      "95C9BD22-4A4C-41C8-9548-ED07C5C8C145",
+		mapping.IDIP:        "192.0.2.1",
+		mapping.IDOS:        "ios",
+		mapping.IDOSVersion: "14.5.1",
+		mapping.IDATTStatus: "3",
+	})
+	e.User.AppUserID = "customer_user_id"
+	e.AppID = "com.myapp"
+	e.ProductID = "15854"
+	e.Revenue = &mapping.Revenue{AmountMicros: 6_000_000, Currency: "USD"}
+	e.Attributes["app_version"] = "my_app_version"
+	r, got := docSend(t, "appsflyer", "app_id: id123456789\ns2s_token: s2s-KEY-123\nbundle_id: com.myapp", at.Add(time.Minute), e, nil)
+	if r.Outcome != Delivered {
+		t.Fatalf("result = %+v", r)
+	}
+	if got.Method != "POST" || got.Path != "/inappevent/id123456789" || got.Header.Get("authentication") != "s2s-KEY-123" {
+		t.Errorf("request line %s %s with authentication %q", got.Method, got.Path, got.Header.Get("authentication"))
+	}
+	jsonEqual(t, got.Body, `{
+		"appsflyer_id": "1234567890123-1234567",
+		"customer_user_id": "customer_user_id",
+		"eventName": "af_purchase",
+		"eventValue": "{\"af_content_id\":\"15854\",\"af_currency\":\"USD\",\"af_quantity\":\"1\",\"af_revenue\":\"6.00\",\"app_version\":\"my_app_version\",\"event_id\":\"evt_doc\",\"store\":\"apple\"}",
+		"eventTime": "2019-05-15 12:17:01.123",
+		"eventCurrency": "USD",
+		"bundleIdentifier": "com.myapp",
+		"idfa": "9876F1AA-2983-3855-27BB-2C626772EFAB",
+		"idfv": "95C9BD22-4A4C-41C8-9548-ED07C5C8C145",
+		"att": 3,
+		"os": "14.5.1",
+		"ip": "192.0.2.1",
+		"app_version_name": "my_app_version",
+		"af_events_api": "true"
+	}`)
+	// The iOS Ids schema of the reference, plus af_events_api (help center
+	// article 207034486).
+	onlyDocumented(t, jsonKeys(t, got.Body), "idfa", "idfv", "appsflyer_id", "customer_user_id", "att", "ip",
+		"eventName", "eventValue", "app_version_name", "app_store", "eventTime", "eventCurrency", "bundleIdentifier",
+		"sharing_filter", "custom_dimension", "app_type", "custom_data", "os", "ua", "aie", "consent_data", "af_events_api")
+}
