@@ -148,3 +148,44 @@ func TestAppsFlyerDocumentedExample(t *testing.T) {
 		"eventName", "eventValue", "app_version_name", "app_store", "eventTime", "eventCurrency", "bundleIdentifier",
 		"sharing_filter", "custom_dimension", "app_type", "custom_data", "os", "ua", "aie", "consent_data", "af_events_api")
 }
+
+// TestSingularDocumentedExample rebuilds the EVENT request from the example
+// values of Singular's S2S endpoint reference,
+// https://support.singular.net/hc/en-us/articles/360048588672 (a
+// your_org_name_sh868sdjv, p Android, i com.singular.app, ip 172.58.29.235,
+// "IPV4 only; IPV6 not supported", ve 9.2) and the parameter list of
+// https://support.singular.net/hc/en-us/articles/31496864868635.
+func TestSingularDocumentedExample(t *testing.T) {
+	at := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	e := docEvent(mapping.TrialStarted, mapping.SourceGoogle, at, map[string]string{
+		mapping.IDOS: "android", mapping.IDOSVersion: "9.2", mapping.IDIP: "172.58.29.235",
+		mapping.IDGAID: "9c9a82fb-d5de-4cd1-90c3-527441c11828",
+	})
+	e.AppID = "com.singular.app"
+	r, got := docSend(t, "singular", "sdk_key: your_org_name_sh868sdjv", at.Add(time.Minute), e,
+		func(mmpCaptured) (int, string) { return 200, `{"status":"ok"}` })
+	if r.Outcome != Delivered {
+		t.Fatalf("result = %+v", r)
+	}
+	if got.Method != "GET" || got.Path != "/api/v1/evt" {
+		t.Errorf("request line %s %s", got.Method, got.Path)
+	}
+	want := map[string]string{
+		"a": "your_org_name_sh868sdjv", "p": "Android", "i": "com.singular.app", "ip": "172.58.29.235", "ve": "9.2",
+		"n": "sng_start_trial", "aifa": "9c9a82fb-d5de-4cd1-90c3-527441c11828", "umilisec": "1796032800000",
+		"e": `{"event_id":"evt_doc","store":"google"}`,
+	}
+	var keys []string
+	for k := range got.Query {
+		keys = append(keys, k)
+		if got.Query.Get(k) != want[k] {
+			t.Errorf("%s = %q, want %q", k, got.Query.Get(k), want[k])
+		}
+	}
+	if len(got.Query) != len(want) {
+		t.Errorf("query %v, want %v", got.Query, want)
+	}
+	onlyDocumented(t, keys, "a", "n", "p", "i", "ip", "ve", "idfa", "idfv", "att_authorization_status", "aifa", "andi", "asid",
+		"sdid", "utime", "umilisec", "amt", "cur", "is_revenue_event", "purchase_product_id", "purchase_transaction_id",
+		"purchase_receipt", "receipt_signature", "custom_user_id", "e", "data_sharing_options", "partner")
+}
