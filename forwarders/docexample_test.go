@@ -189,3 +189,41 @@ func TestSingularDocumentedExample(t *testing.T) {
 		"sdid", "utime", "umilisec", "amt", "cur", "is_revenue_event", "purchase_product_id", "purchase_transaction_id",
 		"purchase_receipt", "receipt_signature", "custom_user_id", "e", "data_sharing_options", "partner")
 }
+
+// TestBranchDocumentedExample rebuilds the example of Branch's "Logging
+// Custom Events" reference, https://help.branch.io/apidocs/logcustomevents
+// (branch_key key_live_xxxx, name CustomEventTest, user_data os Android,
+// os_version 12.4.0, environment FULL_APP, aaid
+// abcdabcd-0123-0123-00f0-000000000000, android_id a12300000000,
+// limit_ad_tracking false as the example's "False", user_agent
+// "Mozilla/5.0 (Macintosh; ...)").
+func TestBranchDocumentedExample(t *testing.T) {
+	at := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	e := docEvent(mapping.Custom, mapping.SourceGoogle, at, map[string]string{
+		mapping.IDOS: "android", mapping.IDOSVersion: "12.4.0",
+		mapping.IDGAID: "abcdabcd-0123-0123-00f0-000000000000", mapping.IDAndroidID: "a12300000000",
+		mapping.IDUserAgent: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+	})
+	e.Name = "CustomEventTest"
+	r, got := docSend(t, "branch", "branch_key: key_live_xxxx", at.Add(time.Minute), e, func(mmpCaptured) (int, string) { return 200, `{}` })
+	if r.Outcome != Delivered {
+		t.Fatalf("result = %+v", r)
+	}
+	if got.Method != "POST" || got.Path != "/v2/event/custom" {
+		t.Errorf("request line %s %s", got.Method, got.Path)
+	}
+	jsonEqual(t, got.Body, `{
+		"branch_key": "key_live_xxxx",
+		"name": "CustomEventTest",
+		"user_data": {
+			"os": "Android",
+			"os_version": "12.4.0",
+			"environment": "FULL_APP",
+			"aaid": "abcdabcd-0123-0123-00f0-000000000000",
+			"android_id": "a12300000000",
+			"user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+		},
+		"custom_data": {"event_id": "evt_doc", "store": "google"}
+	}`)
+	onlyDocumented(t, jsonKeys(t, got.Body), "branch_key", "name", "customer_event_alias", "user_data", "custom_data", "event_data", "content_items")
+}
