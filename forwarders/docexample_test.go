@@ -227,3 +227,50 @@ func TestBranchDocumentedExample(t *testing.T) {
 	}`)
 	onlyDocumented(t, jsonKeys(t, got.Body), "branch_key", "name", "customer_event_alias", "user_data", "custom_data", "event_data", "content_items")
 }
+
+// TestKochavaDocumentedExample rebuilds the example values of Kochava's
+// post-install event reference,
+// https://support.kochava.com/server-to-server-integration/post-install-event-setup/
+// (kochava_app_id kogamerdna114e9bb3481258, app_version 24.0.0.0.8,
+// device_ids idfa 07F5A855-1375-4E51-9F15-0EFD4E5C84F4, action "event",
+// origination_ip 8.8.8.8, device_ver "iPhone Simulator-iOS-8.1", device_ua
+// URL-encoded, usertime in epoch seconds), with the event keys of
+// https://support.kochava.com/reference-information/post-install-event-examples
+// (Purchase: name, content_id, user_id, sum as a number, currency).
+func TestKochavaDocumentedExample(t *testing.T) {
+	at := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	e := docEvent(mapping.Purchase, mapping.SourceApple, at, map[string]string{
+		mapping.IDKochava: "KA1234", mapping.IDIDFA: "07F5A855-1375-4E51-9F15-0EFD4E5C84F4",
+		mapping.IDIP: "8.8.8.8", mapping.IDOS: "ios", mapping.IDOSVersion: "8.1", mapping.IDDeviceModel: "iPhone Simulator",
+		mapping.IDUserAgent: "Mozilla/5.0 (iPhone; U; CPU iPhone OS 5_0 like Mac OS X; en-us)",
+	})
+	e.Attributes["app_version"] = "24.0.0.0.8"
+	e.ProductID = "premium_monthly"
+	e.User.AppUserID = "u_1"
+	e.Revenue = &mapping.Revenue{AmountMicros: 9_990_000, Currency: "USD"}
+	r, got := docSend(t, "kochava", "app_guid: kogamerdna114e9bb3481258", at.Add(time.Minute), e, func(mmpCaptured) (int, string) { return 200, `{"success":"1"}` })
+	if r.Outcome != Delivered {
+		t.Fatalf("result = %+v", r)
+	}
+	if got.Method != "POST" || got.Path != "/track/json" {
+		t.Errorf("request line %s %s", got.Method, got.Path)
+	}
+	jsonEqual(t, got.Body, `{
+		"action": "event",
+		"kochava_app_id": "kogamerdna114e9bb3481258",
+		"kochava_device_id": "KA1234",
+		"data": {
+			"event_name": "Purchase",
+			"app_version": "24.0.0.0.8",
+			"usertime": 1796032800,
+			"origination_ip": "8.8.8.8",
+			"device_ver": "iPhone Simulator-iOS-8.1",
+			"device_ua": "Mozilla%2F5.0%20%28iPhone%3B%20U%3B%20CPU%20iPhone%20OS%205_0%20like%20Mac%20OS%20X%3B%20en-us%29",
+			"os_version": "8.1",
+			"device_ids": {"idfa": "07F5A855-1375-4E51-9F15-0EFD4E5C84F4"},
+			"currency": "USD",
+			"event_data": {"app_version": "24.0.0.0.8", "name": "premium_monthly", "content_id": "premium_monthly", "user_id": "u_1", "sum": 9.99, "currency": "USD", "event_id": "evt_doc", "store": "apple"}
+		}
+	}`)
+	onlyDocumented(t, jsonKeys(t, got.Body), "action", "kochava_app_id", "kochava_device_id", "data")
+}
