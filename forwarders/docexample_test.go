@@ -274,3 +274,35 @@ func TestKochavaDocumentedExample(t *testing.T) {
 	}`)
 	onlyDocumented(t, jsonKeys(t, got.Body), "action", "kochava_app_id", "kochava_device_id", "data")
 }
+
+// TestGA4DocumentedExample rebuilds the Firebase (app stream) example of
+// Google's "Send Measurement Protocol events" guide,
+// https://developers.google.com/analytics/devguides/collection/protocol/ga4/sending-events?client_type=firebase
+// (POST /mp/collect?firebase_app_id=1:1234567890:android:321abc456def7890
+// &api_secret=..., body {"app_instance_id": ..., "events": [{"name":
+// "tutorial_begin", "params": {}}]}). Postback adds timestamp_micros, a
+// documented field, so that the event keeps its own time, and leaves out an
+// empty params.
+func TestGA4DocumentedExample(t *testing.T) {
+	at := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	e := docEvent(mapping.Custom, mapping.SourceGoogle, at, map[string]string{
+		mapping.IDOS: "android", mapping.IDFirebase: "app_instance_id",
+	})
+	e.Name = "tutorial_begin"
+	r, got := docSend(t, "ga4", "firebase_app_ids: {android: \"1:1234567890:android:321abc456def7890\"}\napi_secret: doc-SECRET",
+		at.Add(time.Minute), e, func(mmpCaptured) (int, string) { return 204, "" })
+	if r.Outcome != Delivered {
+		t.Fatalf("result = %+v", r)
+	}
+	if got.Method != "POST" || got.Path != "/mp/collect" || got.Query.Get("firebase_app_id") != "1:1234567890:android:321abc456def7890" || got.Query.Get("api_secret") != "doc-SECRET" {
+		t.Errorf("request line %s %s %v", got.Method, got.Path, got.Query)
+	}
+	jsonEqual(t, got.Body, `{
+		"app_instance_id": "app_instance_id",
+		"timestamp_micros": 1796032800000000,
+		"events": [{"name": "tutorial_begin", "timestamp_micros": 1796032800000000}]
+	}`)
+	// Top-level fields of the Measurement Protocol reference.
+	onlyDocumented(t, jsonKeys(t, got.Body), "app_instance_id", "client_id", "user_id", "timestamp_micros",
+		"user_properties", "consent", "user_data", "user_location", "device", "ip_override", "validation_behavior", "events")
+}
