@@ -306,3 +306,57 @@ func TestGA4DocumentedExample(t *testing.T) {
 	onlyDocumented(t, jsonKeys(t, got.Body), "app_instance_id", "client_id", "user_id", "timestamp_micros",
 		"user_properties", "consent", "user_data", "user_location", "device", "ip_override", "validation_behavior", "events")
 }
+
+// TestTikTokDocumentedExample rebuilds an app Purchase the way TikTok's
+// Events API 2.0 app-event integration builds it: the request shape of
+// TikTok's own Segment destination (segmentio/action-destinations,
+// tiktok-app-events/reportAppEvent: event_source "app", event_source_id the
+// TikTok App ID, data[].user with idfa upper-case, idfv, att_status,
+// external_id lower-cased then SHA-256, data[].app {app_id (App Store id),
+// app_name, app_version}, data[].properties with contents[] {content_id,
+// price, quantity}, content_type, currency, value), and the event names of
+// https://business-api.tiktok.com/portal/docs?id=1771101186666498.
+func TestTikTokDocumentedExample(t *testing.T) {
+	at := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	e := docEvent(mapping.Purchase, mapping.SourceApple, at, map[string]string{
+		mapping.IDOS: "ios", mapping.IDIDFA: "6d92078a-8246-4ba4-ae5b-76104861e7dc",
+		mapping.IDIDFV: "95C9BD22-4A4C-41C8-9548-ED07C5C8C145", mapping.IDATTStatus: "3",
+		mapping.IDIP: "203.0.113.9",
+	})
+	e.User.AppUserID = "User_1"
+	e.ProductID = "premium_monthly"
+	e.Revenue = &mapping.Revenue{AmountMicros: 9_990_000, Currency: "USD"}
+	e.Attributes["app_version"] = "1.2.3"
+	r, got := docSend(t, "tiktok", "access_token: tt-TOKEN-1\napp_id: \"7123456789012345678\"\napp_store_ids: {ios: \"1234567890\"}\napp_name: Example",
+		at.Add(time.Minute), e, func(mmpCaptured) (int, string) { return 200, `{"code":0,"message":"OK"}` })
+	if r.Outcome != Delivered {
+		t.Fatalf("result = %+v", r)
+	}
+	if got.Method != "POST" || got.Path != "/open_api/v1.3/event/track/" || got.Header.Get("Access-Token") != "tt-TOKEN-1" {
+		t.Errorf("request line %s %s", got.Method, got.Path)
+	}
+	jsonEqual(t, got.Body, `{
+		"event_source": "app",
+		"event_source_id": "7123456789012345678",
+		"data": [{
+			"event": "Purchase",
+			"event_time": 1796032800,
+			"event_id": "evt_doc",
+			"user": {
+				"external_id": "`+mapping.SHA256Hex("user_1")+`",
+				"idfa": "6D92078A-8246-4BA4-AE5B-76104861E7DC",
+				"idfv": "95C9BD22-4A4C-41C8-9548-ED07C5C8C145",
+				"att_status": "AUTHORIZED",
+				"ip": "203.0.113.9"
+			},
+			"properties": {
+				"value": 9.99,
+				"currency": "USD",
+				"content_type": "product",
+				"contents": [{"content_id": "premium_monthly", "price": 9.99, "quantity": 1}]
+			},
+			"app": {"app_id": "1234567890", "app_name": "Example", "app_version": "1.2.3"}
+		}]
+	}`)
+	onlyDocumented(t, jsonKeys(t, got.Body), "event_source", "event_source_id", "partner_name", "test_event_code", "data")
+}
