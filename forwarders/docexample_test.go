@@ -3,6 +3,7 @@ package forwarders
 import (
 	"context"
 	"encoding/json"
+	"net/url"
 	"reflect"
 	"sort"
 	"testing"
@@ -359,4 +360,66 @@ func TestTikTokDocumentedExample(t *testing.T) {
 		}]
 	}`)
 	onlyDocumented(t, jsonKeys(t, got.Body), "event_source", "event_source_id", "partner_name", "test_event_code", "data")
+}
+
+// TestMetaDocumentedExample rebuilds the website Purchase of Meta's
+// Conversions API guide,
+// https://developers.facebook.com/docs/marketing-api/conversions-api/using-the-api
+// (event_name Purchase, event_source_url http://jaspers-market.com/product/123,
+// action_source website, user_data client_ip_address 192.19.9.9,
+// client_user_agent "test ua", em and ph as SHA-256 arrays, fbc, fbp,
+// custom_data value 100.2, currency USD, content_ids, content_type product),
+// sent as the form variant the guide allows (data=<JSON array>,
+// access_token). The example's em is the hash of joe@eg.com.
+func TestMetaDocumentedExample(t *testing.T) {
+	at := time.Unix(1633552688, 0).UTC()
+	em := "309a0a5c3e211326ae75ca18196d301a9bdbd1a882a4d2569511033da23f0abd"
+	ph := "254aa248acb47dd654ca3ea53f48c2c26d641d23d7e2e93a1ec56258df7674c4"
+	e := docEvent(mapping.Purchase, mapping.SourceStripe, at, map[string]string{
+		mapping.IDIP: "192.19.9.9", mapping.IDUserAgent: "test ua", mapping.IDEmailSHA256: em, mapping.IDPhoneSHA256: ph,
+		mapping.IDFBC: "fb.1.1554763741205.AbCdEfGhIjKlMnOpQrStUvWxYz1234567890", mapping.IDFBP: "fb.1.1558571054389.1098115397",
+	})
+	e.ID = "event.id.123"
+	e.ProductID = "product.id.123"
+	e.Revenue = &mapping.Revenue{AmountMicros: 100_200_000, Currency: "USD"}
+	e.Attributes["event_source_url"] = "http://jaspers-market.com/product/123"
+	r, got := docSend(t, "meta", "dataset_id: \"123456789012345\"\naccess_token: META-TOKEN-1", at.Add(time.Minute), e,
+		func(mmpCaptured) (int, string) { return 200, `{"events_received":1,"messages":[],"fbtrace_id":"x"}` })
+	if r.Outcome != Delivered {
+		t.Fatalf("result = %+v", r)
+	}
+	form, err := url.ParseQuery(string(got.Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Path != "/v25.0/123456789012345/events" || form.Get("access_token") != "META-TOKEN-1" {
+		t.Errorf("path %s, token %q", got.Path, form.Get("access_token"))
+	}
+	data := form.Get("data")
+	jsonEqual(t, []byte(data), `[{
+		"event_name": "Purchase",
+		"event_time": 1633552688,
+		"event_id": "event.id.123",
+		"event_source_url": "http://jaspers-market.com/product/123",
+		"action_source": "website",
+		"user_data": {
+			"client_ip_address": "192.19.9.9",
+			"client_user_agent": "test ua",
+			"em": ["`+em+`"],
+			"ph": ["`+ph+`"],
+			"fbc": "fb.1.1554763741205.AbCdEfGhIjKlMnOpQrStUvWxYz1234567890",
+			"fbp": "fb.1.1558571054389.1098115397"
+		},
+		"custom_data": {"value": 100.2, "currency": "USD", "content_ids": ["product.id.123"], "content_type": "product"}
+	}]`)
+	onlyDocumented(t, keysOf(form), "data", "access_token", "test_event_code")
+}
+
+// keysOf lists a form's keys.
+func keysOf(v url.Values) []string {
+	out := make([]string, 0, len(v))
+	for k := range v {
+		out = append(out, k)
+	}
+	return out
 }
