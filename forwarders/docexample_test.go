@@ -423,3 +423,52 @@ func keysOf(v url.Values) []string {
 	}
 	return out
 }
+
+// TestAdjustDocumentedExample rebuilds the example of Adjust's S2S events
+// reference, https://dev.adjust.com/en/api/s2s-api/events (source:
+// adjust/dev-docs src/content/docs/en/api/s2s-api/events.mdx, "POST with
+// body": s2s=1, event_token f0ob4r, app_token 4w565xzmb54d, idfa
+// D2CADB5F-410F-4963-AC0C-2A78534BDF1E, currency EUR, revenue 123.4,
+// environment sandbox, callback_params a URL-encoded JSON object of
+// strings), with created_at_unix, the timestamp the reference recommends,
+// and ip_address (IPv4 only).
+func TestAdjustDocumentedExample(t *testing.T) {
+	at := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	e := docEvent(mapping.Purchase, mapping.SourceApple, at, map[string]string{
+		mapping.IDOS: "ios", mapping.IDIDFA: "D2CADB5F-410F-4963-AC0C-2A78534BDF1E", mapping.IDIP: "192.0.0.1",
+	})
+	e.Environment = mapping.Sandbox
+	e.Revenue = &mapping.Revenue{AmountMicros: 123_400_000, Currency: "EUR"}
+	r, got := docSend(t, "adjust", "app_token: 4w565xzmb54d\nevent_tokens: {purchase: f0ob4r}\nsandbox: {}", at.Add(time.Minute), e,
+		func(mmpCaptured) (int, string) { return 200, `{"status":"OK"}` })
+	if r.Outcome != Delivered {
+		t.Fatalf("result = %+v", r)
+	}
+	if got.Method != "POST" || got.Path != "/event" || got.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
+		t.Errorf("request line %s %s %s", got.Method, got.Path, got.Header.Get("Content-Type"))
+	}
+	form, err := url.ParseQuery(string(got.Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"s2s": "1", "event_token": "f0ob4r", "app_token": "4w565xzmb54d", "idfa": "D2CADB5F-410F-4963-AC0C-2A78534BDF1E",
+		"currency": "EUR", "revenue": "123.40", "environment": "sandbox", "created_at_unix": "1796032800", "ip_address": "192.0.0.1",
+		"callback_params": `{"environment":"sandbox","event_id":"evt_doc","store":"apple"}`,
+	}
+	for k, v := range want {
+		if form.Get(k) != v {
+			t.Errorf("%s = %q, want %q", k, form.Get(k), v)
+		}
+	}
+	if len(form) != len(want) {
+		t.Errorf("form %v, want exactly %v", form, want)
+	}
+	var cb map[string]string
+	if err := json.Unmarshal([]byte(form.Get("callback_params")), &cb); err != nil {
+		t.Errorf("callback_params is not a flat JSON object of strings: %v", err)
+	}
+	onlyDocumented(t, keysOf(form), "s2s", "event_token", "app_token", "idfa", "gps_adid", "fire_adid", "oaid", "idfv", "android_id",
+		"adid", "ip_address", "created_at_unix", "created_at", "user_agent", "callback_params", "partner_params", "revenue", "currency",
+		"environment", "att_status", "tracking_enabled")
+}
