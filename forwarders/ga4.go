@@ -76,9 +76,6 @@ type ga4Block struct {
 // whose platform its id does not tell).
 type ga4Set map[string]*ga4Creds
 
-// ga4Platforms are the keys firebase_app_ids accepts.
-var ga4Platforms = []string{"ios", "android"}
-
 // firebaseAppPlatform returns the platform a Firebase app id names
 // ("1:<project number>:ios:<hash>" or ":android:"), or "".
 func firebaseAppPlatform(id string) string {
@@ -572,33 +569,56 @@ func (g *GA4) Check(ctx context.Context) error {
 }
 
 func (g *GA4) check(ctx context.Context, c *ga4Creds, body ga4Request) error {
+	r := g.debug(ctx, c, body)
+	if r.Outcome == Delivered {
+		return nil
+	}
+	return r.Err
+}
+
+// debug posts body to the validation server for stream c and reads the
+// answer: delivered when GA4 lists no validation message, dead with the
+// messages (wrapping ErrGA4Invalid) otherwise, ErrAdNetwork when the
+// endpoint cannot be reached or answers something else. Response holds
+// the stream and GA4's answer verbatim.
+func (g *GA4) debug(ctx context.Context, c *ga4Creds, body ga4Request) Result {
+	summary := "POST " + g.base + "/debug/mp/collect"
 	js, err := json.Marshal(body)
 	if err != nil {
-		return err
+		return Result{Outcome: Dead, Reason: "encode", Request: summary, Err: err}
 	}
-	summary := "POST " + g.base + "/debug/mp/collect"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.base+"/debug/mp/collect?"+c.query(), bytes.NewReader(js))
 	if err != nil {
-		return fmt.Errorf("%s: %w: cannot build the request URL", summary, ErrAdNetwork)
+		return Result{Outcome: Pause, Reason: "bad_url", Request: summary, Err: fmt.Errorf("%s: %w: cannot build the request URL", summary, ErrAdNetwork)}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, rr := adDo(g.client, req, summary)
 	if rr != nil {
-		return rr.Err
+		return *rr
 	}
+	stream := c.FirebaseAppID + c.MeasurementID
+	r := Result{Status: resp.Status, Request: summary + " (stream " + stream + ")",
+		Response: redact(Excerpt(resp.Body), c.APISecret)}
 	if resp.Status < 200 || resp.Status >= 300 {
-		return fmt.Errorf("%s: %w: ga4 debug: HTTP %d", summary, ErrAdNetwork, resp.Status)
+		r.Outcome, r.Reason = Classify(resp.Status), "http_"+strconv.Itoa(resp.Status)
+		r.Err = fmt.Errorf("%s: %w: ga4 debug: HTTP %d", summary, ErrAdNetwork, resp.Status)
+		return r
 	}
 	var v ga4Validation
 	if err := json.Unmarshal(resp.Body, &v); err != nil {
-		return fmt.Errorf("%s: %w: ga4 debug: unreadable answer", summary, ErrAdNetwork)
+		r.Outcome, r.Reason = Retry, "unreadable_response"
+		r.Err = fmt.Errorf("%s: %w: ga4 debug: unreadable answer", summary, ErrAdNetwork)
+		return r
 	}
 	if len(v.ValidationMessages) == 0 {
-		return nil
+		r.Outcome = Delivered
+		return r
 	}
 	msgs := make([]string, len(v.ValidationMessages))
 	for i, m := range v.ValidationMessages {
 		msgs[i] = fmt.Sprintf("%s: %s (%s)", m.FieldPath, redact(m.Description, c.APISecret), m.ValidationCode)
 	}
-	return fmt.Errorf("%w: %s", ErrGA4Invalid, strings.Join(msgs, "; "))
+	r.Outcome, r.Reason = Dead, "ga4_validation: "+strings.Join(msgs, "; ")
+	r.Err = fmt.Errorf("%w: %s", ErrGA4Invalid, strings.Join(msgs, "; "))
+	return r
 }
