@@ -26,6 +26,9 @@ type TestReport struct {
 	Path string `json:"path"`
 	// Where says where the test shows in the vendor's own UI.
 	Where string `json:"where"`
+	// Event is the test event sent, nil when none was (or, for GA4, when
+	// the validation server got a sample payload).
+	Event *mapping.Event `json:"event,omitempty"`
 	// Result is the attempt: outcome, HTTP status, request summary (secrets
 	// masked) and the vendor's answer verbatim (first KiB) in Response.
 	Result
@@ -100,7 +103,7 @@ func untested(path, where, reason string) TestReport {
 // answered at all (any HTTP status), whatever the outcome.
 func sendTest(ctx context.Context, send func(context.Context, []Item) []Result, e *mapping.Event, path, where string) TestReport {
 	res := send(ctx, []Item{{Key: e.ID + "|test", Attempt: 1, Event: e}})
-	rep := TestReport{Path: path, Where: where}
+	rep := TestReport{Path: path, Where: where, Event: e}
 	if len(res) == 1 {
 		rep.Result = res[0]
 	}

@@ -809,6 +809,9 @@ func TestAdminDestinationsAndTestEvent(t *testing.T) {
 	}
 
 	var res struct {
+		Tested  bool   `json:"tested"`
+		Passed  bool   `json:"passed"`
+		Where   string `json:"where"`
 		Outcome string `json:"outcome"`
 		Status  int    `json:"status"`
 		Event   struct {
@@ -820,7 +823,7 @@ func TestAdminDestinationsAndTestEvent(t *testing.T) {
 	if code := h.call(t, adminToken, http.MethodPost, "/admin/api/destinations/backend/test", "", &res); code != http.StatusOK {
 		t.Fatalf("test event: HTTP %d", code)
 	}
-	if res.Outcome != "delivered" || res.Status != 200 || res.Event.Environment != "sandbox" {
+	if res.Outcome != "delivered" || res.Status != 200 || res.Event.Environment != "sandbox" || !res.Tested || !res.Passed || res.Where == "" {
 		t.Errorf("test event %+v", res)
 	}
 	if a.count() != before+1 {
