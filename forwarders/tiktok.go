@@ -270,6 +270,15 @@ type tiktokContent struct {
 // apps, CompletePayment on the web.
 var tiktokNeedsContents = map[string]bool{"Purchase": true, "CompletePayment": true}
 
+// tiktokContentID is the content_id of an event's product: the product id,
+// else the SKU a source recorded (a Shopify line item without a product).
+func tiktokContentID(e *mapping.Event) string {
+	if e.ProductID != "" {
+		return e.ProductID
+	}
+	return e.Attributes["sku"]
+}
+
 // tiktokExternalID lower-cases and trims an external id before hashing it,
 // as TikTok's app-event integration does; a value that already is a SHA-256
 // digest passes through.
@@ -361,8 +370,8 @@ func (t *TikTok) event(e *mapping.Event, name string, now time.Time) tiktokEvent
 	}
 	value, currency := revenueValue(e)
 	p := &tiktokProps{Value: json.Number(value), Currency: currency, OrderID: e.TransactionID}
-	if e.ProductID != "" {
-		p.ContentType, p.Contents = "product", []tiktokContent{{ContentID: e.ProductID, Price: json.Number(value), Quantity: 1}}
+	if id := tiktokContentID(e); id != "" {
+		p.ContentType, p.Contents = "product", []tiktokContent{{ContentID: id, Price: json.Number(value), Quantity: 1}}
 	}
 	if p.Value != "" || p.OrderID != "" || p.Contents != nil {
 		ev.Properties = p
@@ -407,7 +416,7 @@ func (t *TikTok) Send(ctx context.Context, batch []Item) []Result {
 			continue
 		}
 		if tiktokNeedsContents[name] {
-			if e.ProductID == "" {
+			if tiktokContentID(e) == "" {
 				out[i] = skipped("missing product_id: TikTok takes " + name + " only with contents[].content_id")
 				continue
 			}

@@ -321,6 +321,9 @@ func TestTikTokAppEventRules(t *testing.T) {
 	ok := func(adRequest) (int, string) { return 200, `{"code":0}` }
 	noProduct := adFixture("purchase")
 	noProduct.ProductID = ""
+	skuOnly := adFixture("purchase")
+	skuOnly.ProductID = ""
+	skuOnly.Attributes["sku"] = "pro-sku"
 	appPurchase := adFixture("trial_converted")
 	appPurchase.Type = mapping.Purchase
 	appNoValue := adFixture("trial_converted")
@@ -336,6 +339,7 @@ func TestTikTokAppEventRules(t *testing.T) {
 		reason  string
 	}{
 		{"web CompletePayment without a product", tiktokTestBlock, noProduct, Skipped, "missing product_id"},
+		{"web CompletePayment with a SKU only", tiktokTestBlock, skuOnly, Delivered, ""},
 		{"app Purchase without revenue", tiktokTestBlock, appNoValue, Skipped, "missing revenue"},
 		{"ios event without app_store_ids.ios", "access_token: x\napp_id: \"1\"\n", adFixture("trial_started"), Skipped, "no_app_store_id"},
 		{"app event without platform", tiktokTestBlock, noOS, Skipped, "missing os"},
@@ -357,6 +361,12 @@ func TestTikTokAppEventRules(t *testing.T) {
 				return
 			}
 			d := tiktokBody(t, rec.all()[0]).Data[0]
+			if adChannel(tt.event) == channelWeb {
+				if d.App != nil || d.Properties == nil || len(d.Properties.Contents) != 1 || d.Properties.Contents[0].ContentID != "pro-sku" {
+					t.Errorf("web event %+v", d)
+				}
+				return
+			}
 			if d.App == nil || d.App.AppID == "" {
 				t.Fatalf("app object = %+v", d.App)
 			}
