@@ -139,6 +139,24 @@ func TestTestModes(t *testing.T) {
 			respond: func(mmpCaptured) (int, string) { return 200, `{"code":40002,"message":"Invalid parameters"}` }, wantTested: true, reason: "tiktok_invalid"},
 		{name: "tiktok without test code", typ: "tiktok", block: "access_token: TT-T0KEN\npixel_code: C4AB", reason: "not_tested"},
 		{name: "tiktok app without store id", typ: "tiktok", block: "access_token: TT-T0KEN\napp_id: \"7123\"\ntest_event_code: T1", reason: "not_tested"},
+		{name: "adjust with every token turned off", typ: "adjust", block: "app_token: 4w565xzmb54d\nevent_tokens: {purchase: \"\"}", reason: "not_tested"},
+		{name: "meta sandbox dataset without a test code", typ: "meta", block: "dataset_id: \"123456789012345\"\naccess_token: META-T0KEN\nsandbox: {dataset_id: \"999999999999999\"}",
+			respond: func(mmpCaptured) (int, string) { return 200, `{"events_received":1}` },
+			check: func(t *testing.T, c mmpCaptured) {
+				f, _ := url.ParseQuery(string(c.Body))
+				if c.Path != "/v25.0/999999999999999/events" || f.Has("test_event_code") {
+					t.Errorf("sent to %s %v, want the sandbox dataset", c.Path, f)
+				}
+			}, wantTested: true, wantPassed: true},
+		{name: "tiktok sandbox app without a test code", typ: "tiktok", block: "access_token: TT-T0KEN\napp_id: \"7123\"\napp_store_ids: {android: com.example.app}\nsandbox: {app_id: \"8000\"}",
+			respond: func(mmpCaptured) (int, string) { return 200, `{"code":0}` },
+			check: func(t *testing.T, c mmpCaptured) {
+				b := jsonBody(t, c)
+				data := b["data"].([]any)[0].(map[string]any)
+				if b["event_source_id"] != "8000" || data["app"].(map[string]any)["app_id"] != "com.example.app" {
+					t.Errorf("body = %v", b)
+				}
+			}, wantTested: true, wantPassed: true},
 		{name: "ga4 validation server, valid", typ: "ga4", block: "firebase_app_ids: {ios: \"1:1:ios:a\"}\napi_secret: GA4-SECRET-1",
 			respond: func(mmpCaptured) (int, string) { return 200, `{"validationMessages":[]}` },
 			check: func(t *testing.T, c mmpCaptured) {
@@ -169,6 +187,15 @@ func TestTestModes(t *testing.T) {
 			respond: func(mmpCaptured) (int, string) { return 200, `{"status":"error","reason":"no device ID supplied"}` }, wantTested: true})
 		if rep.Response != `{"status":"error","reason":"no device ID supplied"}` {
 			t.Errorf("response = %q", rep.Response)
+		}
+	})
+	t.Run("unreachable ga4 validation server is not tested", func(t *testing.T) {
+		srv := newMMPServer(t, nil)
+		f := mmpNew(t, "ga4", srv.URL, "measurement_id: G-ABC\napi_secret: GA4-SECRET-1", nil)
+		srv.Close()
+		rep := f.(Tester).Test(context.Background())
+		if rep.Tested || rep.Passed() || rep.Outcome != Retry {
+			t.Errorf("report = %+v, want not tested", rep)
 		}
 	})
 	t.Run("unreachable vendor is not tested", func(t *testing.T) {
