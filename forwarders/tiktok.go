@@ -195,6 +195,16 @@ func (t *TikTok) Missing(e *mapping.Event) string {
 	if c == nil || c.sourceID(adChannel(e)) == "" || t.name(e) == "" {
 		return ""
 	}
+	if tiktokNeedsContents[t.name(e)] {
+		if v, _ := revenueValue(e); v == "" || tiktokContentID(e) == "" {
+			return "" // skipped at send: no identifier brings a product or revenue
+		}
+	}
+	if adChannel(e) == channelApp {
+		if app, _ := t.appObject(e); app == nil {
+			return "" // skipped at send: a configuration matter
+		}
+	}
 	for _, k := range []string{mapping.IDEmailSHA256, mapping.IDPhoneE164SHA256, mapping.IDTTCLID, mapping.IDTTP} {
 		if e.Identifier(k) != "" {
 			return ""

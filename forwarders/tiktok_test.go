@@ -355,6 +355,11 @@ func TestTikTokAppEventRules(t *testing.T) {
 				t.Fatalf("got %s %q, want %s %q", r.Outcome, r.Reason, tt.outcome, tt.reason)
 			}
 			if tt.outcome != Delivered {
+				bare := *tt.event
+				bare.User = mapping.User{Identifiers: map[string]string{mapping.IDOS: tt.event.Identifier(mapping.IDOS)}}
+				if m := tk.Missing(&bare); m != "" {
+					t.Errorf("Missing = %q for an event skipped anyway", m)
+				}
 				if len(rec.all()) != 0 {
 					t.Error("a request was made")
 				}
