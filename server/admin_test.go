@@ -82,6 +82,7 @@ type adminHarness struct {
 type harnessOpts struct {
 	token    string
 	separate bool
+	dests    string // more destinations, appended to the YAML list
 }
 
 func startAdmin(t *testing.T, a, b *sink, o harnessOpts) *adminHarness {
@@ -109,7 +110,7 @@ destinations:
     secret: %q
     match: {environments: [production, sandbox]}
     retry: {max_attempts: 3}
-`, t.TempDir()+"/pb.db", tok, adminStripe, adminAppID, a.srv.URL, adminHookSecret, b.srv.URL, adminHookSecret)
+`, t.TempDir()+"/pb.db", tok, adminStripe, adminAppID, a.srv.URL, adminHookSecret, b.srv.URL, adminHookSecret) + o.dests
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -888,4 +889,81 @@ func TestAdminReprocess(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAdminTestEventUsesValidationPath: a destination with a validation
+// path (Meta's test_event_code) gets the test event there, and the admin
+// API reports it tested and passed, with the path, Meta's answer verbatim
+// and where to look; without a test code it is not tested and not passed,
+// and nothing reaches Meta.
+func TestAdminTestEventUsesValidationPath(t *testing.T) {
+	var mu sync.Mutex
+	var forms []url.Values
+	meta := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		f, _ := url.ParseQuery(string(body))
+		mu.Lock()
+		forms = append(forms, f)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"events_received":1,"messages":[],"fbtrace_id":"AbCd"}`)
+	}))
+	defer meta.Close()
+	a, b := newSink(t, 200), newSink(t, 200)
+	h := startAdmin(t, a, b, harnessOpts{token: adminToken, dests: fmt.Sprintf(`
+  - name: meta-test
+    type: meta
+    endpoint: %q
+    dataset_id: "1234567890123456"
+    access_token: meta-admin-token
+    test_event_code: TEST4821
+    match: {apps: [com.example.none]}
+  - name: meta-untested
+    type: meta
+    endpoint: %q
+    dataset_id: "1234567890123456"
+    access_token: meta-admin-token
+    match: {apps: [com.example.none]}
+`, meta.URL, meta.URL)})
+	var res struct {
+		Tested   bool   `json:"tested"`
+		Passed   bool   `json:"passed"`
+		Path     string `json:"path"`
+		Where    string `json:"where"`
+		Outcome  string `json:"outcome"`
+		Response string `json:"response"`
+		Reason   string `json:"reason"`
+	}
+	if code := h.call(t, adminToken, http.MethodPost, "/admin/api/destinations/meta-test/test", "", &res); code != http.StatusOK {
+		t.Fatalf("HTTP %d", code)
+	}
+	if !res.Tested || !res.Passed || res.Outcome != "delivered" || res.Response != `{"events_received":1,"messages":[],"fbtrace_id":"AbCd"}` ||
+		!strings.Contains(res.Path, "test_event_code") || !strings.Contains(res.Where, "Test events") {
+		t.Errorf("report %+v", res)
+	}
+	mu.Lock()
+	if len(forms) != 1 || forms[0].Get("test_event_code") != "TEST4821" {
+		t.Errorf("Meta got %v", forms)
+	}
+	mu.Unlock()
+	res = struct {
+		Tested   bool   `json:"tested"`
+		Passed   bool   `json:"passed"`
+		Path     string `json:"path"`
+		Where    string `json:"where"`
+		Outcome  string `json:"outcome"`
+		Response string `json:"response"`
+		Reason   string `json:"reason"`
+	}{}
+	if code := h.call(t, adminToken, http.MethodPost, "/admin/api/destinations/meta-untested/test", "", &res); code != http.StatusOK {
+		t.Fatalf("HTTP %d", code)
+	}
+	if res.Tested || res.Passed || !strings.HasPrefix(res.Reason, "not_tested") {
+		t.Errorf("report %+v, want not tested", res)
+	}
+	mu.Lock()
+	if len(forms) != 1 {
+		t.Errorf("an untested destination reached Meta: %d requests", len(forms))
+	}
+	mu.Unlock()
 }
