@@ -609,3 +609,56 @@ sources:
 		})
 	}
 }
+
+// TestDestinationTestAndRoutingKeys: the per-destination keys of issue 14
+// are kept readable in check-config output (they are ids, URLs and
+// durations), except api_secrets, a mapping of GA4 secrets per platform.
+func TestDestinationTestAndRoutingKeys(t *testing.T) {
+	y := minimal + `destinations:
+  - name: meta
+    type: meta
+    dataset_id: "1234567890123456"
+    access_token: meta-s3cret-token
+    test_event_code: TEST4821
+    event_source_url: https://example.com/checkout
+  - name: branch
+    type: branch
+    branch_key: key_live_s3cret
+    max_event_age: 24h
+    sandbox:
+      branch_key: key_test_s3cret
+  - name: firebase
+    type: ga4
+    firebase_app_ids: {ios: "1:42:ios:aaaa", android: "1:42:android:bbbb"}
+    api_secret: ga4-s3cret-shared
+    api_secrets: {android: ga4-s3cret-android}
+  - name: tiktok
+    type: tiktok
+    access_token: tt-s3cret-token
+    app_id: "7123456789012345678"
+    app_store_ids: {ios: "1234567890", android: com.example.app}
+    app_name: Example
+`
+	c, err := Parse([]byte(y), env())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(out, []byte("s3cret")) {
+		t.Errorf("Redacted() leaks a secret:\n%s", out)
+	}
+	for _, keep := range []string{"TEST4821", "https://example.com/checkout", "max_event_age: 24h", "1:42:ios:aaaa", "1:42:android:bbbb", "\"1234567890\"", "com.example.app", "app_name: Example"} {
+		if !bytes.Contains(out, []byte(keep)) {
+			t.Errorf("Redacted() lost %q:\n%s", keep, out)
+		}
+	}
+	secrets := strings.Join(c.Secrets(), " ")
+	for _, s := range []string{"ga4-s3cret-android", "ga4-s3cret-shared", "key_test_s3cret"} {
+		if !strings.Contains(secrets, s) {
+			t.Errorf("Secrets() misses %s", s)
+		}
+	}
+}

@@ -284,7 +284,8 @@ sources:
 destinations:
   - {name: backend, type: webhook, endpoint: %q, secret: %q, match: {environments: [production, sandbox]}}
   - {name: analytics, type: webhook, endpoint: %q, secret: %q, match: {environments: [production, sandbox]}}
-`, t.TempDir()+"/pb.db", browserToken, browserStripe, ok.URL, secret, picky.URL, secret)
+  - {name: branch, type: branch, endpoint: %q, branch_key: key_live_console1, match: {apps: [com.example.none]}}
+`, t.TempDir()+"/pb.db", browserToken, browserStripe, ok.URL, secret, picky.URL, secret, ok.URL)
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -456,6 +457,6 @@ func TestBrowserConsole(t *testing.T) {
 	if _, err := c.eval(`document.querySelector('#dest-backend form button').click(); true`); err != nil {
 		t.Fatal(err)
 	}
-	waitJS(t, c, "test event result", `document.querySelector('.flash') !== null && document.querySelector('.flash').textContent.includes('Test event to backend: delivered')`)
+	waitJS(t, c, "test event result", `document.querySelector('.flash') !== null && document.querySelector('.flash').textContent.includes('Test event to backend: passed, delivered')`)
 	screenshot(t, c, "destinations.png")
 }

@@ -72,13 +72,20 @@ type Destination struct {
 	Queue store.QueueStats `json:"queue"`
 }
 
-// TestResult is the outcome of a test event.
+// TestResult is the outcome of a test event. Passed is true only when the
+// destination's validation path received the test (Tested) and accepted
+// it; anything else is shown as a failure.
 type TestResult struct {
-	Outcome string `json:"outcome"`
-	Status  int    `json:"status,omitempty"`
-	Reason  string `json:"reason,omitempty"`
-	Error   string `json:"error,omitempty"`
-	Latency time.Duration
+	Outcome  string `json:"outcome"`
+	Status   int    `json:"status,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Tested   bool   `json:"tested"`
+	Passed   bool   `json:"passed"`
+	Path     string `json:"path,omitempty"`
+	Where    string `json:"where,omitempty"`
+	Response string `json:"response,omitempty"` // the vendor's answer verbatim
+	Latency  time.Duration
 }
 
 // Prefix is the path the console is served under.
@@ -123,6 +130,8 @@ type session struct {
 	csrf    string
 	expires time.Time
 	flash   string
+	// flashBad marks the flash as a failure, shown in red.
+	flashBad bool
 }
 
 // New builds a console over b.
@@ -268,28 +277,37 @@ func (c *Console) authed(h func(w http.ResponseWriter, r *http.Request, s *sessi
 // setFlash stores a one-time message shown on the next page.
 func (c *Console) setFlash(s *session, msg string) {
 	c.mu.Lock()
-	s.flash = msg
+	s.flash, s.flashBad = msg, false
 	c.mu.Unlock()
 }
 
-func (c *Console) takeFlash(s *session) string {
+// setFlashBad stores a one-time failure message, shown in red.
+func (c *Console) setFlashBad(s *session, msg string) {
+	c.mu.Lock()
+	s.flash, s.flashBad = msg, true
+	c.mu.Unlock()
+}
+
+func (c *Console) takeFlash(s *session) (string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	f := s.flash
-	s.flash = ""
-	return f
+	f, bad := s.flash, s.flashBad
+	s.flash, s.flashBad = "", false
+	return f, bad
 }
 
 // page is the data every template gets.
 type page struct {
-	Title  string
-	Nav    string
-	CSRF   string
-	Flash  string
-	Error  string
-	Data   any
-	Now    time.Time
-	Authed bool
+	Title string
+	Nav   string
+	CSRF  string
+	Flash string
+	// FlashBad shows Flash as a failure (red).
+	FlashBad bool
+	Error    string
+	Data     any
+	Now      time.Time
+	Authed   bool
 }
 
 func (c *Console) render(w http.ResponseWriter, r *http.Request, s *session, status int, name, title string, data any) {
@@ -298,7 +316,7 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, s *session, sta
 		c.mu.Lock()
 		p.CSRF = s.csrf
 		c.mu.Unlock()
-		p.Flash = c.takeFlash(s)
+		p.Flash, p.FlashBad = c.takeFlash(s)
 		p.Authed = true
 	}
 	var buf bytes.Buffer

@@ -274,8 +274,24 @@ func TestConsolePages(t *testing.T) {
 			t.Fatalf("HTTP %d", resp.StatusCode)
 		}
 		_, page := v.do(http.MethodGet, "/admin/destinations", nil)
-		if !strings.Contains(page, "Test event to backend: delivered (HTTP 200)") {
-			t.Errorf("no test result:\n%s", page)
+		if !strings.Contains(page, `<div class="flash" role="status">Test event to backend: passed, delivered (HTTP 200)`) {
+			t.Errorf("no green test result:\n%s", page)
+		}
+	})
+
+	// A destination whose test reached no validation path (Branch without
+	// a key_test_ key) is shown in red, never as a success.
+	t.Run("untested test event is red", func(t *testing.T) {
+		resp, _ := v.do(http.MethodPost, "/admin/destinations/branch/test", url.Values{"csrf": {csrf}})
+		if resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("HTTP %d", resp.StatusCode)
+		}
+		_, page := v.do(http.MethodGet, "/admin/destinations", nil)
+		if !strings.Contains(page, `<div class="flash alert" role="alert">Test event to branch: NOT TESTED, skipped, not_tested: add sandbox: {branch_key: key_test_...}`) {
+			t.Errorf("no red untested result:\n%s", page)
+		}
+		if !strings.Contains(page, "Test mode: Liveview") {
+			t.Errorf("the result does not say where to look:\n%s", page)
 		}
 	})
 }

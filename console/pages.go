@@ -511,7 +511,14 @@ func (c *Console) testEvent(w http.ResponseWriter, r *http.Request, s *session) 
 		c.internal(w, r, err)
 		return
 	}
-	msg := fmt.Sprintf("Test event to %s: %s", name, res.Outcome)
+	verdict := "passed"
+	switch {
+	case !res.Tested:
+		verdict = "NOT TESTED"
+	case !res.Passed:
+		verdict = "FAILED"
+	}
+	msg := fmt.Sprintf("Test event to %s: %s, %s", name, verdict, res.Outcome)
 	if res.Status != 0 {
 		msg += fmt.Sprintf(" (HTTP %d)", res.Status)
 	}
@@ -521,6 +528,19 @@ func (c *Console) testEvent(w http.ResponseWriter, r *http.Request, s *session) 
 	if res.Error != "" {
 		msg += ": " + res.Error
 	}
-	c.setFlash(s, msg+".")
+	if res.Path != "" {
+		msg += ". Path: " + res.Path
+	}
+	if res.Response != "" {
+		msg += ". Answer: " + res.Response
+	}
+	if res.Where != "" {
+		msg += ". See: " + res.Where
+	}
+	if res.Passed {
+		c.setFlash(s, msg+".")
+	} else {
+		c.setFlashBad(s, msg+".")
+	}
 	http.Redirect(w, r, Prefix+"/destinations", http.StatusSeeOther)
 }

@@ -201,6 +201,12 @@ func (a *Adjust) send(ctx context.Context, it Item) Result {
 		}
 		t = a.sandbox
 	}
+	return a.sendTo(ctx, it, t)
+}
+
+// sendTo sends one event with the credentials of t.
+func (a *Adjust) sendTo(ctx context.Context, it Item, t *adjustTarget) Result {
+	e := it.Event
 	token := adjustToken(e, t.tokens)
 	if token == "" {
 		return skip(ReasonNoEventName, "no Adjust event token for %s", e.Type)

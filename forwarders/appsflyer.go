@@ -183,27 +183,32 @@ func (a *AppsFlyer) Send(ctx context.Context, batch []Item) []Result {
 	return sendEach(ctx, batch, a.send)
 }
 
-// appsFlyerEvent is the request body, fields in the documented order.
+// appsFlyerEvent is the request body, fields in the documented order. Only
+// parameters of the "Send Event" reference
+// (https://dev.appsflyer.com/hc/reference/s2s-events-api3-post) are sent,
+// in the form it gives them: ip is an IPv4 address (pattern and maxLength
+// 16), so an IPv6 address is left out and AppsFlyer takes the geo fields
+// from the install. Hashed e-mail and phone are not parameters of that
+// reference, and app_set_id there is an object with a scope Postback does
+// not know, so neither is sent. af_events_api is the legacy flag the help
+// center article 207034486 asks for; AppsFlyer ignores it on API 3.
 type appsFlyerEvent struct {
-	AppsFlyerID           string `json:"appsflyer_id"`
-	CustomerUserID        string `json:"customer_user_id,omitempty"`
-	EventName             string `json:"eventName"`
-	EventValue            string `json:"eventValue"`
-	EventTime             string `json:"eventTime"`
-	EventCurrency         string `json:"eventCurrency,omitempty"`
-	BundleIdentifier      string `json:"bundleIdentifier,omitempty"`
-	IDFA                  string `json:"idfa,omitempty"`
-	IDFV                  string `json:"idfv,omitempty"`
-	AdvertisingID         string `json:"advertising_id,omitempty"`
-	AppSetID              string `json:"app_set_id,omitempty"`
-	ATT                   *int   `json:"att,omitempty"`
-	OS                    string `json:"os,omitempty"`
-	IP                    string `json:"ip,omitempty"`
-	UA                    string `json:"ua,omitempty"`
-	EmailHashed           string `json:"email_hashed,omitempty"`
-	PhoneNumberHashed     string `json:"phone_number_hashed,omitempty"`
-	PhoneNumberE164Hashed string `json:"phone_number_e164_hashed,omitempty"`
-	AFEventsAPI           string `json:"af_events_api"`
+	AppsFlyerID      string `json:"appsflyer_id"`
+	CustomerUserID   string `json:"customer_user_id,omitempty"`
+	EventName        string `json:"eventName"`
+	EventValue       string `json:"eventValue"`
+	EventTime        string `json:"eventTime"`
+	EventCurrency    string `json:"eventCurrency,omitempty"`
+	BundleIdentifier string `json:"bundleIdentifier,omitempty"`
+	IDFA             string `json:"idfa,omitempty"`
+	IDFV             string `json:"idfv,omitempty"`
+	AdvertisingID    string `json:"advertising_id,omitempty"`
+	ATT              *int   `json:"att,omitempty"`
+	OS               string `json:"os,omitempty"`
+	IP               string `json:"ip,omitempty"`
+	UA               string `json:"ua,omitempty"`
+	AppVersionName   string `json:"app_version_name,omitempty"`
+	AFEventsAPI      string `json:"af_events_api"`
 }
 
 func (a *AppsFlyer) send(ctx context.Context, it Item) Result {
@@ -257,17 +262,15 @@ func (a *AppsFlyer) send(ctx context.Context, it Item) Result {
 // if the body would exceed AppsFlyer's 1 KB.
 func (a *AppsFlyer) body(e *mapping.Event, name string, at time.Time, rev *mapping.Revenue, platform string) ([]byte, error) {
 	ev := appsFlyerEvent{
-		AppsFlyerID:           e.Identifier(mapping.IDAppsFlyer),
-		CustomerUserID:        e.User.AppUserID,
-		EventName:             name,
-		EventTime:             at.Format(appsFlyerTimeLayout),
-		IP:                    e.Identifier(mapping.IDIP),
-		UA:                    e.Identifier(mapping.IDUserAgent),
-		OS:                    e.Identifier(mapping.IDOSVersion),
-		EmailHashed:           e.Identifier(mapping.IDEmailSHA256),
-		PhoneNumberHashed:     e.Identifier(mapping.IDPhoneSHA256),
-		PhoneNumberE164Hashed: e.Identifier(mapping.IDPhoneE164SHA256),
-		AFEventsAPI:           "true",
+		AppsFlyerID:    e.Identifier(mapping.IDAppsFlyer),
+		CustomerUserID: e.User.AppUserID,
+		EventName:      name,
+		EventTime:      at.Format(appsFlyerTimeLayout),
+		IP:             ipv4(e.Identifier(mapping.IDIP)),
+		UA:             e.Identifier(mapping.IDUserAgent),
+		OS:             e.Identifier(mapping.IDOSVersion),
+		AppVersionName: e.Attributes["app_version"],
+		AFEventsAPI:    "true",
 	}
 	switch platform {
 	case platformIOS:
@@ -282,7 +285,6 @@ func (a *AppsFlyer) body(e *mapping.Event, name string, at time.Time, rev *mappi
 		}
 	case platformAndroid:
 		ev.AdvertisingID = e.Identifier(mapping.IDGAID)
-		ev.AppSetID = e.Identifier(mapping.IDAppSetID)
 	}
 	values := map[string]string{}
 	if e.ProductID != "" {

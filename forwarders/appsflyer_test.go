@@ -204,3 +204,44 @@ func TestAppsFlyerConfigErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestAppsFlyerIPv4Only: the reference's ip is an IPv4 address (pattern,
+// maxLength 16). An IPv6 address is left out, an IPv4-mapped one is sent in
+// dotted form, and the hashed e-mail, phone and app_set_id the reference
+// does not list are never sent.
+func TestAppsFlyerIPv4Only(t *testing.T) {
+	cases := []struct{ name, ip, want string }{
+		{"ipv4", "203.0.113.9", "203.0.113.9"},
+		{"ipv6 left out", "2001:db8::1", ""},
+		{"ipv4-mapped ipv6", "::ffff:198.51.100.7", "198.51.100.7"},
+		{"garbage left out", "not-an-ip", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newMMPServer(t, nil)
+			f := mmpNew(t, "appsflyer", srv.URL, afBlock, nil)
+			e := mmpEvent("subscription_renewed")
+			e.User.Identifiers[mapping.IDIP] = tc.ip
+			e.User.Identifiers[mapping.IDEmailSHA256] = mapping.SHA256Hex("a@example.com")
+			e.User.Identifiers[mapping.IDPhoneSHA256] = mapping.SHA256Hex("16505551212")
+			e.User.Identifiers[mapping.IDPhoneE164SHA256] = mapping.SHA256Hex("+16505551212")
+			e.User.Identifiers[mapping.IDAppSetID] = "f47ac10b-58cc-4372-a567-0e02b2c3d479"
+			if r := f.Send(context.Background(), []Item{{Key: "d", Event: e}})[0]; r.Outcome != Delivered {
+				t.Fatalf("result = %+v", r)
+			}
+			var body map[string]any
+			if err := json.Unmarshal(srv.requests()[0].Body, &body); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := body["ip"].(string)
+			if got != tc.want {
+				t.Errorf("ip = %q, want %q", got, tc.want)
+			}
+			for _, k := range []string{"email_hashed", "phone_number_hashed", "phone_number_e164_hashed", "app_set_id"} {
+				if _, ok := body[k]; ok {
+					t.Errorf("%s sent; the reference does not list it", k)
+				}
+			}
+		})
+	}
+}

@@ -282,7 +282,10 @@ func benchTikTokBody(b *testing.B, t *TikTok, events []*mapping.Event) {
 func benchGA4Bodies(b *testing.B, g *GA4, events []*mapping.Event) {
 	now := g.now()
 	for _, e := range events {
-		c := g.creds(e)
+		c, why := g.creds(e)
+		if c == nil {
+			b.Fatalf("ga4: %s", why)
+		}
 		name := EventName(e, g.names, ga4DefaultNames)
 		device := e.Identifier(c.userKey())
 		if name == "" || device == "" {

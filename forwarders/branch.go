@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/postback/postback/mapping"
 )
@@ -20,12 +22,17 @@ import (
 // negative revenue: revenue goes in event_data of standard events, custom
 // events carry it (positive only) as custom_data strings, and refunds go
 // without revenue. Branch is real-time only: late events are accepted but
-// not backfilled into reports, and future timestamps are never sent.
+// not backfilled into reports ("events with timestamps in the past will not
+// be backfilled", https://help.branch.io/apidocs/events.md), so an event
+// older than max_event_age (default 24h) is skipped with reason too_old
+// instead of being counted on the wrong day; future timestamps are never
+// sent.
 type Branch struct {
 	mmp
 	prod    branchTarget
 	sandbox *branchTarget
 	base    string
+	maxAge  time.Duration
 }
 
 var (
@@ -43,12 +50,22 @@ type branchSettings struct {
 	mmpSettings       `yaml:",inline"`
 	branchCredentials `yaml:",inline"`
 	Sandbox           *branchCredentials `yaml:"sandbox"`
+	// MaxEventAge is the oldest event sent (a Go duration such as 24h or
+	// 90m); older events are skipped as too_old.
+	MaxEventAge string `yaml:"max_event_age"`
 }
 
 // branchTarget is one resolved key.
 type branchTarget struct{ key string }
 
-const branchBase = "https://api2.branch.io"
+// Branch defaults.
+const (
+	branchBase = "https://api2.branch.io"
+	// BranchDefaultMaxEventAge is how old an event may be and still go to
+	// Branch when max_event_age is not set: Branch files an event on the
+	// day it arrives, so older events would be reported on the wrong day.
+	BranchDefaultMaxEventAge = 24 * time.Hour
+)
 
 // branchStandard reports whether name is one of Branch's standard events
 // (Commerce, Content, Lifecycle), which go to /v2/event/standard.
@@ -100,7 +117,14 @@ func NewBranch(s Settings) (Forwarder, error) {
 	if !strings.HasPrefix(key, "key_live_") || len(key) <= len("key_live_") {
 		return nil, configError(s, "branch_key", "the live Branch key (key_live_..., Branch dashboard: Configuration > Security & Access > Credentials) is required; a key_test_ key belongs in sandbox:")
 	}
-	b := &Branch{mmp: m, prod: branchTarget{key: key}, base: strings.TrimRight(base, "/")}
+	b := &Branch{mmp: m, prod: branchTarget{key: key}, base: strings.TrimRight(base, "/"), maxAge: BranchDefaultMaxEventAge}
+	if v := strings.TrimSpace(cfg.MaxEventAge); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, configError(s, "max_event_age", fmt.Sprintf("%q is not a positive duration such as 24h or 90m", v))
+		}
+		b.maxAge = d
+	}
 	if cfg.Sandbox != nil {
 		sk := strings.TrimSpace(cfg.Sandbox.BranchKey)
 		if !strings.HasPrefix(sk, "key_test_") || len(sk) <= len("key_test_") {
@@ -117,6 +141,9 @@ func (b *Branch) Limits() Limits { return Limits{BatchSize: 1} }
 // Missing implements Requirer: Branch needs the OS and a device id of the
 // platform, or a developer identity.
 func (b *Branch) Missing(e *mapping.Event) string {
+	if tooOld(e, b.now(), b.maxAge) {
+		return "" // skipped as too_old: nothing to wait for
+	}
 	p := platformOf(e)
 	if p == "" {
 		return mapping.IDOS
@@ -202,7 +229,7 @@ func (b *Branch) send(ctx context.Context, it Item) Result {
 	if id := b.Missing(e); id != "" {
 		return skip("missing "+id, "event has no %s", id)
 	}
-	if _, bad := eventTime(e, b.now(), 0); bad != nil {
+	if _, bad := eventTime(e, b.now(), b.maxAge); bad != nil {
 		return *bad
 	}
 	rev, bad := b.convert(e)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postback/postback/mapping"
 )
@@ -122,6 +123,55 @@ func TestBranchConfigErrors(t *testing.T) {
 			_, err := New(mmpSettingsFor(t, "branch", tc.endpoint, tc.block, nil))
 			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "."+tc.key+":") {
 				t.Errorf("err = %v, want ErrConfig naming %s", err, tc.key)
+			}
+		})
+	}
+}
+
+// TestBranchTooOld: Branch files events on the day they arrive ("events with
+// timestamps in the past will not be backfilled"), so an event older than
+// max_event_age (default 24h) is skipped as too_old, never sent, and is not
+// held for identifiers.
+func TestBranchTooOld(t *testing.T) {
+	cases := []struct {
+		name  string
+		block string
+		age   time.Duration
+		want  Outcome
+	}{
+		{"default limit, 23h old is sent", brBlock, 23 * time.Hour, Delivered},
+		{"default limit, 25h old is skipped", brBlock, 25 * time.Hour, Skipped},
+		{"max_event_age 1h, 2h old is skipped", brBlock + "\nmax_event_age: 1h", 2 * time.Hour, Skipped},
+		{"max_event_age 72h, 48h old is sent", brBlock + "\nmax_event_age: 72h", 48 * time.Hour, Delivered},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newMMPServer(t, nil)
+			f := mmpNew(t, "branch", srv.URL, tc.block, nil)
+			e := mmpEvent("purchase")
+			e.OccurredAt = mmpNow.Add(-tc.age)
+			r := f.Send(context.Background(), []Item{{Key: "d", Event: e}})[0]
+			if r.Outcome != tc.want {
+				t.Fatalf("result = %+v, want %s", r, tc.want)
+			}
+			if tc.want == Skipped {
+				if r.Reason != ReasonTooOld || len(srv.requests()) != 0 {
+					t.Errorf("reason %q, %d requests; want too_old and none", r.Reason, len(srv.requests()))
+				}
+				delete(e.User.Identifiers, mapping.IDIDFV)
+				delete(e.User.Identifiers, mapping.IDIDFA)
+				e.User.AppUserID = ""
+				if m := f.(Requirer).Missing(e); m != "" {
+					t.Errorf("Missing = %q for a too-old event; want nothing to wait for", m)
+				}
+			}
+		})
+	}
+	for _, bad := range []string{"yesterday", "-1h", "0s"} {
+		t.Run("bad max_event_age "+bad, func(t *testing.T) {
+			_, err := New(mmpSettingsFor(t, "branch", "", brBlock+"\nmax_event_age: \""+bad+"\"", nil))
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), ".max_event_age:") {
+				t.Errorf("err = %v", err)
 			}
 		})
 	}

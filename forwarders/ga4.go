@@ -33,8 +33,8 @@ import (
 // api_secret travels in the query string and never appears in a Result.
 type GA4 struct {
 	base       string
-	prod       ga4Creds
-	sandbox    *ga4Creds
+	prod       ga4Set
+	sandbox    *ga4Set
 	names      map[string]string
 	client     *http.Client
 	now        func() time.Time
@@ -61,10 +61,111 @@ type ga4Creds struct {
 	APISecret     string `yaml:"api_secret"`
 }
 
+// ga4Block is the YAML of a production or sandbox block: one stream, or a
+// Firebase app per platform (firebase_app_ids: {ios: ..., android: ...})
+// with an optional secret per platform (api_secrets), since each Firebase
+// app is its own GA4 data stream.
+type ga4Block struct {
+	ga4Creds       `yaml:",inline"`
+	FirebaseAppIDs map[string]string `yaml:"firebase_app_ids"`
+	APISecrets     map[string]string `yaml:"api_secrets"`
+}
+
+// ga4Set is the resolved streams of one block, by the platform they take:
+// "ios", "android", "web" (a measurement id) or "any" (one Firebase app id
+// whose platform its id does not tell).
+type ga4Set map[string]*ga4Creds
+
+// firebaseAppPlatform returns the platform a Firebase app id names
+// ("1:<project number>:ios:<hash>" or ":android:"), or "".
+func firebaseAppPlatform(id string) string {
+	parts := strings.Split(id, ":")
+	if len(parts) == 4 && (parts[2] == "ios" || parts[2] == "android") {
+		return parts[2]
+	}
+	return ""
+}
+
+// resolve validates a block and returns its streams.
+func (b ga4Block) resolve(s Settings, prefix string) (ga4Set, error) {
+	if len(b.FirebaseAppIDs) == 0 {
+		if len(b.APISecrets) > 0 {
+			return nil, configError(s, prefix+"api_secrets", "only with firebase_app_ids")
+		}
+		if err := b.ga4Creds.validate(s, prefix); err != nil {
+			return nil, err
+		}
+		c := b.ga4Creds
+		switch p := firebaseAppPlatform(c.FirebaseAppID); {
+		case c.MeasurementID != "":
+			return ga4Set{"web": &c}, nil
+		case p != "":
+			// A Firebase app belongs to one platform: events of the
+			// other platform are not sent to it.
+			return ga4Set{p: &c}, nil
+		default:
+			return ga4Set{"any": &c}, nil
+		}
+	}
+	if b.FirebaseAppID != "" || b.MeasurementID != "" {
+		return nil, configError(s, prefix+"firebase_app_ids", "set firebase_app_ids or a single firebase_app_id/measurement_id, not both")
+	}
+	set := ga4Set{}
+	for k, id := range b.FirebaseAppIDs {
+		if k != "ios" && k != "android" {
+			return nil, configError(s, prefix+"firebase_app_ids."+k, "platform must be ios or android")
+		}
+		if p := firebaseAppPlatform(id); p != "" && p != k {
+			return nil, configError(s, prefix+"firebase_app_ids."+k, fmt.Sprintf("%q is the Firebase app id of an %s app", id, p))
+		}
+		secret := b.APISecrets[k]
+		if secret == "" {
+			secret = b.APISecret
+		}
+		c := ga4Creds{FirebaseAppID: strings.TrimSpace(id), APISecret: secret}
+		if c.FirebaseAppID == "" {
+			return nil, configError(s, prefix+"firebase_app_ids."+k, "is empty")
+		}
+		if c.APISecret == "" {
+			return nil, configError(s, prefix+"api_secrets."+k, "the Measurement Protocol API secret of the "+k+" stream is required (or a shared api_secret)")
+		}
+		set[k] = &c
+	}
+	for k := range b.APISecrets {
+		if set[k] == nil {
+			return nil, configError(s, prefix+"api_secrets."+k, "has no firebase_app_ids."+k)
+		}
+	}
+	return set, nil
+}
+
+// streams lists the set's streams in a stable order.
+func (set ga4Set) streams() []*ga4Creds {
+	var out []*ga4Creds
+	for _, k := range []string{"web", "any", "ios", "android"} {
+		if c := set[k]; c != nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// overlaps reports whether two sets share a stream.
+func (set ga4Set) overlaps(o ga4Set) bool {
+	for _, a := range set.streams() {
+		for _, b := range o.streams() {
+			if a.FirebaseAppID != "" && a.FirebaseAppID == b.FirebaseAppID || a.MeasurementID != "" && a.MeasurementID == b.MeasurementID {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // ga4Settings is the type-specific configuration of type ga4.
 type ga4Settings struct {
-	ga4Creds   `yaml:",inline"`
-	Sandbox    *ga4Creds `yaml:"sandbox"`
+	ga4Block   `yaml:",inline"`
+	Sandbox    *ga4Block `yaml:"sandbox"`
 	DebugCheck struct {
 		Enabled  bool   `yaml:"enabled"`
 		Interval string `yaml:"interval"`
@@ -122,7 +223,7 @@ func NewGA4(s Settings) (Forwarder, error) {
 	if err := s.Decode(&cfg); err != nil {
 		return nil, configError(s, "", err.Error())
 	}
-	g := &GA4{base: ga4DefaultBase, prod: cfg.ga4Creds, names: s.EventNames, client: s.Client, now: s.Now,
+	g := &GA4{base: ga4DefaultBase, names: s.EventNames, client: s.Client, now: s.Now,
 		last: map[*ga4Creds]ga4Request{}}
 	if s.Endpoint != "" {
 		g.base = strings.TrimRight(s.Endpoint, "/")
@@ -130,18 +231,20 @@ func NewGA4(s Settings) (Forwarder, error) {
 	if u, err := url.Parse(g.base); err != nil || u.Scheme == "" || u.Host == "" || u.RawQuery != "" {
 		return nil, configError(s, "endpoint", "must be an absolute URL without query such as https://www.google-analytics.com (or https://region1.google-analytics.com for EU collection)")
 	}
-	if err := g.prod.validate(s, ""); err != nil {
+	prod, err := cfg.ga4Block.resolve(s, "")
+	if err != nil {
 		return nil, err
 	}
+	g.prod = prod
 	if sb := cfg.Sandbox; sb != nil {
-		c := *sb
-		if err := c.validate(s, "sandbox."); err != nil {
+		set, err := sb.resolve(s, "sandbox.")
+		if err != nil {
 			return nil, err
 		}
-		if c.FirebaseAppID != "" && c.FirebaseAppID == g.prod.FirebaseAppID || c.MeasurementID != "" && c.MeasurementID == g.prod.MeasurementID {
+		if set.overlaps(g.prod) {
 			return nil, configError(s, "sandbox", "must name its own stream (a separate firebase_app_id or measurement_id): GA4 has no test mode, so sandbox events would land in production data")
 		}
-		g.sandbox = &c
+		g.sandbox = &set
 	}
 	for k, n := range s.EventNames {
 		if n != "" && !ga4ValidName(n) {
@@ -205,17 +308,38 @@ func (g *GA4) Limits() Limits { return Limits{BatchSize: ga4BatchSize, MaxAge: g
 // start-up check).
 func (g *GA4) CheckInterval() time.Duration { return g.checkEvery }
 
-func (g *GA4) creds(e *mapping.Event) *ga4Creds {
-	if !e.Sandboxed() {
-		return &g.prod
+// creds returns the stream an event goes to, or a reason it has none: a
+// sandbox event without a sandbox block, or an app event of a platform no
+// Firebase app id is configured for (an Android app_instance_id sent to an
+// iOS app would be attributed to the wrong app).
+func (g *GA4) creds(e *mapping.Event) (*ga4Creds, string) {
+	set := &g.prod
+	if e.Sandboxed() {
+		if g.sandbox == nil {
+			return nil, "sandbox_not_configured: sandbox events need a sandbox stream"
+		}
+		set = g.sandbox
 	}
-	return g.sandbox
+	if c := (*set)["web"]; c != nil {
+		return c, ""
+	}
+	if c := (*set)["any"]; c != nil {
+		return c, ""
+	}
+	p := adPlatform(e)
+	if c := (*set)[p]; c != nil {
+		return c, ""
+	}
+	if p == "" {
+		return nil, "missing os: the platform picks the Firebase app id"
+	}
+	return nil, "platform_mismatch: no firebase_app_ids." + p + " configured for a " + p + " event"
 }
 
 // Missing implements Requirer: an app stream needs the device's Firebase
 // app_instance_id, a web stream the browser's client_id.
 func (g *GA4) Missing(e *mapping.Event) string {
-	c := g.creds(e)
+	c, _ := g.creds(e)
 	if c == nil || !ga4ValidName(EventName(e, g.names, ga4DefaultNames)) || tooOld(e, g.now(), ga4MaxAge) {
 		return ""
 	}
@@ -297,9 +421,9 @@ func (g *GA4) Send(ctx context.Context, batch []Item) []Result {
 			out[i] = Result{Outcome: Dead, Reason: "no_event"}
 			continue
 		}
-		c := g.creds(e)
+		c, why := g.creds(e)
 		if c == nil {
-			out[i] = skipped("sandbox_not_configured: sandbox events need a sandbox stream")
+			out[i] = skipped(why)
 			continue
 		}
 		name := EventName(e, g.names, ga4DefaultNames)
@@ -424,10 +548,11 @@ type ga4Validation struct {
 // checks the payload, not the api_secret.
 func (g *GA4) Check(ctx context.Context) error {
 	var errs []error
-	for _, c := range []*ga4Creds{&g.prod, g.sandbox} {
-		if c == nil {
-			continue
-		}
+	streams := g.prod.streams()
+	if g.sandbox != nil {
+		streams = append(streams, g.sandbox.streams()...)
+	}
+	for _, c := range streams {
 		g.mu.Lock()
 		body, ok := g.last[c]
 		g.mu.Unlock()
@@ -444,33 +569,56 @@ func (g *GA4) Check(ctx context.Context) error {
 }
 
 func (g *GA4) check(ctx context.Context, c *ga4Creds, body ga4Request) error {
+	r := g.debug(ctx, c, body)
+	if r.Outcome == Delivered {
+		return nil
+	}
+	return r.Err
+}
+
+// debug posts body to the validation server for stream c and reads the
+// answer: delivered when GA4 lists no validation message, dead with the
+// messages (wrapping ErrGA4Invalid) otherwise, ErrAdNetwork when the
+// endpoint cannot be reached or answers something else. Response holds
+// the stream and GA4's answer verbatim.
+func (g *GA4) debug(ctx context.Context, c *ga4Creds, body ga4Request) Result {
+	summary := "POST " + g.base + "/debug/mp/collect"
 	js, err := json.Marshal(body)
 	if err != nil {
-		return err
+		return Result{Outcome: Dead, Reason: "encode", Request: summary, Err: err}
 	}
-	summary := "POST " + g.base + "/debug/mp/collect"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.base+"/debug/mp/collect?"+c.query(), bytes.NewReader(js))
 	if err != nil {
-		return fmt.Errorf("%s: %w: cannot build the request URL", summary, ErrAdNetwork)
+		return Result{Outcome: Pause, Reason: "bad_url", Request: summary, Err: fmt.Errorf("%s: %w: cannot build the request URL", summary, ErrAdNetwork)}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, rr := adDo(g.client, req, summary)
 	if rr != nil {
-		return rr.Err
+		return *rr
 	}
+	stream := c.FirebaseAppID + c.MeasurementID
+	r := Result{Status: resp.Status, Request: summary + " (stream " + stream + ")",
+		Response: redact(Excerpt(resp.Body), c.APISecret)}
 	if resp.Status < 200 || resp.Status >= 300 {
-		return fmt.Errorf("%s: %w: ga4 debug: HTTP %d", summary, ErrAdNetwork, resp.Status)
+		r.Outcome, r.Reason = Classify(resp.Status), "http_"+strconv.Itoa(resp.Status)
+		r.Err = fmt.Errorf("%s: %w: ga4 debug: HTTP %d", summary, ErrAdNetwork, resp.Status)
+		return r
 	}
 	var v ga4Validation
 	if err := json.Unmarshal(resp.Body, &v); err != nil {
-		return fmt.Errorf("%s: %w: ga4 debug: unreadable answer", summary, ErrAdNetwork)
+		r.Outcome, r.Reason = Retry, "unreadable_response"
+		r.Err = fmt.Errorf("%s: %w: ga4 debug: unreadable answer", summary, ErrAdNetwork)
+		return r
 	}
 	if len(v.ValidationMessages) == 0 {
-		return nil
+		r.Outcome = Delivered
+		return r
 	}
 	msgs := make([]string, len(v.ValidationMessages))
 	for i, m := range v.ValidationMessages {
 		msgs[i] = fmt.Sprintf("%s: %s (%s)", m.FieldPath, redact(m.Description, c.APISecret), m.ValidationCode)
 	}
-	return fmt.Errorf("%w: %s", ErrGA4Invalid, strings.Join(msgs, "; "))
+	r.Outcome, r.Reason = Dead, "ga4_validation: "+strings.Join(msgs, "; ")
+	r.Err = fmt.Errorf("%w: %s", ErrGA4Invalid, strings.Join(msgs, "; "))
+	return r
 }

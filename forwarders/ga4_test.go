@@ -17,7 +17,10 @@ import (
 const ga4TestSecret = "ga4SECRETxyz789"
 
 var (
-	ga4AppBlock = "firebase_app_id: \"1:1234567890:ios:321abc456def7890\"\napi_secret: " + ga4TestSecret + "\n"
+	// An iOS and an Android Firebase app of one project: each event goes to
+	// its own platform's app.
+	ga4AppBlock = "firebase_app_ids: {ios: \"1:1234567890:ios:321abc456def7890\", android: \"1:1234567890:android:fedcba0987654321\"}\napi_secret: " + ga4TestSecret + "\n"
+	ga4IOSBlock = "firebase_app_id: \"1:1234567890:ios:321abc456def7890\"\napi_secret: " + ga4TestSecret + "\n"
 	ga4WebBlock = "measurement_id: G-ABC123XYZ\napi_secret: " + ga4TestSecret + "\n"
 )
 
@@ -196,7 +199,7 @@ func TestGA4Check(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := newAdRecorder(t, func(adRequest) (int, string) { return tt.status, tt.answer })
-			g := newTestGA4(t, rec, ga4AppBlock, nil)
+			g := newTestGA4(t, rec, ga4IOSBlock, nil)
 			err := g.Check(context.Background())
 			if tt.wantErr == nil {
 				if err != nil {
@@ -241,11 +244,14 @@ func TestGA4Check(t *testing.T) {
 				checks = append(checks, b)
 			}
 		}
-		if len(checks) != 2 {
-			t.Fatalf("%d checks, want 2 (production and sandbox)", len(checks))
+		if len(checks) != 3 {
+			t.Fatalf("%d checks, want 3 (production iOS and Android apps, sandbox)", len(checks))
 		}
-		if checks[0].AppInstanceID != "0a1b2c3d4e5f60718293a4b5c6d7e8f9" || checks[0].Events[0].Name != "purchase" {
-			t.Errorf("production check did not replay the last payload: %+v", checks[0])
+		if checks[1].AppInstanceID != "0a1b2c3d4e5f60718293a4b5c6d7e8f9" || checks[1].Events[0].Name != "purchase" {
+			t.Errorf("production Android check did not replay the last payload: %+v", checks[1])
+		}
+		if checks[0].AppInstanceID != "0123456789abcdef0123456789abcdef" {
+			t.Errorf("production iOS check did not use the sample: %+v", checks[0])
 		}
 	})
 	t.Run("unreachable", func(t *testing.T) {
@@ -338,4 +344,75 @@ func TestNewGA4Validates(t *testing.T) {
 			t.Error("GA4 is not a Checker")
 		}
 	})
+}
+
+// TestGA4PlatformRouting: a Firebase app belongs to one platform, so an
+// event goes to its own platform's firebase_app_id (with that stream's
+// secret), never to the other's.
+func TestGA4PlatformRouting(t *testing.T) {
+	block := "api_secret: shared-SECRET-1\nfirebase_app_ids: {ios: \"1:42:ios:aaaa\", android: \"1:42:android:bbbb\"}\napi_secrets: {android: android-SECRET-2}\n"
+	ios, android := adFixture("trial_converted"), adFixture("renewal")
+	noOS := adFixture("trial_converted")
+	noOS.Source = mapping.SourceCustom
+	delete(noOS.User.Identifiers, mapping.IDOS)
+	cases := []struct {
+		name           string
+		block          string
+		event          *mapping.Event
+		app, secret    string
+		outcome        Outcome
+		reason         string
+		wantMissingArg string
+	}{
+		{"ios event to the ios app", block, ios, "1:42:ios:aaaa", "shared-SECRET-1", Delivered, "", ""},
+		{"android event to the android app with its secret", block, android, "1:42:android:bbbb", "android-SECRET-2", Delivered, "", ""},
+		{"android event and only an ios app", ga4IOSBlock, android, "", "", Skipped, "platform_mismatch", ""},
+		{"no platform", block, noOS, "", "", Skipped, "missing os", ""},
+		{"legacy id without a platform takes every event", "firebase_app_id: legacy-id\napi_secret: s3cret\n", android, "legacy-id", "s3cret", Delivered, "", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := newAdRecorder(t, func(adRequest) (int, string) { return 204, "" })
+			g := newTestGA4(t, rec, tc.block, nil)
+			r := g.Send(context.Background(), []Item{{Key: "a", Event: tc.event}})[0]
+			if r.Outcome != tc.outcome || !strings.HasPrefix(r.Reason, tc.reason) {
+				t.Fatalf("got %s %q, want %s %q", r.Outcome, r.Reason, tc.outcome, tc.reason)
+			}
+			if m := g.Missing(tc.event); m != "" {
+				t.Errorf("Missing = %q, want nothing (the event is skipped or complete)", m)
+			}
+			reqs := rec.all()
+			if tc.app == "" {
+				if len(reqs) != 0 {
+					t.Errorf("%d requests, want none", len(reqs))
+				}
+				return
+			}
+			q, _ := url.ParseQuery(reqs[0].Query)
+			if q.Get("firebase_app_id") != tc.app || q.Get("api_secret") != tc.secret {
+				t.Errorf("sent to %s with secret %s, want %s %s", q.Get("firebase_app_id"), q.Get("api_secret"), tc.app, tc.secret)
+			}
+		})
+	}
+}
+
+func TestGA4PlatformConfigErrors(t *testing.T) {
+	cases := []struct{ name, block, key string }{
+		{"unknown platform", "api_secret: s\nfirebase_app_ids: {web: \"1:1:web:1\"}\n", "firebase_app_ids.web"},
+		{"id of the other platform", "api_secret: s\nfirebase_app_ids: {ios: \"1:1:android:1\"}\n", "firebase_app_ids.ios"},
+		{"empty id", "api_secret: s\nfirebase_app_ids: {ios: \"\"}\n", "firebase_app_ids.ios"},
+		{"no secret", "firebase_app_ids: {ios: \"1:1:ios:1\"}\n", "api_secrets.ios"},
+		{"secret without app", "api_secret: s\nfirebase_app_ids: {ios: \"1:1:ios:1\"}\napi_secrets: {android: x}\n", "api_secrets.android"},
+		{"both forms", "api_secret: s\nfirebase_app_id: \"1:1:ios:1\"\nfirebase_app_ids: {ios: \"1:1:ios:1\"}\n", "firebase_app_ids"},
+		{"api_secrets alone", "api_secret: s\nfirebase_app_id: \"1:1:ios:1\"\napi_secrets: {ios: x}\n", "api_secrets"},
+		{"sandbox shares an app", "api_secret: s\nfirebase_app_ids: {ios: \"1:1:ios:1\"}\nsandbox: {api_secret: t, firebase_app_ids: {ios: \"1:1:ios:1\"}}\n", "sandbox"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewGA4(adSettings(t, "ga4", "", tc.block, nil, nil))
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "."+tc.key+":") {
+				t.Errorf("err = %v, want ErrConfig naming %s", err, tc.key)
+			}
+		})
+	}
 }

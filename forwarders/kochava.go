@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/postback/postback/mapping"
@@ -152,6 +153,7 @@ type kochavaEvent struct {
 
 type kochavaData struct {
 	EventName     string            `json:"event_name"`
+	AppVersion    string            `json:"app_version,omitempty"`
 	UserTime      int64             `json:"usertime"`
 	OriginationIP string            `json:"origination_ip"`
 	DeviceVer     string            `json:"device_ver"`
@@ -196,7 +198,8 @@ func (k *Kochava) send(ctx context.Context, it Item) Result {
 		EventName:     name,
 		UserTime:      at.Unix(), // seconds: Kochava's own post-install example sends 10 digits
 		OriginationIP: e.Identifier(mapping.IDIP),
-		DeviceUA:      e.Identifier(mapping.IDUserAgent),
+		DeviceUA:      kochavaUA(e.Identifier(mapping.IDUserAgent)),
+		AppVersion:    e.Attributes["app_version"],
 		OSVersion:     e.Identifier(mapping.IDOSVersion),
 		DeviceIDs:     map[string]string{},
 		EventData:     map[string]any{},
@@ -250,6 +253,25 @@ func (k *Kochava) send(ctx context.Context, it Item) Result {
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "postback")
 	return k.do(req, "POST "+RedactURL(k.url), kochavaVerdict, []string{t.guid})
+}
+
+// kochavaUA URL-encodes a user agent as Kochava's post-install event
+// reference asks ("Please ensure that this is URL-encoded",
+// https://support.kochava.com/server-to-server-integration/post-install-event-setup/):
+// RFC 3986 percent-encoding, spaces as %20. A value that already is
+// percent-encoded (it has no space and decodes to something else) is kept,
+// so an app that encoded it itself is not encoded twice.
+func kochavaUA(ua string) string {
+	ua = strings.TrimSpace(ua)
+	if ua == "" {
+		return ""
+	}
+	if !strings.ContainsAny(ua, " ()") {
+		if dec, err := url.PathUnescape(ua); err == nil && dec != ua {
+			return ua
+		}
+	}
+	return strings.ReplaceAll(url.QueryEscape(ua), "+", "%20")
 }
 
 // kochavaVerdict reads Kochava's answers: {"success":"1"} on success.

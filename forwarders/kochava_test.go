@@ -100,3 +100,38 @@ func TestKochavaConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestKochavaDeviceUA: Kochava asks for device_ua URL-encoded; spaces are
+// %20, and a value the app already encoded is not encoded twice.
+func TestKochavaDeviceUA(t *testing.T) {
+	cases := []struct{ name, in, want string }{
+		{"plain", "Example/42 CFNetwork/1410 Darwin/22.6.0", "Example%2F42%20CFNetwork%2F1410%20Darwin%2F22.6.0"},
+		{"browser", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X)", "Mozilla%2F5.0%20%28iPhone%3B%20CPU%20iPhone%20OS%2017_5%20like%20Mac%20OS%20X%29"},
+		{"already encoded", "Mozilla%2F5.0%20%28iPhone%29", "Mozilla%2F5.0%20%28iPhone%29"},
+		{"percent sign in a raw value", "Agent 100% (x)", "Agent%20100%25%20%28x%29"},
+		{"empty", "", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := kochavaUA(tc.in); got != tc.want {
+				t.Errorf("kochavaUA(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+	srv := newMMPServer(t, nil)
+	f := mmpNew(t, "kochava", srv.URL, "app_guid: kotest-guid-123", nil)
+	if r := f.Send(context.Background(), []Item{{Key: "d", Event: mmpEvent("purchase")}})[0]; r.Outcome != Delivered {
+		t.Fatalf("result = %+v", r)
+	}
+	var body struct {
+		Data struct {
+			DeviceUA string `json:"device_ua"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(srv.requests()[0].Body, &body); err != nil {
+		t.Fatal(err)
+	}
+	if body.Data.DeviceUA != cases[0].want {
+		t.Errorf("device_ua = %q, want %q", body.Data.DeviceUA, cases[0].want)
+	}
+}

@@ -29,6 +29,7 @@ import (
 type Meta struct {
 	base    string // scheme://host
 	version string
+	pageURL string // event_source_url: the default page of website events
 	prod    metaCreds
 	sandbox *metaCreds // nil: sandbox events only go to a test configuration
 	names   map[string]string
@@ -53,6 +54,11 @@ type metaSettings struct {
 	metaCreds  `yaml:",inline"`
 	APIVersion string     `yaml:"api_version"`
 	Sandbox    *metaCreds `yaml:"sandbox"`
+	// EventSourceURL is the page website events are reported on when the
+	// event names none (a custom event's event_source_url or page_url
+	// attribute, Shopify's landing or order status page, Stripe
+	// Checkout's success page).
+	EventSourceURL string `yaml:"event_source_url"`
 }
 
 // Meta's limits.
@@ -102,6 +108,12 @@ func NewMeta(s Settings) (Forwarder, error) {
 	}
 	if err := m.prod.validate(s, ""); err != nil {
 		return nil, err
+	}
+	if v := strings.TrimSpace(cfg.EventSourceURL); v != "" {
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return nil, configError(s, "event_source_url", fmt.Sprintf("%q is not an absolute http(s) URL such as https://example.com/checkout", v))
+		}
+		m.pageURL = v
 	}
 	if sb := cfg.Sandbox; sb != nil {
 		c := *sb
@@ -164,6 +176,9 @@ func (m *Meta) Missing(e *mapping.Event) string {
 		return ""
 	}
 	if adChannel(e) == channelWeb {
+		if m.sourceURL(e) == "" {
+			return "" // skipped at send: no identity update brings a page
+		}
 		if e.Identifier(mapping.IDUserAgent) == "" {
 			return mapping.IDUserAgent
 		}
@@ -182,6 +197,20 @@ func (m *Meta) Missing(e *mapping.Event) string {
 		}
 	}
 	return ""
+}
+
+// sourceURL returns the page a website event happened on, which Meta
+// requires with action_source website: the event's own page
+// (event_source_url or page_url attribute), else the page its source
+// recorded (Shopify's landing page, then its order status page; Stripe
+// Checkout's success page), else the destination's event_source_url.
+func (m *Meta) sourceURL(e *mapping.Event) string {
+	for _, v := range []string{pageURL(e), e.Attributes[mapping.AttrLandingPageURL], e.Attributes[mapping.AttrOrderStatusURL], e.Attributes[mapping.AttrSuccessURL]} {
+		if u, err := url.Parse(v); v != "" && err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != "" {
+			return v
+		}
+	}
+	return m.pageURL
 }
 
 // metaEvent is one element of the request's data array.
@@ -252,7 +281,11 @@ func (m *Meta) event(e *mapping.Event, name string, now time.Time) (metaEvent, *
 	ud.ClientIP = e.Identifier(mapping.IDIP)
 	ud.UserAgent = e.Identifier(mapping.IDUserAgent)
 	if adChannel(e) == channelWeb {
-		ev.EventSourceURL = pageURL(e)
+		ev.EventSourceURL = m.sourceURL(e)
+		if ev.EventSourceURL == "" {
+			r := skipped("missing event_source_url: Meta requires it for website events; set the destination's event_source_url or send the page with the event")
+			return ev, &r
+		}
 	} else {
 		ev.ActionSource = "app"
 		platform := adPlatform(e)

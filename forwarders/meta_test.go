@@ -453,3 +453,71 @@ func TestNewMetaValidates(t *testing.T) {
 		}
 	})
 }
+
+// TestMetaEventSourceURL: Meta requires event_source_url on website events.
+// It comes from the event, then the page its source recorded, then the
+// destination's default; without any the event is skipped with a reason,
+// never sent without it, and never held for identifiers.
+func TestMetaEventSourceURL(t *testing.T) {
+	web := func(attrs map[string]string) *mapping.Event {
+		e := adFixture("purchase")
+		e.Attributes = attrs
+		return e
+	}
+	shop := "https://shop.example.com"
+	tests := []struct {
+		name   string
+		block  string
+		event  *mapping.Event
+		want   string
+		reason string
+	}{
+		{"event's own page first", metaTestBlock + "event_source_url: https://example.com/default\n",
+			web(map[string]string{"event_source_url": "https://example.com/pay", mapping.AttrLandingPageURL: shop + "/land"}), "https://example.com/pay", ""},
+		{"shopify landing page", metaTestBlock, web(map[string]string{mapping.AttrLandingPageURL: shop + "/land", mapping.AttrOrderStatusURL: shop + "/status"}), shop + "/land", ""},
+		{"shopify order status page", metaTestBlock, web(map[string]string{mapping.AttrOrderStatusURL: shop + "/status"}), shop + "/status", ""},
+		{"stripe checkout success page", metaTestBlock, web(map[string]string{mapping.AttrSuccessURL: "https://example.com/success"}), "https://example.com/success", ""},
+		{"destination default", metaTestBlock + "event_source_url: https://example.com/default\n", web(nil), "https://example.com/default", ""},
+		{"a relative page is not a URL", metaTestBlock + "event_source_url: https://example.com/default\n", web(map[string]string{"page_url": "/checkout"}), "https://example.com/default", ""},
+		{"none: skipped", metaTestBlock, web(nil), "", "missing event_source_url"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := newAdRecorder(t, func(adRequest) (int, string) { return 200, `{"events_received":1}` })
+			m := newTestMeta(t, rec, tt.block, nil)
+			if got := m.Missing(tt.event); got != "" {
+				t.Errorf("Missing = %q, want nothing to wait for", got)
+			}
+			r := m.Send(context.Background(), []Item{{Key: "a", Event: tt.event}})[0]
+			if tt.reason != "" {
+				if r.Outcome != Skipped || !strings.HasPrefix(r.Reason, tt.reason) || len(rec.all()) != 0 {
+					t.Errorf("got %s %q with %d requests, want skipped %q and none", r.Outcome, r.Reason, len(rec.all()), tt.reason)
+				}
+				return
+			}
+			if r.Outcome != Delivered {
+				t.Fatalf("outcome %s %q", r.Outcome, r.Reason)
+			}
+			_, data := metaForm(t, rec.all()[0])
+			if got := data[0]["event_source_url"]; got != tt.want || data[0]["action_source"] != "website" {
+				t.Errorf("event_source_url = %v (action_source %v), want %s", got, data[0]["action_source"], tt.want)
+			}
+		})
+	}
+	t.Run("user agent still awaited when a page is known", func(t *testing.T) {
+		m := newTestMeta(t, newAdRecorder(t, nil), metaTestBlock+"event_source_url: https://example.com/d\n", nil)
+		e := web(nil)
+		delete(e.User.Identifiers, mapping.IDUserAgent)
+		if got := m.Missing(e); got != mapping.IDUserAgent {
+			t.Errorf("Missing = %q, want user_agent", got)
+		}
+	})
+	for _, bad := range []string{"example.com/x", "ftp://example.com/x", "/relative"} {
+		t.Run("bad default "+bad, func(t *testing.T) {
+			_, err := NewMeta(adSettings(t, "meta", "", metaTestBlock+"event_source_url: \""+bad+"\"\n", nil, nil))
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), ".event_source_url:") {
+				t.Errorf("err = %v", err)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -346,6 +347,17 @@ func mmpAttributes(e *mapping.Event) map[string]string {
 		out["environment"] = e.Environment
 	}
 	return out
+}
+
+// ipv4 returns v in dotted-quad form when it is an IPv4 address (an
+// IPv4-mapped IPv6 address included), else "": AppsFlyer, Adjust, Singular
+// v1 and Kochava document an IPv4 field.
+func ipv4(v string) string {
+	ip := net.ParseIP(strings.TrimSpace(v))
+	if ip == nil || ip.To4() == nil {
+		return ""
+	}
+	return ip.To4().String()
 }
 
 // mmpMillis formats a time as Unix milliseconds.

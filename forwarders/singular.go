@@ -3,7 +3,6 @@ package forwarders
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -111,8 +110,13 @@ func NewSingular(s Settings) (Forwarder, error) {
 // Limits implements Forwarder: one event per request ("no batch support").
 func (g *Singular) Limits() Limits { return Limits{BatchSize: 1} }
 
+// singularNeedsIPv4 is what Missing reports when the user's only address
+// is IPv6: Singular's ip is "IPV4 only; IPV6 not supported"
+// (https://support.singular.net/hc/en-us/articles/360048588672).
+const singularNeedsIPv4 = "ipv4"
+
 // Missing implements Requirer: the platform, and the sdid or (v1) a device
-// id of the platform plus the IP and OS version Singular requires.
+// id of the platform plus the IPv4 address and OS version Singular requires.
 func (g *Singular) Missing(e *mapping.Event) string {
 	p := platformOf(e)
 	if p == "" {
@@ -131,7 +135,13 @@ func (g *Singular) Missing(e *mapping.Event) string {
 			return mapping.IDGAID
 		}
 	}
-	if e.Identifier(mapping.IDIP) == "" {
+	if ipv4(e.Identifier(mapping.IDIP)) == "" {
+		// "IPV4 only; IPV6 not supported", and Singular documents no
+		// endpoint that takes IPv6: the delivery waits for an IPv4 address
+		// within identity_wait, then is skipped, never sent without ip.
+		if e.Identifier(mapping.IDIP) != "" {
+			return singularNeedsIPv4
+		}
 		return mapping.IDIP
 	}
 	if e.Identifier(mapping.IDOSVersion) == "" {
@@ -184,8 +194,8 @@ func (g *Singular) send(ctx context.Context, it Item) Result {
 			q.Set(k, v)
 		}
 	}
-	if ip := net.ParseIP(e.Identifier(mapping.IDIP)); ip != nil && ip.To4() != nil {
-		q.Set("ip", ip.To4().String()) // IPv4 only
+	if ip := ipv4(e.Identifier(mapping.IDIP)); ip != "" {
+		q.Set("ip", ip) // IPv4 only (v2 with an IPv6-only user: left out)
 	}
 	set("ve", mapping.IDOSVersion)
 	path := "/api/v1/evt"

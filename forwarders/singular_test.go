@@ -80,6 +80,8 @@ func TestSingularRouting(t *testing.T) {
 		}, mapping.IDIDFV},
 		{"android without ids", func(e *mapping.Event) { e.User.Identifiers = map[string]string{mapping.IDOS: "android"} }, mapping.IDGAID},
 		{"no ip", func(e *mapping.Event) { delete(e.User.Identifiers, mapping.IDIP) }, mapping.IDIP},
+		{"ipv6 only: waits for an IPv4 address", func(e *mapping.Event) { e.User.Identifiers[mapping.IDIP] = "2001:db8::7" }, "ipv4"},
+		{"garbage ip", func(e *mapping.Event) { e.User.Identifiers[mapping.IDIP] = "localhost" }, "ipv4"},
 		{"no os version", func(e *mapping.Event) { delete(e.User.Identifiers, mapping.IDOSVersion) }, mapping.IDOSVersion},
 		{"sdid needs nothing else", func(e *mapping.Event) {
 			e.User.Identifiers = map[string]string{mapping.IDOS: "ios", mapping.IDSingular: "s"}
@@ -123,4 +125,44 @@ func TestSingularConfigErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSingularIPv4 checks what reaches Singular for each kind of address:
+// v1 never goes out without an IPv4 ip (Missing holds it), v2 (sdid) leaves
+// an IPv6 address out, and an IPv4-mapped address is sent dotted.
+func TestSingularIPv4(t *testing.T) {
+	srv := newMMPServer(t, func(mmpCaptured) (int, string) { return 200, `{"status":"ok"}` })
+	f := mmpNew(t, "singular", srv.URL, sngBlock, nil)
+	send := func(e *mapping.Event) (Result, mmpCaptured) {
+		before := len(srv.requests())
+		r := f.Send(context.Background(), []Item{{Key: "d", Event: e}})[0]
+		reqs := srv.requests()
+		if len(reqs) == before {
+			return r, mmpCaptured{}
+		}
+		return r, reqs[len(reqs)-1]
+	}
+	t.Run("v1 ipv6 is skipped, never sent", func(t *testing.T) {
+		e := mmpEvent("purchase")
+		e.User.Identifiers[mapping.IDIP] = "2001:db8::7"
+		r, c := send(e)
+		if r.Outcome != Skipped || r.Reason != "missing ipv4" || c.Path != "" {
+			t.Errorf("result %+v, request %q", r, c.Path)
+		}
+	})
+	t.Run("v1 ipv4-mapped", func(t *testing.T) {
+		e := mmpEvent("purchase")
+		e.User.Identifiers[mapping.IDIP] = "::ffff:198.51.100.7"
+		if r, c := send(e); r.Outcome != Delivered || c.Query.Get("ip") != "198.51.100.7" {
+			t.Errorf("result %+v, ip %q", r, c.Query.Get("ip"))
+		}
+	})
+	t.Run("v2 ipv6 left out", func(t *testing.T) {
+		e := mmpEvent("purchase")
+		e.User.Identifiers = map[string]string{mapping.IDOS: "ios", mapping.IDSingular: "40009df0-d618-4d81-9da1-cbb3337b8dec", mapping.IDIP: "2001:db8::7"}
+		r, c := send(e)
+		if r.Outcome != Delivered || c.Path != "/api/v2/evt" || c.Query.Has("ip") {
+			t.Errorf("result %+v, %s %v", r, c.Path, c.Query)
+		}
+	})
 }

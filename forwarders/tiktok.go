@@ -19,8 +19,14 @@ import (
 // events from Stripe and Shopify (event_source "web", the pixel code), up to
 // 1000 per request. event_id is the canonical event id for TikTok's 48-hour
 // deduplication; email, phone (E.164 with '+') and external id are sent
-// SHA-256-hashed, IDFA (upper-case) and GAID (lower-case) raw, as TikTok's
-// own integrations send them.
+// SHA-256-hashed (the external id lower-cased first), IDFA (upper-case) and
+// GAID (lower-case) raw, as TikTok's own app-event integration
+// (segmentio/action-destinations tiktok-app-events, maintained by TikTok)
+// sends them. App events carry the app object (the store id of the app,
+// app_store_ids, with app_name and app_version); Purchase and
+// CompletePayment carry contents (content_id, price, quantity),
+// content_type, value and currency, and are skipped when the event has no
+// product or no revenue rather than sent without them.
 //
 // TikTok answers HTTP 200 with a code in the body: 0 (and 20001, partial
 // success) is delivered, 40100 is throttling (retried slowly), token and
@@ -29,12 +35,14 @@ import (
 // invalid is bisected like Meta's, since TikTok fails a whole batch for one
 // bad event.
 type TikTok struct {
-	url     string
-	prod    tiktokCreds
-	sandbox *tiktokCreds
-	names   map[string]string
-	client  *http.Client
-	now     func() time.Time
+	url      string
+	prod     tiktokCreds
+	sandbox  *tiktokCreds
+	storeIDs map[string]string // platform -> app store id of the app object
+	appName  string
+	names    map[string]string
+	client   *http.Client
+	now      func() time.Time
 }
 
 var (
@@ -54,6 +62,12 @@ type tiktokCreds struct {
 type tiktokSettings struct {
 	tiktokCreds `yaml:",inline"`
 	Sandbox     *tiktokCreds `yaml:"sandbox"`
+	// AppStoreIDs names the mobile app in each app event's app object, per
+	// platform: the numeric id of the App Store URL on iOS, the Google
+	// Play package name on Android (default: the event's app id).
+	AppStoreIDs map[string]string `yaml:"app_store_ids"`
+	// AppName is the app object's optional app_name.
+	AppName string `yaml:"app_name"`
 }
 
 const (
@@ -96,7 +110,20 @@ func NewTikTok(s Settings) (Forwarder, error) {
 	if u, err := url.Parse(base); err != nil || u.Scheme == "" || u.Host == "" {
 		return nil, configError(s, "endpoint", "must be an absolute URL such as https://business-api.tiktok.com")
 	}
-	t := &TikTok{url: base + tiktokPath, prod: cfg.tiktokCreds, names: s.EventNames, client: s.Client, now: s.Now}
+	t := &TikTok{url: base + tiktokPath, prod: cfg.tiktokCreds, names: s.EventNames, client: s.Client, now: s.Now,
+		storeIDs: map[string]string{}, appName: strings.TrimSpace(cfg.AppName)}
+	for k, v := range cfg.AppStoreIDs {
+		v = strings.TrimSpace(v)
+		switch {
+		case k != "ios" && k != "android":
+			return nil, configError(s, "app_store_ids."+k, "platform must be ios or android")
+		case k == "ios" && !appsFlyerDigits.MatchString(v):
+			return nil, configError(s, "app_store_ids.ios", "the numeric id of the App Store URL (apps.apple.com/app/id1234567890 gives 1234567890)")
+		case k == "android" && !androidPackageRE.MatchString(v):
+			return nil, configError(s, "app_store_ids.android", "the package name of the Google Play URL (id=com.example.app)")
+		}
+		t.storeIDs[k] = v
+	}
 	if err := t.prod.validate(s, ""); err != nil {
 		return nil, err
 	}
@@ -168,12 +195,22 @@ func (t *TikTok) Missing(e *mapping.Event) string {
 	if c == nil || c.sourceID(adChannel(e)) == "" || t.name(e) == "" {
 		return ""
 	}
+	if tiktokNeedsContents[t.name(e)] {
+		if v, _ := revenueValue(e); v == "" || tiktokContentID(e) == "" {
+			return "" // skipped at send: no identifier brings a product or revenue
+		}
+	}
+	if adChannel(e) == channelApp {
+		if app, _ := t.appObject(e); app == nil {
+			return "" // skipped at send: a configuration matter
+		}
+	}
 	for _, k := range []string{mapping.IDEmailSHA256, mapping.IDPhoneE164SHA256, mapping.IDTTCLID, mapping.IDTTP} {
 		if e.Identifier(k) != "" {
 			return ""
 		}
 	}
-	if externalID(e) != "" || adID(e) != "" {
+	if tiktokExternalID(e) != "" || adID(e) != "" {
 		return ""
 	}
 	return mapping.IDExternalID
@@ -195,6 +232,15 @@ type tiktokEvent struct {
 	User       tiktokUser   `json:"user"`
 	Properties *tiktokProps `json:"properties,omitempty"`
 	Page       *tiktokPage  `json:"page,omitempty"`
+	App        *tiktokApp   `json:"app,omitempty"`
+}
+
+// tiktokApp is the app object of an app event: the mobile app's store id
+// (required), its name and version.
+type tiktokApp struct {
+	AppID      string `json:"app_id"`
+	AppName    string `json:"app_name,omitempty"`
+	AppVersion string `json:"app_version,omitempty"`
 }
 
 // tiktokUser holds the matching keys: personal data hashed; advertising,
@@ -224,8 +270,51 @@ type tiktokProps struct {
 }
 
 type tiktokContent struct {
-	ContentID string `json:"content_id"`
-	Quantity  int    `json:"quantity"`
+	ContentID string      `json:"content_id"`
+	Price     json.Number `json:"price,omitempty"`
+	Quantity  int         `json:"quantity"`
+}
+
+// tiktokNeedsContents lists the events TikTok takes only with contents
+// (content_id, quantity), content_type, value and currency: Purchase in
+// apps, CompletePayment on the web.
+var tiktokNeedsContents = map[string]bool{"Purchase": true, "CompletePayment": true}
+
+// tiktokContentID is the content_id of an event's product: the product id,
+// else the SKU a source recorded (a Shopify line item without a product).
+func tiktokContentID(e *mapping.Event) string {
+	if e.ProductID != "" {
+		return e.ProductID
+	}
+	return e.Attributes["sku"]
+}
+
+// tiktokExternalID lower-cases and trims an external id before hashing it,
+// as TikTok's app-event integration does; a value that already is a SHA-256
+// digest passes through.
+func tiktokExternalID(e *mapping.Event) string {
+	v := e.Identifier(mapping.IDExternalID)
+	if v == "" {
+		v = e.User.AppUserID
+	}
+	return hashID(strings.ToLower(strings.TrimSpace(v)))
+}
+
+// appObject returns the app object of an app event, or a reason it cannot
+// be built.
+func (t *TikTok) appObject(e *mapping.Event) (*tiktokApp, string) {
+	p := adPlatform(e)
+	id := t.storeIDs[p]
+	if id == "" && p == "android" && androidPackageRE.MatchString(e.AppID) {
+		id = e.AppID // a Google Play app id is its package name
+	}
+	if id == "" {
+		if p == "" {
+			return nil, "missing os: the app object needs the platform's store id"
+		}
+		return nil, "no_app_store_id: TikTok app events need app.app_id; set app_store_ids." + p
+	}
+	return &tiktokApp{AppID: id, AppName: t.appName, AppVersion: e.Attributes["app_version"]}, ""
 }
 
 type tiktokPage struct {
@@ -262,7 +351,7 @@ func (t *TikTok) event(e *mapping.Event, name string, now time.Time) tiktokEvent
 	if v := strings.ToLower(e.Identifier(mapping.IDPhoneE164SHA256)); mapping.IsSHA256Hex(v) {
 		u.Phone = v
 	}
-	u.ExternalID = externalID(e)
+	u.ExternalID = tiktokExternalID(e)
 	u.TTCLID = e.Identifier(mapping.IDTTCLID)
 	u.TTP = e.Identifier(mapping.IDTTP)
 	u.IP = e.Identifier(mapping.IDIP)
@@ -291,8 +380,8 @@ func (t *TikTok) event(e *mapping.Event, name string, now time.Time) tiktokEvent
 	}
 	value, currency := revenueValue(e)
 	p := &tiktokProps{Value: json.Number(value), Currency: currency, OrderID: e.TransactionID}
-	if e.ProductID != "" {
-		p.ContentType, p.Contents = "product", []tiktokContent{{ContentID: e.ProductID, Quantity: 1}}
+	if id := tiktokContentID(e); id != "" {
+		p.ContentType, p.Contents = "product", []tiktokContent{{ContentID: id, Price: json.Number(value), Quantity: 1}}
 	}
 	if p.Value != "" || p.OrderID != "" || p.Contents != nil {
 		ev.Properties = p
@@ -336,7 +425,26 @@ func (t *TikTok) Send(ctx context.Context, batch []Item) []Result {
 			out[i] = skipped("no_event_name: " + string(e.Type) + " has no TikTok event name (set event_names to send it)")
 			continue
 		}
-		events[i] = t.event(e, name, now)
+		if tiktokNeedsContents[name] {
+			if tiktokContentID(e) == "" {
+				out[i] = skipped("missing product_id: TikTok takes " + name + " only with contents[].content_id")
+				continue
+			}
+			if v, _ := revenueValue(e); v == "" {
+				out[i] = skipped("missing revenue: TikTok takes " + name + " only with value and currency")
+				continue
+			}
+		}
+		ev := t.event(e, name, now)
+		if ch == channelApp {
+			app, why := t.appObject(e)
+			if app == nil {
+				out[i] = skipped(why)
+				continue
+			}
+			ev.App = app
+		}
+		events[i] = ev
 		var g *group
 		for _, x := range groups {
 			if x.c == c && x.channel == ch {

@@ -15,7 +15,7 @@ import (
 
 const tiktokTestToken = "ttTOKENsecret0987"
 
-var tiktokTestBlock = "access_token: " + tiktokTestToken + "\napp_id: \"7123456789012345678\"\npixel_code: C4ABCDEFGHIJ1234\n"
+var tiktokTestBlock = "access_token: " + tiktokTestToken + "\napp_id: \"7123456789012345678\"\npixel_code: C4ABCDEFGHIJ1234\napp_store_ids: {ios: \"1234567890\"}\napp_name: Example\n"
 
 func newTestTikTok(t *testing.T, rec *adRecorder, block string, names map[string]string) *TikTok {
 	t.Helper()
@@ -311,4 +311,106 @@ func TestNewTikTokValidates(t *testing.T) {
 			t.Errorf("limits = %+v", l)
 		}
 	})
+}
+
+// TestTikTokAppEventRules covers what TikTok's app events require: the app
+// object (store id per platform), contents with value and currency on
+// Purchase and CompletePayment, and the external id lower-cased before
+// hashing.
+func TestTikTokAppEventRules(t *testing.T) {
+	ok := func(adRequest) (int, string) { return 200, `{"code":0}` }
+	noProduct := adFixture("purchase")
+	noProduct.ProductID = ""
+	skuOnly := adFixture("purchase")
+	skuOnly.ProductID = ""
+	skuOnly.Attributes["sku"] = "pro-sku"
+	appPurchase := adFixture("trial_converted")
+	appPurchase.Type = mapping.Purchase
+	appNoValue := adFixture("trial_converted")
+	appNoValue.Type, appNoValue.Revenue = mapping.Purchase, nil
+	noOS := adFixture("trial_started")
+	noOS.Source = mapping.SourceCustom
+	delete(noOS.User.Identifiers, mapping.IDOS)
+	tests := []struct {
+		name    string
+		block   string
+		event   *mapping.Event
+		outcome Outcome
+		reason  string
+	}{
+		{"web CompletePayment without a product", tiktokTestBlock, noProduct, Skipped, "missing product_id"},
+		{"web CompletePayment with a SKU only", tiktokTestBlock, skuOnly, Delivered, ""},
+		{"app Purchase without revenue", tiktokTestBlock, appNoValue, Skipped, "missing revenue"},
+		{"ios event without app_store_ids.ios", "access_token: x\napp_id: \"1\"\n", adFixture("trial_started"), Skipped, "no_app_store_id"},
+		{"app event without platform", tiktokTestBlock, noOS, Skipped, "missing os"},
+		{"app Purchase with everything", tiktokTestBlock, appPurchase, Delivered, ""},
+		{"android defaults to the package name", "access_token: x\napp_id: \"1\"\n", adFixture("renewal"), Delivered, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := newAdRecorder(t, ok)
+			tk := newTestTikTok(t, rec, tt.block, nil)
+			r := tk.Send(context.Background(), []Item{{Key: "a", Event: tt.event}})[0]
+			if r.Outcome != tt.outcome || !strings.HasPrefix(r.Reason, tt.reason) {
+				t.Fatalf("got %s %q, want %s %q", r.Outcome, r.Reason, tt.outcome, tt.reason)
+			}
+			if tt.outcome != Delivered {
+				bare := *tt.event
+				bare.User = mapping.User{Identifiers: map[string]string{mapping.IDOS: tt.event.Identifier(mapping.IDOS)}}
+				if m := tk.Missing(&bare); m != "" {
+					t.Errorf("Missing = %q for an event skipped anyway", m)
+				}
+				if len(rec.all()) != 0 {
+					t.Error("a request was made")
+				}
+				return
+			}
+			d := tiktokBody(t, rec.all()[0]).Data[0]
+			if adChannel(tt.event) == channelWeb {
+				if d.App != nil || d.Properties == nil || len(d.Properties.Contents) != 1 || d.Properties.Contents[0].ContentID != "pro-sku" {
+					t.Errorf("web event %+v", d)
+				}
+				return
+			}
+			if d.App == nil || d.App.AppID == "" {
+				t.Fatalf("app object = %+v", d.App)
+			}
+			if d.Event == "Purchase" {
+				p := d.Properties
+				if p == nil || len(p.Contents) != 1 || p.Contents[0].ContentID == "" || p.Contents[0].Quantity != 1 || p.ContentType != "product" || p.Value == "" || p.Currency == "" {
+					t.Errorf("Purchase properties = %+v", p)
+				}
+			}
+		})
+	}
+	t.Run("external id is lower-cased before hashing", func(t *testing.T) {
+		rec := newAdRecorder(t, ok)
+		tk := newTestTikTok(t, rec, tiktokTestBlock, nil)
+		e := adFixture("trial_started")
+		e.User.AppUserID = "  User-ABC "
+		if r := tk.Send(context.Background(), []Item{{Key: "a", Event: e}})[0]; r.Outcome != Delivered {
+			t.Fatal(r.Outcome)
+		}
+		if got, want := tiktokBody(t, rec.all()[0]).Data[0].User.ExternalID, mapping.SHA256Hex("user-abc"); got != want {
+			t.Errorf("external_id = %s, want sha256(\"user-abc\") %s", got, want)
+		}
+		hashed := mapping.SHA256Hex("x")
+		e.User.Identifiers[mapping.IDExternalID] = strings.ToUpper(hashed)
+		tk.Send(context.Background(), []Item{{Key: "a", Event: e}})
+		if got := tiktokBody(t, rec.all()[1]).Data[0].User.ExternalID; got != hashed {
+			t.Errorf("a SHA-256 external id was hashed again: %s", got)
+		}
+	})
+	for _, bad := range []struct{ block, key string }{
+		{"app_store_ids: {web: x}", "app_store_ids.web"},
+		{"app_store_ids: {ios: com.example.app}", "app_store_ids.ios"},
+		{"app_store_ids: {android: \"123\"}", "app_store_ids.android"},
+	} {
+		t.Run("config "+bad.key, func(t *testing.T) {
+			_, err := NewTikTok(adSettings(t, "tiktok", "", "access_token: x\napp_id: \"1\"\n"+bad.block+"\n", nil, nil))
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "."+bad.key+":") {
+				t.Errorf("err = %v", err)
+			}
+		})
+	}
 }

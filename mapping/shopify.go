@@ -116,6 +116,8 @@ type shopifyOrder struct {
 	ContactEmail        string           `json:"contact_email"`
 	Phone               string           `json:"phone"`
 	SourceName          string           `json:"source_name"`
+	LandingSite         string           `json:"landing_site"`
+	OrderStatusURL      string           `json:"order_status_url"`
 	BrowserIP           string           `json:"browser_ip"`
 	ClientDetails       *struct {
 		BrowserIP string `json:"browser_ip"`
@@ -474,6 +476,8 @@ func (m *shopifyMapper) orderPaid() error {
 	}
 	e.SetAttribute("order_name", o.Name)
 	e.SetAttribute("source_name", o.SourceName)
+	e.SetAttribute(AttrLandingPageURL, PageURL(o.LandingSite, m.shop))
+	e.SetAttribute(AttrOrderStatusURL, PageURL(o.OrderStatusURL, ""))
 	if appID != "" {
 		e.AppID = appID
 	}

@@ -109,6 +109,7 @@ type stripeCheckout struct {
 	Customer          any               `json:"customer"`
 	PaymentIntent     any               `json:"payment_intent"`
 	Metadata          map[string]string `json:"metadata"`
+	SuccessURL        string            `json:"success_url"`
 	CustomerDetails   *struct {
 		Email string `json:"email"`
 		Phone string `json:"phone"`
@@ -704,6 +705,7 @@ func (m *stripeMapper) checkoutCompleted() error {
 	if pi := stripeID(cs.PaymentIntent); pi != "" {
 		e.SetAttribute("payment_intent_id", pi)
 	}
+	e.SetAttribute(AttrSuccessURL, PageURL(cs.SuccessURL, ""))
 	m.emit(e)
 	return nil
 }

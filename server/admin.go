@@ -555,9 +555,16 @@ func (a *admin) destinations(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"destinations": out})
 }
 
-// TestEventView is the answer of POST /destinations/{name}/test.
+// TestEventView is the answer of POST /destinations/{name}/test. Passed
+// is true only when the destination's validation path really received the
+// test event (Tested) and accepted it; Response is the vendor's answer
+// verbatim, and Where says where to look for the test in the vendor's UI.
 type TestEventView struct {
 	Event     mapping.Event      `json:"event"`
+	Tested    bool               `json:"tested"`
+	Passed    bool               `json:"passed"`
+	Path      string             `json:"path,omitempty"`
+	Where     string             `json:"where,omitempty"`
 	Outcome   forwarders.Outcome `json:"outcome"`
 	Status    int                `json:"status,omitempty"`
 	Reason    string             `json:"reason,omitempty"`
@@ -574,19 +581,34 @@ func (a *admin) sendTest(ctx context.Context, name string) (TestEventView, error
 	if !ok {
 		return TestEventView{}, fmt.Errorf("%w: destination %s", store.ErrNotFound, name)
 	}
-	// The test event is marked sandbox: forwarders send it with their sandbox
-	// credentials, or report it skipped, never into production data.
-	e := dispatch.TestEvent(a.g.now(), name)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	start := time.Now()
-	res := f.Send(ctx, []forwarders.Item{{Key: e.ID + "|" + name, Attempt: 1, Event: &e}})
-	v := TestEventView{Event: e, LatencyMs: time.Since(start).Milliseconds()}
-	if len(res) != 1 {
-		v.Outcome, v.Error = forwarders.Retry, "forwarder returned a wrong number of results"
-		return v, nil
+	var rep forwarders.TestReport
+	var e mapping.Event
+	if t, ok := f.(forwarders.Tester); ok {
+		// The destination's own validation path (test_event_code, sandbox
+		// environment, test keys, GA4's validation server).
+		rep = t.Test(ctx)
+		if rep.Event != nil {
+			e = *rep.Event
+		}
+	} else {
+		// A webhook: the test event, marked sandbox, goes to the endpoint
+		// itself, which is the test.
+		e = dispatch.TestEvent(a.g.now(), name)
+		res := f.Send(ctx, []forwarders.Item{{Key: e.ID + "|" + name, Attempt: 1, Event: &e}})
+		rep.Path, rep.Where = "the endpoint itself", "the receiving service's own logs"
+		if len(res) == 1 {
+			rep.Result = res[0]
+		} else {
+			rep.Result = forwarders.Result{Outcome: forwarders.Retry, Err: errors.New("forwarder returned a wrong number of results")}
+		}
+		rep.Tested = rep.Status != 0
 	}
-	r := res[0]
+	v := TestEventView{Event: e, Tested: rep.Tested, Passed: rep.Passed(), Path: rep.Path, Where: rep.Where,
+		LatencyMs: time.Since(start).Milliseconds()}
+	r := rep.Result
 	v.Outcome, v.Status, v.Reason, v.Request, v.Response = r.Outcome, r.Status, r.Reason, r.Request, r.Response
 	if r.Err != nil {
 		v.Error = r.Err.Error()
@@ -677,6 +699,7 @@ func (b consoleBackend) TestEvent(ctx context.Context, name string) (console.Tes
 		return console.TestResult{}, err
 	}
 	return console.TestResult{Outcome: string(v.Outcome), Status: v.Status, Reason: v.Reason, Error: v.Error,
+		Tested: v.Tested, Passed: v.Passed, Path: v.Path, Where: v.Where, Response: v.Response,
 		Latency: time.Duration(v.LatencyMs) * time.Millisecond}, nil
 }
 

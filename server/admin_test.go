@@ -84,6 +84,7 @@ type harnessOpts struct {
 	token    string
 	separate bool
 	dsn      string // PostgreSQL database; BoltDB in a temporary folder when empty
+	dests    string // more destinations, appended to the YAML list
 }
 
 // eachBackend runs an admin test on BoltDB and on PostgreSQL: the admin
@@ -126,7 +127,7 @@ destinations:
     secret: %q
     match: {environments: [production, sandbox]}
     retry: {max_attempts: 3}
-`, storageYAML(t, o.dsn), tok, adminStripe, adminAppID, a.srv.URL, adminHookSecret, b.srv.URL, adminHookSecret)
+`, storageYAML(t, o.dsn), tok, adminStripe, adminAppID, a.srv.URL, adminHookSecret, b.srv.URL, adminHookSecret) + o.dests
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -842,6 +843,9 @@ func testAdminDestinationsAndTestEvent(t *testing.T, dsn string) {
 	}
 
 	var res struct {
+		Tested  bool   `json:"tested"`
+		Passed  bool   `json:"passed"`
+		Where   string `json:"where"`
 		Outcome string `json:"outcome"`
 		Status  int    `json:"status"`
 		Event   struct {
@@ -853,7 +857,7 @@ func testAdminDestinationsAndTestEvent(t *testing.T, dsn string) {
 	if code := h.call(t, adminToken, http.MethodPost, "/admin/api/destinations/backend/test", "", &res); code != http.StatusOK {
 		t.Fatalf("test event: HTTP %d", code)
 	}
-	if res.Outcome != "delivered" || res.Status != 200 || res.Event.Environment != "sandbox" {
+	if res.Outcome != "delivered" || res.Status != 200 || res.Event.Environment != "sandbox" || !res.Tested || !res.Passed || res.Where == "" {
 		t.Errorf("test event %+v", res)
 	}
 	if a.count() != before+1 {
@@ -920,4 +924,81 @@ func testAdminReprocess(t *testing.T, dsn string) {
 			}
 		})
 	}
+}
+
+// TestAdminTestEventUsesValidationPath: a destination with a validation
+// path (Meta's test_event_code) gets the test event there, and the admin
+// API reports it tested and passed, with the path, Meta's answer verbatim
+// and where to look; without a test code it is not tested and not passed,
+// and nothing reaches Meta.
+func TestAdminTestEventUsesValidationPath(t *testing.T) {
+	var mu sync.Mutex
+	var forms []url.Values
+	meta := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		f, _ := url.ParseQuery(string(body))
+		mu.Lock()
+		forms = append(forms, f)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"events_received":1,"messages":[],"fbtrace_id":"AbCd"}`)
+	}))
+	defer meta.Close()
+	a, b := newSink(t, 200), newSink(t, 200)
+	h := startAdmin(t, a, b, harnessOpts{token: adminToken, dests: fmt.Sprintf(`
+  - name: meta-test
+    type: meta
+    endpoint: %q
+    dataset_id: "1234567890123456"
+    access_token: meta-admin-token
+    test_event_code: TEST4821
+    match: {apps: [com.example.none]}
+  - name: meta-untested
+    type: meta
+    endpoint: %q
+    dataset_id: "1234567890123456"
+    access_token: meta-admin-token
+    match: {apps: [com.example.none]}
+`, meta.URL, meta.URL)})
+	var res struct {
+		Tested   bool   `json:"tested"`
+		Passed   bool   `json:"passed"`
+		Path     string `json:"path"`
+		Where    string `json:"where"`
+		Outcome  string `json:"outcome"`
+		Response string `json:"response"`
+		Reason   string `json:"reason"`
+	}
+	if code := h.call(t, adminToken, http.MethodPost, "/admin/api/destinations/meta-test/test", "", &res); code != http.StatusOK {
+		t.Fatalf("HTTP %d", code)
+	}
+	if !res.Tested || !res.Passed || res.Outcome != "delivered" || res.Response != `{"events_received":1,"messages":[],"fbtrace_id":"AbCd"}` ||
+		!strings.Contains(res.Path, "test_event_code") || !strings.Contains(res.Where, "Test events") {
+		t.Errorf("report %+v", res)
+	}
+	mu.Lock()
+	if len(forms) != 1 || forms[0].Get("test_event_code") != "TEST4821" {
+		t.Errorf("Meta got %v", forms)
+	}
+	mu.Unlock()
+	res = struct {
+		Tested   bool   `json:"tested"`
+		Passed   bool   `json:"passed"`
+		Path     string `json:"path"`
+		Where    string `json:"where"`
+		Outcome  string `json:"outcome"`
+		Response string `json:"response"`
+		Reason   string `json:"reason"`
+	}{}
+	if code := h.call(t, adminToken, http.MethodPost, "/admin/api/destinations/meta-untested/test", "", &res); code != http.StatusOK {
+		t.Fatalf("HTTP %d", code)
+	}
+	if res.Tested || res.Passed || !strings.HasPrefix(res.Reason, "not_tested") {
+		t.Errorf("report %+v, want not tested", res)
+	}
+	mu.Lock()
+	if len(forms) != 1 {
+		t.Errorf("an untested destination reached Meta: %d requests", len(forms))
+	}
+	mu.Unlock()
 }

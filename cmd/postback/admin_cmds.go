@@ -434,7 +434,7 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("destinations", env)
 	addr, asJSON := clientFlags(fs, env)
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback destinations [flags]              health and backlog of every destination\n       postback destinations [flags] test <name>  send a sandbox test event (exit 1 unless delivered)")
+		fmt.Fprintln(env.Stderr, "usage: postback destinations [flags]              health and backlog of every destination\n       postback destinations [flags] test <name>  send a test event through the destination's validation path (exit 1 unless the vendor really tested and accepted it)")
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fs, args)
@@ -497,6 +497,10 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 
 func testDestination(ctx context.Context, env *Env, c *adminClient, name string, asJSON bool) int {
 	var out struct {
+		Tested    bool   `json:"tested"`
+		Passed    bool   `json:"passed"`
+		Path      string `json:"path,omitempty"`
+		Where     string `json:"where,omitempty"`
 		Outcome   string `json:"outcome"`
 		Status    int    `json:"status,omitempty"`
 		Reason    string `json:"reason,omitempty"`
@@ -514,22 +518,40 @@ func testDestination(ctx context.Context, env *Env, c *adminClient, name string,
 	if asJSON {
 		printJSON(env.Stdout, out)
 	} else {
-		fmt.Fprintf(env.Stdout, "%s: %s", name, out.Outcome)
+		verdict := "PASSED"
+		switch {
+		case !out.Tested:
+			verdict = "NOT TESTED"
+		case !out.Passed:
+			verdict = "FAILED"
+		}
+		fmt.Fprintf(env.Stdout, "%s: %s: %s", name, verdict, out.Outcome)
 		if out.Status != 0 {
 			fmt.Fprintf(env.Stdout, " (HTTP %d)", out.Status)
 		}
-		fmt.Fprintf(env.Stdout, " in %dms, test event %s\n", out.LatencyMs, out.Event.ID)
+		fmt.Fprintf(env.Stdout, " in %dms", out.LatencyMs)
+		if out.Event.ID != "" {
+			fmt.Fprintf(env.Stdout, ", test event %s", out.Event.ID)
+		}
+		fmt.Fprintln(env.Stdout)
+		if out.Path != "" {
+			fmt.Fprintf(env.Stdout, "path:     %s\n", out.Path)
+		}
 		if out.Request != "" {
 			fmt.Fprintf(env.Stdout, "request:  %s\n", out.Request)
 		}
 		if out.Response != "" {
-			fmt.Fprintf(env.Stdout, "response: %s\n", clip(out.Response, 300))
+			// The vendor's answer, verbatim.
+			fmt.Fprintf(env.Stdout, "response: %s\n", out.Response)
 		}
 		if out.Reason != "" || out.Error != "" {
 			fmt.Fprintf(env.Stdout, "reason:   %s %s\n", out.Reason, out.Error)
 		}
+		if out.Where != "" {
+			fmt.Fprintf(env.Stdout, "see:      %s\n", out.Where)
+		}
 	}
-	if out.Outcome != "delivered" && out.Outcome != "duplicate" {
+	if !out.Passed {
 		return 1
 	}
 	return 0

@@ -191,8 +191,8 @@ func TestAdminCommands(t *testing.T) {
 		{"deliveries stray argument", "", []string{"deliveries", "--addr", addr, "dead"}, 2, nil},
 		{"destinations table", "", []string{"destinations", "--addr", addr}, 0, []string{"NAME", "backend", "mmp", "webhook", "closed"}},
 		{"destinations json", "", []string{"destinations", "--addr", addr, "--json"}, 0, []string{`"success_5m"`, `"queue"`}},
-		{"destination test ok", "", []string{"destinations", "--addr", addr, "test", "backend"}, 0, []string{"backend: delivered (HTTP 200)"}},
-		{"destination test refused", "", []string{"destinations", "--addr", addr, "test", "mmp"}, 1, []string{"mmp: dead (HTTP 400)"}},
+		{"destination test ok", "", []string{"destinations", "--addr", addr, "test", "backend"}, 0, []string{"backend: PASSED: delivered (HTTP 200)", "see:      the receiving service's own logs"}},
+		{"destination test refused", "", []string{"destinations", "--addr", addr, "test", "mmp"}, 1, []string{"mmp: FAILED: dead (HTTP 400)"}},
 		{"destination test unknown", "", []string{"destinations", "--addr", addr, "test", "nowhere"}, 5, nil},
 		{"destinations bad usage", "", []string{"destinations", "--addr", addr, "frobnicate"}, 2, nil},
 		{"replay needs a filter", "", []string{"replay", "--addr", addr}, 2, nil},
@@ -245,4 +245,47 @@ func TestAdminCommands(t *testing.T) {
 			t.Errorf("nothing left dead: exit %d %s", code, out)
 		}
 	})
+}
+
+// TestDestinationTestVerdicts: the CLI prints the gateway's test report,
+// the vendor's answer verbatim and where to look, and exits 0 only when the
+// vendor really tested and accepted the event. The admin API is a stand-in
+// that checks the request it receives.
+func TestDestinationTestVerdicts(t *testing.T) {
+	cases := []struct {
+		name   string
+		answer string
+		code   int
+		want   []string
+	}{
+		{"not tested", `{"tested":false,"passed":false,"outcome":"skipped","reason":"not_tested: add sandbox: {branch_key: key_test_...}","path":"Branch Events API with the test key","where":"Branch dashboard in Test mode"}`,
+			1, []string{"branch: NOT TESTED: skipped", "reason:   not_tested: add sandbox", "see:      Branch dashboard in Test mode"}},
+		{"tested, refused", `{"tested":true,"passed":false,"outcome":"pause","status":400,"response":"{\"error\":{\"code\":190}}","path":"Meta Conversions API with test_event_code"}`,
+			1, []string{"branch: FAILED: pause (HTTP 400)", `response: {"error":{"code":190}}`, "path:     Meta Conversions API with test_event_code"}},
+		{"tested, accepted", `{"tested":true,"passed":true,"outcome":"delivered","status":200,"response":"{\"events_received\":1}","event":{"id":"evt_t"}}`,
+			0, []string{"branch: PASSED: delivered (HTTP 200)", "test event evt_t", `response: {"events_received":1}`}},
+		{"delivered but not tested is not a pass", `{"tested":false,"passed":false,"outcome":"delivered"}`, 1, []string{"branch: NOT TESTED: delivered"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodPost || r.URL.Path != "/admin/api/destinations/branch/test" || r.Header.Get("Authorization") != "Bearer "+admToken {
+					http.Error(w, `{"error":{"code":"not_found","message":"no"}}`, http.StatusNotFound)
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = io.WriteString(w, tc.answer)
+			}))
+			defer srv.Close()
+			code, out, errOut := admRun("", "destinations", "--addr", srv.URL, "test", "branch")
+			if code != tc.code {
+				t.Errorf("exit %d, want %d (%s%s)", code, tc.code, out, errOut)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output misses %q:\n%s", w, out)
+				}
+			}
+		})
+	}
 }

@@ -845,11 +845,11 @@ func benchDestination(typ, url, hookSecret string) (string, error) {
 	case "kochava":
 		extra = "app_guid: kobench-ios-abc123"
 	case "meta":
-		extra = `dataset_id: "1234567890123456"` + "\n    access_token: bench-meta-token"
+		extra = `dataset_id: "1234567890123456"` + "\n    access_token: bench-meta-token\n    event_source_url: https://example.com/bench"
 	case "tiktok":
-		extra = "access_token: bench-tiktok-token\n    app_id: \"7000000000000000000\"\n    pixel_code: BENCHPIXEL0"
+		extra = "access_token: bench-tiktok-token\n    app_id: \"7000000000000000000\"\n    app_store_ids: {ios: \"1234567890\"}\n    pixel_code: BENCHPIXEL0"
 	case "ga4":
-		extra = `firebase_app_id: "1:1234567890:ios:321abc456def7890"` + "\n    api_secret: bench-ga4-secret"
+		extra = `firebase_app_ids: {ios: "1:1234567890:ios:321abc456def7890", android: "1:1234567890:android:fedcba0987654321"}` + "\n    api_secret: bench-ga4-secret"
 	case "webhook":
 		extra = fmt.Sprintf("secret: %q", hookSecret)
 	default:

@@ -171,6 +171,7 @@ destinations:
     endpoint: %q
     access_token: demo-access-token
     app_id: "7000000000000000000"
+    app_store_ids: {ios: "1234567890"}
     pixel_code: DEMOPIXEL00
     match: {environments: [production]}
   - name: my-backend
