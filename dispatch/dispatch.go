@@ -337,7 +337,7 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	}
 	free := cap(w.sem) - len(w.sem)
 	if free <= 0 {
-		return o.Poll
+		return o.Poll // a finished send wakes the loop (nudge)
 	}
 	limit := w.dest.BatchSize * free
 	if probing {
@@ -381,6 +381,7 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 		w.inflight.Add(1)
 		go func() {
 			defer w.inflight.Done()
+			defer w.nudge() // a freed slot and a recorded outcome may make work claimable
 			defer func() { <-w.sem }()
 			// Deliveries in progress finish even during shutdown.
 			w.send(context.WithoutCancel(ctx), batch)
@@ -411,6 +412,14 @@ func (w *worker) claim(due []store.Due, now time.Time) {
 	defer w.mu.Unlock()
 	for _, d := range due {
 		w.leases[d.Delivery.Key] = now.Add(w.d.opts.Lease)
+	}
+}
+
+// nudge wakes the worker's loop without blocking.
+func (w *worker) nudge() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
 	}
 }
 
