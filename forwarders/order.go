@@ -36,3 +36,19 @@ func (a *Adjust) OrderKey(e *mapping.Event) string {
 	}
 	return t.environment + "|" + device + "|" + token
 }
+
+// OrderKey implements Orderer: Singular asks senders to keep each device's
+// events in order ("maintaining order" when retrying, Singular's
+// server-to-server response codes article), so the key is the device, or
+// the app user when the event has no device id yet.
+func (g *Singular) OrderKey(e *mapping.Event) string {
+	for _, k := range []string{mapping.IDSingular, mapping.IDIDFV, mapping.IDIDFA, mapping.IDGAID, mapping.IDAndroidID, mapping.IDAppSetID} {
+		if v := e.Identifier(k); v != "" {
+			return k + ":" + v
+		}
+	}
+	if e.User.AppUserID != "" {
+		return "user:" + e.User.AppUserID
+	}
+	return ""
+}
