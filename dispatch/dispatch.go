@@ -357,6 +357,13 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 		return o.Poll
 	}
 	if len(due) == 0 {
+		// Sleep until the next due time (a retry's backoff, a wait for an
+		// identifier) when it comes before the poll.
+		if next := w.d.store.NextDue(w.dest.Name); !next.IsZero() {
+			if d := next.Sub(now); d > 0 && d < o.Poll {
+				return d
+			}
+		}
 		return o.Poll
 	}
 	// Linger: a partial batch waits until its oldest item has waited Linger.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -169,5 +170,33 @@ func TestMigrateCommand(t *testing.T) {
 	code, _, errOut = runWithEnv(nil, "migrate", "--dsn", "postgres://postback@127.0.0.1:1/x?connect_timeout=2")
 	if code != 1 || !strings.Contains(errOut, "cannot reach PostgreSQL") {
 		t.Fatalf("unreachable: %d %s", code, errOut)
+	}
+}
+
+// TestServeUnreachableDatabase: a gateway whose database cannot be reached
+// names the host and the fix, and exits non-zero.
+func TestServeUnreachableDatabase(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	y := `server: {listen: "127.0.0.1:0"}
+storage: {driver: postgres, dsn: "postgres://postback:secret-pw@127.0.0.1:1/postback?sslmode=disable&connect_timeout=2"}
+sources: {apple: {enabled: false}, google: {enabled: false}, shopify: {enabled: false}, stripe: {enabled: false}}
+destinations: []
+`
+	if err := os.WriteFile(cfg, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runWithEnv(nil, "serve", "--config", cfg)
+	if code == 0 || !strings.Contains(errOut, "127.0.0.1:1") || !strings.Contains(errOut, "is the server running") {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
+	}
+	if strings.Contains(errOut, "secret-pw") {
+		t.Fatalf("the password reached the log:\n%s", errOut)
+	}
+	// A postgres driver without a DSN is a configuration error.
+	if err := os.WriteFile(cfg, []byte(strings.Replace(y, `, dsn: "postgres://postback:secret-pw@127.0.0.1:1/postback?sslmode=disable&connect_timeout=2"`, "", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runWithEnv(nil, "serve", "--config", cfg); code != 1 || !strings.Contains(errOut, "storage.dsn: is required") {
+		t.Fatalf("no dsn: exit %d, stderr:\n%s", code, errOut)
 	}
 }
