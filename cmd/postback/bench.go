@@ -73,6 +73,7 @@ type benchOptions struct {
 	// it and the load is spread over them.
 	DSN      string
 	Replicas int
+	PoolSize int
 }
 
 // benchSources are the sources bench can sign for, in report order.
@@ -166,6 +167,7 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file")
 	fs.BoolVar(&o.Bare, "bare", false, "baseline: drive an in-process echo handler that answers 200 without verifying or storing anything (stripe, shopify and custom mixes)")
 	fs.StringVar(&o.DSN, "dsn", "", "--self: run the gateway on this PostgreSQL database (storage.driver postgres) instead of a temporary BoltDB file; use an empty database")
+	fs.IntVar(&o.PoolSize, "pool-size", 10, "--self --dsn: storage.pool_size of each replica")
 	fs.IntVar(&o.Replicas, "replicas", 1, "--self with --dsn: gateway replicas sharing the database; requests go to them in turn")
 	fs.StringVar(&o.Destinations, "destinations", "", "--self: comma-separated destination types to configure (default every type; \"none\" measures ingest alone)")
 	if err := fs.Parse(args); err != nil {
@@ -972,7 +974,7 @@ func startBenchSelf(ctx context.Context, o *benchOptions) (s *benchSelf, err err
 
 	storage := fmt.Sprintf("{path: %q}", filepath.Join(dir, "postback.db"))
 	if o.DSN != "" {
-		storage = fmt.Sprintf("{driver: postgres, dsn: %q, pool_size: %d}", o.DSN, max(10, o.Concurrency/o.Replicas+4))
+		storage = fmt.Sprintf("{driver: postgres, dsn: %q, pool_size: %d}", o.DSN, o.PoolSize)
 	}
 	y := fmt.Sprintf(`
 server: {listen: "127.0.0.1:0", shutdown_timeout: 5s}
