@@ -246,3 +246,59 @@ func register(name string, fn func(t *testing.T, b Backend)) bool {
 	cases = append(cases, testCase{name, fn})
 	return true
 }
+
+// Due claims up to limit deliveries of dest due at now, skipping what skip
+// reports, and releases the claims again.
+func (e *Env) Due(t *testing.T, dest string, now time.Time, limit int, skip func(string) bool) []store.Due {
+	t.Helper()
+	ds, err := e.Claim(context.Background(), dest, now, store.ClaimOptions{Limit: limit, Lease: time.Minute, Skip: skip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := make([]string, 0, len(ds))
+	for _, d := range ds {
+		keys = append(keys, d.Delivery.Key)
+	}
+	if err := e.Release(context.Background(), keys); err != nil {
+		t.Fatal(err)
+	}
+	return ds
+}
+
+// MustComplete applies completions or fails the test.
+func (e *Env) MustComplete(t *testing.T, cs ...store.Completion) {
+	t.Helper()
+	if err := e.Complete(context.Background(), cs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ResetWoken forgets the wake-ups reported so far.
+func (e *Env) ResetWoken() {
+	e.mu.Lock()
+	e.woken = nil
+	e.mu.Unlock()
+}
+
+// MustJSON marshals v or panics.
+func MustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// WokenFor reports whether some wake-up so far named dest. Backends may
+// report a commit more than once (PostgreSQL also relays its own NOTIFY),
+// so the suite asserts only that the destination was woken.
+func (e *Env) WokenFor(dest string) bool {
+	for _, w := range e.Woken() {
+		for _, d := range w {
+			if d == dest {
+				return true
+			}
+		}
+	}
+	return false
+}
