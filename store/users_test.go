@@ -235,32 +235,3 @@ func TestWaitingDeliveryReleasedByPut(t *testing.T) {
 		t.Errorf("state = %s, want delivered", got.State)
 	}
 }
-
-func TestWaitingDeliveryTimesOutAsSkipped(t *testing.T) {
-	db, clk := openUsersDB(t)
-	ctx := context.Background()
-	d := waitingDelivery(t, db, 10*time.Minute)
-	deadline := usersT0.Add(10 * time.Minute)
-	clk.set(deadline)
-	due, err := db.DueFor("af", deadline, 10, nil)
-	if err != nil || len(due) != 1 || due[0].Delivery.State != StateWaiting {
-		t.Fatalf("at the deadline: due = %+v, %v; want the waiting delivery back", due, err)
-	}
-	if err := db.Complete(ctx, []Completion{{Key: d.Key, State: StateSkipped, Reason: "missing appsflyer_id"}}); err != nil {
-		t.Fatal(err)
-	}
-	got, err := db.Delivery(d.Key)
-	if err != nil || got.State != StateSkipped || got.Reason != "missing appsflyer_id" || got.Attempts != 0 {
-		t.Errorf("delivery = %+v, %v; want skipped: missing appsflyer_id, never attempted", got, err)
-	}
-	// Final: nothing is due any more, and a late PUT does not revive it.
-	if _, err := db.PutUser(ctx, "u-1", map[string]string{mapping.IDAppsFlyer: "af-late"}); err != nil {
-		t.Fatal(err)
-	}
-	if due, _ := db.DueFor("af", deadline.Add(24*time.Hour), 10, nil); len(due) != 0 {
-		t.Errorf("a skipped delivery became due again: %+v", due)
-	}
-	if q, _ := db.Queue("af"); q.Depth != 0 {
-		t.Errorf("queue depth = %d, want 0", q.Depth)
-	}
-}
