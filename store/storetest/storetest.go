@@ -62,6 +62,9 @@ type Fact struct {
 	Sub string `json:"sub,omitempty"`
 	// AtMs overrides the event's occurred time (Unix ms).
 	AtMs int64 `json:"at_ms,omitempty"`
+	// State, when set, names a subscription state that remembers the
+	// fact's user and identifiers (as source mappings keep them).
+	State string `json:"state,omitempty"`
 }
 
 // Body is what FakeMap reads.
@@ -114,6 +117,9 @@ func FakeMap(n *mapping.Notification, st mapping.States) (mapping.Result, error)
 	s.SetValue("seen", s.Value("seen")+n.Key+";")
 	out := mapping.Result{Ignored: b.Ignore, States: []mapping.State{s}}
 	for _, f := range b.Facts {
+		if f.State != "" {
+			out.States = append(out.States, mapping.State{Key: f.State, AppUserID: f.User, Identifiers: f.IDs})
+		}
 		at := n.ReceivedAt
 		if f.AtMs != 0 {
 			at = time.UnixMilli(f.AtMs).UTC()
