@@ -295,16 +295,22 @@ func MustJSON(v any) []byte {
 	return b
 }
 
-// WokenFor reports whether some wake-up so far named dest. Backends may
-// report a commit more than once (PostgreSQL also relays its own NOTIFY),
-// so the suite asserts only that the destination was woken.
+// WokenFor reports whether a wake-up named dest, waiting a little for it:
+// the contract calls OnCommit after the commit, not necessarily before the
+// call that committed returns. Backends may report a commit more than once
+// (PostgreSQL also relays its own NOTIFY), so the suite asserts only that
+// the destination was woken.
 func (e *Env) WokenFor(dest string) bool {
-	for _, w := range e.Woken() {
-		for _, d := range w {
-			if d == dest {
-				return true
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		for _, w := range e.Woken() {
+			for _, d := range w {
+				if d == dest {
+					return true
+				}
 			}
 		}
+		if time.Now().After(deadline) {
+			return false
+		}
 	}
-	return false
 }
