@@ -62,6 +62,8 @@ type Fact struct {
 	Sub string `json:"sub,omitempty"`
 	// AtMs overrides the event's occurred time (Unix ms).
 	AtMs int64 `json:"at_ms,omitempty"`
+	// SubID is the event's subscription id.
+	SubID string `json:"sub_id,omitempty"`
 	// State, when set, names a subscription state that remembers the
 	// fact's user and identifiers (as source mappings keep them).
 	State string `json:"state,omitempty"`
@@ -127,7 +129,7 @@ func FakeMap(n *mapping.Notification, st mapping.States) (mapping.Result, error)
 		out.Events = append(out.Events, mapping.Event{
 			ID: mapping.EventID("test", f.Fact), Type: f.Type, Source: n.Source, Environment: mapping.Production,
 			AppID: "com.example.app", User: mapping.User{AppUserID: f.User, Identifiers: f.IDs},
-			OccurredAt: at, SourceEventID: n.Key,
+			OccurredAt: at, SourceEventID: n.Key, SubscriptionID: f.SubID,
 		})
 	}
 	return out, nil
