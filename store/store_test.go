@@ -196,14 +196,6 @@ func dueKeys(t *testing.T, db *DB, dest string, now time.Time) []string {
 	return out
 }
 
-// complete applies one completion.
-func complete(t *testing.T, db *DB, c Completion) {
-	t.Helper()
-	if err := db.Complete(context.Background(), []Completion{c}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // lockHelperEnv makes the test binary act as a second process that opens
 // the database named by its value.
 const lockHelperEnv = "POSTBACK_STORE_LOCK_HELPER"
