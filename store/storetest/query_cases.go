@@ -213,3 +213,124 @@ var _ = register("EventsCursorWalkWhileIngesting", func(t *testing.T, b Backend)
 		t.Errorf("a full walk of %d ends with %v; want %d events ending with the oldest", len(w), w[len(w)-1:], len(all)+2)
 	}
 })
+
+func deliveryKeys(ds []store.Delivery) []string {
+	out := make([]string, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, d.Key)
+	}
+	return out
+}
+
+var _ = register("DeliveriesListing", func(t *testing.T, b Backend) {
+	e := Open(t, b, nil)
+	for i, f := range []string{"f1", "f2", "f3"} {
+		if i > 0 {
+			e.Clock.Add(time.Minute)
+		}
+		e.MustIngest(t, Note("evt_"+f, Facts(f)))
+	}
+	k := func(f, dest string) string { return FactID(f) + "|" + dest }
+	e.MustComplete(t,
+		store.Completion{Key: k("f1", "af"), State: store.StateDead, Reason: "http_400", Attempt: &store.Attempt{Outcome: "dead", Status: 400, Error: "bad request"}},
+		store.Completion{Key: k("f2", "hook"), State: store.StateRetrying, NextAt: e.Clock.Now().Add(time.Hour), Reason: "http_503", Attempt: &store.Attempt{Outcome: "retry", Status: 503, Error: "upstream timeout"}},
+		store.Completion{Key: k("f3", "af"), State: store.StateDelivered, Attempt: &store.Attempt{Outcome: "delivered", Status: 200}},
+	)
+	tests := []struct {
+		name string
+		f    store.DeliveryFilter
+		want []string // in order: newest event first, then by key
+	}{
+		{"all", store.DeliveryFilter{}, []string{k("f3", "af"), k("f3", "hook"), k("f2", "af"), k("f2", "hook"), k("f1", "af"), k("f1", "hook")}},
+		{"limit", store.DeliveryFilter{Limit: 3}, []string{k("f3", "af"), k("f3", "hook"), k("f2", "af")}},
+		{"destination", store.DeliveryFilter{Destination: "hook"}, []string{k("f3", "hook"), k("f2", "hook"), k("f1", "hook")}},
+		{"states", store.DeliveryFilter{States: []string{store.StateDead, store.StateDelivered}}, []string{k("f3", "af"), k("f1", "af")}},
+		{"pending", store.DeliveryFilter{Destination: "af", States: []string{store.StatePending}}, []string{k("f2", "af")}},
+		{"reason", store.DeliveryFilter{Reason: "http_400"}, []string{k("f1", "af")}},
+		{"reason in the last error", store.DeliveryFilter{Reason: "timeout"}, []string{k("f2", "hook")}},
+		{"since", store.DeliveryFilter{Since: T0.Add(time.Minute)}, []string{k("f3", "af"), k("f3", "hook"), k("f2", "af"), k("f2", "hook")}},
+		{"until", store.DeliveryFilter{Until: T0.Add(time.Minute)}, []string{k("f2", "af"), k("f2", "hook"), k("f1", "af"), k("f1", "hook")}},
+		{"nothing", store.DeliveryFilter{Destination: "none"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ds, err := e.Deliveries(tt.f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := deliveryKeys(ds); strings.Join(got, " ") != strings.Join(tt.want, " ") {
+				t.Errorf("got  %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+	if d, err := e.Delivery(k("f1", "af")); err != nil || d.LastStatus != 400 || d.LastError != "bad request" || d.Reason != "http_400" {
+		t.Errorf("dead delivery %+v, %v", d, err)
+	}
+})
+
+var _ = register("EventReadsMergeTheUser", func(t *testing.T, b Backend) {
+	e := Open(t, b, nil)
+	e.MustIngest(t, Note("evt_1", Body{Facts: []Fact{{Fact: "f", Type: mapping.Purchase, User: "u1", IDs: map[string]string{"idfv": "from-event"}}}}))
+	e.MustIngest(t, Note("evt_2", Body{Facts: []Fact{{Fact: "f", Type: mapping.Purchase, User: "u1"}}}))
+	if _, err := e.PutUser(t.Context(), "u1", map[string]string{"idfa": "IDFA-1", "idfv": "from-user"}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := e.Event(FactID("f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Identifier("idfa") != "IDFA-1" || ev.Identifier("idfv") != "from-event" {
+		t.Errorf("event identifiers %v: the user's fill the gaps, the event's own win", ev.User.Identifiers)
+	}
+	n, err := e.NotificationOf(&ev)
+	if err != nil || n.Key != "evt_1" {
+		t.Errorf("NotificationOf = %+v, %v; want the first report, evt_1", n, err)
+	}
+	if _, err := e.NotificationOf(&mapping.Event{Source: mapping.SourceStripe, SourceEventID: "none"}); err == nil {
+		t.Error("NotificationOf an unknown event: no error")
+	}
+})
+
+// Durable: what a restart must keep, read through every reader.
+var _ = register("DurableAcrossRestart", func(t *testing.T, b Backend) {
+	e := Open(t, b, nil)
+	ctx := t.Context()
+	e.MustIngest(t, Note("evt_1", Facts("a", "b")))
+	e.MustIngest(t, &mapping.Notification{Source: mapping.SourceGoogle, Key: "msg-1", Deferred: true, Body: []byte(`{}`)})
+	e.MustComplete(t,
+		store.Completion{Key: FactID("a") + "|af", State: store.StateRetrying, NextAt: T0.Add(time.Minute), Attempt: &store.Attempt{At: T0, Outcome: "retry", Status: 503}},
+		store.Completion{Key: FactID("b") + "|af", State: store.StateDead, Attempt: &store.Attempt{At: T0, Outcome: "dead", Status: 400}},
+	)
+	if _, err := e.PutUser(ctx, "u1", map[string]string{"idfa": "X"}); err != nil {
+		t.Fatal(err)
+	}
+	e.Restart(t)
+	if st, ok, err := e.State("test:count"); err != nil || !ok || st.Value("count") != "1" {
+		t.Errorf("state %+v %v %v", st, ok, err)
+	}
+	if d, err := e.Delivery(FactID("a") + "|af"); err != nil || d.State != store.StateRetrying || d.Attempts != 1 || d.NextAtMs != T0.Add(time.Minute).UnixMilli() {
+		t.Errorf("delivery %+v, %v", d, err)
+	}
+	if as, err := e.Attempts(FactID("a") + "|af"); err != nil || len(as) != 1 || as[0].Status != 503 {
+		t.Errorf("attempts %+v, %v", as, err)
+	}
+	if pend, err := e.Pending(mapping.SourceGoogle, 10); err != nil || len(pend) != 1 {
+		t.Errorf("pending %+v, %v", pend, err)
+	}
+	if u, err := e.GetUser("u1"); err != nil || u.Identifiers["idfa"] != "X" {
+		t.Errorf("user %+v, %v", u, err)
+	}
+	if q, err := e.Queue("af"); err != nil || q.Depth != 1 || !q.Oldest.Equal(T0.Add(time.Minute)) {
+		t.Errorf("queue %+v, %v", q, err)
+	}
+	if got := e.DueKeys(t, "hook", T0); len(got) != 2 {
+		t.Errorf("due for hook %v", got)
+	}
+	if dead, err := e.DeadCounts(); err != nil || dead["af"] != 1 {
+		t.Errorf("dead counts %v, %v", dead, err)
+	}
+	// A duplicate is still a duplicate.
+	if res := e.MustIngest(t, Note("evt_1", Facts("c"))); !res.Duplicate {
+		t.Errorf("re-ingest after restart %+v", res)
+	}
+})
