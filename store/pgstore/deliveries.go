@@ -100,12 +100,14 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 
 // claimable is the condition on a delivery d of destination $1 that Claim
 // may take at $2 (Unix ms): due, not leased, and the head of its ordering
-// key.
+// key with no other delivery of that key in flight (a replayed earlier
+// delivery waits for a later one that is leased).
 const claimable = `d.destination = $1 AND d.next_at_ms IS NOT NULL AND d.next_at_ms <= $2
 				  AND (d.leased_until IS NULL OR d.leased_until <= now())
 				  AND (d.order_key IS NULL OR NOT EXISTS (
-					SELECT 1 FROM deliveries o WHERE o.destination = d.destination AND o.order_key = d.order_key
-					  AND o.next_at_ms IS NOT NULL AND (o.order_at_ms, o.key) < (d.order_at_ms, d.key)))`
+					SELECT 1 FROM deliveries o WHERE o.destination = d.destination AND o.order_key = d.order_key AND o.key <> d.key
+					  AND o.next_at_ms IS NOT NULL
+					  AND ((o.order_at_ms, o.key) < (d.order_at_ms, d.key) OR o.leased_until > now())))`
 
 // claimKeys locks up to limit claimable deliveries of dest, oldest first,
 // passing over those skip reports (the caller's in-memory leases): it reads
