@@ -391,3 +391,55 @@ func contains(ss []string, s string) bool {
 	}
 	return false
 }
+
+// OrderingKeyInFlightHoldsReplay: a replayed earlier delivery of a key
+// waits while a later one of the same key is in flight (one at a time),
+// and then goes before anything later.
+var _ = register("OrderingKeyInFlightHoldsReplay", func(t *testing.T, b Backend) {
+	e := Open(t, b, func(o *store.Options) {
+		o.OrderKey = func(_ string, ev *mapping.Event) string { return ev.User.AppUserID }
+	})
+	ctx := context.Background()
+	e.MustIngest(t, orderNote("k1", "d1", 1))
+	e.MustIngest(t, orderNote("k2", "d1", 2))
+	e.MustIngest(t, orderNote("k3", "d1", 3))
+	k := func(f string) string { return FactID(f) + "|af" }
+	now := e.Clock.Now()
+	held := map[string]bool{}
+	claim := func(t *testing.T) string {
+		t.Helper()
+		ds, err := e.Claim(ctx, "af", now, store.ClaimOptions{Limit: 100, Lease: time.Minute, Skip: func(key string) bool { return held[key] }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, d := range ds {
+			held[d.Delivery.Key] = true
+			got = append(got, d.Delivery.Key)
+		}
+		if len(got) > 1 {
+			t.Fatalf("claimed %v of one key at once", got)
+		}
+		return strings.Join(got, "")
+	}
+	if got := claim(t); got != k("k1") {
+		t.Fatalf("claimed %q, want k1", got)
+	}
+	e.MustComplete(t, store.Completion{Key: k("k1"), State: store.StateDead, Attempt: &store.Attempt{Outcome: "dead", Status: 400}})
+	delete(held, k("k1"))
+	if got := claim(t); got != k("k2") {
+		t.Fatalf("claimed %q, want k2", got)
+	}
+	// k2 is in flight; k1 is replayed meanwhile.
+	if _, err := e.Replay(ctx, k("k1")); err != nil {
+		t.Fatal(err)
+	}
+	if got := claim(t); got != "" {
+		t.Fatalf("claimed %q while k2 of the same key is in flight", got)
+	}
+	e.MustComplete(t, store.Completion{Key: k("k2"), State: store.StateDelivered, Attempt: &store.Attempt{Outcome: "delivered"}})
+	delete(held, k("k2"))
+	if got := claim(t); got != k("k1") {
+		t.Fatalf("claimed %q, want the replayed k1 before k3", got)
+	}
+})
