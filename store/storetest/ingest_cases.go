@@ -466,3 +466,91 @@ var _ = register("PingAndCancelledContext", func(t *testing.T, b Backend) {
 		t.Errorf("ping after a cancelled ingest: %v", err)
 	}
 })
+
+// parallel runs fn(i) for i in [0, n) at once and fails on any error.
+func parallel(t *testing.T, n int, fn func(i int) error) {
+	t.Helper()
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			<-start
+			errs <- fn(i)
+		}(i)
+	}
+	close(start)
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+var _ = register("ConcurrentDuplicatesAndStates", func(t *testing.T, b Backend) {
+	e := Open(t, b, nil)
+	ctx := context.Background()
+	const n = 12
+	var fresh, dups atomic.Int32
+	parallel(t, n, func(int) error {
+		res, err := e.Ingest(ctx, Note("same", Facts("x")))
+		if err == nil && res.Duplicate {
+			dups.Add(1)
+		} else if err == nil {
+			fresh.Add(1)
+		}
+		return err
+	})
+	if fresh.Load() != 1 || dups.Load() != n-1 {
+		t.Errorf("same key: %d stored, %d duplicates; want 1 and %d", fresh.Load(), dups.Load(), n-1)
+	}
+	var created, repeats atomic.Int32
+	parallel(t, n, func(i int) error {
+		res, err := e.Ingest(ctx, Note(fmt.Sprint("key_", i), Facts("shared")))
+		if err == nil {
+			created.Add(int32(len(res.Events)))
+			repeats.Add(int32(res.Repeats))
+			if res.Duplicate {
+				return fmt.Errorf("key_%d is not a duplicate: %+v", i, res)
+			}
+		}
+		return err
+	})
+	if created.Load() != 1 || repeats.Load() != n-1 {
+		t.Errorf("same fact: %d created, %d repeats; want 1 and %d", created.Load(), repeats.Load(), n-1)
+	}
+	var altFresh atomic.Int32
+	parallel(t, n, func(i int) error {
+		note := Note(fmt.Sprint("alt_", i), Facts(fmt.Sprint("alt", i)))
+		note.AltKeys = []string{"one-purchase"}
+		res, err := e.Ingest(ctx, note)
+		if err == nil && !res.Duplicate {
+			altFresh.Add(1)
+		}
+		return err
+	})
+	if altFresh.Load() != 1 {
+		t.Errorf("same alt key: %d stored, want 1", altFresh.Load())
+	}
+	// Every stored notification's mapping counted once: no lost update.
+	if st, _, _ := e.State("test:count"); st.Value("count") != fmt.Sprint(1+n+1) {
+		t.Errorf("state count %s, want %d", st.Value("count"), 1+n+1)
+	}
+	if got := e.DueKeys(t, "af", T0); len(got) != 3 {
+		t.Errorf("due %v, want x, shared and one alt fact", got)
+	}
+	t.Run("enrich", func(t *testing.T) {
+		e.MustIngest(t, &mapping.Notification{Source: mapping.SourceGoogle, Key: "msg", Deferred: true, Body: []byte(`{}`)})
+		enriched := MustJSON(Facts("enriched"))
+		var mapped atomic.Int32
+		parallel(t, n, func(int) error {
+			res, err := e.Enrich(ctx, mapping.SourceGoogle, "msg", enriched)
+			if err == nil && !res.Duplicate {
+				mapped.Add(1)
+			}
+			return err
+		})
+		if mapped.Load() != 1 {
+			t.Errorf("%d enrichments mapped, want 1", mapped.Load())
+		}
+	})
+})
