@@ -105,6 +105,9 @@ var _ = register("CompleteRetryDeliverSkip", func(t *testing.T, b Backend) {
 	if q, _ := e.Queue("af"); q.Depth != 0 {
 		t.Errorf("queue after delivery %+v", q)
 	}
+	if got := e.NextDue("af"); !got.IsZero() {
+		t.Errorf("NextDue %v with nothing queued", got)
+	}
 	as, err := e.Attempts(key)
 	if err != nil || len(as) != 3 {
 		t.Fatalf("attempts %+v, %v", as, err)

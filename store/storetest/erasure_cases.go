@@ -79,6 +79,9 @@ var _ = register("ShopifyCustomerErasure", func(t *testing.T, b Backend) {
 	if n, err := e.PendingErasures(); err != nil || n != 0 {
 		t.Fatalf("pending erasures %d, %v before any request", n, err)
 	}
+	if more, done, err := e.EraseStep(context.Background()); more || done != nil || err != nil {
+		t.Fatalf("EraseStep with nothing queued: %v %+v %v", more, done, err)
+	}
 	res := e.MustIngest(t, shopifyNote(shop, "customers/redact", "wh-redact", map[string]any{
 		"shop_domain": shop, "customer": map[string]any{"id": 111, "email": "jon@example.com"}, "orders_to_redact": []int{1001},
 	}))

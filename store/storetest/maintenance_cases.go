@@ -316,3 +316,23 @@ var _ = register("StatsAndDeadCounts", func(t *testing.T, b Backend) {
 		t.Errorf("dead counts %v, want a 1, b 1", dead)
 	}
 })
+
+var _ = register("SingletonAndDescribe", func(t *testing.T, b Backend) {
+	e := Open(t, b, nil)
+	ran := false
+	ok, err := e.Singleton(context.Background(), "prune", func(context.Context) { ran = true })
+	if err != nil || !ok || !ran {
+		t.Errorf("uncontended Singleton: ran %v, reported %v, %v", ran, ok, err)
+	}
+	// The claim ends when fn returns: the job runs again.
+	ran = false
+	if ok, err := e.Singleton(context.Background(), "prune", func(context.Context) { ran = true }); err != nil || !ok || !ran {
+		t.Errorf("second Singleton: ran %v, reported %v, %v", ran, ok, err)
+	}
+	if d := e.Describe(); d == "" {
+		t.Error("Describe is empty")
+	}
+	if err := e.Check(); err != nil {
+		t.Errorf("Check of a fresh store: %v", err)
+	}
+})

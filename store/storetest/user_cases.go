@@ -180,3 +180,36 @@ var _ = register("PutUserReleasesWaiting", func(t *testing.T, b Backend) {
 		}
 	})
 })
+
+// DeleteUserSharedNotification: a notification reporting facts of two
+// users; erasing one leaves the other's event as it was.
+var _ = register("DeleteUserSharedNotification", func(t *testing.T, b Backend) {
+	e := Open(t, b, nil)
+	ctx := context.Background()
+	e.MustIngest(t, Note("evt_1", Body{Facts: []Fact{
+		{Fact: "a", Type: mapping.TrialStarted, User: "u1", IDs: map[string]string{"email_sha256": mapping.SHA256Hex("a@b.co"), "idfa": "X"}},
+		{Fact: "b", Type: mapping.TrialStarted, User: "u2", IDs: map[string]string{"idfa": "Y"}},
+	}}))
+	if _, err := e.PutUser(ctx, "u1", map[string]string{"gaid": "G"}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := e.DeleteUser(ctx, "u1")
+	if err != nil || n != 1 {
+		t.Fatalf("DeleteUser = %d, %v", n, err)
+	}
+	if a, _ := e.Event(FactID("a")); len(a.User.Identifiers) != 0 {
+		t.Errorf("u1's event keeps %v", a.User.Identifiers)
+	}
+	if b, _ := e.Event(FactID("b")); b.Identifier("idfa") != "Y" {
+		t.Errorf("u2's event lost its identifiers: %v", b.User.Identifiers)
+	}
+	if _, err := e.GetUser("u1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetUser after delete: %v", err)
+	}
+	// The deliveries of u1's event go out without anything of u1.
+	for _, d := range e.Due(t, "af", e.Clock.Now(), 10, nil) {
+		if d.Event.ID == FactID("a") && len(d.Event.User.Identifiers) != 0 {
+			t.Errorf("u1's due event carries %v", d.Event.User.Identifiers)
+		}
+	}
+})
