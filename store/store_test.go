@@ -423,11 +423,26 @@ func TestCloseCommitsQueuedWork(t *testing.T) {
 	}
 }
 
-// TestDestinations: the destinations with queued work (bolt's due index).
-func TestDestinations(t *testing.T) {
+// TestIngestWakesOnceAndDestinations: bolt reports one commit with one
+// OnCommit call (the conformance suite asserts only that destinations are
+// woken), and lists the destinations with queued work from its due index.
+func TestIngestWakesOnceAndDestinations(t *testing.T) {
 	db := openTest(t)
 	db.ingest(t, note("evt_1", facts("a")))
 	if got := db.Destinations(); strings.Join(got, ",") != "af,hook" {
 		t.Errorf("destinations %v", got)
+	}
+	var woken [][]string
+	for deadline := time.Now().Add(time.Second); len(woken) == 0 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		db.mu.Lock() // OnCommit runs just after the ingest returns
+		woken = db.woken
+		db.mu.Unlock()
+	}
+	time.Sleep(10 * time.Millisecond)
+	db.mu.Lock()
+	woken = db.woken
+	db.mu.Unlock()
+	if len(woken) != 1 || strings.Join(woken[0], ",") != "af,hook" {
+		t.Errorf("OnCommit got %v, want one call with af,hook", woken)
 	}
 }

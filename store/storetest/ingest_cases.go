@@ -286,10 +286,24 @@ var _ = register("DeferredEnrichment", func(t *testing.T, b Backend) {
 	if _, err := e.Enrich(ctx, mapping.SourceGoogle, "nope", enriched); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("enrich unknown: %v", err)
 	}
+	t.Run("enrichment that fails hard stores nothing", func(t *testing.T) {
+		if _, err := e.Enrich(ctx, mapping.SourceGoogle, "msg-2", []byte(`{"fail":"hard"}`)); !errors.Is(err, ErrHard) {
+			t.Errorf("err = %v, want ErrHard", err)
+		}
+		if pend, _ := e.Pending(mapping.SourceGoogle, 10); len(pend) != 1 || pend[0].Key != "msg-2" {
+			t.Errorf("pending %+v; want msg-2 still waiting", pend)
+		}
+	})
 	t.Run("enrichment that does not map", func(t *testing.T) {
 		res, err := e.Enrich(ctx, mapping.SourceGoogle, "msg-2", []byte(`{"fail":"malformed"}`))
 		if err != nil || res.Status != mapping.StatusFailed {
 			t.Errorf("%+v, %v", res, err)
+		}
+		if n, err := e.Notification(mapping.SourceGoogle, "msg-2"); err != nil || n.Status != mapping.StatusFailed || n.Reason == "" {
+			t.Errorf("stored %+v, %v", n, err)
+		}
+		if pend, _ := e.Pending(mapping.SourceGoogle, 10); len(pend) != 0 {
+			t.Errorf("pending %+v; a failed item is not pending", pend)
 		}
 	})
 })
