@@ -74,6 +74,10 @@ func (db *DB) claimInbox(ctx context.Context, tx pgx.Tx, n *mapping.Notification
 				if err := tx.QueryRow(ctx, `SELECT key FROM inbox_alt WHERE source = $1 AND alt_key = $2`, n.Source, a).Scan(&existing); err != nil {
 					return false, err
 				}
+				if existing == n.Key {
+					existing = "" // an alt key listed twice: this notification's own
+					continue
+				}
 				break
 			}
 		}
