@@ -208,6 +208,18 @@ var _ = register("IngestDuplicateByKeyAndAltKey", func(t *testing.T, b Backend) 
 			}
 		})
 	}
+	t.Run("a repeated alt key of one notification", func(t *testing.T) {
+		n := Note("evt_3", Facts("d"))
+		n.AltKeys = []string{"alt-3", "alt-3"}
+		if res, err := e.Ingest(context.Background(), n); err != nil || res.Duplicate || len(res.Events) != 1 {
+			t.Fatalf("result %+v, %v; want it stored", res, err)
+		}
+		again := Note("evt_4", Facts("e"))
+		again.AltKeys = []string{"alt-3"}
+		if res := e.MustIngest(t, again); !res.Duplicate || res.Existing == nil || res.Existing.Key != "evt_3" {
+			t.Errorf("result %+v, want a duplicate of evt_3", res)
+		}
+	})
 	t.Run("alt key of another source is not a duplicate", func(t *testing.T) {
 		n := &mapping.Notification{Source: mapping.SourceGoogle, Key: "m1", AltKeys: first.AltKeys, Body: []byte(`{}`)}
 		if res := e.MustIngest(t, n); res.Duplicate {
