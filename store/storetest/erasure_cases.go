@@ -3,6 +3,8 @@ package storetest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"sort"
 	"strings"
 	"testing"
 
@@ -191,7 +193,9 @@ var _ = register("ShopifyShopErasure", func(t *testing.T, b Backend) {
 			ids = append(ids, res.Events[0].ID)
 		}
 	}
-	eraseAll(t, e)
+	if done := eraseAll(t, e); len(done) != 1 || done[0].Key != "wh-shop-redact" || done[0].Events != 2 {
+		t.Errorf("done %+v, want wh-shop-redact with the shop's 2 events", done)
+	}
 	for i, id := range ids {
 		ev, err := e.Event(id)
 		if err != nil {
@@ -230,5 +234,43 @@ var _ = register("ErasureNeedsAScope", func(t *testing.T, b Backend) {
 	}
 	if _, err := e.Notification(mapping.SourceShopify, "wh-1"); err == nil {
 		t.Fatal("the notification was stored without its erasure")
+	}
+})
+
+// ErasuresRunInTurn: several queued erasures each finish, and each erases
+// only its own customer.
+var _ = register("ErasuresRunInTurn", func(t *testing.T, b Backend) {
+	e := Open(t, b, realMapping)
+	const shop = "example.myshopify.com"
+	var ids []string
+	for i, c := range []int{111, 222, 333} {
+		r := e.MustIngest(t, shopifyNote(shop, "orders/paid", fmt.Sprint("wh-", i), paidOrder(1000+i, c, fmt.Sprint("u-", i), fmt.Sprint("c", i, "@example.com"))))
+		ids = append(ids, r.Events[0].ID)
+	}
+	for _, c := range []int{111, 222} {
+		e.MustIngest(t, shopifyNote(shop, "customers/redact", fmt.Sprint("wh-redact-", c), map[string]any{
+			"shop_domain": shop, "customer": map[string]any{"id": c}, "orders_to_redact": []int{},
+		}))
+	}
+	if n, err := e.PendingErasures(); err != nil || n != 2 {
+		t.Fatalf("pending erasures %d, %v; want 2", n, err)
+	}
+	done := eraseAll(t, e)
+	var keys []string
+	for _, d := range done {
+		keys = append(keys, d.Key)
+	}
+	sort.Strings(keys)
+	if strings.Join(keys, " ") != "wh-redact-111 wh-redact-222" {
+		t.Errorf("done %v", keys)
+	}
+	for i, id := range ids {
+		ev, err := e.Event(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if erased := len(ev.User.Identifiers) == 0; erased != (i < 2) {
+			t.Errorf("event of customer %d: identifiers %v", i, ev.User.Identifiers)
+		}
 	}
 })
