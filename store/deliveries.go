@@ -154,15 +154,29 @@ func delOrder(tx *bolt.Tx, d *Delivery) error {
 	return tx.Bucket(bOrder).Delete(orderKey(d))
 }
 
-// orderHead reports whether d is the earliest unfinished delivery of its
-// destination and ordering key.
-func orderHead(tx *bolt.Tx, d *Delivery) bool {
+// orderHead reports whether d may be claimed under its ordering key: it is
+// the earliest unfinished delivery of its destination and key, and no other
+// delivery of that key is in flight (inFlight: the caller's leases). A
+// replayed earlier delivery becomes the head while a later one may still be
+// in flight; it waits for that one.
+func orderHead(tx *bolt.Tx, d *Delivery, inFlight func(key string) bool) bool {
 	if d.OrderKey == "" {
 		return true
 	}
 	prefix := append(append(append(append([]byte(nil), d.Destination...), 0), d.OrderKey...), 0)
-	k, _ := tx.Bucket(bOrder).Cursor().Seek(prefix)
-	return k != nil && bytes.HasPrefix(k, prefix) && string(k[len(prefix)+8:]) == d.Key
+	c := tx.Bucket(bOrder).Cursor()
+	k, _ := c.Seek(prefix)
+	if k == nil || !bytes.HasPrefix(k, prefix) || string(k[len(prefix)+8:]) != d.Key {
+		return false
+	}
+	if inFlight != nil {
+		for k, _ = c.Next(); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			if inFlight(string(k[len(prefix)+8:])) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Due is a delivery ready to be attempted, with its event. The event's user
@@ -197,8 +211,8 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 			if ok, err := getJSON(deliveries, []byte(key), &d.Delivery); err != nil || !ok {
 				continue
 			}
-			if !orderHead(tx, &d.Delivery) {
-				continue // an earlier delivery of its ordering key comes first
+			if !orderHead(tx, &d.Delivery, skip) {
+				continue // another delivery of its ordering key comes first
 			}
 			if ok, err := getJSON(events, []byte(d.Delivery.EventID), &d.Event); err != nil || !ok {
 				continue

@@ -43,18 +43,25 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 				return nil
 			}
 		}
-		rows, err := tx.Query(ctx, `UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
+		var rows pgx.Rows
+		var err error
+		if o.Skip == nil {
+			rows, err = tx.Query(ctx, `UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
 			WHERE key IN (
 				SELECT d.key FROM deliveries d
-				WHERE d.destination = $1 AND d.next_at_ms IS NOT NULL AND d.next_at_ms <= $2
-				  AND (d.leased_until IS NULL OR d.leased_until <= now())
-				  AND (d.order_key IS NULL OR NOT EXISTS (
-					SELECT 1 FROM deliveries o WHERE o.destination = d.destination AND o.order_key = d.order_key
-					  AND o.next_at_ms IS NOT NULL AND (o.order_at_ms, o.key) < (d.order_at_ms, d.key)))
+				WHERE `+claimable+`
 				ORDER BY d.next_at_ms, d.key
 				LIMIT $3
 				FOR UPDATE SKIP LOCKED)
 			RETURNING doc`, dest, now.UnixMilli(), limit, lease.Seconds(), db.opts.Owner)
+		} else {
+			var keys []string
+			if keys, err = claimKeys(ctx, tx, dest, now, limit, o.Skip); err != nil || len(keys) == 0 {
+				return err
+			}
+			rows, err = tx.Query(ctx, `UPDATE deliveries SET leased_until = now() + make_interval(secs => $2), lease_owner = $3
+			WHERE key = ANY($1) RETURNING doc`, keys, lease.Seconds(), db.opts.Owner)
+		}
 		if err != nil {
 			return err
 		}
@@ -89,6 +96,55 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 		return nil
 	})
 	return out, err
+}
+
+// claimable is the condition on a delivery d of destination $1 that Claim
+// may take at $2 (Unix ms): due, not leased, and the head of its ordering
+// key with no other delivery of that key in flight (a replayed earlier
+// delivery waits for a later one that is leased).
+const claimable = `d.destination = $1 AND d.next_at_ms IS NOT NULL AND d.next_at_ms <= $2
+				  AND (d.leased_until IS NULL OR d.leased_until <= now())
+				  AND (d.order_key IS NULL OR NOT EXISTS (
+					SELECT 1 FROM deliveries o WHERE o.destination = d.destination AND o.order_key = d.order_key AND o.key <> d.key
+					  AND o.next_at_ms IS NOT NULL
+					  AND ((o.order_at_ms, o.key) < (d.order_at_ms, d.key) OR o.leased_until > now())))`
+
+// claimKeys locks up to limit claimable deliveries of dest, oldest first,
+// passing over those skip reports (the caller's in-memory leases): it reads
+// candidates a page at a time until it has limit keys or none are left.
+func claimKeys(ctx context.Context, tx pgx.Tx, dest string, now time.Time, limit int, skip func(string) bool) ([]string, error) {
+	page := max(2*limit, 100)
+	var keys []string
+	lastMs, lastKey := int64(-1<<62), ""
+	for len(keys) < limit {
+		rows, err := tx.Query(ctx, `SELECT d.key, d.next_at_ms FROM deliveries d
+			WHERE `+claimable+` AND (d.next_at_ms, d.key) > ($4, $5)
+			ORDER BY d.next_at_ms, d.key
+			LIMIT $3
+			FOR UPDATE SKIP LOCKED`, dest, now.UnixMilli(), page, lastMs, lastKey)
+		if err != nil {
+			return nil, err
+		}
+		n := 0
+		for rows.Next() {
+			if err := rows.Scan(&lastKey, &lastMs); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			n++
+			if len(keys) < limit && !skip(lastKey) {
+				keys = append(keys, lastKey)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		if n < page {
+			break
+		}
+	}
+	return keys, nil
 }
 
 // eventsByID reads events with their identity-store identifiers merged.

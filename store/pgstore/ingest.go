@@ -61,7 +61,9 @@ func (db *DB) claimInbox(ctx context.Context, tx dbtx, n *mapping.Notification, 
 	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO inbox (source, key, received_at, status, doc) VALUES ($1, $2, $3, '', '\x')
 		ON CONFLICT (source, key) DO NOTHING`, n.Source, n.Key, n.ReceivedAt)
-	for _, a := range n.AltKeys {
+	// An alt key listed twice is this notification's own: insert it once.
+	alts := dedupe(n.AltKeys)
+	for _, a := range alts {
 		b.Queue(`INSERT INTO inbox_alt (source, alt_key, key) VALUES ($1, $2, $3) ON CONFLICT (source, alt_key) DO NOTHING`, n.Source, a, n.Key)
 	}
 	br := tx.SendBatch(ctx, b)
@@ -74,14 +76,14 @@ func (db *DB) claimInbox(ctx context.Context, tx dbtx, n *mapping.Notification, 
 	if tag.RowsAffected() == 0 {
 		existing = n.Key
 	}
-	for i := range n.AltKeys {
+	for _, a := range alts {
 		tag, err := br.Exec()
 		if err != nil {
 			br.Close()
 			return false, err
 		}
 		if existing == "" && tag.RowsAffected() == 0 {
-			existing = "alt:" + n.AltKeys[i]
+			existing = "alt:" + a
 		}
 	}
 	if err := br.Close(); err != nil {

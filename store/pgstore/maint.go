@@ -29,8 +29,9 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (store.PruneRe
 		return r, err
 	}
 	steps := []struct {
-		n *int
-		q string
+		n     *int
+		q     string
+		bound any // $1: the cutoff as the step's table stores it
 	}{
 		{&r.Events, `WITH gone AS (
 			DELETE FROM events WHERE id IN (
@@ -43,22 +44,22 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (store.PruneRe
 		), atts AS (
 			DELETE FROM attempts a USING dels WHERE a.delivery_key = dels.key
 		)
-		SELECT count(*) FROM gone`},
+		SELECT count(*) FROM gone`, cutoff},
 		{&r.Notifications, `WITH gone AS (
 			DELETE FROM inbox WHERE (source, key) IN (
 				SELECT source, key FROM inbox WHERE received_at < $1 AND status <> 'enriching' LIMIT $2 FOR UPDATE SKIP LOCKED)
 			RETURNING 1
-		) SELECT count(*) FROM gone`},
+		) SELECT count(*) FROM gone`, cutoff},
 		{&r.Memory, `WITH gone AS (
 			DELETE FROM fwd_memory WHERE (destination, key) IN (
-				SELECT destination, key FROM fwd_memory WHERE at_ms < $3 LIMIT $2 FOR UPDATE SKIP LOCKED)
+				SELECT destination, key FROM fwd_memory WHERE at_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
 			RETURNING 1
-		) SELECT count(*) FROM gone`},
+		) SELECT count(*) FROM gone`, cutoff.UnixMilli()},
 	}
 	for _, s := range steps {
 		for {
 			var n int
-			if err := db.pool.QueryRow(ctx, s.q, cutoff, pruneChunk, cutoff.UnixMilli()).Scan(&n); err != nil {
+			if err := db.pool.QueryRow(ctx, s.q, s.bound, pruneChunk).Scan(&n); err != nil {
 				return r, err
 			}
 			*s.n += n

@@ -62,6 +62,11 @@ type Fact struct {
 	Sub string `json:"sub,omitempty"`
 	// AtMs overrides the event's occurred time (Unix ms).
 	AtMs int64 `json:"at_ms,omitempty"`
+	// SubID is the event's subscription id.
+	SubID string `json:"sub_id,omitempty"`
+	// State, when set, names a subscription state that remembers the
+	// fact's user and identifiers (as source mappings keep them).
+	State string `json:"state,omitempty"`
 }
 
 // Body is what FakeMap reads.
@@ -114,6 +119,9 @@ func FakeMap(n *mapping.Notification, st mapping.States) (mapping.Result, error)
 	s.SetValue("seen", s.Value("seen")+n.Key+";")
 	out := mapping.Result{Ignored: b.Ignore, States: []mapping.State{s}}
 	for _, f := range b.Facts {
+		if f.State != "" {
+			out.States = append(out.States, mapping.State{Key: f.State, AppUserID: f.User, Identifiers: f.IDs})
+		}
 		at := n.ReceivedAt
 		if f.AtMs != 0 {
 			at = time.UnixMilli(f.AtMs).UTC()
@@ -121,7 +129,7 @@ func FakeMap(n *mapping.Notification, st mapping.States) (mapping.Result, error)
 		out.Events = append(out.Events, mapping.Event{
 			ID: mapping.EventID("test", f.Fact), Type: f.Type, Source: n.Source, Environment: mapping.Production,
 			AppID: "com.example.app", User: mapping.User{AppUserID: f.User, Identifiers: f.IDs},
-			OccurredAt: at, SourceEventID: n.Key,
+			OccurredAt: at, SourceEventID: n.Key, SubscriptionID: f.SubID,
 		})
 	}
 	return out, nil
@@ -245,4 +253,66 @@ var cases []testCase
 func register(name string, fn func(t *testing.T, b Backend)) bool {
 	cases = append(cases, testCase{name, fn})
 	return true
+}
+
+// Due claims up to limit deliveries of dest due at now, skipping what skip
+// reports, and releases the claims again.
+func (e *Env) Due(t *testing.T, dest string, now time.Time, limit int, skip func(string) bool) []store.Due {
+	t.Helper()
+	ds, err := e.Claim(context.Background(), dest, now, store.ClaimOptions{Limit: limit, Lease: time.Minute, Skip: skip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := make([]string, 0, len(ds))
+	for _, d := range ds {
+		keys = append(keys, d.Delivery.Key)
+	}
+	if err := e.Release(context.Background(), keys); err != nil {
+		t.Fatal(err)
+	}
+	return ds
+}
+
+// MustComplete applies completions or fails the test.
+func (e *Env) MustComplete(t *testing.T, cs ...store.Completion) {
+	t.Helper()
+	if err := e.Complete(context.Background(), cs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ResetWoken forgets the wake-ups reported so far.
+func (e *Env) ResetWoken() {
+	e.mu.Lock()
+	e.woken = nil
+	e.mu.Unlock()
+}
+
+// MustJSON marshals v or panics.
+func MustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// WokenFor reports whether a wake-up named dest, waiting a little for it:
+// the contract calls OnCommit after the commit, not necessarily before the
+// call that committed returns. Backends may report a commit more than once
+// (PostgreSQL also relays its own NOTIFY), so the suite asserts only that
+// the destination was woken.
+func (e *Env) WokenFor(dest string) bool {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		for _, w := range e.Woken() {
+			for _, d := range w {
+				if d == dest {
+					return true
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
 }
