@@ -248,10 +248,10 @@ func redactPersonal(body []byte) any {
 			if x != "" && personalKey(key) {
 				return "[redacted]"
 			}
-			// Emails are hashed before storage; a raw one that slipped into
-			// free text is masked here all the same.
-			if strings.Contains(x, "@") {
-				return emailRE.ReplaceAllString(x, "[redacted email]")
+			// Emails and phones are hashed before storage; one stored by an
+			// older version is masked here all the same.
+			if m := mapping.MaskPII(x); m != x {
+				return m
 			}
 		}
 		return v

@@ -157,6 +157,9 @@ func (h *Custom) Events(c echo.Context) error {
 		return respond(c, h.Reject(src, invalid([]mapping.FieldError{{Field: "Idempotency-Key",
 			Message: "header is required: 1 to 255 printable ASCII characters, unique per logical request (e.g. a UUID)"}})))
 	}
+	// A key that is or holds an email or phone is stored as its hash (the
+	// same for a retry, so idempotency holds).
+	key = mapping.ScrubValue(key)
 	req, fields := mapping.ParseCustom(body, h.Now(), h.Retention)
 	if fields != nil {
 		return respond(c, h.Reject(src, invalid(fields)))
@@ -194,7 +197,7 @@ func (h *Custom) Events(c echo.Context) error {
 			}
 		}
 		if subtle.ConstantTimeCompare([]byte(stored), []byte(sum)) != 1 {
-			return Errorf(http.StatusConflict, CodeConflict, "Idempotency-Key %q was already used with a different request; use a new key for a new request", key)
+			return Errorf(http.StatusConflict, CodeConflict, "this Idempotency-Key was already used with a different request; use a new key for a new request")
 		}
 		c.Response().Header().Set("Idempotent-Replayed", "true")
 	} else if res.Status == mapping.StatusFailed {
@@ -233,7 +236,9 @@ func userID(c echo.Context) (string, *Error) {
 	case strings.IndexFunc(id, unicode.IsControl) >= 0:
 		return "", invalid([]mapping.FieldError{{Field: "app_user_id", Message: "must not contain control characters"}})
 	}
-	return id, nil
+	// An app_user_id that is an email or phone is kept as its hash, as in
+	// event bodies, so the two still match.
+	return mapping.ScrubValue(id), nil
 }
 
 func storeError(err error) *Error {
@@ -278,6 +283,10 @@ func parseIdentifiers(body []byte) (map[string]string, []mapping.FieldError) {
 			continue
 		}
 		switch {
+		case v != "" && k != "email" && k != "phone":
+			// An email or phone given as another identifier (external_id)
+			// is stored hashed all the same.
+			mapping.SetIdentifierValue(ids, k, mapping.ScrubValue(v))
 		case v != "":
 			mapping.SetIdentifierValue(ids, k, v)
 		case k == "email":
