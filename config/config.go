@@ -11,6 +11,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -97,6 +98,28 @@ type Server struct {
 	MaxBodyBytes    int64    `yaml:"max_body_bytes"`
 	ReadTimeout     Duration `yaml:"read_timeout"`
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// TrustedProxies are the addresses (CIDRs or single IPs) of reverse
+	// proxies whose X-Forwarded-For / X-Real-IP headers name the client.
+	// Empty: the client is the TCP peer and those headers are ignored.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+}
+
+// TrustedPrefixes parses server.trusted_proxies.
+func (s Server) TrustedPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, v := range s.TrustedProxies {
+		v = strings.TrimSpace(v)
+		if p, err := netip.ParsePrefix(v); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("server.trusted_proxies[%d]: %q is neither a CIDR (10.0.0.0/8) nor an IP address", i, v)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // Storage holds the BoltDB settings.
@@ -436,7 +459,7 @@ func child(n *yaml.Node, key string) *yaml.Node {
 func rejectUnknown(root *yaml.Node) error {
 	known := map[string][]string{
 		"":                {"server", "storage", "admin", "log", "api_keys", "identity_wait", "dispatch", "sources", "destinations"},
-		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout"},
+		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies"},
 		"storage":         {"path", "retention"},
 		"admin":           {"token", "listen"},
 		"log":             {"level", "format"},
@@ -656,6 +679,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Server.MaxBodyBytes < 1024 {
 		bad("server.max_body_bytes", "must be at least 1024 (default 1048576)")
+	}
+	if _, err := c.Server.TrustedPrefixes(); err != nil {
+		errs = append(errs, err.Error())
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -65,6 +65,11 @@ type Gateway struct {
 	// google holds the Play API client and enricher when the Google source
 	// is enabled, for the admin reconcile endpoint.
 	google *googleSource
+	// ipExtractor names the client of a request (server.trusted_proxies).
+	ipExtractor echo.IPExtractor
+	// throttle holds back addresses that keep failing authentication
+	// (admin token, console login, API keys).
+	throttle *webhooks.Throttle
 }
 
 // Route returns the destinations an event matches.
@@ -143,6 +148,16 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		opts.Now = time.Now
 	}
 	g := &Gateway{Config: cfg, Logger: opts.Logger, Metrics: metrics.New(), opts: opts, now: opts.Now}
+	proxies, err := cfg.Server.TrustedPrefixes()
+	if err != nil {
+		return nil, err
+	}
+	g.ipExtractor = clientIP(proxies)
+	g.throttle = webhooks.NewThrottle(webhooks.ThrottleOptions{
+		Now:        opts.Now,
+		OnFailure:  func(realm string) { g.Metrics.AuthFailures.WithLabelValues(realm).Inc() },
+		OnThrottle: func(realm string) { g.Metrics.AuthThrottled.WithLabelValues(realm).Inc() },
+	})
 	dests, err := BuildDestinations(cfg, opts.Client, opts.Now)
 	if err != nil {
 		return nil, err
@@ -409,6 +424,7 @@ func (g *Gateway) AddWorker(w func(ctx context.Context)) { g.workers = append(g.
 func newEcho(g *Gateway) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
+	e.IPExtractor = g.ipExtractor
 	e.HTTPErrorHandler = g.errorHandler
 	e.Use(g.requestLog)
 	e.Use(recoverer(g.Logger))
