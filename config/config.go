@@ -307,12 +307,14 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 	if err := expand(root.Content[0], "", getenv, unset); err != nil {
 		return nil, err
 	}
+	// Errors quote values; none of them may print a secret.
+	secrets := secretsOf(&root)
 	c := &Config{}
 	if err := root.Content[0].Decode(c); err != nil {
 		// yaml reports type errors by line; name the key as well.
 		lines := map[int][]keyPos{}
 		keyLines(root.Content[0], "", lines)
-		return nil, fmt.Errorf("%w: %s", ErrInvalid, nameKeys(err.Error(), lines))
+		return nil, MaskError(fmt.Errorf("%w: %s", ErrInvalid, nameKeys(err.Error(), lines)), secrets)
 	}
 	if err := rejectUnknown(root.Content[0]); err != nil {
 		return nil, err
@@ -328,10 +330,10 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 	}
 	c.applyDefaults()
 	if err := c.resolveUnset(unset); err != nil {
-		return nil, err
+		return nil, MaskError(err, secrets)
 	}
 	if err := c.Validate(); err != nil {
-		return nil, err
+		return nil, MaskError(err, secrets)
 	}
 	return c, nil
 }
@@ -868,7 +870,9 @@ func setDefaults(user, resolved *yaml.Node) {
 // own key. (Other mappings under a secret-like name, such as Adjust's
 // event_tokens, hold identifiers that stay readable.)
 func childKey(parent, key string) string {
-	if strings.HasSuffix(strings.ToLower(parent), "secrets") {
+	// Every value of a header mapping is judged as a header value, whatever
+	// the header is called (Authorization, X-Custom-Auth).
+	if strings.HasSuffix(strings.ToLower(parent), "secrets") || headerKey(parent) {
 		return parent
 	}
 	return key
@@ -895,37 +899,19 @@ func redact(n *yaml.Node, key string) {
 			redact(ch, key)
 		}
 	case yaml.ScalarNode:
-		if secretKey.MatchString(key) && n.Value != "" && key != "key_id" && key != "token_url" {
+		if isSecretKey(key) && n.Value != "" {
 			n.Value, n.Tag, n.Style = "[redacted]", "!!str", 0
+		} else if v := RedactURLs(n.Value); v != n.Value {
+			// Credentials by their place: URL userinfo and query values.
+			n.Value, n.Tag, n.Style = v, "!!str", 0
 		}
 	}
 }
 
-// Secrets returns every secret value in the configuration (non-empty), so
-// tests and the log handler can assert that none of them is ever printed.
+// Secrets returns every secret value in the configuration (non-empty):
+// by key name, every header value, and the credentials in URLs (see
+// redact.go), so tests, start-up errors and the log handler can make sure
+// none of them is ever printed.
 func (c *Config) Secrets() []string {
-	var out []string
-	var walk func(n *yaml.Node, key string)
-	walk = func(n *yaml.Node, key string) {
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, ch := range n.Content {
-				walk(ch, key)
-			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				walk(n.Content[i+1], childKey(key, n.Content[i].Value))
-			}
-		case yaml.SequenceNode:
-			for _, ch := range n.Content {
-				walk(ch, key)
-			}
-		case yaml.ScalarNode:
-			if secretKey.MatchString(key) && key != "key_id" && len(n.Value) >= 6 {
-				out = append(out, n.Value)
-			}
-		}
-	}
-	walk(&c.node, "")
-	return out
+	return secretsOf(&c.node)
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 
 	"github.com/postback/postback/config"
 	"github.com/postback/postback/mapping"
@@ -45,12 +44,9 @@ func NewLogger(w io.Writer, cfg config.Log, secrets []string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// Mask replaces secrets, email addresses and phone numbers in s.
+// Mask replaces secrets (config.Config.Secrets: by key name, header values
+// and URL credentials), the userinfo and query values of any URL, email
+// addresses and phone numbers in s.
 func Mask(s string, secrets []string) string {
-	for _, sec := range secrets {
-		if strings.Contains(s, sec) {
-			s = strings.ReplaceAll(s, sec, "[redacted]")
-		}
-	}
-	return mapping.MaskPII(s)
+	return mapping.MaskPII(config.MaskText(s, secrets))
 }

@@ -134,7 +134,8 @@ func BuildDestinations(cfg *config.Config, client *http.Client, now func() time.
 			BatchSize: d.BatchSize, Linger: d.Linger.D(), MaxAttempts: d.Retry.MaxAttempts, MaxAge: d.Retry.MaxAge.D(),
 		})
 	}
-	return out, errors.Join(errs...)
+	// Errors are printed by check-config and at start-up: no secret in them.
+	return out, config.MaskError(errors.Join(errs...), cfg.Secrets())
 }
 
 // New builds a gateway from a validated configuration: it opens the store
