@@ -2,9 +2,11 @@ package webhooks
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postback/postback/mapping"
 )
@@ -221,6 +223,51 @@ func TestValidShopDomain(t *testing.T) {
 	} {
 		if got := ValidShopDomain(s); got != want {
 			t.Errorf("ValidShopDomain(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// Issue 15, item 10: Shopify and custom events apply one precision rule:
+// 5.001 USD and 5.5 JPY are refused by both, "403.00" JPY accepted by both.
+func TestAmountPrecisionSameForShopifyAndCustom(t *testing.T) {
+	db := boltForTest(t)
+	s := newShopify(db, nil)
+	custom := NewCustom(s.Deps, db, []string{"k-0123456789"}, 720*time.Hour)
+	for i, tc := range []struct {
+		amount, currency string
+		ok               bool
+	}{
+		{"5.001", "USD", false}, {"5.5", "JPY", false}, {"403.00", "JPY", true}, {"5.010", "USD", true},
+	} {
+		order := []byte(fmt.Sprintf(`{"id":%d,"name":"#%d","currency":%q,"total_price":%q,"financial_status":"paid","line_items":[]}`,
+			5899171701000+i, 1000+i, tc.currency, tc.amount))
+		rec := post(t, s.Handle, order, shopifyHeaders(order, shopSecret, "orders/paid", fmt.Sprintf("wh-prec-%d", i)))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("shopify %s %s: status %d (authentic notifications are acknowledged)", tc.amount, tc.currency, rec.Code)
+		}
+		a := ackOf(t, rec.Body.Bytes())
+		n, err := db.Notification("shopify", fmt.Sprintf("wh-prec-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if gotOK := len(a.EventIDs) == 1; gotOK != tc.ok {
+			t.Errorf("shopify %s %s: events %v (status %s, %s), want accepted=%v", tc.amount, tc.currency, a.EventIDs, n.Status, n.Reason, tc.ok)
+		}
+		if !tc.ok && (n.Status != mapping.StatusFailed || !strings.Contains(n.Reason, "more decimals")) {
+			t.Errorf("shopify %s %s: stored %s %q, want failed for its decimals", tc.amount, tc.currency, n.Status, n.Reason)
+		}
+
+		body := []byte(fmt.Sprintf(`{"type":"purchase","app_user_id":"u-1","app_id":"com.example.app","revenue":{"amount":%q,"currency":%q}}`, tc.amount, tc.currency))
+		rec = post(t, custom.Events, body, map[string]string{"Content-Type": "application/json", "Idempotency-Key": fmt.Sprintf("prec-%d", i)})
+		want := http.StatusBadRequest
+		if tc.ok {
+			want = http.StatusAccepted
+		}
+		if rec.Code != want {
+			t.Errorf("custom %s %s: status %d, want %d: %s", tc.amount, tc.currency, rec.Code, want, rec.Body)
+		}
+		if !tc.ok && !strings.Contains(rec.Body.String(), "more decimals than "+tc.currency) {
+			t.Errorf("custom %s %s: answer %s", tc.amount, tc.currency, rec.Body)
 		}
 	}
 }
