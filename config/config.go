@@ -132,6 +132,10 @@ type Storage struct {
 type Admin struct {
 	Token  string `yaml:"token"`
 	Listen string `yaml:"listen"` // optional separate address for /admin
+	// PublicMetrics keeps /metrics on the public listener as well when
+	// admin.listen is set (by default it moves to the admin listener, out
+	// of the internet's reach).
+	PublicMetrics bool `yaml:"public_metrics"`
 }
 
 // Log holds logging settings.
@@ -463,7 +467,7 @@ func rejectUnknown(root *yaml.Node) error {
 		"":                {"server", "storage", "admin", "log", "api_keys", "identity_wait", "dispatch", "sources", "destinations"},
 		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies"},
 		"storage":         {"path", "retention"},
-		"admin":           {"token", "listen"},
+		"admin":           {"token", "listen", "public_metrics"},
 		"log":             {"level", "format"},
 		"dispatch":        {"poll_interval", "linger", "lease"},
 		"sources":         {"apple", "google", "stripe", "shopify"},

@@ -291,3 +291,60 @@ func mustPrefixes(t *testing.T, cidrs ...string) []netip.Prefix {
 	}
 	return p
 }
+
+// Issue 15, item 7: with a separate admin listener, /metrics is served
+// there and not on the public listener, unless admin.public_metrics.
+func TestMetricsOnAdminListener(t *testing.T) {
+	for _, public := range []bool{false, true} {
+		t.Run(fmt.Sprintf("public_metrics=%v", public), func(t *testing.T) {
+			y := fmt.Sprintf(`
+server: {listen: "127.0.0.1:0", shutdown_timeout: 1s}
+storage: {path: %q}
+admin: {token: %q, public_metrics: %v}
+sources: {apple: {enabled: false}, google: {enabled: false}, shopify: {enabled: false}, stripe: {enabled: false}}
+`, t.TempDir()+"/pb.db", authAdminToken, public)
+			cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			aln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, err := New(cfg, Options{Logger: NewLogger(io.Discard, config.Log{Level: "info"}, nil), Listener: ln, AdminListener: aln})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			tg := &testGateway{g: g, url: "http://" + ln.Addr().String(), cancel: cancel, done: make(chan error, 1)}
+			go func() { tg.done <- g.Run(ctx, nil) }()
+			t.Cleanup(tg.stop)
+			waitFor(t, "ready", func() bool {
+				resp, err := http.Get(tg.url + "/healthz")
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusOK
+			})
+			want := map[string]int{"http://" + aln.Addr().String(): http.StatusOK, tg.url: http.StatusNotFound}
+			if public {
+				want[tg.url] = http.StatusOK
+			}
+			for base, code := range want {
+				resp, err := http.Get(base + "/metrics")
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != code {
+					t.Errorf("%s/metrics: HTTP %d, want %d", base, resp.StatusCode, code)
+				}
+			}
+		})
+	}
+}

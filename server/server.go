@@ -205,7 +205,15 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	g.Deps = webhooks.Deps{Store: g.Store, Metrics: g.Metrics, Logger: g.Logger, Now: g.now, MaxBody: cfg.Server.MaxBodyBytes}
 	g.Echo.GET("/healthz", g.healthz)
 	g.Echo.GET("/readyz", g.readyz)
-	g.Echo.GET("/metrics", echo.WrapHandler(g.Metrics.Handler()))
+	// With a separate admin listener, /metrics lives there (it tells an
+	// outsider traffic, sources and destinations); admin.public_metrics
+	// keeps it on the public listener too.
+	if g.Admin == g.Echo || cfg.Admin.PublicMetrics {
+		g.Echo.GET("/metrics", echo.WrapHandler(g.Metrics.Handler()))
+	}
+	if g.Admin != g.Echo {
+		g.Admin.GET("/metrics", echo.WrapHandler(g.Metrics.Handler()))
+	}
 	if err := g.mountSources(); err != nil {
 		g.Store.Close()
 		return nil, err
