@@ -198,3 +198,52 @@ func TestDetector(t *testing.T) {
 		t.Errorf("a long token without spaces was rewritten")
 	}
 }
+
+// FuzzScrubPII checks the detector's promise on arbitrary bodies: what
+// ScrubPII stores holds nothing the log masker would still mask in a JSON
+// string or key, and scrubbing twice changes nothing.
+func FuzzScrubPII(f *testing.F) {
+	for _, s := range []string{
+		`{"email":"Jane.Doe@Example.com","phone":"+1 650 555 1234"}`,
+		`{"note":"call (650) 555-1234 or jane@example.com","metadata":{"x":"+44 20 7946 0958"}}`,
+		`{"jane@example.com":{"phone":16505551234,"email":"bad mail@x"}}`,
+		`[{"name":"Phone","value":"650 555 1234"},{"key":"email","value":"a@b.co"}]`,
+		`email=jane@example.com&phone=+16505551234`,
+		`{"ip":"192.168.100.200","date":"2026-11-30","id":"820982911946154508"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		once := ScrubPII(body)
+		if twice := ScrubPII(once); !bytes.Equal(once, twice) {
+			t.Fatalf("not idempotent:\n in   %q\n once %q\n twice %q", body, once, twice)
+		}
+		dec := json.NewDecoder(bytes.NewReader(once))
+		dec.UseNumber()
+		var v any
+		if dec.Decode(&v) != nil {
+			return
+		}
+		var walk func(v any)
+		walk = func(v any) {
+			switch x := v.(type) {
+			case map[string]any:
+				for k, c := range x {
+					if ContainsPII(k) {
+						t.Fatalf("key %q still holds PII after ScrubPII(%q) = %q", k, body, once)
+					}
+					walk(c)
+				}
+			case []any:
+				for _, c := range x {
+					walk(c)
+				}
+			case string:
+				if ContainsPII(x) {
+					t.Fatalf("value %q still holds PII after ScrubPII(%q) = %q", x, body, once)
+				}
+			}
+		}
+		walk(v)
+	})
+}
