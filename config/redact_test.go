@@ -119,3 +119,27 @@ func TestRedactURLs(t *testing.T) {
 		t.Error("MaskError wrapped an error it did not change")
 	}
 }
+
+func TestTrustedProxies(t *testing.T) {
+	c, err := Parse([]byte("server: {trusted_proxies: [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\", \"10.1.2.3/8\"]}\n"+minimal), env())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Server.TrustedPrefixes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, x := range p {
+		got = append(got, x.String())
+	}
+	if want := []string{"10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "10.0.0.0/8"}; !slices.Equal(got, want) {
+		t.Errorf("prefixes = %v, want %v", got, want)
+	}
+	for _, bad := range []string{"proxy.example.com", "10.0.0.0/33", ""} {
+		_, err := Parse([]byte("server: {trusted_proxies: [\""+bad+"\"]}\n"+minimal), env())
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "server.trusted_proxies[0]") {
+			t.Errorf("trusted_proxies %q: err = %v, want ErrInvalid naming the key", bad, err)
+		}
+	}
+}
