@@ -96,6 +96,9 @@ func ContainsPII(s string) bool {
 // MaskPII replaces every email address in s with "[email]" and every phone
 // number with "[phone]" (the log masker).
 func MaskPII(s string) string {
+	if !strings.ContainsAny(s, "@0123456789") {
+		return s
+	}
 	return replacePII(s, func(string) string { return "[email]" }, func(string) string { return "[phone]" })
 }
 
@@ -107,8 +110,8 @@ func MaskPII(s string) string {
 // they are. The result is deterministic, so a retried request maps to the
 // same stored key.
 func ScrubValue(s string) string {
-	if s == "" {
-		return s
+	if !strings.ContainsAny(s, "@0123456789") {
+		return s // neither an email nor a phone can hide here
 	}
 	if IsEmail(s) {
 		return SHA256Hex(NormalizeEmail(s))
