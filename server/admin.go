@@ -112,7 +112,7 @@ func (g *Gateway) loginThrottle(h echo.HandlerFunc) echo.HandlerFunc {
 		}
 		addr := c.RealIP()
 		if wait, ok := g.throttle.Allow("console", addr); !ok {
-			webhooks.Throttled(c, wait)
+			webhooks.SetRetryAfter(c, wait)
 			return c.String(http.StatusTooManyRequests, "Too many failed logins from this address: try again later.\n")
 		}
 		err := h(c)

@@ -225,13 +225,18 @@ func (t *Throttle) Len() int {
 	return t.lru.Len()
 }
 
-// Throttled answers a held-back client: 429 with Retry-After in whole
-// seconds (at least 1).
-func Throttled(c echo.Context, wait time.Duration) *Error {
+// SetRetryAfter sets Retry-After to wait in whole seconds (at least 1).
+func SetRetryAfter(c echo.Context, wait time.Duration) {
 	secs := int64((wait + time.Second - 1) / time.Second)
 	if secs < 1 {
 		secs = 1
 	}
 	c.Response().Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+}
+
+// Throttled answers a held-back client: 429 too_many_attempts with
+// Retry-After.
+func Throttled(c echo.Context, wait time.Duration) *Error {
+	SetRetryAfter(c, wait)
 	return Wrap(http.StatusTooManyRequests, CodeThrottled, "too many failed attempts from this address; retry later", ErrThrottled)
 }
