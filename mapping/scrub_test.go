@@ -247,3 +247,18 @@ func FuzzScrubPII(f *testing.F) {
 		walk(v)
 	})
 }
+
+// Identifiers that destinations need are not mistaken for phones.
+func TestScrubValueKeepsIdentifiers(t *testing.T) {
+	for _, v := range []string{
+		"1700000000000-1234567", "fb.1.1554763741205.AbCdEfGhIjKlMnOpQrStUvWxYz1234567890", "fb.1.1596403881668.1116446470",
+		"1234567890.1234567890", "6D92078A-8246-4BA4-AE5B-76104861E7DC", "192.168.1.1", "2001:db8::1", "GPA.3345-1234-5678-90123",
+		"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1.2 Mobile/15E148 Safari/604.1",
+		"Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.144 Mobile Safari/537.36",
+		"E.C.P.demo-shopify", "2026-11-30T03:00:00Z", "P1M", "sub_1NG8Du2eZvKYlo2C", "evt_1NG8Du2eZvKYlo2CUeOvIOGm",
+	} {
+		if got := ScrubValue(v); got != v {
+			t.Errorf("ScrubValue(%q) = %q, want it unchanged", v, got)
+		}
+	}
+}
