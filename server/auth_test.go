@@ -264,13 +264,17 @@ func TestTrustedProxies(t *testing.T) {
 }
 
 func TestClientIPWithoutTrustedProxies(t *testing.T) {
-	f := clientIP(nil)
+	var ignored []string
+	f := clientIP(nil, func(peer string) { ignored = append(ignored, peer) })
 	req, _ := http.NewRequest(http.MethodGet, "/", nil)
 	req.RemoteAddr = "192.0.2.1:4444"
 	req.Header.Set("X-Forwarded-For", "203.0.113.1")
 	req.Header.Set("X-Real-IP", "203.0.113.2")
 	if got := f(req); got != "192.0.2.1" {
 		t.Errorf("clientIP = %q, want the peer", got)
+	}
+	if len(ignored) != 1 || ignored[0] != "192.0.2.1" {
+		t.Errorf("ignored headers reported for %v, want [192.0.2.1]", ignored)
 	}
 	trusted := clientIP(mustPrefixes(t, "192.0.2.0/24"))
 	req.Header.Set("X-Forwarded-For", "not-an-ip, 203.0.113.9")
@@ -346,5 +350,23 @@ sources: {apple: {enabled: false}, google: {enabled: false}, shopify: {enabled: 
 				}
 			}
 		})
+	}
+}
+
+// A forwarded-for header from a peer that is not a trusted proxy is
+// ignored, and the operator is told once.
+func TestUntrustedForwardedForIsReportedOnce(t *testing.T) {
+	var logs safeBuffer
+	tg, _ := authGateway(t, "", &logs)
+	for i := 0; i < 3; i++ {
+		authRequest(t, http.MethodGet, tg.url+"/no-such-page", "", map[string]string{"X-Forwarded-For": "203.0.113.50"})
+	}
+	tg.stop()
+	out := logs.String()
+	if n := strings.Count(out, "not in server.trusted_proxies"); n != 1 {
+		t.Errorf("warning logged %d times, want once:\n%s", n, out)
+	}
+	if strings.Contains(out, "203.0.113.50") {
+		t.Errorf("the spoofed address was logged as the client:\n%s", out)
 	}
 }

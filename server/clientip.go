@@ -14,7 +14,15 @@ import (
 // the first address that is not a trusted proxy is the client (the ones
 // left of it were written by the client itself); X-Real-IP is used when
 // there is no X-Forwarded-For.
-func clientIP(trusted []netip.Prefix) func(*http.Request) string {
+//
+// ignored, when not nil, is called with the peer of each request whose
+// X-Forwarded-For or X-Real-IP was not believed.
+func clientIP(trusted []netip.Prefix, ignored ...func(peer string)) func(*http.Request) string {
+	note := func(r *http.Request, peer string) {
+		if len(ignored) > 0 && (r.Header.Get("X-Forwarded-For") != "" || r.Header.Get("X-Real-IP") != "") {
+			ignored[0](peer)
+		}
+	}
 	isTrusted := func(a netip.Addr) bool {
 		for _, p := range trusted {
 			if p.Contains(a) {
@@ -26,10 +34,12 @@ func clientIP(trusted []netip.Prefix) func(*http.Request) string {
 	return func(r *http.Request) string {
 		peer := peerAddr(r.RemoteAddr)
 		if len(trusted) == 0 {
+			note(r, peer)
 			return peer
 		}
 		pa, err := netip.ParseAddr(peer)
 		if err != nil || !isTrusted(pa.Unmap()) {
+			note(r, peer)
 			return peer
 		}
 		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {

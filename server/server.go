@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -153,7 +154,14 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.ipExtractor = clientIP(proxies)
+	var warned atomic.Bool
+	g.ipExtractor = clientIP(proxies, func(peer string) {
+		// Behind a proxy that is not listed, every client has the proxy's
+		// address: one client's failed guesses hold back all of them.
+		if !warned.Swap(true) {
+			g.Logger.Warn("X-Forwarded-For / X-Real-IP ignored: the peer is not in server.trusted_proxies; list your reverse proxy there, or every client behind it shares one address (logs, auth throttling)", "peer", peer)
+		}
+	})
 	g.throttle = webhooks.NewThrottle(webhooks.ThrottleOptions{
 		Now:        opts.Now,
 		OnFailure:  func(realm string) { g.Metrics.AuthFailures.WithLabelValues(realm).Inc() },
