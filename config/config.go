@@ -11,6 +11,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
@@ -97,6 +98,28 @@ type Server struct {
 	MaxBodyBytes    int64    `yaml:"max_body_bytes"`
 	ReadTimeout     Duration `yaml:"read_timeout"`
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// TrustedProxies are the addresses (CIDRs or single IPs) of reverse
+	// proxies whose X-Forwarded-For / X-Real-IP headers name the client.
+	// Empty: the client is the TCP peer and those headers are ignored.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+}
+
+// TrustedPrefixes parses server.trusted_proxies.
+func (s Server) TrustedPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, v := range s.TrustedProxies {
+		v = strings.TrimSpace(v)
+		if p, err := netip.ParsePrefix(v); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("server.trusted_proxies[%d]: %q is neither a CIDR (10.0.0.0/8) nor an IP address", i, v)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // Storage selects and configures the store backend: BoltDB (the embedded
@@ -119,6 +142,10 @@ const (
 type Admin struct {
 	Token  string `yaml:"token"`
 	Listen string `yaml:"listen"` // optional separate address for /admin
+	// PublicMetrics keeps /metrics on the public listener as well when
+	// admin.listen is set (by default it moves to the admin listener, out
+	// of the internet's reach).
+	PublicMetrics bool `yaml:"public_metrics"`
 }
 
 // Log holds logging settings.
@@ -294,12 +321,14 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 	if err := expand(root.Content[0], "", getenv, unset); err != nil {
 		return nil, err
 	}
+	// Errors quote values; none of them may print a secret.
+	secrets := secretsOf(&root)
 	c := &Config{}
 	if err := root.Content[0].Decode(c); err != nil {
 		// yaml reports type errors by line; name the key as well.
 		lines := map[int][]keyPos{}
 		keyLines(root.Content[0], "", lines)
-		return nil, fmt.Errorf("%w: %s", ErrInvalid, nameKeys(err.Error(), lines))
+		return nil, MaskError(fmt.Errorf("%w: %s", ErrInvalid, nameKeys(err.Error(), lines)), secrets)
 	}
 	if err := rejectUnknown(root.Content[0]); err != nil {
 		return nil, err
@@ -315,10 +344,10 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 	}
 	c.applyDefaults()
 	if err := c.resolveUnset(unset); err != nil {
-		return nil, err
+		return nil, MaskError(err, secrets)
 	}
 	if err := c.Validate(); err != nil {
-		return nil, err
+		return nil, MaskError(err, secrets)
 	}
 	return c, nil
 }
@@ -446,9 +475,9 @@ func child(n *yaml.Node, key string) *yaml.Node {
 func rejectUnknown(root *yaml.Node) error {
 	known := map[string][]string{
 		"":                {"server", "storage", "admin", "log", "api_keys", "identity_wait", "dispatch", "sources", "destinations"},
-		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout"},
+		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies"},
 		"storage":         {"driver", "path", "dsn", "pool_size", "retention"},
-		"admin":           {"token", "listen"},
+		"admin":           {"token", "listen", "public_metrics"},
 		"log":             {"level", "format"},
 		"dispatch":        {"poll_interval", "linger", "lease"},
 		"sources":         {"apple", "google", "stripe", "shopify"},
@@ -673,6 +702,9 @@ func (c *Config) Validate() error {
 	if c.Server.MaxBodyBytes < 1024 {
 		bad("server.max_body_bytes", "must be at least 1024 (default 1048576)")
 	}
+	if _, err := c.Server.TrustedPrefixes(); err != nil {
+		errs = append(errs, err.Error())
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -870,7 +902,9 @@ func setDefaults(user, resolved *yaml.Node) {
 // own key. (Other mappings under a secret-like name, such as Adjust's
 // event_tokens, hold identifiers that stay readable.)
 func childKey(parent, key string) string {
-	if strings.HasSuffix(strings.ToLower(parent), "secrets") {
+	// Every value of a header mapping is judged as a header value, whatever
+	// the header is called (Authorization, X-Custom-Auth).
+	if strings.HasSuffix(strings.ToLower(parent), "secrets") || headerKey(parent) {
 		return parent
 	}
 	return key
@@ -897,37 +931,19 @@ func redact(n *yaml.Node, key string) {
 			redact(ch, key)
 		}
 	case yaml.ScalarNode:
-		if secretKey.MatchString(key) && n.Value != "" && key != "key_id" && key != "token_url" {
+		if isSecretKey(key) && n.Value != "" {
 			n.Value, n.Tag, n.Style = "[redacted]", "!!str", 0
+		} else if v := RedactURLs(n.Value); v != n.Value {
+			// Credentials by their place: URL userinfo and query values.
+			n.Value, n.Tag, n.Style = v, "!!str", 0
 		}
 	}
 }
 
-// Secrets returns every secret value in the configuration (non-empty), so
-// tests and the log handler can assert that none of them is ever printed.
+// Secrets returns every secret value in the configuration (non-empty):
+// by key name, every header value, and the credentials in URLs (see
+// redact.go), so tests, start-up errors and the log handler can make sure
+// none of them is ever printed.
 func (c *Config) Secrets() []string {
-	var out []string
-	var walk func(n *yaml.Node, key string)
-	walk = func(n *yaml.Node, key string) {
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, ch := range n.Content {
-				walk(ch, key)
-			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				walk(n.Content[i+1], childKey(key, n.Content[i].Value))
-			}
-		case yaml.SequenceNode:
-			for _, ch := range n.Content {
-				walk(ch, key)
-			}
-		case yaml.ScalarNode:
-			if secretKey.MatchString(key) && key != "key_id" && len(n.Value) >= 6 {
-				out = append(out, n.Value)
-			}
-		}
-	}
-	walk(&c.node, "")
-	return out
+	return secretsOf(&c.node)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
 	"encoding/base64"
@@ -115,7 +116,7 @@ var staticFS embed.FS
 // Console serves the web console.
 type Console struct {
 	b     Backend
-	token []byte
+	token [sha256.Size]byte // SHA-256 of the admin token: comparing digests hides its length
 	now   func() time.Time
 	log   *slog.Logger
 	ttl   time.Duration
@@ -148,7 +149,7 @@ func New(b Backend, opts Options) (*Console, error) {
 	if opts.SessionTTL <= 0 {
 		opts.SessionTTL = 12 * time.Hour
 	}
-	c := &Console{b: b, token: []byte(opts.Token), now: opts.Now, log: opts.Logger, ttl: opts.SessionTTL,
+	c := &Console{b: b, token: sha256.Sum256([]byte(opts.Token)), now: opts.Now, log: opts.Logger, ttl: opts.SessionTTL,
 		pages: map[string]*template.Template{}, sessions: map[string]*session{}}
 	base, err := template.New("layout.html").Funcs(funcs(c.now)).ParseFS(templateFS, "templates/layout.html")
 	if err != nil {
@@ -383,7 +384,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.showLogin(w, r, http.StatusForbidden, "The login form expired: try again.")
 		return
 	}
-	if subtle.ConstantTimeCompare([]byte(r.PostFormValue("token")), c.token) != 1 {
+	if got := sha256.Sum256([]byte(r.PostFormValue("token"))); subtle.ConstantTimeCompare(got[:], c.token[:]) != 1 {
 		c.log.Warn("console: failed login", "remote", r.RemoteAddr)
 		c.showLogin(w, r, http.StatusUnauthorized, "That is not the admin token.")
 		return

@@ -13,6 +13,28 @@ var ErrCurrency = errors.New("mapping: unknown currency")
 // ErrAmount reports an amount that cannot be represented exactly in micros.
 var ErrAmount = errors.New("mapping: amount not representable")
 
+// ErrPrecision reports an amount with more decimals than its currency has
+// (5.001 USD, 5.5 JPY). It is the one precision rule of every amount written
+// as a decimal (Shopify money, custom events, MicrosFromDecimal): trailing
+// zeros do not count ("403.00" JPY is 403), a non-zero digit past the
+// currency's minor unit is refused, never rounded. Stripe's minor units
+// cannot break it; Apple's milliunits and Google's micros are the store's
+// own fixed-point computations (Play reports converted prices below a cent)
+// and are kept exact as sent.
+var ErrPrecision = fmt.Errorf("%w: more decimals than the currency has", ErrAmount)
+
+// checkPrecision applies ErrPrecision's rule to r.
+func checkPrecision(r Revenue) (Revenue, error) {
+	e, err := Exponent(r.Currency)
+	if err != nil {
+		return Revenue{}, err
+	}
+	if r.AmountMicros%pow10[6-e] != 0 {
+		return Revenue{}, fmt.Errorf("%w: %s has %d", ErrPrecision, r.Currency, e)
+	}
+	return r, nil
+}
+
 // exponents lists currencies whose minor unit is not 1/100 (ISO 4217 table A.1).
 // Every other known code has two decimals.
 var exponents = map[string]int{
@@ -98,7 +120,8 @@ func MicrosFromUnitsNanos(units int64, nanos int32, currency string) (Revenue, e
 }
 
 // MicrosFromDecimal parses a decimal string such as "403.00" or "-1.5" (Shopify's
-// money format) exactly, without going through float64.
+// money format) exactly, without going through float64. More decimals than
+// the currency has are ErrPrecision.
 func MicrosFromDecimal(s, currency string) (Revenue, error) {
 	if _, err := Exponent(currency); err != nil {
 		return Revenue{}, err
@@ -107,7 +130,7 @@ func MicrosFromDecimal(s, currency string) (Revenue, error) {
 	if err != nil {
 		return Revenue{}, err
 	}
-	return Revenue{AmountMicros: m, Currency: strings.ToUpper(currency)}, nil
+	return checkPrecision(Revenue{AmountMicros: m, Currency: strings.ToUpper(currency)})
 }
 
 // ParseMicros parses a plain decimal number (no exponent) into micros. More

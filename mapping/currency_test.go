@@ -277,11 +277,38 @@ func TestRevenueDecimal(t *testing.T) {
 func TestDecimalRoundTrip(t *testing.T) {
 	for _, r := range []Revenue{
 		{9_990_000, "USD"}, {-9_990_000, "USD"}, {1_200_000_000, "JPY"}, {1_250_000, "KWD"},
-		{1_234_500, "CLF"}, {1, "USD"}, {999_999_999_999_999_999, "EUR"},
+		{1_234_500, "CLF"}, {999_999_999_999_990_000, "EUR"},
 	} {
 		got, err := MicrosFromDecimal(r.Decimal(), r.Currency)
 		if err != nil || got != r {
 			t.Errorf("MicrosFromDecimal(%q) = %+v, %v; want %+v", r.Decimal(), got, err, r)
+		}
+	}
+	// Amounts finer than the currency (Google's converted prices) print
+	// exactly and parse back as micros, but are not a valid decimal amount.
+	for _, r := range []Revenue{{1, "USD"}, {999_999_999_999_999_999, "EUR"}} {
+		if m, err := ParseMicros(r.Decimal()); err != nil || m != r.AmountMicros {
+			t.Errorf("ParseMicros(%q) = %d, %v; want %d", r.Decimal(), m, err, r.AmountMicros)
+		}
+		if _, err := MicrosFromDecimal(r.Decimal(), r.Currency); !errors.Is(err, ErrPrecision) {
+			t.Errorf("MicrosFromDecimal(%q) error = %v, want ErrPrecision", r.Decimal(), err)
+		}
+	}
+}
+
+// Issue 15, item 10: one precision rule for every decimal amount.
+func TestMicrosFromDecimalPrecision(t *testing.T) {
+	for _, tt := range []struct {
+		amount, currency string
+		ok               bool
+	}{
+		{"5.001", "USD", false}, {"5.5", "JPY", false}, {"5.0001", "KWD", false}, {"-0.001", "EUR", false},
+		{"5.00", "JPY", true}, {"403.00", "JPY", true}, {"5.010", "USD", true}, {"5.001", "KWD", true},
+		{"5.0001", "CLF", true}, {"5", "USD", true}, {"9.99", "usd", true},
+	} {
+		_, err := MicrosFromDecimal(tt.amount, tt.currency)
+		if (err == nil) != tt.ok || !tt.ok && !errors.Is(err, ErrPrecision) {
+			t.Errorf("MicrosFromDecimal(%q, %s) error = %v, want ok=%v", tt.amount, tt.currency, err, tt.ok)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package mapping
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -280,12 +281,12 @@ func (p *customParser) revenue(obj map[string]json.RawMessage, prefix string, t 
 	if !ok || err != nil || cur == "" {
 		return nil
 	}
-	exp, _ := Exponent(code)
-	if _, frac, _ := strings.Cut(strings.TrimPrefix(amount, "-"), "."); len(frac) > exp {
+	rev, err := MicrosFromDecimal(amount, code)
+	if errors.Is(err, ErrPrecision) {
+		exp, _ := Exponent(code)
 		p.fail(join(field, "amount"), "%s has more decimals than %s allows (%d)", amount, code, exp)
 		return nil
 	}
-	rev, err := MicrosFromDecimal(amount, code)
 	if err != nil {
 		p.fail(join(field, "amount"), "%s is too large", amount)
 		return nil

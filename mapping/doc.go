@@ -11,5 +11,9 @@
 // by two notifications, a single canonical event.
 //
 // Emails and phones are hashed (normalized, SHA-256) the moment they are read
-// from a notification; the raw values never leave this package.
+// from a notification; the raw values never leave this package. One detector
+// (IsEmail, IsPhone) serves the log masker (MaskPII) and the disk (ScrubPII,
+// ScrubValue): a stored body holds no value the logs would mask, whatever
+// key it sits under. Amounts written as decimals follow one precision rule
+// (ErrPrecision).
 package mapping

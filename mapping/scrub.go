@@ -4,30 +4,207 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"regexp"
 	"strings"
 )
 
-// ScrubPII rewrites a JSON document so that no raw email or phone number is
-// stored: every string under a key containing "email" becomes its normalized
-// SHA-256 (64 hex), every string under a key containing "phone" becomes
-// "<sha256 digits>:<sha256 E.164>" (the two forms networks ask for), which
-// SetEmail and SetPhone accept as already hashed. Numbers keep their exact
-// text. A body that is not JSON is returned unchanged.
+// One detector decides what is an email or a phone number, for the log
+// masker (MaskPII) and for what is stored (ScrubPII, ScrubValue): anything
+// the logs would mask never reaches the disk in clear.
+
+// emailRE finds an email address inside any text.
+var emailRE = regexp.MustCompile(`[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}`)
+
+// phoneRE finds phone-number candidates inside text; IsPhone decides.
+var phoneRE = regexp.MustCompile(`[+(]?\d[\d ().\-]{5,}\d`)
+
+// RedactedValue replaces a value under an email or phone key that cannot be
+// normalized, and so cannot be hashed in the form networks match.
+const RedactedValue = "[redacted]"
+
+// IsEmail reports whether s, trimmed, is one email address.
+func IsEmail(s string) bool {
+	s = strings.TrimSpace(s)
+	loc := emailRE.FindStringIndex(s)
+	return loc != nil && loc[0] == 0 && loc[1] == len(s)
+}
+
+// IsPhone reports whether s, trimmed, is shaped like one phone number: an
+// international "+<7 to 15 digits>" with optional separators, or 10 to 15
+// digits in at least three groups ("650-555-1234", "(650) 555 1234",
+// "06 12 34 56 78"). A bare run of digits is not a phone by its value alone:
+// ids, timestamps and amounts look the same (under a key that says "phone"
+// it is one, see ScrubPII). IP addresses and dates are not phones.
+func IsPhone(s string) bool {
+	s = strings.TrimSpace(s)
+	if len(s) < 7 || len(s) > 32 {
+		return false
+	}
+	plus := s[0] == '+'
+	rest := s
+	if plus {
+		rest = s[1:]
+	}
+	if rest == "" || !(isDigit(rest[0]) || rest[0] == '(') || !isDigit(rest[len(rest)-1]) {
+		return false
+	}
+	digits, groups, dotsOnly := 0, 0, true
+	inRun := false
+	for i := 0; i < len(rest); i++ {
+		c := rest[i]
+		switch {
+		case isDigit(c):
+			digits++
+			if !inRun {
+				groups++
+			}
+			inRun = true
+		case c == ' ' || c == '-' || c == '.' || c == '(' || c == ')':
+			inRun = false
+			if c != '.' {
+				dotsOnly = false
+			}
+		default:
+			return false
+		}
+	}
+	if digits < 7 || digits > 15 {
+		return false
+	}
+	if plus {
+		return true
+	}
+	if digits < 10 || groups < 3 {
+		return false
+	}
+	if dotsOnly && groups == 4 && len(rest) <= 15 {
+		return false // an IPv4 address
+	}
+	return !dateRE.MatchString(rest)
+}
+
+var dateRE = regexp.MustCompile(`^\d{4}[-./ ]\d{1,2}[-./ ]\d{1,2}(?:$|[ T])`)
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// ContainsPII reports whether s is or contains an email address or a phone
+// number.
+func ContainsPII(s string) bool {
+	return MaskPII(s) != s
+}
+
+// MaskPII replaces every email address in s with "[email]" and every phone
+// number with "[phone]" (the log masker).
+func MaskPII(s string) string {
+	if !strings.ContainsAny(s, "@0123456789") {
+		return s
+	}
+	return replacePII(s, func(string) string { return "[email]" }, func(string) string { return "[phone]" })
+}
+
+// ScrubValue is ScrubPII for one stored string outside a body (an
+// Idempotency-Key, an app_user_id in a URL, an identifier value): a value
+// that is an email becomes the SHA-256 of its normalized form, a phone its
+// hashed forms ("<sha256 digits>:<sha256 E.164>"), and emails and phones
+// inside text are replaced by their hashes. Other values are returned as
+// they are. The result is deterministic, so a retried request maps to the
+// same stored key.
+func ScrubValue(s string) string {
+	if !strings.ContainsAny(s, "@0123456789") {
+		return s // neither an email nor a phone can hide here
+	}
+	if IsEmail(s) {
+		return SHA256Hex(NormalizeEmail(s))
+	}
+	if IsPhone(s) {
+		return hashPhone(NormalizePhone(s))
+	}
+	return replacePII(s,
+		func(e string) string { return SHA256Hex(NormalizeEmail(e)) },
+		func(p string) string { return hashPhone(NormalizePhone(p)) })
+}
+
+// hashPhone is the stored form of a normalized phone.
+func hashPhone(n string) string { return SHA256Hex(n) + ":" + SHA256Hex("+"+n) }
+
+// replacePII rewrites each email and phone inside s. Phones are looked for
+// in short values and in text with spaces only: long unbroken tokens (a
+// JWS, base64) are not text and must stay byte-exact.
+func replacePII(s string, email, phone func(string) string) string {
+	if strings.IndexByte(s, '@') >= 0 {
+		s = emailRE.ReplaceAllStringFunc(s, email)
+	}
+	if len(s) < 7 || (len(s) > 512 && !strings.ContainsAny(s, " \t\n")) {
+		return s
+	}
+	locs := phoneRE.FindAllStringIndex(s, -1)
+	if locs == nil {
+		return s
+	}
+	var b strings.Builder
+	last := 0
+	for _, l := range locs {
+		m := s[l[0]:l[1]]
+		// A candidate glued to other characters is part of a token
+		// ("ord_650-555-1234x", "GPA.1234-5678-9012-34567"), not a number
+		// someone wrote.
+		if l[0] > 0 && !strings.ContainsRune(phoneBefore, rune(s[l[0]-1])) ||
+			l[1] < len(s) && !strings.ContainsRune(phoneAfter, rune(s[l[1]])) || !IsPhone(m) {
+			continue
+		}
+		b.WriteString(s[last:l[0]])
+		b.WriteString(phone(m))
+		last = l[1]
+	}
+	if last == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// Characters that may surround a phone written in text.
+const (
+	phoneBefore = " \t\r\n,;:=\"'<[{"
+	phoneAfter  = " \t\r\n,;.:&\"'>)]}!?"
+)
+
+// ScrubPII rewrites a stored body so that no raw email or phone number
+// reaches the disk, whatever key holds it:
+//
+//   - a string under a key containing "email" becomes its normalized
+//     SHA-256 (64 hex), under a key containing "phone" (or a number there)
+//     "<sha256 digits>:<sha256 E.164>", the forms SetEmail and SetPhone
+//     accept as already hashed; a value there that cannot be normalized but
+//     holds a digit or an "@" becomes RedactedValue, never stored raw;
+//   - any other string that is an email or a phone (IsEmail, IsPhone: Stripe
+//     metadata, a Shopify note, custom attributes, an app_user_id) is hashed
+//     the same way, and emails and phones inside text are replaced by their
+//     hashes; object keys too.
+//
+// Numbers keep their exact text. A body that is not one JSON document has
+// its emails and phones replaced in the text.
 func ScrubPII(body []byte) []byte {
-	// Keys match case-insensitively ("Email", "PHONE"), so the quick
-	// check must too.
-	if !containsFoldASCII(body, "mail") && !containsFoldASCII(body, "phone") {
+	if !mayHoldPII(body) {
 		return body
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any
-	if err := dec.Decode(&v); err != nil {
-		return body
+	err := dec.Decode(&v)
+	if err == nil {
+		// Data after the first value means the body is not one JSON
+		// document; re-encoding only the first value would silently drop
+		// the rest.
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
 	}
-	// Data after the first value means the body is not one JSON document;
-	// re-encoding only the first value would silently drop the rest.
-	if _, err := dec.Token(); err != io.EOF {
+	if err != nil {
+		s := string(body)
+		if out := ScrubValue(s); out != s {
+			return []byte(out)
+		}
 		return body
 	}
 	changed := false
@@ -44,6 +221,14 @@ func ScrubPII(body []byte) []byte {
 	return bytes.TrimRight(buf.Bytes(), "\n")
 }
 
+// mayHoldPII is a quick check that lets most bodies through without a
+// decode: an email needs an "@", a keyed value its key, a phone a run of
+// digits and separators. Keys match case-insensitively ("Email", "PHONE").
+func mayHoldPII(body []byte) bool {
+	return bytes.IndexByte(body, '@') >= 0 || containsFoldASCII(body, "mail") || containsFoldASCII(body, "phone") ||
+		phoneRE.Match(body)
+}
+
 func scrub(v any, key string, changed *bool) any {
 	switch x := v.(type) {
 	case map[string]any:
@@ -57,36 +242,63 @@ func scrub(v any, key string, changed *bool) any {
 			}
 		}
 		for k, c := range x {
-			x[k] = scrub(c, strings.ToLower(k), changed)
+			c = scrub(c, strings.ToLower(k), changed)
+			if nk := ScrubValue(k); nk != k {
+				// An email used as a key ({"jane@example.com": "vip"}).
+				delete(x, k)
+				k, *changed = nk, true
+			}
+			x[k] = c
 		}
 	case []any:
 		for i, c := range x {
 			x[i] = scrub(c, key, changed)
 		}
+	case json.Number:
+		if strings.Contains(key, "phone") {
+			if n := NormalizePhone(string(x)); n != "" {
+				*changed = true
+				return hashPhone(n)
+			}
+		}
 	case string:
 		if x == "" {
 			return x
 		}
-		switch {
-		case strings.Contains(key, "email"):
-			ids := map[string]string{}
-			if SetEmail(ids, x) {
-				if ids[IDEmailSHA256] != x {
-					*changed = true
-				}
-				return ids[IDEmailSHA256]
-			}
-		case strings.Contains(key, "phone"):
-			if isHashedPhone(x) {
-				return x
-			}
-			if n := NormalizePhone(x); n != "" {
-				*changed = true
-				return SHA256Hex(n) + ":" + SHA256Hex("+"+n)
-			}
+		out := scrubString(x, key)
+		if out != x {
+			*changed = true
 		}
+		return out
 	}
 	return v
+}
+
+// scrubString is ScrubPII's rule for one string under key.
+func scrubString(x, key string) string {
+	switch {
+	case strings.Contains(key, "email"):
+		ids := map[string]string{}
+		if SetEmail(ids, x) {
+			return ids[IDEmailSHA256]
+		}
+		if strings.ContainsAny(x, "@0123456789") {
+			return RedactedValue
+		}
+		return x
+	case strings.Contains(key, "phone"):
+		if isHashedPhone(x) {
+			return x
+		}
+		if n := NormalizePhone(x); n != "" {
+			return hashPhone(n)
+		}
+		if strings.ContainsAny(x, "@0123456789") {
+			return RedactedValue
+		}
+		return x
+	}
+	return ScrubValue(x)
 }
 
 // isHashedPhone reports whether s is ScrubPII's phone form or a bare hash.

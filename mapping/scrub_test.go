@@ -86,9 +86,11 @@ func TestScrubPIIUnchanged(t *testing.T) {
 	}{
 		{"no email or phone key", `{"id":"evt_1","amount":999}`},
 		{"nothing to hash", `{"email":null,"phone":""}`},
-		{"not JSON", `email=jane.doe@example.com&phone=+16505551234`},
-		{"truncated JSON", `{"email":"jane.doe@example.com"`},
-		{"trailing data after JSON", `{"email":"jane.doe@example.com"} {"email":"other@example.com"}`},
+		{"not JSON without PII", `id=1&total=2`},
+		{"ids, times, amounts, addresses and tokens", `{"id":"820982911946154508","ts":"1700000000","ms":"1697679936049","price":"403.00",` +
+			`"range":"1000-2000","ip":"192.168.100.200","ip6":"2001:db8::1","date":"2026-11-30","at":"2026-11-30 03:00:00","order":"GPA.3345-1234-5678-90",` +
+			`"uuid":"98880550-7158-44d4-b7cd-2c97c8a091b5","version":"1.2.3","neg":"-1234567890","zip":"94105-1234","card":"4242 4242 4242 4242",` +
+			`"ua":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)","sku":"SKU-650-555-1234X"}`},
 		{"empty", ``},
 		{"whitespace and key order kept when nothing changes", "{ \"b\": 1,\n  \"a\": \"x@\", \"email\": \"not an email\" }"},
 	}
@@ -111,6 +113,152 @@ func TestScrubPIIIdempotent(t *testing.T) {
 		twice := ScrubPII(once)
 		if !bytes.Equal(once, twice) {
 			t.Errorf("not idempotent for %s:\nonce  %s\ntwice %s", in, once, twice)
+		}
+	}
+}
+
+// Issue 15, item 3: emails and phones under any key, inside text, as keys,
+// and values that fail normalization are never stored raw.
+func TestScrubPIIAnyKey(t *testing.T) {
+	email := SHA256Hex("jane.doe@example.com")
+	phone := SHA256Hex("16505551234") + ":" + SHA256Hex("+16505551234")
+	local := SHA256Hex("5556251199") + ":" + SHA256Hex("+5556251199")
+	tests := []struct {
+		name string
+		in   string
+		want string // compared as JSON values
+	}{
+		{"stripe metadata", `{"data":{"object":{"metadata":{"contact":"Jane.Doe@example.com","whatsapp":"+1 650 555 1234"}}}}`,
+			`{"data":{"object":{"metadata":{"contact":"` + email + `","whatsapp":"` + phone + `"}}}}`},
+		{"shopify note", `{"note":"call +1 650 555 1234 or mail jane.doe@example.com, thanks"}`,
+			`{"note":"call ` + phone + ` or mail ` + email + `, thanks"}`},
+		{"custom attribute", `{"attributes":{"referrer":"(650) 555-1234"}}`, `{"attributes":{"referrer":"` + SHA256Hex("6505551234") + ":" + SHA256Hex("+6505551234") + `"}}`},
+		{"local phone in three groups", `{"customer":{"contact":"555-625-1199"}}`, `{"customer":{"contact":"` + local + `"}}`},
+		{"app_user_id that is an email", `{"app_user_id":"jane.doe@example.com"}`, `{"app_user_id":"` + email + `"}`},
+		{"email as an object key", `{"tags":{"jane.doe@example.com":"vip"}}`, `{"tags":{"` + email + `":"vip"}}`},
+		{"email failing normalization", `{"email":"jane doe@example.com"}`, `{"email":"[redacted]"}`},
+		{"phone failing normalization", `{"phone":"12-34"}`, `{"phone":"[redacted]"}`},
+		{"phone as a number", `{"phone":16505551234}`, `{"phone":"` + phone + `"}`},
+		{"name/value pair", `{"note_attributes":[{"name":"Phone","value":"650 555 1234 ext"}]}`, `{"note_attributes":[{"name":"Phone","value":"` + SHA256Hex("6505551234") + ":" + SHA256Hex("+6505551234") + `"}]}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ScrubPII([]byte(tt.in))
+			if !jsonEqual(t, got, []byte(tt.want)) {
+				t.Errorf("ScrubPII(%s)\n got %s\nwant %s", tt.in, got, tt.want)
+			}
+			if MaskPII(string(got)) != string(got) {
+				t.Errorf("the log masker still finds PII in the stored form %s", got)
+			}
+		})
+	}
+}
+
+func TestScrubPIINotJSON(t *testing.T) {
+	for _, in := range []string{
+		`email=jane.doe@example.com&phone=+16505551234`,
+		`{"email":"jane.doe@example.com"`,
+		`{"email":"jane.doe@example.com"} {"email":"other@example.com"}`,
+	} {
+		got := string(ScrubPII([]byte(in)))
+		if strings.Contains(got, "@example.com") || strings.Contains(got, "6505551234") {
+			t.Errorf("ScrubPII(%q) = %q: raw PII kept", in, got)
+		}
+	}
+}
+
+func TestDetector(t *testing.T) {
+	for s, want := range map[string]bool{
+		"jane@example.com": true, " Jane.Doe+x@mail.example.co.uk ": true, "jane@example": false, "@example.com": false,
+		"not an email": false, "a@b.c": false,
+	} {
+		if got := IsEmail(s); got != want {
+			t.Errorf("IsEmail(%q) = %v, want %v", s, got, want)
+		}
+	}
+	for s, want := range map[string]bool{
+		"+16505551234": true, "+1 (650) 555-1234": true, "650-555-1234": true, "(650) 555 1234": true, "06 12 34 56 78": true,
+		"+44 20 7946 0958": true, "0044 20 7946 0958": true, "650.555.1234": true,
+		"6505551234": false, "1700000000": false, "192.168.100.200": false, "2026-11-30": false, "2026-11-30 03": false,
+		"1000-2000": false, "+1": false, "+1234567890123456": false, "650-555-1234x": false, "-650-555-1234": false, "403.00": false,
+	} {
+		if got := IsPhone(s); got != want {
+			t.Errorf("IsPhone(%q) = %v, want %v", s, got, want)
+		}
+	}
+	masked := MaskPII("user jane@example.com called +1 650 555 1234 at 2026-11-30 from 10.0.0.1 about order 820982911946154508")
+	if want := "user [email] called [phone] at 2026-11-30 from 10.0.0.1 about order 820982911946154508"; masked != want {
+		t.Errorf("MaskPII = %q, want %q", masked, want)
+	}
+	if v := ScrubValue("order:jane@example.com"); v != "order:"+SHA256Hex("jane@example.com") || ScrubValue(v) != v {
+		t.Errorf("ScrubValue = %q, want the email hashed, idempotently", v)
+	}
+	long := strings.Repeat("ab", 300) + "-650-555-1234-" + strings.Repeat("cd", 300)
+	if ScrubValue(long) != long {
+		t.Errorf("a long token without spaces was rewritten")
+	}
+}
+
+// FuzzScrubPII checks the detector's promise on arbitrary bodies: what
+// ScrubPII stores holds nothing the log masker would still mask in a JSON
+// string or key, and scrubbing twice changes nothing.
+func FuzzScrubPII(f *testing.F) {
+	for _, s := range []string{
+		`{"email":"Jane.Doe@Example.com","phone":"+1 650 555 1234"}`,
+		`{"note":"call (650) 555-1234 or jane@example.com","metadata":{"x":"+44 20 7946 0958"}}`,
+		`{"jane@example.com":{"phone":16505551234,"email":"bad mail@x"}}`,
+		`[{"name":"Phone","value":"650 555 1234"},{"key":"email","value":"a@b.co"}]`,
+		`email=jane@example.com&phone=+16505551234`,
+		`{"ip":"192.168.100.200","date":"2026-11-30","id":"820982911946154508"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		once := ScrubPII(body)
+		if twice := ScrubPII(once); !bytes.Equal(once, twice) {
+			t.Fatalf("not idempotent:\n in   %q\n once %q\n twice %q", body, once, twice)
+		}
+		dec := json.NewDecoder(bytes.NewReader(once))
+		dec.UseNumber()
+		var v any
+		if dec.Decode(&v) != nil {
+			return
+		}
+		var walk func(v any)
+		walk = func(v any) {
+			switch x := v.(type) {
+			case map[string]any:
+				for k, c := range x {
+					if ContainsPII(k) {
+						t.Fatalf("key %q still holds PII after ScrubPII(%q) = %q", k, body, once)
+					}
+					walk(c)
+				}
+			case []any:
+				for _, c := range x {
+					walk(c)
+				}
+			case string:
+				if ContainsPII(x) {
+					t.Fatalf("value %q still holds PII after ScrubPII(%q) = %q", x, body, once)
+				}
+			}
+		}
+		walk(v)
+	})
+}
+
+// Identifiers that destinations need are not mistaken for phones.
+func TestScrubValueKeepsIdentifiers(t *testing.T) {
+	for _, v := range []string{
+		"1700000000000-1234567", "fb.1.1554763741205.AbCdEfGhIjKlMnOpQrStUvWxYz1234567890", "fb.1.1596403881668.1116446470",
+		"1234567890.1234567890", "6D92078A-8246-4BA4-AE5B-76104861E7DC", "192.168.1.1", "2001:db8::1", "GPA.3345-1234-5678-90123",
+		"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1.2 Mobile/15E148 Safari/604.1",
+		"Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.144 Mobile Safari/537.36",
+		"E.C.P.demo-shopify", "2026-11-30T03:00:00Z", "P1M", "sub_1NG8Du2eZvKYlo2C", "evt_1NG8Du2eZvKYlo2CUeOvIOGm",
+	} {
+		if got := ScrubValue(v); got != v {
+			t.Errorf("ScrubValue(%q) = %q, want it unchanged", v, got)
 		}
 	}
 }

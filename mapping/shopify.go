@@ -218,6 +218,9 @@ func Shopify(n *Notification, st States) (Result, error) {
 		return Result{}, malformed("shopify notification without shop domain or topic")
 	}
 	var err error
+	if err := m.checkComplianceShop(); err != nil {
+		return Result{}, err
+	}
 	switch m.topic {
 	case "orders/paid":
 		err = m.orderPaid()
@@ -881,5 +884,26 @@ func (m *shopifyMapper) customerRedact() error {
 	}
 	m.out.Erase = er
 	m.out.Ignored = fmt.Sprintf("customers/redact: erasure of customer %s and %d orders queued", r.Customer.ID, len(r.OrdersToRedact))
+	return nil
+}
+
+// checkComplianceShop refuses a compliance request whose body names another
+// shop than the request (webhooks.Shopify refuses it at the door; this
+// keeps a reprocessed inbox item from erasing another shop's data too).
+func (m *shopifyMapper) checkComplianceShop() error {
+	switch m.topic {
+	case "customers/redact", "customers/data_request", "shop/redact":
+	default:
+		return nil
+	}
+	var b struct {
+		ShopDomain string `json:"shop_domain"`
+	}
+	if err := m.decode(&b); err != nil {
+		return err
+	}
+	if strings.ToLower(strings.TrimSpace(b.ShopDomain)) != m.shop {
+		return malformed("shopify %s for shop %q received for shop %q", m.topic, b.ShopDomain, m.shop)
+	}
 	return nil
 }

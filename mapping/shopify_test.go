@@ -331,3 +331,18 @@ func TestMapLeavesStatesUnchanged(t *testing.T) {
 		t.Errorf("Map changed the States' maps: identifiers %v, values %v", prior.Identifiers, prior.Values)
 	}
 }
+
+func TestShopifyComplianceForAnotherShopIsRefused(t *testing.T) {
+	for _, tc := range []struct{ topic, body string }{
+		{"shop/redact", `{"shop_id":954889,"shop_domain":"victim.myshopify.com"}`},
+		{"customers/redact", `{"shop_id":954889,"shop_domain":"victim.myshopify.com","customer":{"id":1},"orders_to_redact":[]}`},
+		{"customers/data_request", `{"shop_id":954889,"orders_requested":[]}`},
+	} {
+		n := &Notification{Source: SourceShopify, Key: "wh", Type: tc.topic, Body: []byte(tc.body),
+			Meta: map[string]string{ShopifyMetaShop: "example.myshopify.com", ShopifyMetaTopic: tc.topic}}
+		res, err := Shopify(n, nil)
+		if !errors.Is(err, ErrMalformed) || res.Erase != nil {
+			t.Errorf("%s: err = %v, erase = %+v; want ErrMalformed and no erasure", tc.topic, err, res.Erase)
+		}
+	}
+}

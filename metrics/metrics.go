@@ -36,6 +36,9 @@ type Metrics struct {
 
 	ErasuresPending prometheus.Gauge   // privacy erasures queued
 	ErasuresDone    prometheus.Counter // privacy erasures carried out
+
+	AuthFailures  *prometheus.CounterVec // realm: admin, console, api
+	AuthThrottled *prometheus.CounterVec // realm: requests refused while an address is held back
 }
 
 // New creates and registers the collectors.
@@ -94,10 +97,16 @@ func New() *Metrics {
 		ErasuresDone: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postback_privacy_erasures_total", Help: "Privacy erasures carried out.",
 		}),
+		AuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_auth_failures_total", Help: "Failed admin-token, console-login and API-key attempts, by realm.",
+		}, []string{"realm"}),
+		AuthThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_auth_throttled_total", Help: "Requests refused (429) because their address failed authentication too often, by realm.",
+		}, []string{"realm"}),
 	}
 	r.MustRegister(m.Received, m.Verified, m.Rejected, m.Duplicates, m.Ignored, m.Events, m.Ingest,
 		m.Deliveries, m.DeliveryLatency, m.QueueDepth, m.OldestPending, m.Paused, m.Circuit, m.NotSent,
-		m.ErasuresPending, m.ErasuresDone)
+		m.ErasuresPending, m.ErasuresDone, m.AuthFailures, m.AuthThrottled)
 	return m
 }
 

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,7 +54,7 @@ func (g *Gateway) mountAdmin() error {
 		return err
 	}
 	g.Admin.Any(console.Prefix, echo.WrapHandler(con))
-	g.Admin.Any(console.Prefix+"/*", echo.WrapHandler(con))
+	g.Admin.Any(console.Prefix+"/*", g.loginThrottle(echo.WrapHandler(con)))
 	// Bulk replays stop with the gateway, before the store closes.
 	g.AddWorker(func(wctx context.Context) {
 		<-wctx.Done()
@@ -80,15 +79,50 @@ type admin struct {
 // maxJobs bounds the finished replay jobs kept for GET /replay.
 const maxJobs = 50
 
-// auth checks the bearer token in constant time.
+// auth checks the bearer token with the /v1 API's parser, comparing
+// SHA-256 digests in constant time (the token's length does not show). An
+// address that keeps failing is held back (429) before its guess is even
+// checked.
 func (a *admin) auth(next echo.HandlerFunc) echo.HandlerFunc {
-	want := []byte(a.g.Config.Admin.Token)
+	want := webhooks.NewTokenSet(a.g.Config.Admin.Token)
 	return func(c echo.Context) error {
-		got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+		addr := c.RealIP()
+		if wait, ok := a.g.throttle.Allow("admin", addr); !ok {
+			return webhooks.Throttled(c, wait)
+		}
+		got, ok := webhooks.BearerToken(c.Request().Header.Get("Authorization"))
+		if !ok || !want.Match(got) {
+			a.g.throttle.Fail("admin", addr)
+			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="postback-admin"`)
 			return webhooks.Errorf(http.StatusUnauthorized, webhooks.CodeUnauthorized, "admin token required (Authorization: Bearer <admin.token>)")
 		}
+		a.g.throttle.Succeed(addr)
 		return next(c)
+	}
+}
+
+// loginThrottle holds back addresses that keep failing the console's login
+// form (the admin token again): the console answers a wrong token 401 and a
+// right one with a redirect.
+func (g *Gateway) loginThrottle(h echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		if r.Method != http.MethodPost || r.URL.Path != console.Prefix+"/login" {
+			return h(c)
+		}
+		addr := c.RealIP()
+		if wait, ok := g.throttle.Allow("console", addr); !ok {
+			webhooks.SetRetryAfter(c, wait)
+			return c.String(http.StatusTooManyRequests, "Too many failed logins from this address: try again later.\n")
+		}
+		err := h(c)
+		switch c.Response().Status {
+		case http.StatusUnauthorized:
+			g.throttle.Fail("console", addr)
+		case http.StatusSeeOther, http.StatusFound:
+			g.throttle.Succeed(addr)
+		}
+		return err
 	}
 }
 
@@ -248,10 +282,10 @@ func redactPersonal(body []byte) any {
 			if x != "" && personalKey(key) {
 				return "[redacted]"
 			}
-			// Emails are hashed before storage; a raw one that slipped into
-			// free text is masked here all the same.
-			if strings.Contains(x, "@") {
-				return emailRE.ReplaceAllString(x, "[redacted email]")
+			// Emails and phones are hashed before storage; one stored by an
+			// older version is masked here all the same.
+			if m := mapping.MaskPII(x); m != x {
+				return m
 			}
 		}
 		return v

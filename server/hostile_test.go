@@ -232,7 +232,7 @@ func x509MarshalPKIX(p *appletest.PKI) ([]byte, error) {
 // accepted by the running gateway and stored.
 func TestShopifyStoreKeyThroughGateway(t *testing.T) {
 	tg := hostileGateway(t, appletest.NewPKI(t))
-	body := []byte(`{"id":5899171709999,"total_price":"9.99","currency":"USD"}`)
+	body := []byte(`{"id":5899171709999,"name":"#1001","total_price":"9.99","currency":"USD"}`)
 	h := map[string]string{
 		"X-Shopify-Hmac-Sha256": webhooks.SignShopify(body, hostileStoreKey),
 		"X-Shopify-Topic":       "orders/paid",
@@ -260,16 +260,19 @@ func TestShopifyCustomerRedactThroughGateway(t *testing.T) {
 			t.Fatalf("%s: status %d (%s)", topic, status, code)
 		}
 	}
-	post("orders/paid", "wh-order-1", []byte(`{"id":4001,"currency":"USD","total_price":"19.99","financial_status":"paid","customer":{"id":777,"email":"jane@example.com"},"note_attributes":[{"name":"app_user_id","value":"u-777"}]}`))
+	post("orders/paid", "wh-order-1", []byte(`{"id":4001,"name":"#4001","currency":"USD","total_price":"19.99","financial_status":"paid","customer":{"id":777,"email":"jane@example.com"},"note_attributes":[{"name":"app_user_id","value":"u-777"}]}`))
 	page, err := tg.g.Store.Events(store.EventFilter{})
 	if err != nil || len(page.Events) != 1 || page.Events[0].User.Identifiers[mapping.IDShopifyCustomer] != "777" {
 		t.Fatalf("setup: %+v %v", page.Events, err)
 	}
 	id := page.Events[0].ID
-	post("customers/redact", "wh-redact-1", []byte(`{"shop_domain":"hostile.myshopify.com","customer":{"id":777,"email":"jane@example.com"},"orders_to_redact":[4001]}`))
+	post("customers/redact", "wh-redact-1", []byte(`{"shop_id":548380009,"shop_domain":"hostile.myshopify.com","customer":{"id":777,"email":"jane@example.com"},"orders_to_redact":[4001]}`))
+	// The queue empties in the erasure's commit; the metric counts it just
+	// after: wait for both.
 	waitFor(t, "erasure", func() bool {
 		n, err := tg.g.Store.PendingErasures()
-		return err == nil && n == 0
+		var m dto.Metric
+		return err == nil && n == 0 && tg.g.Metrics.ErasuresDone.Write(&m) == nil && m.GetCounter().GetValue() >= 1
 	})
 	e, err := tg.g.Store.Event(id)
 	if err != nil {

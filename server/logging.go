@@ -4,18 +4,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"regexp"
-	"strings"
 
 	"github.com/postback/postback/config"
+	"github.com/postback/postback/mapping"
 )
 
-// emailRE finds email addresses in log values.
-var emailRE = regexp.MustCompile(`[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}`)
-
 // NewLogger builds the gateway's slog logger. As a last line of defence it
-// masks every configured secret and anything shaped like an email address in
-// attribute values, whatever a caller passed.
+// masks every configured secret, and every email address and phone number
+// (mapping's detector, the one that keeps them off the disk), in attribute
+// values, whatever a caller passed.
 func NewLogger(w io.Writer, cfg config.Log, secrets []string) *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(cfg.Level))
@@ -47,15 +44,9 @@ func NewLogger(w io.Writer, cfg config.Log, secrets []string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// Mask replaces secrets and email addresses in s.
+// Mask replaces secrets (config.Config.Secrets: by key name, header values
+// and URL credentials), the userinfo and query values of any URL, email
+// addresses and phone numbers in s.
 func Mask(s string, secrets []string) string {
-	for _, sec := range secrets {
-		if strings.Contains(s, sec) {
-			s = strings.ReplaceAll(s, sec, "[redacted]")
-		}
-	}
-	if strings.Contains(s, "@") {
-		s = emailRE.ReplaceAllString(s, "[email]")
-	}
-	return s
+	return mapping.MaskPII(config.MaskText(s, secrets))
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -65,6 +66,11 @@ type Gateway struct {
 	// google holds the Play API client and enricher when the Google source
 	// is enabled, for the admin reconcile endpoint.
 	google *googleSource
+	// ipExtractor names the client of a request (server.trusted_proxies).
+	ipExtractor echo.IPExtractor
+	// throttle holds back addresses that keep failing authentication
+	// (admin token, console login, API keys).
+	throttle *webhooks.Throttle
 }
 
 // Route returns the destinations an event matches.
@@ -129,7 +135,8 @@ func BuildDestinations(cfg *config.Config, client *http.Client, now func() time.
 			BatchSize: d.BatchSize, Linger: d.Linger.D(), MaxAttempts: d.Retry.MaxAttempts, MaxAge: d.Retry.MaxAge.D(),
 		})
 	}
-	return out, errors.Join(errs...)
+	// Errors are printed by check-config and at start-up: no secret in them.
+	return out, config.MaskError(errors.Join(errs...), cfg.Secrets())
 }
 
 // New builds a gateway from a validated configuration: it opens the store
@@ -143,6 +150,23 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		opts.Now = time.Now
 	}
 	g := &Gateway{Config: cfg, Logger: opts.Logger, Metrics: metrics.New(), opts: opts, now: opts.Now}
+	proxies, err := cfg.Server.TrustedPrefixes()
+	if err != nil {
+		return nil, err
+	}
+	var warned atomic.Bool
+	g.ipExtractor = clientIP(proxies, func(peer string) {
+		// Behind a proxy that is not listed, every client has the proxy's
+		// address: one client's failed guesses hold back all of them.
+		if !warned.Swap(true) {
+			g.Logger.Warn("X-Forwarded-For / X-Real-IP ignored: the peer is not in server.trusted_proxies; list your reverse proxy there, or every client behind it shares one address (logs, auth throttling)", "peer", peer)
+		}
+	})
+	g.throttle = webhooks.NewThrottle(webhooks.ThrottleOptions{
+		Now:        opts.Now,
+		OnFailure:  func(realm string) { g.Metrics.AuthFailures.WithLabelValues(realm).Inc() },
+		OnThrottle: func(realm string) { g.Metrics.AuthThrottled.WithLabelValues(realm).Inc() },
+	})
 	dests, err := BuildDestinations(cfg, opts.Client, opts.Now)
 	if err != nil {
 		return nil, err
@@ -190,7 +214,15 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	g.Deps = webhooks.Deps{Store: g.Store, Metrics: g.Metrics, Logger: g.Logger, Now: g.now, MaxBody: cfg.Server.MaxBodyBytes}
 	g.Echo.GET("/healthz", g.healthz)
 	g.Echo.GET("/readyz", g.readyz)
-	g.Echo.GET("/metrics", echo.WrapHandler(g.Metrics.Handler()))
+	// With a separate admin listener, /metrics lives there (it tells an
+	// outsider traffic, sources and destinations); admin.public_metrics
+	// keeps it on the public listener too.
+	if g.Admin == g.Echo || cfg.Admin.PublicMetrics {
+		g.Echo.GET("/metrics", echo.WrapHandler(g.Metrics.Handler()))
+	}
+	if g.Admin != g.Echo {
+		g.Admin.GET("/metrics", echo.WrapHandler(g.Metrics.Handler()))
+	}
 	if err := g.mountSources(); err != nil {
 		g.Store.Close()
 		return nil, err
@@ -425,6 +457,7 @@ func (g *Gateway) AddWorker(w func(ctx context.Context)) { g.workers = append(g.
 func newEcho(g *Gateway) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
+	e.IPExtractor = g.ipExtractor
 	e.HTTPErrorHandler = g.errorHandler
 	e.Use(g.requestLog)
 	e.Use(recoverer(g.Logger))

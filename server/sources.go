@@ -60,6 +60,7 @@ func (g *Gateway) mountSources() error {
 	// The app's own API: /v1/events and /v1/users. Always mounted, so that
 	// without api_keys it answers 404 with a message saying how to turn it on.
 	v1 := webhooks.NewCustom(g.Deps, g.Store, g.Config.APIKeys, g.Config.Storage.Retention.D())
+	v1.Throttle = g.throttle
 	v1.Mount(g.Echo)
 	if len(v1.APIKeys) > 0 {
 		g.Logger.Info("api enabled", "paths", "/v1/events, /v1/users/:id", "api_keys", len(v1.APIKeys))

@@ -45,7 +45,10 @@ type Custom struct {
 	Users     Users
 	APIKeys   []string
 	Retention time.Duration // storage.retention: older occurred_at is rejected
-	keyHashes [][sha256.Size]byte
+	// Throttle holds back addresses that keep presenting wrong keys (nil:
+	// no throttling).
+	Throttle *Throttle
+	keys     TokenSet
 }
 
 // NewCustom builds the /v1 handlers. retention is storage.retention.
@@ -54,9 +57,9 @@ func NewCustom(d Deps, users Users, apiKeys []string, retention time.Duration) *
 	for _, k := range apiKeys {
 		if k = strings.TrimSpace(k); k != "" {
 			c.APIKeys = append(c.APIKeys, k)
-			c.keyHashes = append(c.keyHashes, sha256.Sum256([]byte(k)))
 		}
 	}
+	c.keys = NewTokenSet(c.APIKeys...)
 	return c
 }
 
@@ -72,24 +75,26 @@ func (h *Custom) Mount(e *echo.Echo) {
 // ErrAPIKey reports a missing or unknown API key.
 var ErrAPIKey = errors.New("custom: missing or unknown API key")
 
-// Auth is the middleware that checks the bearer API key. Keys are compared
-// as SHA-256 digests in constant time, against every configured key.
+// Auth is the middleware that checks the bearer API key (BearerToken, the
+// admin API's parser). Keys are compared as SHA-256 digests in constant
+// time, against every configured key. An address that keeps failing is
+// held back (429) before its guess is even checked.
 func (h *Custom) Auth(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if len(h.keyHashes) == 0 {
+		if h.keys.Len() == 0 {
 			return Errorf(http.StatusNotFound, CodeNotFound, "the /v1 API is off: set api_keys in config.yaml (e.g. api_keys: [\"${POSTBACK_API_KEY}\"])")
 		}
-		auth := c.Request().Header.Get("Authorization")
-		scheme, key, _ := strings.Cut(auth, " ")
-		got := sha256.Sum256([]byte(strings.TrimSpace(key)))
-		ok := 0
-		for i := range h.keyHashes {
-			ok |= subtle.ConstantTimeCompare(got[:], h.keyHashes[i][:])
+		addr := c.RealIP()
+		if wait, ok := h.Throttle.Allow("api", addr); !ok {
+			return Throttled(c, wait)
 		}
-		if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(key) == "" || ok != 1 {
+		key, ok := BearerToken(c.Request().Header.Get("Authorization"))
+		if !ok || !h.keys.Match(key) {
+			h.Throttle.Fail("api", addr)
 			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="postback"`)
 			return Wrap(http.StatusUnauthorized, CodeUnauthorized, "missing or unknown API key (Authorization: Bearer <key>)", ErrAPIKey)
 		}
+		h.Throttle.Succeed(addr)
 		return next(c)
 	}
 }
@@ -157,6 +162,9 @@ func (h *Custom) Events(c echo.Context) error {
 		return respond(c, h.Reject(src, invalid([]mapping.FieldError{{Field: "Idempotency-Key",
 			Message: "header is required: 1 to 255 printable ASCII characters, unique per logical request (e.g. a UUID)"}})))
 	}
+	// A key that is or holds an email or phone is stored as its hash (the
+	// same for a retry, so idempotency holds).
+	key = mapping.ScrubValue(key)
 	req, fields := mapping.ParseCustom(body, h.Now(), h.Retention)
 	if fields != nil {
 		return respond(c, h.Reject(src, invalid(fields)))
@@ -194,7 +202,7 @@ func (h *Custom) Events(c echo.Context) error {
 			}
 		}
 		if subtle.ConstantTimeCompare([]byte(stored), []byte(sum)) != 1 {
-			return Errorf(http.StatusConflict, CodeConflict, "Idempotency-Key %q was already used with a different request; use a new key for a new request", key)
+			return Errorf(http.StatusConflict, CodeConflict, "this Idempotency-Key was already used with a different request; use a new key for a new request")
 		}
 		c.Response().Header().Set("Idempotent-Replayed", "true")
 	} else if res.Status == mapping.StatusFailed {
@@ -233,7 +241,9 @@ func userID(c echo.Context) (string, *Error) {
 	case strings.IndexFunc(id, unicode.IsControl) >= 0:
 		return "", invalid([]mapping.FieldError{{Field: "app_user_id", Message: "must not contain control characters"}})
 	}
-	return id, nil
+	// An app_user_id that is an email or phone is kept as its hash, as in
+	// event bodies, so the two still match.
+	return mapping.ScrubValue(id), nil
 }
 
 func storeError(err error) *Error {
@@ -278,6 +288,10 @@ func parseIdentifiers(body []byte) (map[string]string, []mapping.FieldError) {
 			continue
 		}
 		switch {
+		case v != "" && k != "email" && k != "phone":
+			// An email or phone given as another identifier (external_id)
+			// is stored hashed all the same.
+			mapping.SetIdentifierValue(ids, k, mapping.ScrubValue(v))
 		case v != "":
 			mapping.SetIdentifierValue(ids, k, v)
 		case k == "email":

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -120,6 +121,8 @@ func FuzzShopifyHandle(f *testing.F) {
 	f.Add([]byte(`{"id":"x","refunds":[{"transactions":[{"amount":"-1"}]}]}`), "refunds/create", "wh-2")
 	f.Add([]byte(`null`), "orders/cancelled", "")
 	f.Add([]byte("\xc3\x28"), "app/uninstalled", "wh-3")
+	f.Add([]byte(`{"shop_id":1,"shop_domain":"fuzz.myshopify.com"}`), "shop/redact", "wh-4")
+	f.Add([]byte(`{"shop_id":1,"shop_domain":"other.myshopify.com","customer":{"id":1},"orders_to_redact":[]}`), "customers/redact", "wh-5")
 	f.Fuzz(func(t *testing.T, body []byte, topic, id string) {
 		st := &fakeIngester{}
 		s := &Shopify{Deps: testDeps(st, nil), Secrets: []string{"shpss_fuzz"}, ShopSecrets: map[string]string{"fuzz.myshopify.com": "store-key"}}
@@ -141,6 +144,16 @@ func FuzzShopifyHandle(f *testing.F) {
 		rec := post(t, s.Handle, body, h)
 		if rec.Code >= 500 {
 			t.Fatalf("status %d: %s", rec.Code, rec.Body)
+		}
+		// A compliance request is accepted only signed with the app's
+		// secret and naming the request's shop (issue 15).
+		if rec.Code == http.StatusOK && IsShopifyCompliance(topic) {
+			var b struct {
+				ShopDomain string `json:"shop_domain"`
+			}
+			if secret != "shpss_fuzz" || json.Unmarshal(body, &b) != nil || strings.ToLower(strings.TrimSpace(b.ShopDomain)) != "fuzz.myshopify.com" {
+				t.Fatalf("compliance %s accepted: secret %s, body %q", topic, secret, body)
+			}
 		}
 	})
 }

@@ -225,6 +225,7 @@ func (e *GoogleEnricher) enrichOne(ctx context.Context, n *mapping.Notification)
 	if err == nil {
 		var b []byte
 		if b, err = json.Marshal(en); err == nil {
+			b = mapping.ScrubPII(b) // an obfuscated account id may be an email
 			var res store.IngestResult
 			res, err = e.store.Enrich(ctx, mapping.SourceGoogle, n.Key, b)
 			if err == nil || errors.Is(err, store.ErrNotFound) {

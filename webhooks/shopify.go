@@ -158,7 +158,14 @@ func (s *Shopify) Handle(c echo.Context) error {
 	// store's key may also have signed the body, and that key vouches for
 	// its own shop alone.
 	shop := strings.ToLower(header(r, "Shop-Domain"))
-	matched, err := verifyShopify(body, header(r, "Hmac-Sha256"), s.secretsFor(shop))
+	topic, webhookID := header(r, "Topic"), header(r, "Webhook-Id")
+	secrets := s.secretsFor(shop)
+	if IsShopifyCompliance(topic) {
+		// Erasure and disclosure requests come from Shopify itself, signed
+		// with the app's secret: a store's webhook key never vouches for them.
+		secrets = s.Secrets
+	}
+	matched, err := verifyShopify(body, header(r, "Hmac-Sha256"), secrets)
 	if err != nil {
 		code := CodeSignature
 		if errors.Is(err, ErrShopifyNoHeader) || errors.Is(err, ErrShopifyBadHeader) {
@@ -172,19 +179,31 @@ func (s *Shopify) Handle(c echo.Context) error {
 	if shop == "" {
 		return s.Reject(src, Errorf(http.StatusBadRequest, CodeMalformed, "missing X-Shopify-Shop-Domain header"))
 	}
+	if !ValidShopDomain(shop) {
+		return s.Reject(src, Wrap(http.StatusBadRequest, CodeMalformed, "X-Shopify-Shop-Domain must be <name>.myshopify.com", ErrShopifyBadDomain))
+	}
 	if !s.shopAllowed(shop) {
 		return s.Reject(src, Wrap(http.StatusForbidden, CodeUnknownShop,
 			"shop "+shop+" is not in sources.shopify.shops", ErrShopifyUnknownShop))
 	}
-	topic, webhookID := header(r, "Topic"), header(r, "Webhook-Id")
 	if topic == "" || webhookID == "" {
 		return s.Reject(src, Errorf(http.StatusBadRequest, CodeMalformed, "missing X-Shopify-Topic or X-Shopify-Webhook-Id header"))
+	}
+	if !topicRE.MatchString(topic) {
+		return s.Reject(src, Wrap(http.StatusBadRequest, CodeMalformed, "X-Shopify-Topic must be <resource>/<action>", ErrShopifyBadTopic))
 	}
 	var probe struct {
 		Test bool `json:"test"`
 	}
 	if !json.Valid(body) || bytes.TrimSpace(body)[0] != '{' || json.Unmarshal(body, &probe) != nil {
 		return s.Reject(src, Errorf(http.StatusBadRequest, CodeMalformed, "body is not a JSON object"))
+	}
+	if err := checkShopifyBody(topic, shop, body); err != nil {
+		code := CodeWrongShape
+		if errors.Is(err, ErrShopifyShopMismatch) {
+			code = CodeShopMismatch
+		}
+		return s.Reject(src, Wrap(http.StatusBadRequest, code, "body does not match X-Shopify-Topic / X-Shopify-Shop-Domain", err))
 	}
 	env := mapping.Production
 	if probe.Test {
@@ -217,6 +236,7 @@ func (s *Shopify) Handle(c echo.Context) error {
 		n.Meta[mapping.ShopifyMetaEventID] = v
 		n.AltKeys = []string{"event:" + topic + ":" + v}
 	}
+	n.AltKeys = append(n.AltKeys, shopifyBodyKey(topic, body))
 	res, err := s.Accept(r.Context(), n)
 	if err != nil {
 		return err

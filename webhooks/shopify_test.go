@@ -231,7 +231,7 @@ func TestShopifyNotification(t *testing.T) {
 	if n.Environment != mapping.Sandbox {
 		t.Errorf("environment = %q, want sandbox for a test order", n.Environment)
 	}
-	if len(n.AltKeys) != 1 || n.AltKeys[0] != "event:orders/paid:98880550-7158-44d4-b7cd-2c97c8a091b5" {
+	if len(n.AltKeys) != 2 || n.AltKeys[0] != "event:orders/paid:98880550-7158-44d4-b7cd-2c97c8a091b5" || n.AltKeys[1] != shopifyBodyKey("orders/paid", body) {
 		t.Errorf("alt keys = %v", n.AltKeys)
 	}
 }
