@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 
@@ -185,6 +186,9 @@ func (s *Shopify) Handle(c echo.Context) error {
 	}
 	if !json.Valid(body) || bytes.TrimSpace(body)[0] != '{' || json.Unmarshal(body, &probe) != nil {
 		return s.Reject(src, Errorf(http.StatusBadRequest, CodeMalformed, "body is not a JSON object"))
+	}
+	if !utf8.Valid(body) {
+		return s.Reject(src, Errorf(http.StatusBadRequest, CodeMalformed, "body is not valid UTF-8"))
 	}
 	env := mapping.Production
 	if probe.Test {
