@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -39,6 +40,9 @@ type stripeSubscription struct {
 	Customer          any               `json:"customer"`
 	CancelAtPeriodEnd bool              `json:"cancel_at_period_end"`
 	TrialEnd          int64             `json:"trial_end"`
+	LatestInvoice     any               `json:"latest_invoice"` // id, or expanded object
+	Discount          json.RawMessage   `json:"discount"`       // up to API 2024-06-20
+	Discounts         []json.RawMessage `json:"discounts"`      // since 2024-06-20
 	Currency          string            `json:"currency"`
 	Metadata          map[string]string `json:"metadata"`
 	Items             struct {
@@ -342,6 +346,7 @@ func (m *stripeMapper) decodeSub() (*stripeSubscription, State, error) {
 		return nil, State{}, malformed("stripe subscription without id")
 	}
 	s := m.state(subKey(sub.ID))
+	upgradeStripeState(&s)
 	remember(&s, sub.Metadata)
 	s.Status = sub.Status
 	s.CancelAtPeriodEnd = sub.CancelAtPeriodEnd
@@ -366,6 +371,12 @@ func (m *stripeMapper) subscriptionCreated() error {
 		m.emit(e)
 		s.InTrial, s.TrialUsed = true, true
 	case "active":
+		if sub.discounted() {
+			// The first invoice (billing_reason subscription_create, the
+			// same event id) reports the start with the amount paid.
+			m.out.Ignored = "subscription created active with a discount: subscription_started is reported by its first invoice, with the amount paid"
+			break
+		}
 		e := m.subscriptionEvent(SubscriptionStarted, sub)
 		rev, err := sub.listRevenue()
 		if err != nil {
@@ -403,20 +414,8 @@ func (m *stripeMapper) subscriptionUpdated() error {
 		}
 	}
 	if prev.Status != nil && *prev.Status == "trialing" && sub.Status == "active" {
-		e := m.subscriptionEvent(TrialConverted, sub)
-		rev, err := sub.listRevenue()
-		if err != nil {
+		if err := m.trialEnded(sub, &s); err != nil {
 			return err
-		}
-		e.Revenue = rev
-		e.SetAttribute("offer", "free_trial")
-		m.emit(e)
-		s.InTrial = false
-		// "2" means the conversion invoice came first (Stripe does not
-		// order events); going back to "1" would turn the next renewal
-		// into a repeat of the conversion.
-		if s.Value("trial_converted") != "2" {
-			s.SetValue("trial_converted", "1")
 		}
 	}
 	if prev.Status != nil && *prev.Status != "trialing" && sub.Status == "trialing" {
@@ -441,6 +440,85 @@ func (m *stripeMapper) subscriptionUpdated() error {
 		}
 	}
 	m.save(s)
+	return nil
+}
+
+// Stripe subscription state values (State.Values) that order a trial
+// conversion. Stripe does not order its events, and the gateway may lack
+// the subscription's earlier events, so both the trialing -> active update
+// and the conversion invoice record what they saw:
+//
+//   - stripeConversionPending: the update came first; the next
+//     subscription_cycle invoice is the conversion (the same event id),
+//     whatever its amount, so a 0-amount conversion consumes it too and
+//     the first paid renewal after it stays a renewal. Its value is the
+//     update's latest_invoice, kept for the record.
+//   - stripeConvertedBy: the invoice that reported the conversion; the
+//     same invoice again maps to the same trial_converted event.
+//   - stripeUnknownRenewal: a subscription_cycle invoice arrived with no
+//     state at all, so it became subscription_renewed with
+//     previous_period=unknown; a later trialing -> active update naming
+//     that invoice (or none) must not report the payment a second time.
+//   - stripeStartUnknown: a 0-amount subscription_create invoice without
+//     the subscription's state (a free trial or a 100 % coupon; the
+//     invoice does not tell): the next cycle's previous period is unknown.
+const (
+	stripeConversionPending = "conversion_pending"
+	stripeConvertedBy       = "converted_by"
+	stripeUnknownRenewal    = "unknown_renewal"
+	stripeStartUnknown      = "start_unknown"
+	stripeLegacyConverted   = "trial_converted" // before issue 13: "1" pending, "2" reported
+)
+
+// upgradeStripeState reads the trial marker written before issue 13.
+func upgradeStripeState(s *State) {
+	switch s.Value(stripeLegacyConverted) {
+	case "1":
+		s.SetValue(stripeConversionPending, "")
+	case "2":
+		s.SetValue(stripeConvertedBy, "?")
+	default:
+		return
+	}
+	delete(s.Values, stripeLegacyConverted)
+}
+
+// discounted reports whether a coupon applies to the subscription: then its
+// price list amount is not what its invoices charge.
+func (s *stripeSubscription) discounted() bool {
+	d := strings.TrimSpace(string(s.Discount))
+	return (d != "" && d != "null") || len(s.Discounts) > 0
+}
+
+// trialEnded handles trialing -> active. It reports trial_converted with
+// the price list amount under the conversion's one id, unless the
+// conversion invoice was already counted, or a coupon makes the list amount
+// wrong (then the invoice reports it, with the amount paid). Either way the
+// next subscription_cycle invoice is the conversion's, whatever its amount.
+func (m *stripeMapper) trialEnded(sub *stripeSubscription, s *State) error {
+	s.InTrial = false
+	latest := stripeID(sub.LatestInvoice)
+	switch unknown := s.Value(stripeUnknownRenewal); {
+	case s.Value(stripeConvertedBy) != "":
+		m.out.Ignored = "trial conversion already reported by invoice " + s.Value(stripeConvertedBy)
+		return nil
+	case unknown != "" && (latest == "" || latest == unknown):
+		m.out.Ignored = "trial conversion invoice " + unknown + " was reported as subscription_renewed (previous_period=unknown)"
+		return nil
+	}
+	s.SetValue(stripeConversionPending, latest)
+	if sub.discounted() {
+		m.out.Ignored = "trial ended with a discount: trial_converted is reported by the conversion invoice, with the amount paid"
+		return nil
+	}
+	e := m.subscriptionEvent(TrialConverted, sub)
+	rev, err := sub.listRevenue()
+	if err != nil {
+		return err
+	}
+	e.Revenue = rev
+	e.SetAttribute("offer", "free_trial")
+	m.emit(e)
 	return nil
 }
 
@@ -541,34 +619,60 @@ func (m *stripeMapper) invoicePaid() error {
 		}
 		rev = &r
 	}
-	s := m.state(subKey(subID))
+	s, known := m.st.State(subKey(subID))
+	if !known {
+		s = State{Key: subKey(subID)}
+	}
+	upgradeStripeState(&s)
 	remember(&s, inv.metadata())
 	switch inv.BillingReason {
 	case "subscription_create":
-		if rev == nil {
+		switch {
+		case rev != nil:
+		case s.InTrial || s.Status == "trialing":
 			m.out.Ignored = "subscription_create invoice without payment (trial)"
+		case known && s.Status == "active":
+			// Started without a charge (100 % coupon, credit balance).
+		default:
+			// A free trial or a 100 % coupon: the invoice does not tell.
+			s.SetValue(stripeStartUnknown, inv.ID)
+			m.out.Ignored = "subscription_create invoice without payment (trial, or a start without charge)"
+		}
+		if m.out.Ignored != "" {
 			break
 		}
 		e := m.invoiceEvent(SubscriptionStarted, inv, subID)
 		e.Revenue = rev
 		m.emit(e)
 	case "subscription_cycle":
-		if rev == nil {
-			m.out.Ignored = "subscription_cycle invoice without payment"
-			break
-		}
-		if s.InTrial || s.Value("trial_converted") == "1" {
-			// The period before this invoice was a free trial: the same
-			// id as the trialing->active update, so only one conversion.
+		_, pending := s.Values[stripeConversionPending]
+		by := s.Value(stripeConvertedBy)
+		switch {
+		case by == inv.ID || s.InTrial || pending:
+			// The period before this invoice was a free trial. One id
+			// per subscription: a re-sent conversion invoice is the same
+			// event.
 			e := m.invoiceEvent(TrialConverted, inv, subID)
 			e.Revenue = rev
 			e.SetAttribute("offer", "free_trial")
 			m.emit(e)
 			s.InTrial = false
-			s.SetValue("trial_converted", "2")
-		} else {
+			delete(s.Values, stripeConversionPending)
+			s.SetValue(stripeConvertedBy, inv.ID)
+		case rev == nil:
+			m.out.Ignored = "subscription_cycle invoice without payment"
+		default:
 			e := m.invoiceEvent(SubscriptionRenewed, inv, subID, inv.ID)
 			e.Revenue = rev
+			if !known || s.Value(stripeStartUnknown) != "" {
+				// Nothing says whether the period before was a trial:
+				// a conversion is never guessed.
+				e.SetAttribute("previous_period", "unknown")
+				if s.Value(stripeUnknownRenewal) == "" {
+					s.SetValue(stripeUnknownRenewal, inv.ID)
+				}
+				delete(s.Values, stripeStartUnknown)
+			}
 			m.emit(e)
 		}
 	default:
