@@ -766,8 +766,17 @@ func (m *googleMapper) subscription() error {
 		e.ID = m.idFor(e.Type, token)
 		m.emit(e)
 	case "SUBSCRIPTION_EXPIRED":
-		e.ID = m.idFor(e.Type, token)
 		s.InTrial = false
+		// After an upgrade, downgrade or base-plan change Google expires
+		// the replaced token; its subscriptionsv2 resource says
+		// replacementCancellation while the new token (linkedPurchaseToken)
+		// is active. That is a plan change, not churn.
+		if m.sub.cancelReason() == "replacement" || s.Status == "replaced" || s.Value("replaced_by") != "" {
+			m.out.Ignored = "expired because replaced by a new purchase (upgrade, downgrade or base-plan change)"
+			s.Status = "replaced"
+			break
+		}
+		e.ID = m.idFor(e.Type, token)
 		m.emit(e)
 	case "SUBSCRIPTION_ITEMS_CHANGED":
 		e.ID = m.idFor(e.Type, token)
@@ -790,6 +799,9 @@ func (m *googleMapper) subscription() error {
 	if phase != "" {
 		s.SetValue("phase", phase)
 	}
+	if od := item.OfferDetails; od != nil && od.BasePlanID != "" {
+		s.SetValue("base_plan_id", od.BasePlanID)
+	}
 	m.save(s)
 	return nil
 }
@@ -806,6 +818,9 @@ func inheritGoogleState(prior State, token string) State {
 	}
 	s.SetValue("linked_from", prior.Key)
 	s.SetValue("linked_status", prior.Status)
+	if bp := prior.Value("base_plan_id"); bp != "" {
+		s.SetValue("previous_base_plan_id", bp)
+	}
 	if id := prior.Value("subscription_id"); id != "" {
 		s.SetValue("subscription_id", id)
 	}
@@ -899,11 +914,21 @@ func (m *googleMapper) purchased(s *State, item *googleLineItem, e *Event) error
 		e.SetAttribute("offer", phase)
 	}
 	if linked := s.Value("linked_from"); linked != "" || m.sub.LinkedPurchaseToken != "" {
-		// An upgrade, downgrade or re-signup: the subscription continues.
+		// An upgrade, downgrade, base-plan change or re-signup: the
+		// subscription continues. A new product, or a new base plan of
+		// the same product (monthly to quarterly), is a plan change.
 		e.Type = SubscriptionReactivated
+		prevPlan, plan := s.Value("previous_base_plan_id"), ""
+		if od := item.OfferDetails; od != nil {
+			plan = od.BasePlanID
+		}
 		if prev := s.ProductID; prev != "" && prev != item.ProductID {
 			e.Type = ProductChanged
 			e.SetAttribute("previous_product_id", prev)
+		}
+		if prevPlan != "" && plan != "" && prevPlan != plan {
+			e.Type = ProductChanged
+			e.SetAttribute("previous_base_plan_id", prevPlan)
 		}
 		e.SetAttribute("linked_purchase_token", m.sub.LinkedPurchaseToken)
 		rev, err := m.orderRevenue()
