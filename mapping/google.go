@@ -312,6 +312,50 @@ type GoogleEnrichment struct {
 	// "previous_order", "subscription", "product"); the event is still made,
 	// without what they would have added.
 	Missing []string `json:"missing,omitempty"`
+	// RevenueUnknown says why the order that moved money could not be read
+	// (GoogleOrderNotFound, GoogleOrderUnavailable after the enricher's
+	// bounded retries). Events that would carry its amount are made without
+	// revenue and with the attribute revenue_unknown=true, never silently.
+	RevenueUnknown string `json:"revenue_unknown,omitempty"`
+	// OrderError is the last order look-up error behind
+	// GoogleOrderUnavailable (logged and kept for the operator).
+	OrderError string `json:"order_error,omitempty"`
+}
+
+// Reasons of GoogleEnrichment.RevenueUnknown (attribute revenue_unknown_reason).
+const (
+	GoogleOrderNotFound    = "order_not_found"
+	GoogleOrderUnavailable = "order_unavailable"
+)
+
+// googleMoneyTypes are the event types that carry the order's amount.
+var googleMoneyTypes = map[Type]bool{
+	SubscriptionStarted: true, SubscriptionRenewed: true, TrialConverted: true, BillingRecovered: true,
+	SubscriptionReactivated: true, ProductChanged: true, Purchase: true, Refund: true,
+}
+
+// markRevenueUnknown flags the events that should carry the order's amount
+// but do not, because the order could not be read.
+func (m *googleMapper) markRevenueUnknown() {
+	why := m.en.RevenueUnknown
+	if why == "" && m.order == nil {
+		for _, r := range m.en.Missing {
+			if r == "order" {
+				why = GoogleOrderNotFound
+			}
+		}
+	}
+	if why == "" {
+		return
+	}
+	for i := range m.out.Events {
+		e := &m.out.Events[i]
+		if e.Revenue != nil || !googleMoneyTypes[e.Type] {
+			continue
+		}
+		e.SetAttribute("revenue_unknown", "true")
+		e.SetAttribute("revenue_unknown_reason", why)
+	}
 }
 
 type googleMoney struct {
@@ -574,6 +618,7 @@ func Google(n *Notification, st States) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	m.markRevenueUnknown()
 	if len(m.out.Events) == 0 && m.out.Ignored == "" {
 		m.out.Ignored = "no conversion in " + g.TypeName()
 	}
