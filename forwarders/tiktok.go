@@ -72,6 +72,7 @@ var (
 		string(mapping.TrialConverted):      "Subscribe",
 		string(mapping.SubscriptionStarted): "Subscribe",
 		string(mapping.SubscriptionRenewed): "Subscribe",
+		string(mapping.ProductChanged):      "Subscribe", // with revenue only (EventName)
 		string(mapping.Purchase):            "Purchase",
 	}
 	tiktokWebNames = map[string]string{
@@ -79,6 +80,7 @@ var (
 		string(mapping.TrialConverted):      "Subscribe",
 		string(mapping.SubscriptionStarted): "Subscribe",
 		string(mapping.SubscriptionRenewed): "Subscribe",
+		string(mapping.ProductChanged):      "Subscribe", // with revenue only (EventName)
 		string(mapping.Purchase):            "CompletePayment",
 	}
 )
