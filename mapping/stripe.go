@@ -345,7 +345,15 @@ func (m *stripeMapper) decodeSub() (*stripeSubscription, State, error) {
 	if sub.ID == "" {
 		return nil, State{}, malformed("stripe subscription without id")
 	}
-	s := m.state(subKey(sub.ID))
+	s, known := m.st.State(subKey(sub.ID))
+	if !known {
+		s = State{Key: subKey(sub.ID)}
+		if m.ev.Type != "customer.subscription.created" {
+			// First seen mid-lifecycle: nothing says yet whether the
+			// current period is a trial (cleared by what tells).
+			s.SetValue(stripeHistoryUnknown, "1")
+		}
+	}
 	upgradeStripeState(&s)
 	remember(&s, sub.Metadata)
 	s.Status = sub.Status
@@ -364,6 +372,10 @@ func (m *stripeMapper) subscriptionCreated() error {
 	if err != nil {
 		return err
 	}
+	// The start is known now, whatever its invoice said before.
+	freeStart := s.Value(stripeStartUnknown) != ""
+	delete(s.Values, stripeStartUnknown)
+	delete(s.Values, stripeHistoryUnknown)
 	switch sub.Status {
 	case "trialing":
 		e := m.subscriptionEvent(TrialStarted, sub)
@@ -371,10 +383,16 @@ func (m *stripeMapper) subscriptionCreated() error {
 		m.emit(e)
 		s.InTrial, s.TrialUsed = true, true
 	case "active":
-		if sub.discounted() {
+		if sub.discounted() && !freeStart {
 			// The first invoice (billing_reason subscription_create, the
 			// same event id) reports the start with the amount paid.
 			m.out.Ignored = "subscription created active with a discount: subscription_started is reported by its first invoice, with the amount paid"
+			break
+		}
+		if freeStart {
+			// Its first invoice came first and charged nothing (a 100 %
+			// coupon): a start without revenue.
+			m.emit(m.subscriptionEvent(SubscriptionStarted, sub))
 			break
 		}
 		e := m.subscriptionEvent(SubscriptionStarted, sub)
@@ -457,8 +475,12 @@ func (m *stripeMapper) subscriptionUpdated() error {
 //     same invoice again maps to the same trial_converted event.
 //   - stripeUnknownRenewal: a subscription_cycle invoice arrived with no
 //     state at all, so it became subscription_renewed with
-//     previous_period=unknown; a later trialing -> active update naming
-//     that invoice (or none) must not report the payment a second time.
+//     previous_period=unknown (or, at 0, nothing); a later trialing ->
+//     active update must not report that payment a second time.
+//   - stripeHistoryUnknown: the state was created by an event that does
+//     not tell whether the current period is a trial (an update other
+//     than trialing -> active, a deletion): for the next cycle invoice it
+//     is as if there were no state.
 //   - stripeStartUnknown: a 0-amount subscription_create invoice without
 //     the subscription's state (a free trial or a 100 % coupon; the
 //     invoice does not tell): the next cycle's previous period is unknown.
@@ -467,6 +489,7 @@ const (
 	stripeConvertedBy       = "converted_by"
 	stripeUnknownRenewal    = "unknown_renewal"
 	stripeStartUnknown      = "start_unknown"
+	stripeHistoryUnknown    = "history_unknown"
 	stripeLegacyConverted   = "trial_converted" // before issue 13: "1" pending, "2" reported
 )
 
@@ -497,12 +520,16 @@ func (s *stripeSubscription) discounted() bool {
 // next subscription_cycle invoice is the conversion's, whatever its amount.
 func (m *stripeMapper) trialEnded(sub *stripeSubscription, s *State) error {
 	s.InTrial = false
+	delete(s.Values, stripeHistoryUnknown)
 	latest := stripeID(sub.LatestInvoice)
 	switch unknown := s.Value(stripeUnknownRenewal); {
 	case s.Value(stripeConvertedBy) != "":
 		m.out.Ignored = "trial conversion already reported by invoice " + s.Value(stripeConvertedBy)
 		return nil
-	case unknown != "" && (latest == "" || latest == unknown):
+	case unknown != "":
+		// A subscription has one trial: the cycle invoice counted without
+		// knowing its previous period was this conversion's (its
+		// latest_invoice may even name a later draft).
 		m.out.Ignored = "trial conversion invoice " + unknown + " was reported as subscription_renewed (previous_period=unknown)"
 		return nil
 	}
@@ -629,6 +656,7 @@ func (m *stripeMapper) invoicePaid() error {
 	case "subscription_create":
 		switch {
 		case rev != nil:
+			delete(s.Values, stripeHistoryUnknown) // a paid first period
 		case s.InTrial || s.Status == "trialing":
 			m.out.Ignored = "subscription_create invoice without payment (trial)"
 		case known && s.Status == "active":
@@ -658,20 +686,29 @@ func (m *stripeMapper) invoicePaid() error {
 			m.emit(e)
 			s.InTrial = false
 			delete(s.Values, stripeConversionPending)
+			delete(s.Values, stripeStartUnknown)
+			delete(s.Values, stripeHistoryUnknown)
 			s.SetValue(stripeConvertedBy, inv.ID)
-		case rev == nil:
-			m.out.Ignored = "subscription_cycle invoice without payment"
 		default:
-			e := m.invoiceEvent(SubscriptionRenewed, inv, subID, inv.ID)
-			e.Revenue = rev
-			if !known || s.Value(stripeStartUnknown) != "" {
-				// Nothing says whether the period before was a trial:
-				// a conversion is never guessed.
-				e.SetAttribute("previous_period", "unknown")
+			// Nothing says whether the period before was a trial: a
+			// conversion is never guessed. The invoice is remembered so
+			// that a trialing -> active update naming it adds nothing.
+			unknown := !known || s.Value(stripeStartUnknown) != "" || s.Value(stripeHistoryUnknown) != ""
+			if unknown {
 				if s.Value(stripeUnknownRenewal) == "" {
 					s.SetValue(stripeUnknownRenewal, inv.ID)
 				}
 				delete(s.Values, stripeStartUnknown)
+				delete(s.Values, stripeHistoryUnknown)
+			}
+			if rev == nil {
+				m.out.Ignored = "subscription_cycle invoice without payment"
+				break
+			}
+			e := m.invoiceEvent(SubscriptionRenewed, inv, subID, inv.ID)
+			e.Revenue = rev
+			if unknown {
+				e.SetAttribute("previous_period", "unknown")
 			}
 			m.emit(e)
 		}

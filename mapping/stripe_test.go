@@ -119,6 +119,22 @@ var stripeCases = []struct {
 	// event for the same payment.
 	{"no_state_invoice_first", []string{"invoice_a_paid_cycle", "sub_a_updated_trial_active", "invoice_a_paid_cycle2"},
 		[][]Type{{SubscriptionRenewed}, nil, {SubscriptionRenewed}}},
+	// Shrunk by the lifecycle simulator: without state, a cancellation
+	// scheduled in the conversion's moment came first and created a state
+	// that looked complete; the invoice became a plain renewal and the
+	// update a second conversion with the same money.
+	{"no_state_other_update_first", []string{"sub_a_updated_cancel_active", "invoice_a_paid_cycle", "sub_a_updated_trial_active"},
+		[][]Type{{SubscriptionCancelled}, {SubscriptionRenewed}, nil}},
+	// Shrunk by the simulator: an update before subscription.created must
+	// not leave the history "unknown" once the creation is seen.
+	{"update_before_created", []string{"sub_b_updated_cancel", "sub_b_created_active", "invoice_b_paid_create", "invoice_b_paid_cycle"},
+		[][]Type{{SubscriptionCancelled}, {SubscriptionStarted}, {SubscriptionStarted}, {SubscriptionRenewed}}},
+	// Shrunk by the simulator: without state, a free (100 % coupon)
+	// conversion invoice before the update was skipped unremembered, so
+	// the update left the conversion pending and the first paid renewal
+	// became trial_converted.
+	{"no_state_free_invoice_first", []string{"invoice_a_paid_cycle_free", "sub_a_updated_trial_active_coupon", "invoice_a_paid_cycle2"},
+		[][]Type{nil, nil, {SubscriptionRenewed}}},
 	// Update first: the conversion is known before its invoice.
 	{"no_state_update_first", []string{"sub_a_updated_trial_active", "invoice_a_paid_cycle", "invoice_a_paid_cycle2"},
 		[][]Type{{TrialConverted}, {TrialConverted}, {SubscriptionRenewed}}},
@@ -136,7 +152,16 @@ var stripeCases = []struct {
 	{"trial_converted_credit_balance", []string{"sub_a_created_trialing", "sub_a_updated_trial_active", "invoice_a_paid_cycle_free", "invoice_a_paid_cycle2"},
 		[][]Type{{TrialStarted}, {TrialConverted}, {TrialConverted}, {SubscriptionRenewed}}},
 	{"subscription_started_coupon", []string{"sub_b_created_active_coupon", "invoice_b_paid_create"}, [][]Type{nil, {SubscriptionStarted}}},
+	// Shrunk by the lifecycle simulator: a 100 % coupon start whose
+	// 0-amount first invoice came before subscription.created had no
+	// subscription_started at all.
+	{"subscription_started_free_invoice_first", []string{"invoice_b_paid_create_free", "sub_b_created_active_coupon"}, [][]Type{nil, {SubscriptionStarted}}},
 	{"trial_converted_by_invoice", []string{"sub_a_created_trialing", "invoice_a_paid_cycle"}, [][]Type{{TrialStarted}, {TrialConverted}}},
+	// Shrunk by the lifecycle simulator: the trial's 0-amount first invoice
+	// before subscription.created left the start "unknown", so a later
+	// renewal said previous_period=unknown with the whole lifecycle known.
+	{"trial_invoice_before_created", []string{"invoice_a_paid_create_zero", "sub_a_created_trialing", "sub_a_updated_trial_active", "invoice_a_paid_cycle", "invoice_a_paid_cycle2"},
+		[][]Type{nil, {TrialStarted}, {TrialConverted}, {TrialConverted}, {SubscriptionRenewed}}},
 	{"trial_cancelled", []string{"sub_a_created_trialing", "sub_a_updated_cancel_trial"}, [][]Type{{TrialStarted}, {TrialCancelled}}},
 	{"subscription_cancelled", []string{"sub_b_created_active", "sub_b_updated_cancel"}, [][]Type{{SubscriptionStarted}, {SubscriptionCancelled}}},
 	{"subscription_uncancelled", []string{"sub_b_created_active", "sub_b_updated_cancel", "sub_b_updated_uncancel"},
