@@ -778,12 +778,25 @@ func (m *googleMapper) subscription() error {
 		}
 	case "SUBSCRIPTION_RECOVERED":
 		e.ID = m.idFor(BillingRecovered, token)
-		if rev, oid, err := m.newOrderRevenue(&s); err != nil {
+		rev, oid, err := m.newOrderRevenue(&s)
+		if err != nil {
 			return err
-		} else if rev != nil {
+		}
+		if rev != nil {
 			e.Revenue, e.TransactionID = rev, oid
 			e.ID = EventID(SourceGoogle, string(BillingRecovered), oid)
 		}
+		// A free trial whose first payment failed (grace period or account
+		// hold) converts when the payment is recovered: the period that
+		// ended was the trial (state, or the previous order's phase).
+		if rev != nil && (wasTrial || s.Value("phase") == "free_trial" || m.prev.phase() == "free_trial") {
+			e.Type = TrialConverted
+			e.ID = EventID(SourceGoogle, string(TrialConverted), oid)
+			e.SetAttribute("offer", "free_trial")
+			e.SetAttribute("recovered", "true")
+			s.SetValue("trial_converted", oid)
+		}
+		s.InTrial = false
 		m.emit(e)
 	case "SUBSCRIPTION_CANCELED":
 		if m.sub.cancelReason() == "replacement" {

@@ -445,7 +445,7 @@ func (e *GoogleEnricher) fetch(ctx context.Context, n *mapping.Notification, las
 		if en.Order, err = secondary("order", func() (json.RawMessage, error) { return e.api.Order(ctx, pkg, orderID) }); err != nil {
 			return nil, err
 		}
-		if prev := mapping.PreviousGoogleOrderID(orderID); prev != "" && g.TypeName() == "SUBSCRIPTION_RENEWED" {
+		if prev := mapping.PreviousGoogleOrderID(orderID); prev != "" && (g.TypeName() == "SUBSCRIPTION_RENEWED" || g.TypeName() == "SUBSCRIPTION_RECOVERED") {
 			if en.PreviousOrder, err = secondary("previous_order", func() (json.RawMessage, error) { return e.api.Order(ctx, pkg, prev) }); err != nil {
 				return nil, err
 			}

@@ -166,3 +166,43 @@ func TestGoogleBasePlanChangeIsProductChanged(t *testing.T) {
 		t.Errorf("after a re-signup on the same plan: %v, want one reactivation and still one product_changed", n)
 	}
 }
+
+// Found by the lifecycle simulator: a free trial whose first payment failed
+// (grace period) and was then recovered was billing_recovered, so the trial
+// never converted. The recovery out of a trial is trial_converted with the
+// recovered order's revenue, with or without the earlier state (the
+// previous order's phase tells).
+func TestGoogleTrialRecoveredIsConversion(t *testing.T) {
+	for _, withState := range []bool{true, false} {
+		t.Run(map[bool]string{true: "with state", false: "without state"}[withState], func(t *testing.T) {
+			x := newE2E(t)
+			x.pub.SetOrder(gPackage, "GPA.5", order("GPA.5", "FREE_TRIAL", money(0, "EUR")))
+			if withState {
+				x.pub.SetSubscription(gPackage, "tok-t", subscription("GPA.5", true))
+				x.push("1", googletest.SubscriptionNotification(gPackage, "tok-t", "pro_monthly", 4, testNow))
+				x.drain()
+				grace := subscription("GPA.5", true)
+				grace.SubscriptionState = "SUBSCRIPTION_STATE_IN_GRACE_PERIOD"
+				x.pub.SetSubscription(gPackage, "tok-t", grace)
+				x.push("2", googletest.SubscriptionNotification(gPackage, "tok-t", "pro_monthly", 6, testNow.Add(time.Hour)))
+				x.drain()
+			}
+			x.pub.SetSubscription(gPackage, "tok-t", subscription("GPA.5..0", false))
+			x.pub.SetOrder(gPackage, "GPA.5..0", order("GPA.5..0", "BASE", money(4_990_000, "EUR")))
+			x.push("3", googletest.SubscriptionNotification(gPackage, "tok-t", "pro_monthly", 1, testNow.Add(2*time.Hour)))
+			x.drain()
+			var conv []mapping.Event
+			for _, e := range x.events() {
+				switch e.Type {
+				case mapping.TrialConverted:
+					conv = append(conv, e)
+				case mapping.BillingRecovered:
+					t.Errorf("recovery out of a trial mapped to billing_recovered: %+v", e)
+				}
+			}
+			if len(conv) != 1 || conv[0].Revenue == nil || *conv[0].Revenue != (mapping.Revenue{AmountMicros: 4_990_000, Currency: "EUR"}) || conv[0].TransactionID != "GPA.5..0" {
+				t.Errorf("trial_converted %+v; want one with EUR 4.99 for GPA.5..0", conv)
+			}
+		})
+	}
+}
