@@ -28,6 +28,7 @@ type stripeLife struct {
 	price  int64 // minor units per period
 	trial  bool
 	coupon int // percent off the first paid invoice (0, 50, 100)
+	plan   int // plan changes so far (price_sim, price_sim1, ...)
 	notes  []stripeSimNote
 	moment int
 	t0     time.Time
@@ -66,8 +67,15 @@ func (l *stripeLife) sub(status string, cancelAtEnd bool, latest string, discoun
 	return o
 }
 
+func (l *stripeLife) priceID() string {
+	if l.plan == 0 {
+		return "price_sim"
+	}
+	return fmt.Sprintf("price_sim%d", l.plan)
+}
+
 func (l *stripeLife) priceObject() map[string]any {
-	return map[string]any{"id": "price_sim", "product": "prod_sim", "unit_amount": l.price, "currency": strings.ToLower(l.cur.code),
+	return map[string]any{"id": l.priceID(), "product": "prod_sim", "unit_amount": l.price, "currency": strings.ToLower(l.cur.code),
 		"recurring": map[string]any{"interval": "month", "interval_count": 1}}
 }
 
@@ -156,6 +164,18 @@ func genStripeLife(rt *rapid.T, id int) *stripeLife {
 			break
 		}
 		l.moment++
+		if rapid.IntRange(0, 3).Draw(rt, fmt.Sprintf("plan-change-%d", k)) == 0 {
+			// An upgrade or downgrade invoiced at once: the update, and
+			// the proration invoice (0 for a credit).
+			prev := []any{map[string]any{"price": l.priceObject()}}
+			l.plan++
+			proration := rapid.Int64Range(0, l.price).Draw(rt, fmt.Sprintf("proration-%d", k))
+			l.price = rapid.Int64Range(1, 2_000_000).Draw(rt, fmt.Sprintf("new-price-%d", k))
+			l.add("customer.subscription.updated", l.sub("active", cancelled, "", false), map[string]any{"items": map[string]any{"data": prev}}, stripeSimNote{})
+			upd := fmt.Sprintf("in_sim%d_u%d", l.id, k)
+			l.paid(upd, "subscription_update", proration, false)
+			l.moment++
+		}
 		inv := fmt.Sprintf("in_sim%d_r%d", l.id, k)
 		switch rapid.SampledFrom([]string{"paid", "paid", "failed_then_paid", "credit_balance"}).Draw(rt, fmt.Sprintf("renewal-%d", k)) {
 		case "paid":

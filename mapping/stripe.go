@@ -712,6 +712,19 @@ func (m *stripeMapper) invoicePaid() error {
 			}
 			m.emit(e)
 		}
+	case "subscription_update":
+		// A plan change invoiced at once (proration_behavior
+		// always_invoice): the charge of the change. The update reports
+		// the change itself (product_changed without revenue); this event
+		// carries the money, with its own id per invoice.
+		if rev == nil {
+			m.out.Ignored = "subscription_update invoice without payment (a credit, or proration at the next cycle)"
+			break
+		}
+		e := m.invoiceEvent(ProductChanged, inv, subID, inv.ID)
+		e.Revenue = rev
+		e.SetAttribute("proration", "true")
+		m.emit(e)
 	default:
 		m.out.Ignored = "invoice billing_reason " + inv.BillingReason
 	}

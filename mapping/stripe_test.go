@@ -167,6 +167,10 @@ var stripeCases = []struct {
 	{"subscription_uncancelled", []string{"sub_b_created_active", "sub_b_updated_cancel", "sub_b_updated_uncancel"},
 		[][]Type{{SubscriptionStarted}, {SubscriptionCancelled}, {SubscriptionUncancelled}}},
 	{"product_changed", []string{"sub_b_created_active", "sub_b_updated_price"}, [][]Type{{SubscriptionStarted}, {ProductChanged}}},
+	// Found by the simulator: the proration invoice of a plan change
+	// invoiced at once was ignored, so the upgrade's money was lost.
+	{"product_changed_prorated", []string{"sub_b_created_active", "sub_b_updated_price", "invoice_b_paid_update"},
+		[][]Type{{SubscriptionStarted}, {ProductChanged}, {ProductChanged}}},
 	{"subscription_started_invoice", []string{"invoice_b_paid_create"}, [][]Type{{SubscriptionStarted}}},
 	{"subscription_renewed", []string{"sub_b_created_active", "invoice_b_paid_create", "invoice_b_paid_cycle"},
 		[][]Type{{SubscriptionStarted}, {SubscriptionStarted}, {SubscriptionRenewed}}},
@@ -480,6 +484,7 @@ func TestStripeIgnored(t *testing.T) {
 		{"invoice without subscription", stripeEdit(t, "invoice_b_paid_create", set("subscription", nil)), "invoice without subscription"},
 		{"failed invoice without subscription", stripeEdit(t, "invoice_b_payment_failed", set("subscription", nil)), "invoice without subscription"},
 		{"manual invoice", stripeEdit(t, "invoice_b_paid_create", set("billing_reason", "manual")), "invoice billing_reason manual"},
+		{"plan change credited", stripeEdit(t, "invoice_b_paid_update", set("amount_paid", 0)), "subscription_update invoice without payment (a credit, or proration at the next cycle)"},
 		{"free cycle invoice", stripeEdit(t, "invoice_b_paid_cycle", set("amount_paid", 0)), "subscription_cycle invoice without payment"},
 		{"subscription update without a change we map", noChange, "no conversion in customer.subscription.updated"},
 	}
