@@ -164,7 +164,7 @@ func genGoogleLife(rt *rapid.T, id int) *googleLife {
 		o := l.charge(l.price, "BASE")
 		l.add(l.tok, 4, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), nil, googleSimNote{charged: o, amount: l.price})
 	}
-	steps := rapid.SliceOfN(rapid.SampledFrom([]string{"renew", "renew", "grace", "hold", "cancel_restart", "plan_change", "base_plan_change"}), 0, 6).Draw(rt, "steps")
+	steps := rapid.SliceOfN(rapid.SampledFrom([]string{"renew", "renew", "grace", "hold", "pause", "cancel_restart", "plan_change", "base_plan_change"}), 0, 6).Draw(rt, "steps")
 	for i, step := range steps {
 		l.moment++
 		switch step {
@@ -184,6 +184,18 @@ func genGoogleLife(rt *rapid.T, id int) *googleLife {
 			conv := l.trial
 			l.trial = false
 			l.add(l.tok, 1, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), l.previousOrder(o), googleSimNote{charged: o, amount: l.price, convert: conv, recovers: true})
+		case "pause":
+			if l.trial {
+				continue // a pause is scheduled for after a paid period
+			}
+			// The pause starts at the period's end; when it ends the
+			// subscription is charged again (reported as a renewal or a
+			// recovery: both are generated).
+			l.add(l.tok, 10, l.subscription(l.tok, "SUBSCRIPTION_STATE_PAUSED", true, ""), nil, nil, googleSimNote{})
+			l.moment++
+			o := l.charge(l.price, "BASE")
+			code := rapid.SampledFrom([]int{2, 1}).Draw(rt, fmt.Sprintf("resume-%d", i))
+			l.add(l.tok, code, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), l.previousOrder(o), googleSimNote{charged: o, amount: l.price})
 		case "cancel_restart":
 			l.add(l.tok, 3, l.subscription(l.tok, "SUBSCRIPTION_STATE_CANCELED", false, "userInitiatedCancellation"), nil, nil, googleSimNote{})
 			if rapid.Bool().Draw(rt, fmt.Sprintf("restart-%d", i)) {
