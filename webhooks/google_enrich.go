@@ -45,7 +45,9 @@ type GoogleEnricherOptions struct {
 	// until then, never the others.
 	ItemTimeout time.Duration
 	// OrderAttempts bounds the attempts of an item whose purchase was read
-	// but whose order (the amount) was not; default 8. After that the
+	// but whose order (the amount) was not (failures to read the purchase
+	// itself do not count: without it there is no event); default 8. After
+	// that the
 	// event is made without revenue and with revenue_unknown=true, counted
 	// in postback_revenue_unknown_total and logged.
 	OrderAttempts int
@@ -81,9 +83,18 @@ type GoogleEnricher struct {
 }
 
 type enrichRetry struct {
-	attempts int
-	next     time.Time
+	attempts  int
+	secondary int // attempts that failed on a secondary resource (the order)
+	next      time.Time
 }
+
+// secondaryError marks a failure to read a secondary resource (order,
+// previous order, subscription or product of a voided purchase): the
+// purchase itself was read, so these failures are bounded by OrderAttempts.
+type secondaryError struct{ err error }
+
+func (e *secondaryError) Error() string { return e.err.Error() }
+func (e *secondaryError) Unwrap() error { return e.err }
 
 // NewGoogleEnricher builds an enricher.
 func NewGoogleEnricher(inbox GoogleInbox, api PlayAPI, o GoogleEnricherOptions) *GoogleEnricher {
@@ -288,7 +299,7 @@ func (e *GoogleEnricher) enrichOne(ctx context.Context, n *mapping.Notification)
 	e.mu.Lock()
 	attempt := 1
 	if rt := e.retry[n.Key]; rt != nil {
-		attempt = rt.attempts + 1
+		attempt = rt.secondary + 1
 	}
 	e.mu.Unlock()
 	ictx, cancel := context.WithTimeout(ctx, e.o.ItemTimeout)
@@ -322,6 +333,10 @@ func (e *GoogleEnricher) enrichOne(ctx context.Context, n *mapping.Notification)
 		e.retry[n.Key] = rt
 	}
 	rt.attempts++
+	var se *secondaryError
+	if errors.As(err, &se) {
+		rt.secondary++
+	}
 	delay := e.backoff(rt.attempts)
 	var pe *play.Error
 	if errors.As(err, &pe) && pe.RetryAfter > delay {
@@ -412,7 +427,7 @@ func (e *GoogleEnricher) fetch(ctx context.Context, n *mapping.Notification, las
 			}
 			return nil, nil
 		}
-		return nil, err
+		return nil, &secondaryError{err}
 	}
 	switch g.Kind() {
 	case mapping.GoogleKindSubscription:

@@ -205,20 +205,26 @@ func TestGoogleOrderLookupGivesUpExplicitly(t *testing.T) {
 			}
 		})
 	}
+	// Only order failures count toward OrderAttempts: after three failed
+	// purchase look-ups, one failed order look-up is retried, not given up.
 	t.Run("subscription look-up failures are still retried, not given up", func(t *testing.T) {
 		x := newE2E(t)
 		en := NewGoogleEnricher(x.db, x.api, GoogleEnricherOptions{Logger: slog.New(slog.DiscardHandler), BaseDelay: time.Millisecond, MaxDelay: 2 * time.Millisecond, OrderAttempts: 2})
 		x.pub.SetSubscription(gPackage, "tok-1", subscription("GPA.1", false))
 		x.pub.SetOrder(gPackage, "GPA.1", order("GPA.1", "BASE", money(4_990_000, "EUR")))
 		x.pub.FailNext(googletest.OpSubscription, http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusServiceUnavailable)
+		x.pub.FailNext(googletest.OpOrder, http.StatusServiceUnavailable)
 		x.push("1", googletest.SubscriptionNotification(gPackage, "tok-1", "pro_monthly", 4, testNow))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := en.Drain(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if evs := x.events(); len(evs) != 1 || evs[0].Revenue == nil {
+		if evs := x.events(); len(evs) != 1 || evs[0].Revenue == nil || evs[0].Attributes["revenue_unknown"] != "" {
 			t.Errorf("got %+v, want one event with its revenue", evs)
+		}
+		if c := x.pub.Count(googletest.OpOrder); c != 2 {
+			t.Errorf("orders.get called %d times, want 2 (503, 200)", c)
 		}
 	})
 }
