@@ -1,6 +1,9 @@
 package forwarders
 
 import (
+	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/postback/postback/mapping"
@@ -46,5 +49,40 @@ func TestProductChangedDefaults(t *testing.T) {
 				t.Errorf("an empty override does not turn it off")
 			}
 		})
+	}
+}
+
+// The same through a real AppsFlyer forwarder against a local server: an
+// upgrade's charge goes out as product_changed with af_revenue; a plan
+// change without money is not sent.
+func TestProductChangedReachesAppsFlyer(t *testing.T) {
+	srv := newMMPServer(t, nil)
+	f := mmpNew(t, "appsflyer", srv.URL, afBlock, nil)
+	e := mmpEvent("subscription_renewed")
+	e.Type = mapping.ProductChanged
+	e.Revenue = &mapping.Revenue{AmountMicros: 49_990_000, Currency: "USD"}
+	if r := f.Send(context.Background(), []Item{{Key: "d", Event: e}})[0]; r.Outcome != Delivered {
+		t.Fatalf("with revenue: %+v, want delivered", r)
+	}
+	reqs := srv.requests()
+	if len(reqs) != 1 {
+		t.Fatalf("%d requests, want 1", len(reqs))
+	}
+	var body struct {
+		EventName  string `json:"eventName"`
+		EventValue string `json:"eventValue"`
+	}
+	if err := json.Unmarshal(reqs[0].Body, &body); err != nil {
+		t.Fatal(err)
+	}
+	if body.EventName != "product_changed" || !strings.Contains(body.EventValue, `"af_revenue":"49.99"`) {
+		t.Errorf("sent %s", reqs[0].Body)
+	}
+	e.Revenue = nil
+	if r := f.Send(context.Background(), []Item{{Key: "d2", Event: e}})[0]; r.Outcome != Skipped || r.Reason != ReasonNoEventName {
+		t.Errorf("without revenue: %+v, want skipped %s", r, ReasonNoEventName)
+	}
+	if len(srv.requests()) != 1 {
+		t.Error("a plan change without money reached AppsFlyer")
 	}
 }
