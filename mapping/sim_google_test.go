@@ -35,6 +35,7 @@ type googleLife struct {
 	cur       simCurrency
 	price     int64 // micros per period
 	trial     bool  // the current period is a free trial
+	intro     bool  // the current period is at an introductory price
 	tok       *googleToken
 	tokens    int
 	notes     []googleSimNote
@@ -68,7 +69,7 @@ func (l *googleLife) charge(micros int64, phase string) string {
 
 func (l *googleLife) order(id string, refunded bool) map[string]any {
 	phase := l.phases[id]
-	details := map[string]string{"BASE": "baseDetails", "FREE_TRIAL": "freeTrialDetails", "PRORATION": "prorationPeriodDetails"}[phase]
+	details := map[string]string{"BASE": "baseDetails", "FREE_TRIAL": "freeTrialDetails", "PRORATION": "prorationPeriodDetails", "INTRODUCTORY": "introductoryPriceDetails"}[phase]
 	o := map[string]any{"orderId": id, "state": "PROCESSED", "total": l.money(l.totals[id]), "createTime": "2026-01-01T00:00:00Z",
 		"lineItems": []any{map[string]any{"productId": l.tok.product, "total": l.money(l.totals[id]),
 			"subscriptionDetails": map[string]any{"basePlanId": l.tok.plan, "offerPhase": phase, "offerPhaseDetails": map[string]any{details: map[string]any{}}}}}}
@@ -86,8 +87,11 @@ func (l *googleLife) subscription(tok *googleToken, state string, autoRenew bool
 		latest = tok.orders[n-1]
 	}
 	phase := "basePrice"
-	if l.trial && tok == l.tok {
+	switch {
+	case l.trial && tok == l.tok:
 		phase = "freeTrial"
+	case l.intro && tok == l.tok:
+		phase = "introductoryPrice"
 	}
 	s := map[string]any{"kind": "androidpublisher#subscriptionPurchaseV2", "regionCode": "DE", "subscriptionState": state,
 		"externalAccountIdentifiers": map[string]any{"obfuscatedExternalAccountId": fmt.Sprintf("user-%d", l.id)},
@@ -155,12 +159,18 @@ func genGoogleLife(rt *rapid.T, id int) *googleLife {
 	l := &googleLife{id: id, t0: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), totals: map[string]int64{}, phases: map[string]string{}}
 	l.cur = rapid.SampledFrom(simCurrencies).Draw(rt, "currency")
 	l.price = l.cur.micros(rapid.Int64Range(1, 2_000_000).Draw(rt, "price"))
-	l.trial = rapid.Bool().Draw(rt, "trial")
+	start := rapid.SampledFrom([]string{"free_trial", "intro", "full"}).Draw(rt, "start")
+	l.trial, l.intro = start == "free_trial", start == "intro"
 	l.newToken("pro_monthly", "monthly", "")
-	if l.trial {
+	switch {
+	case l.trial:
 		o := l.charge(0, "FREE_TRIAL")
 		l.add(l.tok, 4, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), nil, googleSimNote{})
-	} else {
+	case l.intro:
+		intro := l.cur.micros(1) + l.price/2/l.cur.micros(1)*l.cur.micros(1)
+		o := l.charge(intro, "INTRODUCTORY")
+		l.add(l.tok, 4, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), nil, googleSimNote{charged: o, amount: intro})
+	default:
 		o := l.charge(l.price, "BASE")
 		l.add(l.tok, 4, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), nil, googleSimNote{charged: o, amount: l.price})
 	}
@@ -171,7 +181,7 @@ func genGoogleLife(rt *rapid.T, id int) *googleLife {
 		case "renew":
 			o := l.charge(l.price, "BASE")
 			conv := l.trial
-			l.trial = false
+			l.trial, l.intro = false, false
 			l.add(l.tok, 2, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), l.previousOrder(o), googleSimNote{charged: o, amount: l.price, convert: conv})
 		case "grace", "hold":
 			code, state := 6, "SUBSCRIPTION_STATE_IN_GRACE_PERIOD"
@@ -182,7 +192,7 @@ func genGoogleLife(rt *rapid.T, id int) *googleLife {
 			l.moment++
 			o := l.charge(l.price, "BASE")
 			conv := l.trial
-			l.trial = false
+			l.trial, l.intro = false, false
 			l.add(l.tok, 1, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), l.previousOrder(o), googleSimNote{charged: o, amount: l.price, convert: conv, recovers: true})
 		case "pause":
 			if l.trial {
@@ -193,6 +203,7 @@ func genGoogleLife(rt *rapid.T, id int) *googleLife {
 			// recovery: both are generated).
 			l.add(l.tok, 10, l.subscription(l.tok, "SUBSCRIPTION_STATE_PAUSED", true, ""), nil, nil, googleSimNote{})
 			l.moment++
+			l.intro = false
 			o := l.charge(l.price, "BASE")
 			code := rapid.SampledFrom([]int{2, 1}).Draw(rt, fmt.Sprintf("resume-%d", i))
 			l.add(l.tok, code, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), l.previousOrder(o), googleSimNote{charged: o, amount: l.price})
@@ -213,6 +224,7 @@ func genGoogleLife(rt *rapid.T, id int) *googleLife {
 				product, plan = old.product, map[string]string{"monthly": "quarterly", "quarterly": "monthly"}[old.plan]
 			}
 			l.newToken(product, plan, old.token)
+			l.intro = false
 			proration := rapid.Int64Range(0, l.price).Draw(rt, fmt.Sprintf("proration-%d", i))
 			o := l.charge(proration, "PRORATION")
 			note := googleSimNote{}

@@ -127,8 +127,17 @@ func genStripeLife(rt *rapid.T, id int) *stripeLife {
 	if l.trial {
 		l.moment++
 		conv := fmt.Sprintf("in_sim%d_c", l.id)
-		l.add("customer.subscription.updated", l.sub("active", false, conv, l.coupon > 0), map[string]any{"status": "trialing"}, stripeSimNote{convert: true, update: true})
 		amount := off(l.price, l.coupon)
+		if amount > 0 && rapid.IntRange(0, 3).Draw(rt, "conversion_past_due") == 0 {
+			// The trial's first payment fails: trialing -> past_due, then
+			// the retry succeeds: past_due -> active.
+			l.add("customer.subscription.updated", l.sub("past_due", false, conv, l.coupon > 0), map[string]any{"status": "trialing"}, stripeSimNote{})
+			l.add("invoice.payment_failed", l.invoice(conv, "subscription_cycle", 0), nil, stripeSimNote{})
+			l.moment++
+			l.add("customer.subscription.updated", l.sub("active", false, conv, false), map[string]any{"status": "past_due"}, stripeSimNote{})
+		} else {
+			l.add("customer.subscription.updated", l.sub("active", false, conv, l.coupon > 0), map[string]any{"status": "trialing"}, stripeSimNote{convert: true, update: true})
+		}
 		l.paid(conv, "subscription_cycle", amount, true)
 		if amount > 0 {
 			charged = append(charged, conv)
