@@ -789,7 +789,7 @@ func (m *googleMapper) subscription() error {
 		// A free trial whose first payment failed (grace period or account
 		// hold) converts when the payment is recovered: the period that
 		// ended was the trial (state, or the previous order's phase).
-		if rev != nil && (wasTrial || s.Value("phase") == "free_trial" || m.prev.phase() == "free_trial") {
+		if rev != nil && m.afterTrial(wasTrial, s.Value("phase") == "free_trial") {
 			e.Type = TrialConverted
 			e.ID = EventID(SourceGoogle, string(TrialConverted), oid)
 			e.SetAttribute("offer", "free_trial")
@@ -954,11 +954,36 @@ func (m *googleMapper) newOrderRevenue(s *State) (*Revenue, string, error) {
 	return rev, m.order.OrderID, nil
 }
 
+// afterTrial reports whether the period that just ended was a free trial.
+// The previous order, when it was read, says so with authority; state can
+// be out of date when notifications are mapped out of order (a backlog
+// enriched late), so it only decides without that order.
+func (m *googleMapper) afterTrial(stateSays ...bool) bool {
+	if p := m.prev.phase(); p != "" {
+		return p == "free_trial"
+	}
+	for _, v := range stateSays {
+		if v {
+			return true
+		}
+	}
+	return false
+}
+
+// walkedBack reports whether the enriched order is not the subscription's
+// latest (the enricher walked back to the order of the notification's
+// time): the line item's current offer phase is then not this order's.
+func (m *googleMapper) walkedBack(item *googleLineItem) bool {
+	return m.order != nil && m.order.OrderID != "" && item.LatestSuccessfulOrderID != "" && m.order.OrderID != item.LatestSuccessfulOrderID
+}
+
 func (m *googleMapper) purchased(s *State, item *googleLineItem, e *Event) error {
 	token := m.g.Subscription.PurchaseToken
 	phase := item.phase()
-	if phase == "" {
-		phase = m.order.phase()
+	if phase == "" || m.walkedBack(item) {
+		if p := m.order.phase(); p != "" {
+			phase = p
+		}
 	}
 	orderID := item.LatestSuccessfulOrderID
 	if m.order != nil && m.order.OrderID != "" {
@@ -967,6 +992,8 @@ func (m *googleMapper) purchased(s *State, item *googleLineItem, e *Event) error
 	idPart := orderID
 	if idPart == "" {
 		idPart = token
+	} else {
+		e.TransactionID = orderID
 	}
 	if phase != "" {
 		e.SetAttribute("offer", phase)
@@ -1036,7 +1063,7 @@ func (m *googleMapper) renewed(s *State, item *googleLineItem, e *Event, wasTria
 	}
 	e.Revenue = rev
 	prevPhase := s.Value("phase")
-	if wasTrial || m.prev.phase() == "free_trial" || (prevPhase == "free_trial" && s.Value("latest_order_id") != orderID) {
+	if m.afterTrial(wasTrial, prevPhase == "free_trial" && s.Value("latest_order_id") != orderID) {
 		e.Type = TrialConverted
 		e.SetAttribute("offer", "free_trial")
 		s.SetValue("trial_converted", orderID)

@@ -1,6 +1,7 @@
 package mapping
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -20,6 +21,9 @@ type googleSimNote struct {
 	convert  bool   // renews or recovers out of a free trial
 	recovers bool   // SUBSCRIPTION_RECOVERED
 	expires  bool   // SUBSCRIPTION_EXPIRED of a token that was not replaced
+	trial    bool   // SUBSCRIPTION_PURCHASED of a free trial
+	tok      *googleToken
+	enriched GoogleEnrichment // what the enricher read at the notification's moment
 }
 
 // googleToken is one purchase token of a simulated subscription.
@@ -125,8 +129,39 @@ func (l *googleLife) add(tok *googleToken, code int, sub, order, prev map[string
 	}
 	note.n = &Notification{Source: SourceGoogle, Key: fmt.Sprintf("msg-%d-%d", l.id, len(l.notes)), Type: g.TypeName(), AppID: "com.example.app",
 		ReceivedAt: at.Add(time.Second), Body: body, Enriched: mustJSON(en), Deferred: true, AltKeys: []string{g.DedupeKey()}}
-	note.moment = l.moment
+	note.moment, note.tok, note.enriched = l.moment, tok, en
 	l.notes = append(l.notes, note)
+}
+
+// late re-enriches the order-bearing notifications as a backlog read after
+// the whole lifecycle: subscriptionsv2 answers with each token's final
+// state (its latest order), while the enricher has walked back the order
+// chain to the order of the notification's time (webhooks' orderAt).
+func (l *googleLife) late() {
+	final := map[*googleToken]json.RawMessage{}
+	for i := range l.notes {
+		n := &l.notes[i]
+		if n.tok == nil || len(n.enriched.Order) == 0 {
+			continue
+		}
+		if final[n.tok] == nil {
+			state := "SUBSCRIPTION_STATE_ACTIVE"
+			if n.tok != l.tok {
+				state = "SUBSCRIPTION_STATE_EXPIRED"
+			}
+			trial, intro := l.trial, l.intro
+			if n.tok != l.tok {
+				l.trial, l.intro = false, false
+			}
+			final[n.tok] = mustJSON(l.subscription(n.tok, state, true, ""))
+			l.trial, l.intro = trial, intro
+		}
+		en := n.enriched
+		en.Subscription = final[n.tok]
+		cp := *n.n
+		cp.Enriched = mustJSON(en)
+		n.n = &cp
+	}
 }
 
 func (l *googleLife) addVoided(tok *googleToken, orderID string) {
@@ -165,7 +200,7 @@ func genGoogleLife(rt *rapid.T, id int) *googleLife {
 	switch {
 	case l.trial:
 		o := l.charge(0, "FREE_TRIAL")
-		l.add(l.tok, 4, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), nil, googleSimNote{})
+		l.add(l.tok, 4, l.subscription(l.tok, "SUBSCRIPTION_STATE_ACTIVE", true, ""), l.order(o, false), nil, googleSimNote{trial: true})
 	case l.intro:
 		intro := l.cur.micros(1) + l.price/2/l.cur.micros(1)*l.cur.micros(1)
 		o := l.charge(intro, "INTRODUCTORY")
@@ -303,6 +338,9 @@ func TestGoogleSimulator(t *testing.T) {
 
 func googleProperty(rt *rapid.T, round int) {
 	l := genGoogleLife(rt, round)
+	if rapid.IntRange(0, 3).Draw(rt, "backlog") == 0 {
+		l.late()
+	}
 	install := 0
 	if rapid.IntRange(0, 2).Draw(rt, "install_late") == 0 {
 		install = rapid.IntRange(0, l.moment).Draw(rt, "install")
@@ -328,8 +366,12 @@ func googleProperty(rt *rapid.T, round int) {
 			want[l.cur.code] -= l.totals[n.refunded]
 		}
 	}
-	expiredKeys := map[string]bool{}
+	expiredKeys, wantStarted := map[string]bool{}, 0
 	for _, n := range notes {
+		if n.trial && !expiredKeys["start"] {
+			expiredKeys["start"] = true
+			wantStarted++
+		}
 		if n.expires && !expiredKeys[n.n.AltKeys[0]] {
 			expiredKeys[n.n.AltKeys[0]] = true
 			wantExpired++
@@ -364,6 +406,17 @@ func googleProperty(rt *rapid.T, round int) {
 	}
 	if converted != wantConverted {
 		rt.Fatalf("%d trial_converted, want %d (install at moment %d)\nevents: %s", converted, wantConverted, install, simDump(evs))
+	}
+	// One trial_started per free-trial start, also when the purchase is
+	// enriched late (the subscription then shows a later, paid period).
+	started := 0
+	for _, e := range evs {
+		if e.Type == TrialStarted {
+			started++
+		}
+	}
+	if started != wantStarted {
+		rt.Fatalf("%d trial_started, want %d\nevents: %s", started, wantStarted, simDump(evs))
 	}
 	// No subscription_expired for a token replaced by a plan change.
 	if expired != wantExpired {

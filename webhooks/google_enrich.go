@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 
@@ -397,6 +398,62 @@ var ordersFor = map[string]bool{
 	"SUBSCRIPTION_RECOVERED": true, "SUBSCRIPTION_REVOKED": true,
 }
 
+// orderSlack is how much later than its notification's event time an
+// order may have been created and still be the order the notification
+// reports (Google creates the order when it charges, within seconds of the
+// event).
+const orderSlack = 2 * time.Minute
+
+// maxOrderWalk bounds how many earlier orders orderAt reads.
+const maxOrderWalk = 24
+
+// eventTime is the notification's eventTimeMillis, or zero.
+func eventTime(g *mapping.GoogleNotification) time.Time {
+	ms, err := strconv.ParseInt(string(g.EventTimeMillis), 10, 64)
+	if err != nil || ms <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
+}
+
+// orderAt returns the order a notification of time at reports. The
+// subscription names its latest successful order; read late (after an
+// outage, or behind a backlog) that may be a later renewal than this
+// notification's, and both notifications would then report the later
+// order: one charge counted, the other lost. Renewal order ids are a chain
+// (GPA.x, GPA.x..0, GPA.x..1, ...), so it walks back to the order created
+// no later than at (plus orderSlack).
+func (e *GoogleEnricher) orderAt(ctx context.Context, pkg, id string, raw json.RawMessage, at time.Time) (string, json.RawMessage, error) {
+	if at.IsZero() {
+		return id, raw, nil
+	}
+	for range maxOrderWalk {
+		var o struct {
+			CreateTime string `json:"createTime"`
+		}
+		if json.Unmarshal(raw, &o) != nil {
+			return id, raw, nil
+		}
+		created, err := time.Parse(time.RFC3339Nano, o.CreateTime)
+		if err != nil || !created.After(at.Add(orderSlack)) {
+			return id, raw, nil
+		}
+		prev := mapping.PreviousGoogleOrderID(id)
+		if prev == "" {
+			return id, raw, nil
+		}
+		praw, err := e.api.Order(ctx, pkg, prev)
+		if errors.Is(err, play.ErrNotFound) {
+			return id, raw, nil
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		id, raw = prev, praw
+	}
+	return id, raw, nil
+}
+
 // fetch reads what the mapping needs for one notification. On the last
 // attempt (lastChance) a secondary resource that still cannot be read is
 // recorded as missing instead of failing the item again; for the order
@@ -457,7 +514,15 @@ func (e *GoogleEnricher) fetch(ctx context.Context, n *mapping.Notification, las
 		if orderID == "" {
 			return en, nil
 		}
-		if en.Order, err = secondary("order", func() (json.RawMessage, error) { return e.api.Order(ctx, pkg, orderID) }); err != nil {
+		at := eventTime(g)
+		if en.Order, err = secondary("order", func() (json.RawMessage, error) {
+			raw, err := e.api.Order(ctx, pkg, orderID)
+			if err != nil {
+				return nil, err
+			}
+			orderID, raw, err = e.orderAt(ctx, pkg, orderID, raw, at)
+			return raw, err
+		}); err != nil {
 			return nil, err
 		}
 		if prev := mapping.PreviousGoogleOrderID(orderID); prev != "" && (g.TypeName() == "SUBSCRIPTION_RENEWED" || g.TypeName() == "SUBSCRIPTION_RECOVERED") {

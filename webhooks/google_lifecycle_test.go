@@ -206,3 +206,43 @@ func TestGoogleTrialRecoveredIsConversion(t *testing.T) {
 		})
 	}
 }
+
+// A backlog enriched late (after an outage): subscriptionsv2 then names the
+// latest order for every notification of the token, so the purchase and
+// each renewal reported that one order: one charge counted, the others
+// lost, and the trial's start reported as a paid start. The enricher walks
+// back the order chain to the order created at each notification's time.
+func TestGoogleLateEnrichmentCountsEveryOrder(t *testing.T) {
+	x := newE2E(t)
+	t0, t1, t2 := testNow.Add(-60*24*time.Hour), testNow.Add(-53*24*time.Hour), testNow.Add(-23*24*time.Hour)
+	at := func(o *androidpublisher.Order, when time.Time) *androidpublisher.Order {
+		o.CreateTime = when.Format(time.RFC3339)
+		return o
+	}
+	x.pub.SetOrder(gPackage, "GPA.9", at(order("GPA.9", "FREE_TRIAL", money(0, "EUR")), t0))
+	x.pub.SetOrder(gPackage, "GPA.9..0", at(order("GPA.9..0", "BASE", money(4_990_000, "EUR")), t1))
+	x.pub.SetOrder(gPackage, "GPA.9..1", at(order("GPA.9..1", "BASE", money(4_990_000, "EUR")), t2))
+	// Only today's answer exists: the latest order, a base-price period.
+	x.pub.SetSubscription(gPackage, "tok-late", subscription("GPA.9..1", false))
+	x.push("1", googletest.SubscriptionNotification(gPackage, "tok-late", "pro_monthly", 4, t0))
+	x.push("2", googletest.SubscriptionNotification(gPackage, "tok-late", "pro_monthly", 2, t1))
+	x.push("3", googletest.SubscriptionNotification(gPackage, "tok-late", "pro_monthly", 2, t2))
+	x.drain()
+	got := map[mapping.Type][]string{}
+	var sum int64
+	for _, e := range x.events() {
+		got[e.Type] = append(got[e.Type], e.TransactionID)
+		if e.Revenue != nil {
+			sum += e.Revenue.AmountMicros
+		}
+	}
+	want := map[mapping.Type][]string{mapping.TrialStarted: {"GPA.9"}, mapping.TrialConverted: {"GPA.9..0"}, mapping.SubscriptionRenewed: {"GPA.9..1"}}
+	if len(got) != len(want) || sum != 2*4_990_000 {
+		t.Fatalf("got %v summing %d micros, want %v summing %d", got, sum, want, 2*4_990_000)
+	}
+	for typ, ids := range want {
+		if len(got[typ]) != 1 || got[typ][0] != ids[0] {
+			t.Errorf("%s: %v, want %v", typ, got[typ], ids)
+		}
+	}
+}
