@@ -92,6 +92,7 @@ func branchNames() map[string]string {
 		mapping.SubscriptionStarted:     "PURCHASE",
 		mapping.SubscriptionRenewed:     "PURCHASE",
 		mapping.SubscriptionReactivated: "PURCHASE",
+		mapping.ProductChanged:          "PURCHASE", // with revenue only
 		mapping.Purchase:                "PURCHASE",
 	})
 }

@@ -210,8 +210,17 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 	return 0
 }
 
+// productChangedNoRevenue is the default-table key for a product_changed
+// event without revenue (a downgrade that takes effect at the next renewal).
+// The built-in tables send product_changed only when it carries money (an
+// upgrade's charge, so that attribution counts it) and leave a plan change
+// without money off, except the RevenueCat preset, which names both.
+const productChangedNoRevenue = "product_changed/no_revenue"
+
 // EventName returns the destination's name for an event: the per-destination
-// override, else the type's default table, else "" (not sent).
+// override, else the type's default table, else "" (not sent). A
+// product_changed without revenue reads the table's productChangedNoRevenue
+// entry instead of product_changed.
 func EventName(e *mapping.Event, overrides, defaults map[string]string) string {
 	if e.Type == mapping.Custom && e.Name != "" {
 		if n, ok := overrides["custom:"+e.Name]; ok {
@@ -224,6 +233,9 @@ func EventName(e *mapping.Event, overrides, defaults map[string]string) string {
 	}
 	if n, ok := overrides[string(e.Type)]; ok {
 		return n
+	}
+	if e.Type == mapping.ProductChanged && e.Revenue == nil {
+		return defaults[productChangedNoRevenue]
 	}
 	return defaults[string(e.Type)]
 }

@@ -189,9 +189,11 @@ var ga4DefaultNames = func() map[string]string {
 	for _, t := range mapping.Types {
 		m[string(t)] = string(t)
 	}
-	for _, t := range []mapping.Type{mapping.TrialConverted, mapping.SubscriptionStarted, mapping.SubscriptionRenewed, mapping.Purchase} {
+	for _, t := range []mapping.Type{mapping.TrialConverted, mapping.SubscriptionStarted, mapping.SubscriptionRenewed, mapping.ProductChanged, mapping.Purchase} {
 		m[string(t)] = "purchase"
 	}
+	// A plan change without money stays a custom event named after the type.
+	m[productChangedNoRevenue] = string(mapping.ProductChanged)
 	m[string(mapping.Refund)] = "refund"
 	delete(m, string(mapping.Custom))
 	return m

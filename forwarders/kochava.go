@@ -60,6 +60,7 @@ func kochavaNames() map[string]string {
 		mapping.SubscriptionStarted:     "Subscribe",
 		mapping.SubscriptionRenewed:     "Purchase",
 		mapping.SubscriptionReactivated: "Purchase",
+		mapping.ProductChanged:          "Purchase", // with revenue only
 		mapping.Purchase:                "Purchase",
 	})
 }

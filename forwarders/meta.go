@@ -78,6 +78,7 @@ var metaDefaultNames = map[string]string{
 	string(mapping.TrialConverted):      "Subscribe",
 	string(mapping.SubscriptionStarted): "Subscribe",
 	string(mapping.SubscriptionRenewed): "Subscribe",
+	string(mapping.ProductChanged):      "Subscribe", // with revenue only (EventName)
 	string(mapping.Purchase):            "Purchase",
 }
 

@@ -132,6 +132,7 @@ func revenueCatNames() map[string]string {
 		string(mapping.SubscriptionPaused):      "rc_subscription_paused_event",
 		string(mapping.BillingIssue):            "rc_billing_issue_event",
 		string(mapping.ProductChanged):          "rc_product_change_event",
+		productChangedNoRevenue:                 "rc_product_change_event",
 		string(mapping.Purchase):                "rc_non_subscription_purchase_event",
 		string(mapping.Refund):                  "rc_cancellation_event",
 	}
@@ -139,15 +140,17 @@ func revenueCatNames() map[string]string {
 
 // standardNames builds a type's default table: the given standard names plus
 // the canonical type name for the other types that are on by default.
+// product_changed is on when it carries revenue (an upgrade's charge counts
+// toward attribution: the canonical name, a custom revenue event where the
+// vendor has no plan-change event) and off without (see EventName).
 // Off by default (enable with event_names): subscription_uncancelled,
-// subscription_expired, subscription_paused, billing_recovered,
-// product_changed.
+// subscription_expired, subscription_paused, billing_recovered.
 func standardNames(std map[mapping.Type]string) map[string]string {
 	out := map[string]string{}
 	for _, t := range []mapping.Type{
 		mapping.TrialStarted, mapping.TrialConverted, mapping.TrialCancelled, mapping.SubscriptionStarted,
 		mapping.SubscriptionRenewed, mapping.SubscriptionReactivated, mapping.SubscriptionCancelled,
-		mapping.BillingIssue, mapping.Purchase, mapping.Refund,
+		mapping.BillingIssue, mapping.Purchase, mapping.Refund, mapping.ProductChanged,
 	} {
 		out[string(t)] = string(t)
 	}

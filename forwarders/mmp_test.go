@@ -587,7 +587,7 @@ func TestMMPNames(t *testing.T) {
 	})
 	t.Run("defaults leave the optional types off", func(t *testing.T) {
 		names := appsFlyerNames()
-		for _, typ := range []mapping.Type{mapping.SubscriptionUncancelled, mapping.SubscriptionExpired, mapping.SubscriptionPaused, mapping.BillingRecovered, mapping.ProductChanged} {
+		for _, typ := range []mapping.Type{mapping.SubscriptionUncancelled, mapping.SubscriptionExpired, mapping.SubscriptionPaused, mapping.BillingRecovered} {
 			if n, ok := names[string(typ)]; ok {
 				t.Errorf("%s is on by default as %q", typ, n)
 			}

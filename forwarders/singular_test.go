@@ -103,7 +103,7 @@ func TestSingularRouting(t *testing.T) {
 	}
 	t.Run("no name", func(t *testing.T) {
 		e := mmpEvent("purchase")
-		e.Type = mapping.ProductChanged
+		e.Type = mapping.SubscriptionPaused
 		if r := send(e); r.Outcome != Skipped || r.Reason != ReasonNoEventName {
 			t.Errorf("%+v", r)
 		}

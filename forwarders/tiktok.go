@@ -86,6 +86,7 @@ var (
 		string(mapping.TrialConverted):      "Subscribe",
 		string(mapping.SubscriptionStarted): "Subscribe",
 		string(mapping.SubscriptionRenewed): "Subscribe",
+		string(mapping.ProductChanged):      "Subscribe", // with revenue only (EventName)
 		string(mapping.Purchase):            "Purchase",
 	}
 	tiktokWebNames = map[string]string{
@@ -93,6 +94,7 @@ var (
 		string(mapping.TrialConverted):      "Subscribe",
 		string(mapping.SubscriptionStarted): "Subscribe",
 		string(mapping.SubscriptionRenewed): "Subscribe",
+		string(mapping.ProductChanged):      "Subscribe", // with revenue only (EventName)
 		string(mapping.Purchase):            "CompletePayment",
 	}
 )

@@ -621,14 +621,17 @@ func (m *appleMapper) periodStart(kind periodKind) error {
 		t = SubscriptionStarted
 	case kind == periodResubscribe:
 		t = SubscriptionReactivated
-	case kind == periodRecovery:
-		t = BillingRecovered
 	default:
+		// A renewal, or a recovery from billing retry or a grace period:
+		// either ends a free trial when the period before was one.
 		var trial bool
 		trial, basis = m.inTrialBefore()
-		if trial && !txn.FreeTrial() {
+		switch {
+		case trial && !txn.FreeTrial():
 			t = TrialConverted
-		} else {
+		case kind == periodRecovery:
+			t = BillingRecovered
+		default:
 			t = SubscriptionRenewed
 		}
 	}
@@ -649,8 +652,9 @@ func (m *appleMapper) periodStart(kind periodKind) error {
 		delete(e.Attributes, "period")
 		e.SetAttribute("offer", "free_trial")
 	}
-	if kind == periodRecovery && m.hadState && m.s.InTrial {
-		e.SetAttribute("converted_from_trial", "true")
+	if kind == periodRecovery && t == TrialConverted {
+		// The trial's first payment failed and was recovered.
+		e.SetAttribute("recovered", "true")
 	}
 	if basis == "unknown" {
 		e.SetAttribute("previous_period", "unknown")
@@ -672,6 +676,22 @@ func (m *appleMapper) periodStart(kind periodKind) error {
 	m.trackRenewal()
 	m.save()
 	return nil
+}
+
+// learnPeriod records the notification's transaction as the current period
+// when the state knows none yet (first seen through a billing failure, a
+// renewal status change or a downgrade): the transaction is the latest
+// period's, so a later renewal or recovery can tell whether it ends a free
+// trial. No event is made for it.
+func (m *appleMapper) learnPeriod() {
+	if m.s.Value(applePeriodTxn) != "" || m.txn.TransactionID == "" {
+		return
+	}
+	m.s.ProductID = m.txn.ProductID
+	m.s.InTrial = m.txn.FreeTrial()
+	m.s.SetValue(applePeriodTxn, m.txn.TransactionID)
+	m.s.SetValue(applePeriodPurchase, strconv.FormatInt(int64(m.txn.PurchaseDate), 10))
+	m.s.SetValue(appleOffer, m.txn.Offer())
 }
 
 // trackRenewal records auto-renew from the renewal info, when it is newer
@@ -748,6 +768,7 @@ func (m *appleMapper) renewalStatus() error {
 		e.SetAttribute("expires_at", exp.Format(time.RFC3339))
 	}
 	m.emit(e)
+	m.learnPeriod()
 	m.setAutoRenew(on, at)
 	m.save()
 	return nil
@@ -828,6 +849,7 @@ func (m *appleMapper) billingIssue() error {
 		}
 	}
 	m.emit(e)
+	m.learnPeriod()
 	m.trackRenewal()
 	m.save()
 	return nil

@@ -312,6 +312,50 @@ type GoogleEnrichment struct {
 	// "previous_order", "subscription", "product"); the event is still made,
 	// without what they would have added.
 	Missing []string `json:"missing,omitempty"`
+	// RevenueUnknown says why the order that moved money could not be read
+	// (GoogleOrderNotFound, GoogleOrderUnavailable after the enricher's
+	// bounded retries). Events that would carry its amount are made without
+	// revenue and with the attribute revenue_unknown=true, never silently.
+	RevenueUnknown string `json:"revenue_unknown,omitempty"`
+	// OrderError is the last order look-up error behind
+	// GoogleOrderUnavailable (logged and kept for the operator).
+	OrderError string `json:"order_error,omitempty"`
+}
+
+// Reasons of GoogleEnrichment.RevenueUnknown (attribute revenue_unknown_reason).
+const (
+	GoogleOrderNotFound    = "order_not_found"
+	GoogleOrderUnavailable = "order_unavailable"
+)
+
+// googleMoneyTypes are the event types that carry the order's amount.
+var googleMoneyTypes = map[Type]bool{
+	SubscriptionStarted: true, SubscriptionRenewed: true, TrialConverted: true, BillingRecovered: true,
+	SubscriptionReactivated: true, ProductChanged: true, Purchase: true, Refund: true,
+}
+
+// markRevenueUnknown flags the events that should carry the order's amount
+// but do not, because the order could not be read.
+func (m *googleMapper) markRevenueUnknown() {
+	why := m.en.RevenueUnknown
+	if why == "" && m.order == nil {
+		for _, r := range m.en.Missing {
+			if r == "order" {
+				why = GoogleOrderNotFound
+			}
+		}
+	}
+	if why == "" {
+		return
+	}
+	for i := range m.out.Events {
+		e := &m.out.Events[i]
+		if e.Revenue != nil || !googleMoneyTypes[e.Type] {
+			continue
+		}
+		e.SetAttribute("revenue_unknown", "true")
+		e.SetAttribute("revenue_unknown_reason", why)
+	}
 }
 
 type googleMoney struct {
@@ -574,6 +618,7 @@ func Google(n *Notification, st States) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	m.markRevenueUnknown()
 	if len(m.out.Events) == 0 && m.out.Ignored == "" {
 		m.out.Ignored = "no conversion in " + g.TypeName()
 	}
@@ -733,12 +778,25 @@ func (m *googleMapper) subscription() error {
 		}
 	case "SUBSCRIPTION_RECOVERED":
 		e.ID = m.idFor(BillingRecovered, token)
-		if rev, oid, err := m.newOrderRevenue(&s); err != nil {
+		rev, oid, err := m.newOrderRevenue(&s)
+		if err != nil {
 			return err
-		} else if rev != nil {
+		}
+		if rev != nil {
 			e.Revenue, e.TransactionID = rev, oid
 			e.ID = EventID(SourceGoogle, string(BillingRecovered), oid)
 		}
+		// A free trial whose first payment failed (grace period or account
+		// hold) converts when the payment is recovered: the period that
+		// ended was the trial (state, or the previous order's phase).
+		if rev != nil && m.afterTrial(wasTrial, s.Value("phase") == "free_trial") {
+			e.Type = TrialConverted
+			e.ID = EventID(SourceGoogle, string(TrialConverted), oid)
+			e.SetAttribute("offer", "free_trial")
+			e.SetAttribute("recovered", "true")
+			s.SetValue("trial_converted", oid)
+		}
+		s.InTrial = false
 		m.emit(e)
 	case "SUBSCRIPTION_CANCELED":
 		if m.sub.cancelReason() == "replacement" {
@@ -766,8 +824,17 @@ func (m *googleMapper) subscription() error {
 		e.ID = m.idFor(e.Type, token)
 		m.emit(e)
 	case "SUBSCRIPTION_EXPIRED":
-		e.ID = m.idFor(e.Type, token)
 		s.InTrial = false
+		// After an upgrade, downgrade or base-plan change Google expires
+		// the replaced token; its subscriptionsv2 resource says
+		// replacementCancellation while the new token (linkedPurchaseToken)
+		// is active. That is a plan change, not churn.
+		if m.sub.cancelReason() == "replacement" || s.Status == "replaced" || s.Value("replaced_by") != "" {
+			m.out.Ignored = "expired because replaced by a new purchase (upgrade, downgrade or base-plan change)"
+			s.Status = "replaced"
+			break
+		}
+		e.ID = m.idFor(e.Type, token)
 		m.emit(e)
 	case "SUBSCRIPTION_ITEMS_CHANGED":
 		e.ID = m.idFor(e.Type, token)
@@ -790,6 +857,9 @@ func (m *googleMapper) subscription() error {
 	if phase != "" {
 		s.SetValue("phase", phase)
 	}
+	if od := item.OfferDetails; od != nil && od.BasePlanID != "" {
+		s.SetValue("base_plan_id", od.BasePlanID)
+	}
 	m.save(s)
 	return nil
 }
@@ -806,6 +876,9 @@ func inheritGoogleState(prior State, token string) State {
 	}
 	s.SetValue("linked_from", prior.Key)
 	s.SetValue("linked_status", prior.Status)
+	if bp := prior.Value("base_plan_id"); bp != "" {
+		s.SetValue("previous_base_plan_id", bp)
+	}
 	if id := prior.Value("subscription_id"); id != "" {
 		s.SetValue("subscription_id", id)
 	}
@@ -881,11 +954,36 @@ func (m *googleMapper) newOrderRevenue(s *State) (*Revenue, string, error) {
 	return rev, m.order.OrderID, nil
 }
 
+// afterTrial reports whether the period that just ended was a free trial.
+// The previous order, when it was read, says so with authority; state can
+// be out of date when notifications are mapped out of order (a backlog
+// enriched late), so it only decides without that order.
+func (m *googleMapper) afterTrial(stateSays ...bool) bool {
+	if p := m.prev.phase(); p != "" {
+		return p == "free_trial"
+	}
+	for _, v := range stateSays {
+		if v {
+			return true
+		}
+	}
+	return false
+}
+
+// walkedBack reports whether the enriched order is not the subscription's
+// latest (the enricher walked back to the order of the notification's
+// time): the line item's current offer phase is then not this order's.
+func (m *googleMapper) walkedBack(item *googleLineItem) bool {
+	return m.order != nil && m.order.OrderID != "" && item.LatestSuccessfulOrderID != "" && m.order.OrderID != item.LatestSuccessfulOrderID
+}
+
 func (m *googleMapper) purchased(s *State, item *googleLineItem, e *Event) error {
 	token := m.g.Subscription.PurchaseToken
 	phase := item.phase()
-	if phase == "" {
-		phase = m.order.phase()
+	if phase == "" || m.walkedBack(item) {
+		if p := m.order.phase(); p != "" {
+			phase = p
+		}
 	}
 	orderID := item.LatestSuccessfulOrderID
 	if m.order != nil && m.order.OrderID != "" {
@@ -894,16 +992,28 @@ func (m *googleMapper) purchased(s *State, item *googleLineItem, e *Event) error
 	idPart := orderID
 	if idPart == "" {
 		idPart = token
+	} else {
+		e.TransactionID = orderID
 	}
 	if phase != "" {
 		e.SetAttribute("offer", phase)
 	}
 	if linked := s.Value("linked_from"); linked != "" || m.sub.LinkedPurchaseToken != "" {
-		// An upgrade, downgrade or re-signup: the subscription continues.
+		// An upgrade, downgrade, base-plan change or re-signup: the
+		// subscription continues. A new product, or a new base plan of
+		// the same product (monthly to quarterly), is a plan change.
 		e.Type = SubscriptionReactivated
+		prevPlan, plan := s.Value("previous_base_plan_id"), ""
+		if od := item.OfferDetails; od != nil {
+			plan = od.BasePlanID
+		}
 		if prev := s.ProductID; prev != "" && prev != item.ProductID {
 			e.Type = ProductChanged
 			e.SetAttribute("previous_product_id", prev)
+		}
+		if prevPlan != "" && plan != "" && prevPlan != plan {
+			e.Type = ProductChanged
+			e.SetAttribute("previous_base_plan_id", prevPlan)
 		}
 		e.SetAttribute("linked_purchase_token", m.sub.LinkedPurchaseToken)
 		rev, err := m.orderRevenue()
@@ -953,7 +1063,7 @@ func (m *googleMapper) renewed(s *State, item *googleLineItem, e *Event, wasTria
 	}
 	e.Revenue = rev
 	prevPhase := s.Value("phase")
-	if wasTrial || m.prev.phase() == "free_trial" || (prevPhase == "free_trial" && s.Value("latest_order_id") != orderID) {
+	if m.afterTrial(wasTrial, prevPhase == "free_trial" && s.Value("latest_order_id") != orderID) {
 		e.Type = TrialConverted
 		e.SetAttribute("offer", "free_trial")
 		s.SetValue("trial_converted", orderID)

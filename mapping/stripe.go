@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -39,6 +40,9 @@ type stripeSubscription struct {
 	Customer          any               `json:"customer"`
 	CancelAtPeriodEnd bool              `json:"cancel_at_period_end"`
 	TrialEnd          int64             `json:"trial_end"`
+	LatestInvoice     any               `json:"latest_invoice"` // id, or expanded object
+	Discount          json.RawMessage   `json:"discount"`       // up to API 2024-06-20
+	Discounts         []json.RawMessage `json:"discounts"`      // since 2024-06-20
 	Currency          string            `json:"currency"`
 	Metadata          map[string]string `json:"metadata"`
 	Items             struct {
@@ -342,7 +346,16 @@ func (m *stripeMapper) decodeSub() (*stripeSubscription, State, error) {
 	if sub.ID == "" {
 		return nil, State{}, malformed("stripe subscription without id")
 	}
-	s := m.state(subKey(sub.ID))
+	s, known := m.st.State(subKey(sub.ID))
+	if !known {
+		s = State{Key: subKey(sub.ID)}
+		if m.ev.Type != "customer.subscription.created" {
+			// First seen mid-lifecycle: nothing says yet whether the
+			// current period is a trial (cleared by what tells).
+			s.SetValue(stripeHistoryUnknown, "1")
+		}
+	}
+	upgradeStripeState(&s)
 	remember(&s, sub.Metadata)
 	s.Status = sub.Status
 	s.CancelAtPeriodEnd = sub.CancelAtPeriodEnd
@@ -360,6 +373,10 @@ func (m *stripeMapper) subscriptionCreated() error {
 	if err != nil {
 		return err
 	}
+	// The start is known now, whatever its invoice said before.
+	freeStart := s.Value(stripeStartUnknown) != ""
+	delete(s.Values, stripeStartUnknown)
+	delete(s.Values, stripeHistoryUnknown)
 	switch sub.Status {
 	case "trialing":
 		e := m.subscriptionEvent(TrialStarted, sub)
@@ -367,6 +384,18 @@ func (m *stripeMapper) subscriptionCreated() error {
 		m.emit(e)
 		s.InTrial, s.TrialUsed = true, true
 	case "active":
+		if sub.discounted() && !freeStart {
+			// The first invoice (billing_reason subscription_create, the
+			// same event id) reports the start with the amount paid.
+			m.out.Ignored = "subscription created active with a discount: subscription_started is reported by its first invoice, with the amount paid"
+			break
+		}
+		if freeStart {
+			// Its first invoice came first and charged nothing (a 100 %
+			// coupon): a start without revenue.
+			m.emit(m.subscriptionEvent(SubscriptionStarted, sub))
+			break
+		}
 		e := m.subscriptionEvent(SubscriptionStarted, sub)
 		rev, err := sub.listRevenue()
 		if err != nil {
@@ -404,20 +433,8 @@ func (m *stripeMapper) subscriptionUpdated() error {
 		}
 	}
 	if prev.Status != nil && *prev.Status == "trialing" && sub.Status == "active" {
-		e := m.subscriptionEvent(TrialConverted, sub)
-		rev, err := sub.listRevenue()
-		if err != nil {
+		if err := m.trialEnded(sub, &s); err != nil {
 			return err
-		}
-		e.Revenue = rev
-		e.SetAttribute("offer", "free_trial")
-		m.emit(e)
-		s.InTrial = false
-		// "2" means the conversion invoice came first (Stripe does not
-		// order events); going back to "1" would turn the next renewal
-		// into a repeat of the conversion.
-		if s.Value("trial_converted") != "2" {
-			s.SetValue("trial_converted", "1")
 		}
 	}
 	if prev.Status != nil && *prev.Status != "trialing" && sub.Status == "trialing" {
@@ -442,6 +459,94 @@ func (m *stripeMapper) subscriptionUpdated() error {
 		}
 	}
 	m.save(s)
+	return nil
+}
+
+// Stripe subscription state values (State.Values) that order a trial
+// conversion. Stripe does not order its events, and the gateway may lack
+// the subscription's earlier events, so both the trialing -> active update
+// and the conversion invoice record what they saw:
+//
+//   - stripeConversionPending: the update came first; the next
+//     subscription_cycle invoice is the conversion (the same event id),
+//     whatever its amount, so a 0-amount conversion consumes it too and
+//     the first paid renewal after it stays a renewal. Its value is the
+//     update's latest_invoice, kept for the record.
+//   - stripeConvertedBy: the invoice that reported the conversion; the
+//     same invoice again maps to the same trial_converted event.
+//   - stripeUnknownRenewal: a subscription_cycle invoice arrived with no
+//     state at all, so it became subscription_renewed with
+//     previous_period=unknown (or, at 0, nothing); a later trialing ->
+//     active update must not report that payment a second time.
+//   - stripeHistoryUnknown: the state was created by an event that does
+//     not tell whether the current period is a trial (an update other
+//     than trialing -> active, a deletion): for the next cycle invoice it
+//     is as if there were no state.
+//   - stripeStartUnknown: a 0-amount subscription_create invoice without
+//     the subscription's state (a free trial or a 100 % coupon; the
+//     invoice does not tell): the next cycle's previous period is unknown.
+const (
+	stripeConversionPending = "conversion_pending"
+	stripeConvertedBy       = "converted_by"
+	stripeUnknownRenewal    = "unknown_renewal"
+	stripeStartUnknown      = "start_unknown"
+	stripeHistoryUnknown    = "history_unknown"
+	stripeLegacyConverted   = "trial_converted" // before issue 13: "1" pending, "2" reported
+)
+
+// upgradeStripeState reads the trial marker written before issue 13.
+func upgradeStripeState(s *State) {
+	switch s.Value(stripeLegacyConverted) {
+	case "1":
+		s.SetValue(stripeConversionPending, "")
+	case "2":
+		s.SetValue(stripeConvertedBy, "?")
+	default:
+		return
+	}
+	delete(s.Values, stripeLegacyConverted)
+}
+
+// discounted reports whether a coupon applies to the subscription: then its
+// price list amount is not what its invoices charge.
+func (s *stripeSubscription) discounted() bool {
+	d := strings.TrimSpace(string(s.Discount))
+	return (d != "" && d != "null") || len(s.Discounts) > 0
+}
+
+// trialEnded handles trialing -> active. It reports trial_converted with
+// the price list amount under the conversion's one id, unless the
+// conversion invoice was already counted, or a coupon makes the list amount
+// wrong (then the invoice reports it, with the amount paid). Either way the
+// next subscription_cycle invoice is the conversion's, whatever its amount.
+func (m *stripeMapper) trialEnded(sub *stripeSubscription, s *State) error {
+	s.InTrial = false
+	delete(s.Values, stripeHistoryUnknown)
+	latest := stripeID(sub.LatestInvoice)
+	switch unknown := s.Value(stripeUnknownRenewal); {
+	case s.Value(stripeConvertedBy) != "":
+		m.out.Ignored = "trial conversion already reported by invoice " + s.Value(stripeConvertedBy)
+		return nil
+	case unknown != "":
+		// A subscription has one trial: the cycle invoice counted without
+		// knowing its previous period was this conversion's (its
+		// latest_invoice may even name a later draft).
+		m.out.Ignored = "trial conversion invoice " + unknown + " was reported as subscription_renewed (previous_period=unknown)"
+		return nil
+	}
+	s.SetValue(stripeConversionPending, latest)
+	if sub.discounted() {
+		m.out.Ignored = "trial ended with a discount: trial_converted is reported by the conversion invoice, with the amount paid"
+		return nil
+	}
+	e := m.subscriptionEvent(TrialConverted, sub)
+	rev, err := sub.listRevenue()
+	if err != nil {
+		return err
+	}
+	e.Revenue = rev
+	e.SetAttribute("offer", "free_trial")
+	m.emit(e)
 	return nil
 }
 
@@ -542,36 +647,85 @@ func (m *stripeMapper) invoicePaid() error {
 		}
 		rev = &r
 	}
-	s := m.state(subKey(subID))
+	s, known := m.st.State(subKey(subID))
+	if !known {
+		s = State{Key: subKey(subID)}
+	}
+	upgradeStripeState(&s)
 	remember(&s, inv.metadata())
 	switch inv.BillingReason {
 	case "subscription_create":
-		if rev == nil {
+		switch {
+		case rev != nil:
+			delete(s.Values, stripeHistoryUnknown) // a paid first period
+		case s.InTrial || s.Status == "trialing":
 			m.out.Ignored = "subscription_create invoice without payment (trial)"
+		case known && s.Status == "active":
+			// Started without a charge (100 % coupon, credit balance).
+		default:
+			// A free trial or a 100 % coupon: the invoice does not tell.
+			s.SetValue(stripeStartUnknown, inv.ID)
+			m.out.Ignored = "subscription_create invoice without payment (trial, or a start without charge)"
+		}
+		if m.out.Ignored != "" {
 			break
 		}
 		e := m.invoiceEvent(SubscriptionStarted, inv, subID)
 		e.Revenue = rev
 		m.emit(e)
 	case "subscription_cycle":
-		if rev == nil {
-			m.out.Ignored = "subscription_cycle invoice without payment"
-			break
-		}
-		if s.InTrial || s.Value("trial_converted") == "1" {
-			// The period before this invoice was a free trial: the same
-			// id as the trialing->active update, so only one conversion.
+		_, pending := s.Values[stripeConversionPending]
+		by := s.Value(stripeConvertedBy)
+		switch {
+		case by == inv.ID || s.InTrial || pending:
+			// The period before this invoice was a free trial. One id
+			// per subscription: a re-sent conversion invoice is the same
+			// event.
 			e := m.invoiceEvent(TrialConverted, inv, subID)
 			e.Revenue = rev
 			e.SetAttribute("offer", "free_trial")
 			m.emit(e)
 			s.InTrial = false
-			s.SetValue("trial_converted", "2")
-		} else {
+			delete(s.Values, stripeConversionPending)
+			delete(s.Values, stripeStartUnknown)
+			delete(s.Values, stripeHistoryUnknown)
+			s.SetValue(stripeConvertedBy, inv.ID)
+		default:
+			// Nothing says whether the period before was a trial: a
+			// conversion is never guessed. The invoice is remembered so
+			// that a trialing -> active update naming it adds nothing.
+			unknown := !known || s.Value(stripeStartUnknown) != "" || s.Value(stripeHistoryUnknown) != ""
+			if unknown {
+				if s.Value(stripeUnknownRenewal) == "" {
+					s.SetValue(stripeUnknownRenewal, inv.ID)
+				}
+				delete(s.Values, stripeStartUnknown)
+				delete(s.Values, stripeHistoryUnknown)
+			}
+			if rev == nil {
+				m.out.Ignored = "subscription_cycle invoice without payment"
+				break
+			}
 			e := m.invoiceEvent(SubscriptionRenewed, inv, subID, inv.ID)
 			e.Revenue = rev
+			if unknown {
+				e.SetAttribute("previous_period", "unknown")
+			}
 			m.emit(e)
 		}
+	case "subscription_update":
+		// A plan change invoiced at once (proration_behavior
+		// always_invoice): the charge of the change. The update reports
+		// the change itself (product_changed without revenue); this event
+		// carries the money, with its own id per invoice.
+		if rev == nil {
+			m.out.Ignored = "subscription_update invoice without payment (a credit, or proration at the next cycle)"
+			break
+		}
+		e := m.invoiceEvent(ProductChanged, inv, subID, inv.ID)
+		e.Revenue = rev
+		e.SetAttribute("proration", "true")
+		m.emit(e)
 	default:
 		m.out.Ignored = "invoice billing_reason " + inv.BillingReason
 	}

@@ -25,6 +25,9 @@ type Metrics struct {
 	Ignored    *prometheus.CounterVec // source
 	Events     *prometheus.CounterVec // source, type
 	Ingest     *prometheus.HistogramVec
+	// RevenueUnknown counts events made without their amount because the
+	// order look-up kept failing or found nothing (source, reason).
+	RevenueUnknown *prometheus.CounterVec
 
 	Deliveries      *prometheus.CounterVec   // destination, outcome
 	DeliveryLatency *prometheus.HistogramVec // destination
@@ -91,6 +94,9 @@ func New() *Metrics {
 		NotSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postback_deliveries_not_sent_total", Help: "Deliveries deliberately not sent, by reason.",
 		}, []string{"destination", "reason"}),
+		RevenueUnknown: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postback_revenue_unknown_total", Help: "Events made without their amount because the order could not be read (attribute revenue_unknown).",
+		}, []string{"source", "reason"}),
 		ErasuresPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "postback_privacy_erasures_pending", Help: "Privacy erasures (Shopify customers/redact, shop/redact) queued and not yet carried out.",
 		}),
@@ -104,7 +110,7 @@ func New() *Metrics {
 			Name: "postback_auth_throttled_total", Help: "Requests refused (429) because their address failed authentication too often, by realm.",
 		}, []string{"realm"}),
 	}
-	r.MustRegister(m.Received, m.Verified, m.Rejected, m.Duplicates, m.Ignored, m.Events, m.Ingest,
+	r.MustRegister(m.Received, m.Verified, m.Rejected, m.Duplicates, m.Ignored, m.Events, m.Ingest, m.RevenueUnknown,
 		m.Deliveries, m.DeliveryLatency, m.QueueDepth, m.OldestPending, m.Paused, m.Circuit, m.NotSent,
 		m.ErasuresPending, m.ErasuresDone, m.AuthFailures, m.AuthThrottled)
 	return m

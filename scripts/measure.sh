@@ -31,6 +31,9 @@ echo "== 1000 notifications/s against a 20 ms webhook receiver"
 echo "== every source to every destination type"
 "$pb" bench --self --mix stripe=1,shopify=1,custom=1,apple=1,google=1 --duration 15s --json > "$out/mixed.json"
 
+echo "== lifecycle simulators, long form (docs/MAPPING.md)"
+POSTBACK_SIM_ROUNDS=50 go test ./mapping -run Simulator -count=1 -v | grep 'simulator:' | tee "$out/simulator.txt"
+
 if [ "${LONG:-}" = 1 ]; then
   echo "== 10 minutes at 300/s: memory"
   "$pb" bench --self --destinations webhook --mix stripe=1 --rate 300 --duration 10m --receiver-latency 20ms --json > "$out/long.json"

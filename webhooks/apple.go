@@ -48,6 +48,7 @@ var (
 	ErrAppleMalformed         = errors.New("apple: malformed JWS")
 	ErrAppleAlg               = errors.New("apple: JWS alg is not ES256")
 	ErrAppleX5CLength         = errors.New("apple: x5c must hold exactly three certificates")
+	ErrAppleCrit              = errors.New("apple: JWS header carries crit (RFC 7515 section 4.1.11), which this verifier does not process")
 	ErrAppleCertificate       = errors.New("apple: x5c certificate does not parse")
 	ErrAppleUntrustedChain    = errors.New("apple: certificate chain does not lead to a configured root")
 	ErrAppleExpired           = errors.New("apple: certificate expired at the signing date")
@@ -70,6 +71,7 @@ var (
 const (
 	CodeAppleAlg               = "alg_not_es256"
 	CodeAppleX5CLength         = "x5c_length"
+	CodeAppleCrit              = "crit_header"
 	CodeAppleCertificate       = "invalid_certificate"
 	CodeAppleUntrustedChain    = "untrusted_chain"
 	CodeAppleExpired           = "certificate_expired"
@@ -97,6 +99,7 @@ var appleCodes = []struct {
 	{ErrAppleOCSPUnavailable, http.StatusServiceUnavailable, CodeAppleOCSPUnavailable},
 	{ErrAppleAlg, http.StatusUnauthorized, CodeAppleAlg},
 	{ErrAppleX5CLength, http.StatusUnauthorized, CodeAppleX5CLength},
+	{ErrAppleCrit, http.StatusUnauthorized, CodeAppleCrit},
 	{ErrAppleCertificate, http.StatusUnauthorized, CodeAppleCertificate},
 	{ErrAppleUntrustedChain, http.StatusUnauthorized, CodeAppleUntrustedChain},
 	{ErrAppleExpired, http.StatusUnauthorized, CodeAppleExpired},
@@ -122,6 +125,19 @@ func AppleError(err error) *Error {
 		}
 	}
 	return Wrap(http.StatusUnauthorized, CodeUnauthorized, "notification failed verification", err)
+}
+
+// appleEnvironments maps each environment value Apple sends, compared
+// exactly as Apple's SignedDataVerifier does, to its name in
+// sources.apple.environments. Any other spelling ("PRODUCTION",
+// "production") is refused: a case-insensitive check would accept it while
+// the appAppleId check and the canonical environment compare exactly, so
+// such an envelope would skip the one and be stored as sandbox.
+var appleEnvironments = map[string]string{
+	"Production":   "production",
+	"Sandbox":      "sandbox",
+	"Xcode":        "xcode",
+	"LocalTesting": "localtesting",
 }
 
 // AppleVerifierConfig configures an AppleVerifier.
@@ -153,7 +169,11 @@ type AppleVerifierConfig struct {
 // app-store-server-library SignedDataVerifier does, or more strictly:
 //
 //   - compact JWS whose header alg is exactly ES256 and whose x5c holds
-//     exactly three certificates;
+//     exactly three certificates; a header with crit is refused (stricter
+//     than Apple's library, which ignores it);
+//   - the environment is one of the four values Apple sends, compared
+//     exactly (Production, Sandbox, Xcode, LocalTesting), as Apple's
+//     library does;
 //   - the chain is built from the leaf and the intermediate only (x5c[2] is
 //     ignored) and must end at a configured root; the leaf must carry OID
 //     1.2.840.113635.100.6.11.1, the intermediate OID
@@ -232,6 +252,11 @@ func NewAppleVerifier(cfg AppleVerifierConfig) (*AppleVerifier, error) {
 type jwsHeader struct {
 	Alg string   `json:"alg"`
 	X5C []string `json:"x5c"`
+	// Crit lists header extensions the recipient must understand (RFC
+	// 7515 section 4.1.11). Apple never sends it and this verifier
+	// understands no extension, so any crit, even empty or null, is
+	// refused. Apple's SignedDataVerifier ignores crit: this is stricter.
+	Crit json.RawMessage `json:"crit"`
 }
 
 // JWS segments and x5c certificates must be canonical base64: the lenient
@@ -289,6 +314,9 @@ func (v *AppleVerifier) verify(ctx context.Context, token string, dst any, dates
 		}
 		if h.Alg != "ES256" {
 			return nil, fmt.Errorf("%w: %q", ErrAppleAlg, h.Alg)
+		}
+		if h.Crit != nil {
+			return nil, fmt.Errorf("%w: %s", ErrAppleCrit, h.Crit)
 		}
 		if len(h.X5C) != 3 {
 			return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
@@ -627,7 +655,7 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 		return nil, fmt.Errorf("%w: %q", ErrAppleUnknownApp, out.BundleID)
 	}
 	appleEnv := p.AppleEnvironment()
-	if !v.envs[strings.ToLower(appleEnv)] {
+	if name, ok := appleEnvironments[appleEnv]; !ok || !v.envs[name] {
 		return nil, fmt.Errorf("%w: %q", ErrAppleEnvironment, appleEnv)
 	}
 	if appleEnv == "Production" && p.AppAppleID() != app.AppAppleID {

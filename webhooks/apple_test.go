@@ -315,6 +315,20 @@ func TestAppleRejections(t *testing.T) {
 		{"bundleId not configured", withData(map[string]any{"bundleId": "com.other.app"}), 401, CodeUnknownApp},
 		{"no data, summary or token", signedEnv(good, map[string]any{"data": nil}), 401, CodeUnknownApp},
 		{"environment not accepted", withData(map[string]any{"environment": "Xcode", "transactionInfo": testTxn(map[string]any{"environment": "Xcode"})}), 401, CodeEnvironment},
+		// Apple's values are compared exactly: "PRODUCTION" used to pass
+		// a case-insensitive check, skip the appAppleId check (exact) and
+		// be stored as sandbox (issue 13, item 6).
+		{"environment PRODUCTION", withData(map[string]any{"environment": "PRODUCTION", "appAppleId": 42,
+			"transactionInfo": testTxn(map[string]any{"environment": "PRODUCTION"}), "renewalInfo": map[string]any{"environment": "PRODUCTION", "signedDate": ms(appleSigned)}}), 401, CodeEnvironment},
+		{"environment production", withData(map[string]any{"environment": "production",
+			"transactionInfo": testTxn(map[string]any{"environment": "production"}), "renewalInfo": map[string]any{"environment": "production", "signedDate": ms(appleSigned)}}), 401, CodeEnvironment},
+		{"environment sandbox in lower case", withData(map[string]any{"environment": "sandbox",
+			"transactionInfo": testTxn(map[string]any{"environment": "sandbox"}), "renewalInfo": map[string]any{"environment": "sandbox", "signedDate": ms(appleSigned)}}), 401, CodeEnvironment},
+		{"environment missing", withData(map[string]any{"environment": nil}), 401, CodeEnvironment},
+		{"crit header", appleRequest(good.Sign(env(nil), appletest.JWS{Header: map[string]any{"crit": []string{"exp"}, "exp": 1}})), 401, CodeAppleCrit},
+		{"empty crit header", appleRequest(good.Sign(env(nil), appletest.JWS{Header: map[string]any{"crit": []string{}}})), 401, CodeAppleCrit},
+		{"null crit header", appleRequest(good.Sign(env(nil), appletest.JWS{Header: map[string]any{"crit": nil}})), 401, CodeAppleCrit},
+		{"crit header on the nested transaction", withNested(good.Sign(testTxn(nil), appletest.JWS{Header: map[string]any{"crit": []string{"b64"}, "b64": true}})), 401, CodeAppleCrit},
 		{"appAppleId mismatch in Production", withData(map[string]any{"appAppleId": 42}), 401, CodeAppleAppAppleID},
 		{"older than the dedupe window", signedEnv(good, map[string]any{"signedDate": ms(testNow.Add(-721 * time.Hour))}), 401, CodeStale},
 		{"signed in the future", signedEnv(good, map[string]any{"signedDate": ms(testNow.Add(time.Hour))}), 401, CodeStale},

@@ -165,6 +165,11 @@ func (h *Custom) Events(c echo.Context) error {
 	// A key that is or holds an email or phone is stored as its hash (the
 	// same for a retry, so idempotency holds).
 	key = mapping.ScrubValue(key)
+	// encoding/json turns every invalid byte into U+FFFD, so "u\xff" and
+	// "u\xfe" would decode as one user: refuse such bodies outright.
+	if !utf8.Valid(body) {
+		return respond(c, h.Reject(src, invalid([]mapping.FieldError{{Field: "body", Message: "must be valid UTF-8"}})))
+	}
 	req, fields := mapping.ParseCustom(body, h.Now(), h.Retention)
 	if fields != nil {
 		return respond(c, h.Reject(src, invalid(fields)))
@@ -256,6 +261,9 @@ func storeError(err error) *Error {
 // parseIdentifiers validates a PUT body: {"identifiers": {name: value}}. A
 // null or empty value removes that identifier.
 func parseIdentifiers(body []byte) (map[string]string, []mapping.FieldError) {
+	if !utf8.Valid(body) {
+		return nil, []mapping.FieldError{{Field: "body", Message: "must be valid UTF-8"}}
+	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil || top == nil {
 		return nil, []mapping.FieldError{{Field: "body", Message: `must be a JSON object {"identifiers": {"appsflyer_id": "...", "email": "..."}}`}}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 
@@ -197,6 +198,9 @@ func (s *Shopify) Handle(c echo.Context) error {
 	}
 	if !json.Valid(body) || bytes.TrimSpace(body)[0] != '{' || json.Unmarshal(body, &probe) != nil {
 		return s.Reject(src, Errorf(http.StatusBadRequest, CodeMalformed, "body is not a JSON object"))
+	}
+	if !utf8.Valid(body) {
+		return s.Reject(src, Errorf(http.StatusBadRequest, CodeMalformed, "body is not valid UTF-8"))
 	}
 	if err := checkShopifyBody(topic, shop, body); err != nil {
 		code := CodeWrongShape

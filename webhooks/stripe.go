@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 	"github.com/stripe/stripe-go/v76"
@@ -112,6 +113,11 @@ func (s *Stripe) Handle(c echo.Context) error {
 			code = CodeUnauthorized
 		}
 		return s.Reject(src, Wrap(http.StatusBadRequest, code, err.Error(), err))
+	}
+	// encoding/json turns every invalid byte into U+FFFD, so "u\xff" and
+	// "u\xfe" would decode as one user: refuse such bodies outright.
+	if !utf8.Valid(body) {
+		return s.Reject(src, Errorf(http.StatusBadRequest, CodeMalformed, "body is not valid UTF-8"))
 	}
 	// Only the envelope is decoded here (stripe.Event would decode the whole
 	// data.object generically, which costs more than the rest of the

@@ -214,6 +214,8 @@ type JWS struct {
 	Key *ecdsa.PrivateKey
 	// Sign replaces the signature entirely (HS256, RS256, none variants).
 	Sign func(signingInput []byte) []byte
+	// Header adds parameters to the protected header (crit, kid, ...).
+	Header map[string]any
 }
 
 // SignJWS signs payload as the App Store does: ES256 with the leaf key and
@@ -236,6 +238,9 @@ func (p *PKI) Sign(payload any, j JWS) string {
 		x5c = j.X5C
 	}
 	hdr := map[string]any{"alg": alg}
+	for k, v := range j.Header {
+		hdr[k] = v
+	}
 	if len(x5c) > 0 {
 		hdr["x5c"] = x5c
 	}
