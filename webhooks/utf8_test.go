@@ -14,7 +14,7 @@ func TestInvalidUTF8Refused(t *testing.T) {
 		return []byte(`{"id":"evt_utf8","object":"event","created":1764471600,"livemode":true,"type":"customer.subscription.created","data":{"object":{"id":"sub_utf8","status":"trialing","customer":"cus_1","metadata":{"app_user_id":"` + user + `"},"items":{"data":[]}}}}`)
 	}
 	shopifyFor := func(user string) []byte {
-		return []byte(`{"id":820982911946154508,"email":"` + user + `@example.com","total_price":"10.00","currency":"EUR"}`)
+		return []byte(`{"id":820982911946154508,"name":"#1001","cancelled_at":null,"email":"` + user + `@example.com","total_price":"10.00","currency":"EUR"}`)
 	}
 	customFor := func(user string) string {
 		return `{"type":"custom","name":"level_up","app_id":"com.example.app","app_user_id":"` + user + `"}`
