@@ -96,6 +96,14 @@ api_keys: ["order-test-key"]
 	})
 	tg.stop()
 	close(block)
+	// The stopped gateway's request ends before the new one starts (as a
+	// crash would end it), so "in flight twice" below means the
+	// dispatcher's doing, not the restart's.
+	waitFor(t, "the interrupted request to end", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return inflight["dev-a"] == 0
+	})
 	tg2 := startGateway(t, e2eConfig(t, db, "http://127.0.0.1:9/", extra), nil)
 	waitFor(t, "every event delivered", func() bool {
 		q, err := tg2.g.Store.Queue("adjust")
