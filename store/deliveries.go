@@ -191,7 +191,7 @@ type Due struct {
 // first, skipping keys for which skip returns true (in-flight leases).
 func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string) bool) ([]Due, error) {
 	var out []Due
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bDue).Bucket([]byte(dest))
 		if b == nil {
 			return nil
@@ -228,7 +228,7 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 // NextDue returns the earliest due time of dest, or zero when nothing is queued.
 func (db *DB) NextDue(dest string) time.Time {
 	var t time.Time
-	_ = db.bolt.View(func(tx *bolt.Tx) error {
+	_ = db.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bDue).Bucket([]byte(dest))
 		if b == nil {
 			return nil
@@ -404,7 +404,7 @@ type QueueStats struct {
 // Queue returns the number of queued deliveries of dest and the oldest due.
 func (db *DB) Queue(dest string) (QueueStats, error) {
 	var q QueueStats
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bDue).Bucket([]byte(dest))
 		if b == nil {
 			return nil
@@ -436,7 +436,7 @@ func (db *DB) Queue(dest string) (QueueStats, error) {
 // Destinations returns the destination names that have a due queue.
 func (db *DB) Destinations() []string {
 	var out []string
-	_ = db.bolt.View(func(tx *bolt.Tx) error {
+	_ = db.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bDue).ForEachBucket(func(k []byte) error {
 			out = append(out, string(k))
 			return nil
@@ -448,7 +448,7 @@ func (db *DB) Destinations() []string {
 // Delivery returns one delivery.
 func (db *DB) Delivery(key string) (Delivery, error) {
 	var d Delivery
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		ok, err := getJSON(tx.Bucket(bDeliveries), []byte(key), &d)
 		if err == nil && !ok {
 			err = fmt.Errorf("%w: delivery %s", ErrNotFound, key)
@@ -461,7 +461,7 @@ func (db *DB) Delivery(key string) (Delivery, error) {
 // Attempts returns the attempt log of a delivery, oldest first.
 func (db *DB) Attempts(key string) ([]Attempt, error) {
 	var out []Attempt
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bAttempts).Cursor()
 		prefix := []byte(key + "\x00")
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -479,7 +479,7 @@ func (db *DB) Attempts(key string) ([]Attempt, error) {
 // EventDeliveries returns the deliveries of one event.
 func (db *DB) EventDeliveries(eventID string) ([]Delivery, error) {
 	var out []Delivery
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bDeliveries).Cursor()
 		prefix := []byte(eventID + "|")
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {

@@ -139,7 +139,7 @@ const ErasedReason = "body erased for a privacy deletion"
 // PendingErasures counts queued erasures.
 func (db *DB) PendingErasures() (int, error) {
 	n := 0
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		n = tx.Bucket(bErasures).Stats().KeyN
 		return nil
 	})

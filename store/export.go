@@ -43,7 +43,7 @@ func (db *DB) Export(ctx context.Context, kind string, fn func(chunk []Record) e
 			return err
 		}
 		var chunk []Record
-		err := db.bolt.View(func(tx *bolt.Tx) error {
+		err := db.view(func(tx *bolt.Tx) error {
 			b := tx.Bucket([]byte(kind))
 			if b == nil {
 				return nil

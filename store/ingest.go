@@ -253,7 +253,7 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 // oldest first.
 func (db *DB) Pending(source string, limit int) ([]mapping.Notification, error) {
 	var out []mapping.Notification
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		inbox := tx.Bucket(bInbox)
 		c := tx.Bucket(bInboxTime).Cursor()
 		prefix := source + "\x00"
@@ -305,7 +305,7 @@ func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult
 		statuses = []string{mapping.StatusFailed, mapping.StatusIgnored}
 	}
 	var keys [][]byte
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		inbox := tx.Bucket(bInbox)
 		c := tx.Bucket(bInboxTime).Cursor()
 		// A zero Since means from the start: msKey of the zero time is a
@@ -370,7 +370,7 @@ func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult
 // Notification returns an inbox item.
 func (db *DB) Notification(source, key string) (*mapping.Notification, error) {
 	var n mapping.Notification
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		ok, err := getJSON(tx.Bucket(bInbox), inboxKey(source, key), &n)
 		if err == nil && !ok {
 			err = ErrNotFound

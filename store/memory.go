@@ -26,7 +26,7 @@ func (db *DB) ForwarderMemory(name string) Memory {
 func (m *ForwarderMemory) Get(key string) (time.Time, bool, error) {
 	var at time.Time
 	var ok bool
-	err := m.db.bolt.View(func(tx *bolt.Tx) error {
+	err := m.db.view(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bFwdMemory).Get([]byte(m.prefix + key)); len(v) == 8 {
 			at, ok = time.UnixMilli(int64(binary.BigEndian.Uint64(v))), true
 		}

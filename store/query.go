@@ -52,7 +52,7 @@ func (db *DB) Events(f EventFilter) (EventPage, error) {
 		f.Limit = 50
 	}
 	var p EventPage
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		events := tx.Bucket(bEvents)
 		c := tx.Bucket(bEventsTime).Cursor()
 		var k []byte
@@ -112,7 +112,7 @@ func (db *DB) Events(f EventFilter) (EventPage, error) {
 // Event returns one event.
 func (db *DB) Event(id string) (mapping.Event, error) {
 	var e mapping.Event
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		ok, err := getJSON(tx.Bucket(bEvents), []byte(id), &e)
 		if err == nil && !ok {
 			err = ErrNotFound
@@ -166,7 +166,7 @@ func (db *DB) Deliveries(f DeliveryFilter) ([]Delivery, error) {
 		f.Limit = 100
 	}
 	var out []Delivery
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		deliveries := tx.Bucket(bDeliveries)
 		c := tx.Bucket(bEventsTime).Cursor()
 		for k, _ := c.Last(); k != nil && len(out) < f.Limit; k, _ = c.Prev() {

@@ -15,7 +15,7 @@ import (
 func (db *DB) State(key string) (mapping.State, bool, error) {
 	var st mapping.State
 	var ok bool
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		var err error
 		ok, err = getJSON(tx.Bucket(bStates), []byte(key), &st)
 		return err

@@ -45,7 +45,7 @@ func (db *DB) Stats(since, until time.Time, bucket time.Duration) (Stats, error)
 	for i := range s.Buckets {
 		s.Buckets[i] = map[string]int{}
 	}
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		events, deliveries := tx.Bucket(bEvents), tx.Bucket(bDeliveries)
 		c := tx.Bucket(bEventsTime).Cursor()
 		end := uint64(until.UnixMilli())
@@ -110,7 +110,7 @@ func (db *DB) Stats(since, until time.Time, bucket time.Duration) (Stats, error)
 func (db *DB) DeadCounts() (map[string]int, error) {
 	out := map[string]int{}
 	marker := []byte(`"state":"` + StateDead + `"`)
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bDeliveries).ForEach(func(_, v []byte) error {
 			if !bytes.Contains(v, marker) {
 				return nil

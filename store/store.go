@@ -127,6 +127,12 @@ func Open(path string, opts *Options) (*DB, error) {
 			return nil, fmt.Errorf("store: create %s: %w", dir, err)
 		}
 	}
+	if err := preflight(path); err != nil {
+		return nil, err
+	}
+	if err := walkFile(path, &o); err != nil {
+		return nil, err
+	}
 	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:         o.OpenTimeout,
 		NoFreelistSync:  true,
@@ -136,20 +142,26 @@ func Open(path string, opts *Options) (*DB, error) {
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s (stop the other postback, or point storage.path elsewhere)", ErrLocked, path)
 	}
+	if errors.Is(err, bolterrors.ErrInvalid) || errors.Is(err, bolterrors.ErrChecksum) || errors.Is(err, bolterrors.ErrVersionMismatch) {
+		return nil, damaged(path, err.Error())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	err = bdb.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
+	probe := &DB{bolt: bdb, opts: o}
+	err = probe.guard(func() error {
+		return bdb.Update(func(tx *bolt.Tx) error {
+			for _, b := range allBuckets {
+				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+					return err
+				}
 			}
-		}
-		m := tx.Bucket(bMeta)
-		if m.Get([]byte("schema")) == nil {
-			return m.Put([]byte("schema"), []byte("1"))
-		}
-		return nil
+			m := tx.Bucket(bMeta)
+			if m.Get([]byte("schema")) == nil {
+				return m.Put([]byte("schema"), []byte("1"))
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		bdb.Close()
@@ -247,17 +259,19 @@ func (e softError) Unwrap() error { return e.err }
 // commit runs a batch in one transaction. If the transaction fails, each op
 // is retried alone so one bad op cannot fail its neighbours.
 func (db *DB) commit(batch []*op) {
-	err := db.bolt.Update(func(tx *bolt.Tx) error {
-		for _, o := range batch {
-			o.err = o.apply(tx)
-			var se softError
-			if o.err != nil && !errors.As(o.err, &se) {
-				return o.err
+	err := db.guard(func() error {
+		return db.bolt.Update(func(tx *bolt.Tx) error {
+			for _, o := range batch {
+				o.err = o.apply(tx)
+				var se softError
+				if o.err != nil && !errors.As(o.err, &se) {
+					return o.err
+				}
 			}
-		}
-		return nil
+			return nil
+		})
 	})
-	if err != nil && len(batch) > 1 {
+	if err != nil && len(batch) > 1 && !errors.Is(err, ErrDamaged) {
 		for _, o := range batch {
 			db.commit([]*op{o})
 		}
@@ -308,7 +322,16 @@ func (db *DB) Ping(ctx context.Context) error {
 // writer changes, so a check from a read transaction while the gateway
 // writes can report pages "reachable freed" that are not.
 func (db *DB) Check() error {
-	tx, err := db.bolt.Begin(true)
+	return db.guard(func() error {
+		if err := db.bolt.View(walk); err != nil {
+			return err
+		}
+		return checkAll(db.bolt)
+	})
+}
+
+func checkAll(b *bolt.DB) error {
+	tx, err := b.Begin(true)
 	if err != nil {
 		return err
 	}
@@ -318,6 +341,64 @@ func (db *DB) Check() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// walkFile reads every reachable page of an existing file through a
+// read-only handle, in this goroutine, before the file is opened for
+// writing: bbolt's write-mode open rebuilds the free list by scanning the
+// pages in a goroutine of its own, where a damaged page would crash the
+// process. A damaged page is found here as ErrDamaged, at the cost of one
+// more read of the file.
+func walkFile(path string, o *Options) error {
+	if st, err := os.Stat(path); err != nil || st.Size() == 0 {
+		return nil // new (preflight refused an empty one)
+	}
+	ro, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: o.OpenTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return fmt.Errorf("%w: %s (stop the other postback, or point storage.path elsewhere)", ErrLocked, path)
+	}
+	if errors.Is(err, bolterrors.ErrInvalid) || errors.Is(err, bolterrors.ErrChecksum) || errors.Is(err, bolterrors.ErrVersionMismatch) {
+		return damaged(path, err.Error())
+	}
+	if err != nil {
+		return fmt.Errorf("store: open %s: %w", path, err)
+	}
+	defer ro.Close()
+	probe := &DB{bolt: ro, opts: *o}
+	if err := probe.guard(func() error { return ro.View(walk) }); err != nil {
+		if !errors.Is(err, ErrDamaged) {
+			err = damaged(path, err.Error())
+		}
+		return err
+	}
+	return nil
+}
+
+// walk reads every key and value of every bucket, nested ones included, so
+// that each reachable branch, leaf and overflow page is read once.
+func walk(tx *bolt.Tx) error {
+	var sum byte
+	var bucket func(b *bolt.Bucket)
+	bucket = func(b *bolt.Bucket) {
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if v == nil {
+				if nb := b.Bucket(k); nb != nil {
+					bucket(nb)
+				}
+				continue
+			}
+			if len(v) > 0 {
+				sum ^= v[0] ^ v[len(v)-1]
+			}
+		}
+	}
+	err := tx.ForEach(func(_ []byte, b *bolt.Bucket) error {
+		bucket(b)
+		return nil
+	})
+	_ = sum
+	return err
 }
 
 func msKey(t time.Time) []byte {

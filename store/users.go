@@ -130,7 +130,7 @@ func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]stri
 // GetUser returns a user's identifiers.
 func (db *DB) GetUser(appUserID string) (User, error) {
 	var u User
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		ok, err := getJSON(tx.Bucket(bUsers), []byte(appUserID), &u)
 		if err == nil && !ok {
 			err = fmt.Errorf("%w: user %s", ErrNotFound, appUserID)
