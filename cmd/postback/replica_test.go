@@ -496,13 +496,14 @@ destinations:
 	dups, total := rcv.duplicates()
 	dupPct := 100 * float64(dups) / float64(max(total, 1))
 	peak, peakAt := rcv.maxWindow(time.Second)
-	// The bucket grants at most burst + rate × 1s tokens in any second.
-	// Arrival times at the receiver are send times plus network and
-	// scheduling jitter, and a replica spends the tokens it took in one
-	// block (at most a tenth of a second's worth) over the following
-	// moments: the tolerance is a tenth of a second's tokens.
+	// The bucket grants at most burst + rate × 1s tokens in any second. A
+	// replica takes tokens in blocks (a tenth of a second's worth) and
+	// spends a block within a tenth of a second (dispatch/cluster.go), and
+	// arrival times at the receiver are send times plus network and
+	// scheduling jitter: the tolerance is one block plus 50 ms of jitter
+	// at the full rate.
 	limit := replicaBurst + replicaRate
-	tolerance := replicaRate / 10
+	tolerance := replicaRate/10 + replicaRate/20
 	rcv.mu.Lock()
 	overlaps, maxInFly := rcv.overlaps, rcv.maxInFly
 	rcv.mu.Unlock()
