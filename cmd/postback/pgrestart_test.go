@@ -93,12 +93,21 @@ type postResult struct {
 // the database is down every post is answered 503 and /readyz answers 503;
 // no 2xx is given for work that was not committed (every acknowledged
 // notification is in the database afterwards); and the gateway recovers by
-// itself, without a restart, and delivers everything it acknowledged.
+// itself, without a restart, and delivers everything it acknowledged. The
+// database is stopped once with pg_ctl's fast mode (sessions ended, clean
+// shutdown) and once with immediate mode (a crash: recovery from the WAL
+// at start).
 func TestPostgresRestartUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("PostgreSQL restart test skipped in -short mode")
 	}
 	dsn, pgctl := privateCluster(t)
+	for _, mode := range []string{"fast", "immediate"} {
+		t.Run(mode, func(t *testing.T) { pgRestartUnderLoad(t, dsn, pgctl, mode) })
+	}
+}
+
+func pgRestartUnderLoad(t *testing.T, dsn string, pgctl func(args ...string) error, mode string) {
 	rcv := newDeliveryReceiver(t, 0)
 	dir := t.TempDir()
 	addr := freeAddr(t)
@@ -150,7 +159,7 @@ destinations:
 					return
 				default:
 				}
-				n := stripeNote(fmt.Sprintf("evt_pgr_%07d", seq.Add(1)))
+				n := stripeNote(fmt.Sprintf("evt_pgr_%s_%07d", mode, seq.Add(1)))
 				r := postResult{id: n.key, start: time.Now()}
 				r.status, _ = n.post(client, base)
 				r.end = time.Now()
@@ -162,7 +171,7 @@ destinations:
 		}()
 	}
 	time.Sleep(1500 * time.Millisecond)
-	if err := pgctl("-m", "fast", "-w", "stop"); err != nil {
+	if err := pgctl("-m", mode, "-w", "stop"); err != nil {
 		t.Fatal(err)
 	}
 	down := time.Now()
@@ -272,8 +281,8 @@ destinations:
 		t.Errorf("store check: %v", err)
 	}
 	dups, total := rcv.duplicates()
-	t.Logf("%d posts (answers %v), %d acknowledged, %d lost; PostgreSQL down %s: %d posts answered %v, /readyz %v; recovered %s after the start; %d deliveries, %d duplicate",
-		len(results), codes, len(acked), lost, up.Sub(down).Round(time.Millisecond), downPosts, downCodes, readyDown, recovered.Sub(started).Round(time.Millisecond), total, dups)
+	t.Logf("stop -m %s: %d posts (answers %v), %d acknowledged, %d lost; PostgreSQL down %s: %d posts answered %v, /readyz %v; recovered %s after the start; %d deliveries, %d duplicate",
+		mode, len(results), codes, len(acked), lost, up.Sub(down).Round(time.Millisecond), downPosts, downCodes, readyDown, recovered.Sub(started).Round(time.Millisecond), total, dups)
 }
 
 func tail(b []byte, n int) []byte {
