@@ -48,13 +48,12 @@ const (
 type deliveryReceiver struct {
 	srv *httptest.Server
 
-	mu        sync.Mutex
-	received  map[string]int
-	inflight  map[string]int
-	overlaps  int // arrivals while the same webhook-id was in flight
-	maxInFly  int // most copies of one webhook-id in flight at once
-	arrivals  []time.Time
-	lastTotal int
+	mu       sync.Mutex
+	received map[string]int
+	inflight map[string]int
+	overlaps int // arrivals while the same webhook-id was in flight
+	maxInFly int // most copies of one webhook-id in flight at once
+	arrivals []time.Time
 }
 
 func newDeliveryReceiver(t *testing.T, hold time.Duration) *deliveryReceiver {
