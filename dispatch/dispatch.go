@@ -8,10 +8,13 @@
 // are retried with exponential backoff and full jitter, honouring
 // Retry-After; permanent failures, max_attempts and max_age end as dead.
 //
-// Leases are in memory: a claimed delivery keeps its durable due key until
-// its outcome is committed, so a delivery in flight when the process dies
-// is simply due again after restart (at least once). A single process owns
-// the database (the store's file lock), so no cross-process lease is needed.
+// A claimed delivery keeps its durable due key until its outcome is
+// committed, so a delivery in flight when the process dies is simply due
+// again after restart (at least once). On BoltDB one process owns the
+// database and leases are in memory; on PostgreSQL the lease is stored with
+// the claim and replicas share the limits (cluster.go). Either way a
+// request is sent only while its lease leaves the destination's timeout to
+// finish, so no other claim of it can be in flight at the same time.
 package dispatch
 
 import (
