@@ -828,6 +828,9 @@ func (c *Config) Validate() error {
 		if d.BatchSize < 0 {
 			bad(key+".batch_size", "must be positive")
 		}
+		if d.Timeout >= c.Dispatch.Lease && c.Dispatch.Lease > 0 {
+			bad(key+".timeout", "must be shorter than dispatch.lease (%s): a request still running when its lease ends could be sent again by another dispatcher", c.Dispatch.Lease.D())
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w:\n  %s", ErrInvalid, strings.Join(errs, "\n  "))

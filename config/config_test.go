@@ -296,6 +296,7 @@ func TestErrorsNameKey(t *testing.T) {
 		{"negative attempts", "destinations: [{name: a, type: webhook, retry: {max_attempts: -1}}]", nil, []string{"destinations[0].retry.max_attempts"}},
 		{"concurrency", "destinations: [{name: a, type: webhook, concurrency: 300}]", nil, []string{"destinations[0].concurrency"}},
 		{"batch size", "destinations: [{name: a, type: webhook, batch_size: -1}]", nil, []string{"destinations[0].batch_size"}},
+		{"timeout not below the lease", "dispatch: {lease: 10s}\ndestinations: [{name: a, type: webhook, timeout: 10s}]", nil, []string{"destinations[0].timeout", "dispatch.lease (10s)"}},
 		{"top level not a mapping", "- a\n- b", nil, []string{"top level"}},
 		{"not YAML", "server: {listen: [", nil, []string{"yaml"}},
 	}

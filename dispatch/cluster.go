@@ -11,8 +11,11 @@ import (
 // Several replicas on one PostgreSQL store (store.Cluster) share each
 // destination's limits:
 //   - the rate limit is one token bucket row per destination; a replica
-//     takes tokens in small blocks (a tenth of a second's worth at most),
-//     so the cluster never sends more than burst + rate × time;
+//     takes tokens in small blocks (a tenth of a second's worth at most)
+//     and spends a block only within the time the bucket takes to refill
+//     it (what is left then is dropped, not kept for a later burst), so
+//     in any interval T the cluster sends at most burst + rate × T plus
+//     one block (rate / 10);
 //   - the concurrency cap is enforced by the claim (store.ClaimOptions.
 //     MaxInFlight: live leases of the destination across replicas);
 //   - the breaker, throttling hold and pause live in one health row: a
@@ -37,13 +40,21 @@ type clusterLimiter struct {
 	perSecond float64
 	burst     int
 	mu        sync.Mutex
-	local     int // tokens taken from the bucket, not yet spent
+	local     int       // tokens taken from the bucket, not yet spent
+	spendBy   time.Time // local tokens left after this are dropped
 }
 
 func (l *clusterLimiter) Wait(ctx context.Context) error {
 	block := max(1, min(l.burst, int(l.perSecond/10)))
+	// A block is spent within the time the bucket takes to refill it:
+	// tokens kept longer (the queue went quiet) would be sent on top of
+	// the bucket's own burst later.
+	valid := time.Duration(float64(block) / l.perSecond * float64(time.Second))
 	for {
 		l.mu.Lock()
+		if l.local > 0 && time.Now().After(l.spendBy) {
+			l.local = 0
+		}
 		if l.local > 0 {
 			l.local--
 			l.mu.Unlock()
@@ -55,7 +66,7 @@ func (l *clusterLimiter) Wait(ctx context.Context) error {
 			return err
 		}
 		if got > 0 {
-			l.local += got - 1
+			l.local, l.spendBy = got-1, time.Now().Add(valid)
 			l.mu.Unlock()
 			return nil
 		}

@@ -8,10 +8,13 @@
 // are retried with exponential backoff and full jitter, honouring
 // Retry-After; permanent failures, max_attempts and max_age end as dead.
 //
-// Leases are in memory: a claimed delivery keeps its durable due key until
-// its outcome is committed, so a delivery in flight when the process dies
-// is simply due again after restart (at least once). A single process owns
-// the database (the store's file lock), so no cross-process lease is needed.
+// A claimed delivery keeps its durable due key until its outcome is
+// committed, so a delivery in flight when the process dies is simply due
+// again after restart (at least once). On BoltDB one process owns the
+// database and leases are in memory; on PostgreSQL the lease is stored with
+// the claim and replicas share the limits (cluster.go). Either way a
+// request is sent only while its lease leaves the destination's timeout to
+// finish, so no other claim of it can be in flight at the same time.
 package dispatch
 
 import (
@@ -51,6 +54,9 @@ type Destination struct {
 	// (Limits().MaxAge: Meta 7 days, GA4 72 hours); older events are never
 	// sent, replayed or not.
 	EventMaxAge time.Duration
+	// Timeout is the forwarder's request timeout (0: unknown): a claimed
+	// request is sent only while at least this much of its lease is left.
+	Timeout time.Duration
 }
 
 // Options tune the engine; zero values get defaults.
@@ -391,7 +397,7 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 			defer w.nudge() // a freed slot and a recorded outcome may make work claimable
 			defer func() { <-w.sem }()
 			// Deliveries in progress finish even during shutdown.
-			w.send(context.WithoutCancel(ctx), batch)
+			w.send(context.WithoutCancel(ctx), batch, now)
 		}()
 	}
 	if probing {
@@ -450,8 +456,21 @@ func (w *worker) release(due []store.Due) {
 	}
 }
 
+// sendBy is the latest moment a request claimed at claimedAt may start:
+// it must end (the destination's timeout) before the claim's lease does,
+// or another dispatcher (replica) could claim it and send it too. Without
+// a known timeout, or one as long as the lease, half the lease is kept.
+func (w *worker) sendBy(claimedAt time.Time) time.Time {
+	lease := w.d.opts.Lease
+	need := w.dest.Timeout
+	if need <= 0 || need > lease/2 {
+		need = lease / 2
+	}
+	return claimedAt.Add(lease - need)
+}
+
 // send runs the pre-send checks, calls the forwarder and records outcomes.
-func (w *worker) send(ctx context.Context, batch []store.Due) {
+func (w *worker) send(ctx context.Context, batch []store.Due, claimedAt time.Time) {
 	defer w.release(batch)
 	o := &w.d.opts
 	now := o.Now()
@@ -481,11 +500,19 @@ func (w *worker) send(ctx context.Context, batch []store.Due) {
 		itemDue = append(itemDue, d)
 	}
 	if len(items) > 0 {
-		if err := w.limiter.Wait(ctx); err != nil {
-			w.release(batch)
-			w.giveBack(ctx, batch)
-			return
+		// The rate limit may hold the request: it waits only as long as
+		// the claim's lease leaves time to send it. Past that the claim
+		// is given back, unsent, to be claimed afresh.
+		wctx, cancel := context.WithTimeout(ctx, w.sendBy(claimedAt).Sub(o.Now()))
+		err := w.limiter.Wait(wctx)
+		cancel()
+		if err != nil {
+			w.release(itemDue)
+			w.giveBack(ctx, itemDue)
+			items = nil
 		}
+	}
+	if len(items) > 0 {
 		start := time.Now()
 		results := w.dest.Forwarder.Send(ctx, items)
 		latency := time.Since(start)

@@ -133,6 +133,7 @@ func BuildDestinations(cfg *config.Config, client *http.Client, now func() time.
 			Name: d.Name, Type: d.Type, Forwarder: f,
 			PerSecond: d.RateLimit.PerSecond, Burst: d.RateLimit.Burst, Concurrency: d.Concurrency,
 			BatchSize: d.BatchSize, Linger: d.Linger.D(), MaxAttempts: d.Retry.MaxAttempts, MaxAge: d.Retry.MaxAge.D(),
+			Timeout: d.Timeout.D(),
 		})
 	}
 	// Errors are printed by check-config and at start-up: no secret in them.

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -29,7 +30,11 @@ import (
 // with POSTBACK_TEST_MAIN set, the binary is `postback` itself.
 func TestMain(m *testing.M) {
 	if os.Getenv("POSTBACK_TEST_MAIN") != "" {
-		os.Exit(Main(context.Background(), []string{"serve"}, &Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.LookupEnv}))
+		// As main does: SIGTERM stops the gateway cleanly.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := Main(ctx, []string{"serve"}, &Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.LookupEnv})
+		stop()
+		os.Exit(code)
 	}
 	os.Exit(m.Run())
 }

@@ -461,9 +461,17 @@ func lockKey(name string) int64 {
 	return int64(h.Sum64())
 }
 
+// singletonCheck is how often Singleton checks that the session holding
+// its lock is alive; it is well below the retry interval of the jobs that
+// wait for the lock (server.leader: 5s).
+var singletonCheck = time.Second
+
 // Singleton runs fn while holding the session advisory lock of name, if no
 // other session (replica) holds it; it reports whether fn ran. A replica
-// that dies loses its session and so its locks.
+// that dies loses its session and so its locks. A session that dies under
+// a live replica (PostgreSQL restarted, the connection cut) loses the lock
+// too, and another replica may take the job: fn's context is then
+// cancelled, within singletonCheck, so the job does not run twice.
 func (db *DB) Singleton(ctx context.Context, name string, fn func(ctx context.Context)) (bool, error) {
 	conn, err := db.pool.Acquire(ctx)
 	if err != nil {
@@ -478,14 +486,40 @@ func (db *DB) Singleton(ctx context.Context, name string, fn func(ctx context.Co
 	if !ok {
 		return false, nil
 	}
+	fctx, cancel := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		// fn does not use conn: the watchdog alone talks on it until fn
+		// has returned.
+		defer close(watched)
+		t := time.NewTicker(singletonCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-fctx.Done():
+				return
+			case <-t.C:
+			}
+			pctx, pcancel := context.WithTimeout(fctx, singletonCheck)
+			err := conn.Ping(pctx)
+			pcancel()
+			if err != nil && fctx.Err() == nil {
+				db.opts.Logger.Warn("background job: its lock's database session was lost; stopping it (a replica takes it over)", "job", name, "err", err)
+				cancel()
+				return
+			}
+		}
+	}()
 	defer func() {
+		cancel()
+		<-watched
 		if _, err := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key); err != nil {
-			// The session keeps the lock: close it rather than return a
-			// locked connection to the pool.
+			// The session keeps the lock (or is gone): close it rather
+			// than return a locked connection to the pool.
 			_ = conn.Conn().Close(context.Background())
 		}
 	}()
-	fn(ctx)
+	fn(fctx)
 	return true, nil
 }
 

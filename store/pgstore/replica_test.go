@@ -307,6 +307,55 @@ func TestReplicasSingleton(t *testing.T) {
 	close(release)
 }
 
+// TestReplicasSingletonSessionLost: when the session holding a job's lock
+// dies under a live replica (PostgreSQL restarted, the connection cut),
+// the lock is gone, so the job's context is cancelled: the job does not go
+// on running beside the replica that takes it over.
+func TestReplicasSingletonSessionLost(t *testing.T) {
+	rs, _ := replicas(t, 2, nil)
+	ctx := context.Background()
+	var running atomic.Int32
+	var twice atomic.Bool
+	holding := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		_, _ = rs[0].Singleton(ctx, "google-enrich", func(ctx context.Context) {
+			running.Add(1)
+			close(holding)
+			<-ctx.Done()
+			running.Add(-1)
+		})
+	}()
+	<-holding
+	rows, err := rs[1].Pool().Query(ctx, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int])
+	if err != nil || len(pids) == 0 {
+		t.Fatalf("advisory lock holder not found: %v", err)
+	}
+	for _, pid := range pids {
+		if _, err := rs[1].Pool().Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the job went on running after its lock's session died")
+	}
+	ran, err := rs[1].Singleton(ctx, "google-enrich", func(context.Context) {
+		if running.Load() != 0 {
+			twice.Store(true)
+		}
+	})
+	if err != nil || !ran || twice.Load() {
+		t.Fatalf("takeover: ran %v, err %v, twice %v", ran, err, twice.Load())
+	}
+}
+
 // TestReplicasNotifyWakes: a commit on one replica wakes the other's
 // dispatcher through LISTEN/NOTIFY.
 func TestReplicasNotifyWakes(t *testing.T) {
