@@ -45,6 +45,7 @@ func (g *Gateway) mountAdmin() error {
 	api.POST("/google/reconcile", a.reconcileGoogle)
 	api.GET("/destinations", a.destinations)
 	api.POST("/destinations/:name/test", a.testEvent)
+	a.mountStore(api)
 	api.Any("/*", func(c echo.Context) error {
 		return webhooks.Errorf(http.StatusNotFound, webhooks.CodeNotFound, "no admin endpoint %s %s", c.Request().Method, c.Request().URL.Path)
 	})

@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"os"
 
 	"github.com/postback/postback/config"
 	"github.com/postback/postback/store"
@@ -61,8 +65,11 @@ func cmdMigrate(ctx context.Context, env *Env, args []string) int {
 
 // cmdStore runs the store subcommands: copy.
 func cmdStore(ctx context.Context, env *Env, args []string) int {
+	if len(args) > 0 && args[0] == "check" {
+		return storeCheck(ctx, env, args[1:])
+	}
 	if len(args) == 0 || args[0] != "copy" {
-		fmt.Fprintln(env.Stderr, "usage: postback store copy --from ./data/postback.db --to postgres://...")
+		fmt.Fprintln(env.Stderr, "usage: postback store copy --from ./data/postback.db --to postgres://...\n       postback store check [--file ./data/postback.db]")
 		return 2
 	}
 	fs := newFlags("store copy", env)
@@ -121,5 +128,148 @@ func cmdStore(ctx context.Context, env *Env, args []string) int {
 		total, fresh = total+n, fresh+added
 	}
 	fmt.Fprintf(env.Stdout, "copied %d records from %s to %s (%d new, %d already there)\n", total, *from, dst.Describe(), fresh, total-fresh)
+	return 0
+}
+
+// cmdBackup writes a consistent copy of the BoltDB database: from the
+// running gateway through the admin API (a hot backup), or with --db from
+// a file no gateway holds.
+func cmdBackup(ctx context.Context, env *Env, args []string) int {
+	fs := newFlags("backup", env)
+	addr, _ := clientFlags(fs, env)
+	out := fs.String("out", "", "file to write the copy to (required)")
+	dbPath := fs.String("db", "", "copy this BoltDB file directly instead of asking the running gateway (stop the gateway first)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *out == "" {
+		fmt.Fprintln(env.Stderr, "postback backup: --out FILE is required")
+		return 2
+	}
+	tmp := *out + ".partial"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback backup:", err)
+		return 1
+	}
+	defer os.Remove(tmp)
+	var n int64
+	if *dbPath != "" {
+		src, err := store.Open(*dbPath, &store.Options{Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			f.Close()
+			fmt.Fprintln(env.Stderr, "postback backup:", err)
+			return 1
+		}
+		n, err = src.Backup(f)
+		src.Close()
+		if err != nil {
+			f.Close()
+			fmt.Fprintln(env.Stderr, "postback backup:", err)
+			return 1
+		}
+	} else {
+		c, err := newAdminClient(env, *addr)
+		if err != nil {
+			f.Close()
+			return exitErr(env, err)
+		}
+		if n, err = c.download(ctx, "/admin/api/store/backup", f); err != nil {
+			f.Close()
+			return exitErr(env, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		fmt.Fprintln(env.Stderr, "postback backup:", err)
+		return 1
+	}
+	f.Close()
+	// The copy must open and check out before it replaces anything.
+	b, err := store.Open(tmp, &store.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		err = b.Check()
+		b.Close()
+	}
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "postback backup: the copy does not check out (%v); nothing written to %s\n", err, *out)
+		return 1
+	}
+	if err := os.Rename(tmp, *out); err != nil {
+		fmt.Fprintln(env.Stderr, "postback backup:", err)
+		return 1
+	}
+	fmt.Fprintf(env.Stdout, "wrote %s (%d bytes), checked\n", *out, n)
+	return 0
+}
+
+// download streams an admin API answer into w.
+func (c *adminClient) download(ctx context.Context, path string, w io.Writer) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.addr+path, nil)
+	if err != nil {
+		return 0, &clientError{status: http.StatusBadRequest, code: "usage", msg: err.Error()}
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := (&http.Client{}).Do(req) // no overall timeout: a large file takes long
+	if err != nil {
+		return 0, &clientError{err: fmt.Errorf("cannot reach the gateway at %s: %w", c.addr, errors.Unwrap(err))}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var eb struct {
+			Error struct{ Code, Message string }
+		}
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		_ = json.Unmarshal(data, &eb)
+		return 0, &clientError{status: resp.StatusCode, code: eb.Error.Code, msg: eb.Error.Message}
+	}
+	return io.Copy(w, resp.Body)
+}
+
+// storeCheck checks a store: a BoltDB file no gateway holds (--file), or
+// the running gateway's store through the admin API.
+func storeCheck(ctx context.Context, env *Env, args []string) int {
+	fs := newFlags("store check", env)
+	addr, asJSON := clientFlags(fs, env)
+	file := fs.String("file", "", "check this BoltDB file directly (stop the gateway that uses it first)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *file != "" {
+		db, err := store.Open(*file, &store.Options{Logger: slog.New(slog.DiscardHandler)})
+		if err == nil {
+			err = db.Check()
+			db.Close()
+		}
+		if err != nil {
+			fmt.Fprintln(env.Stderr, "postback store check:", err)
+			return 1
+		}
+		fmt.Fprintf(env.Stdout, "%s: ok\n", *file)
+		return 0
+	}
+	c, err := newAdminClient(env, *addr)
+	if err != nil {
+		return exitErr(env, err)
+	}
+	var res struct {
+		OK     bool   `json:"ok"`
+		Store  string `json:"store"`
+		Error  string `json:"error"`
+		TookMs int64  `json:"took_ms"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/admin/api/store/check", nil, nil, &res); err != nil {
+		return exitErr(env, err)
+	}
+	if *asJSON {
+		printJSON(env.Stdout, res)
+	} else if res.OK {
+		fmt.Fprintf(env.Stdout, "%s: ok (%d ms)\n", res.Store, res.TookMs)
+	} else {
+		fmt.Fprintf(env.Stdout, "%s: DAMAGED: %s\n", res.Store, res.Error)
+	}
+	if !res.OK {
+		return 1
+	}
 	return 0
 }
