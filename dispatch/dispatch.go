@@ -353,11 +353,14 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	// during the scan releases its lease only after its outcome is
 	// committed, so a delivery either is in this copy or its completed state
 	// is in the scan's snapshot, never neither (which would resend it).
-	leased := w.leaseSnapshot(now)
-	due, err := w.d.store.Claim(ctx, w.dest.Name, now, store.ClaimOptions{
-		Limit: limit, Lease: o.Lease, MaxInFlight: w.dest.Concurrency * w.dest.BatchSize,
-		Skip: func(key string) bool { return leased[key] },
-	})
+	co := store.ClaimOptions{Limit: limit, Lease: o.Lease, MaxInFlight: w.dest.Concurrency * w.dest.BatchSize}
+	if w.cluster == nil {
+		// A single-process store keeps no claims: the in-memory leases
+		// are the claims. A shared store's leases are in the database.
+		leased := w.leaseSnapshot(now)
+		co.Skip = func(key string) bool { return leased[key] }
+	}
+	due, err := w.d.store.Claim(ctx, w.dest.Name, now, co)
 	if err != nil {
 		o.Logger.Error("scan due deliveries", "destination", w.dest.Name, "err", err)
 		return o.Poll
@@ -531,6 +534,13 @@ func (w *worker) send(ctx context.Context, batch []store.Due, claimedAt time.Tim
 	}
 	if len(completions) == 0 {
 		return
+	}
+	claimed := make(map[string]*store.Delivery, len(batch))
+	for i := range batch {
+		claimed[batch[i].Delivery.Key] = &batch[i].Delivery
+	}
+	for i := range completions {
+		completions[i].Claimed = claimed[completions[i].Key]
 	}
 	if err := w.d.store.Complete(ctx, completions); err != nil {
 		// Nothing recorded: the due keys are unchanged, so these deliveries

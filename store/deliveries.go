@@ -254,6 +254,10 @@ type Completion struct {
 	// KeepBudget logs the attempt without spending the retry budget (the
 	// destination, not the event, was at fault: paused credentials).
 	KeepBudget bool
+	// Claimed is the delivery as the caller claimed it, when it has it. A
+	// shared store then records the outcome without reading the delivery
+	// again, provided the caller's lease still holds it.
+	Claimed *Delivery
 }
 
 // Complete applies attempt outcomes in one group-committed transaction: the

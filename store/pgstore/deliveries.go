@@ -26,9 +26,15 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 	if lease <= 0 {
 		lease = 2 * time.Minute
 	}
+	if o.Skip == nil {
+		return db.claimFast(ctx, dest, now, o.Limit, o.MaxInFlight, lease)
+	}
 	var out []store.Due
 	err := db.inTx(ctx, func(tx pgx.Tx) error {
 		out = nil
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit TO OFF"); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("claim:"+dest)); err != nil {
 			return err
 		}
@@ -98,6 +104,91 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 	return out, err
 }
 
+// claimFast claims in one round trip: BEGIN, the destination's claim
+// lock, one UPDATE whose LIMIT subtracts the destination's live leases
+// from the in-flight cap, and COMMIT travel as one batch; the events (with
+// their users' identifiers) are read after it, in a second.
+func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, maxInFlight int, lease time.Duration) ([]store.Due, error) {
+	if maxInFlight <= 0 {
+		maxInFlight = 1 << 30
+	}
+	var ds []store.Delivery
+	err := db.inPipe(ctx, func(tx dbtx) error {
+		b := &pgx.Batch{}
+		// A claim need not wait for its WAL flush: a claim lost in a
+		// database crash leaves the delivery claimable again (sent at
+		// least once), and the claim lock is held only while the claim
+		// runs, not for a disk flush, so claims do not queue behind fsync.
+		b.Queue("SET LOCAL synchronous_commit TO OFF")
+		b.Queue("SELECT pg_advisory_xact_lock($1)", lockKey("claim:"+dest))
+		b.Queue(`UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
+			WHERE key IN (
+				SELECT d.key FROM deliveries d
+				WHERE `+claimable+`
+				ORDER BY d.next_at_ms, d.key
+				LIMIT greatest(0, least($3::int, $6::int - (SELECT count(*) FROM deliveries l WHERE l.destination = $1 AND l.leased_until > now())))
+				FOR UPDATE SKIP LOCKED)
+			RETURNING doc`, dest, now.UnixMilli(), limit, lease.Seconds(), db.opts.Owner, maxInFlight)
+		b.Queue("COMMIT")
+		br := tx.SendBatch(ctx, b)
+		for i := 0; i < 2; i++ {
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return err
+			}
+		}
+		rows, err := br.Query()
+		if err != nil {
+			br.Close()
+			return err
+		}
+		ds, err = collectJSON[store.Delivery](rows)
+		if err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		tx.(*pipe).committed = true
+		return nil
+	})
+	if err != nil || len(ds) == 0 {
+		return nil, err
+	}
+	sort.Slice(ds, func(i, j int) bool {
+		if ds[i].NextAtMs != ds[j].NextAtMs {
+			return ds[i].NextAtMs < ds[j].NextAtMs
+		}
+		return ds[i].Key < ds[j].Key
+	})
+	ids := make([]string, len(ds))
+	for i := range ds {
+		ids[i] = ds[i].EventID
+	}
+	events, err := db.eventsByID(ctx, db.pool, ids)
+	if err != nil {
+		// The claims stand and expire; say why nothing comes of them.
+		_ = db.Release(context.WithoutCancel(ctx), keysOf(ds))
+		return nil, err
+	}
+	out := make([]store.Due, 0, len(ds))
+	for _, d := range ds {
+		if e, ok := events[d.EventID]; ok {
+			out = append(out, store.Due{Delivery: d, Event: e})
+		}
+	}
+	return out, nil
+}
+
+func keysOf(ds []store.Delivery) []string {
+	out := make([]string, len(ds))
+	for i := range ds {
+		out[i] = ds[i].Key
+	}
+	return out
+}
+
 // claimable is the condition on a delivery d of destination $1 that Claim
 // may take at $2 (Unix ms): due, not leased, and the head of its ordering
 // key with no other delivery of that key in flight (a replayed earlier
@@ -147,44 +238,34 @@ func claimKeys(ctx context.Context, tx pgx.Tx, dest string, now time.Time, limit
 	return keys, nil
 }
 
-// eventsByID reads events with their identity-store identifiers merged.
+// eventsByID reads events with their identity-store identifiers merged,
+// in one query.
 func (db *DB) eventsByID(ctx context.Context, q querier, ids []string) (map[string]mapping.Event, error) {
-	rows, err := q.Query(ctx, "SELECT doc FROM events WHERE id = ANY($1)", ids)
+	rows, err := q.Query(ctx, "SELECT e.doc, u.doc FROM events e LEFT JOIN users u ON u.app_user_id = e.app_user_id WHERE e.id = ANY($1)", ids)
 	if err != nil {
 		return nil, err
 	}
-	evs, err := collectJSON[mapping.Event](rows)
-	if err != nil {
-		return nil, err
-	}
-	var users []string
-	for i := range evs {
-		if evs[i].User.AppUserID != "" {
-			users = append(users, evs[i].User.AppUserID)
-		}
-	}
-	known := map[string]store.User{}
-	if len(users) > 0 {
-		rows, err := q.Query(ctx, "SELECT doc FROM users WHERE app_user_id = ANY($1)", users)
-		if err != nil {
+	defer rows.Close()
+	out := make(map[string]mapping.Event, len(ids))
+	for rows.Next() {
+		var edoc, udoc []byte
+		if err := rows.Scan(&edoc, &udoc); err != nil {
 			return nil, err
 		}
-		us, err := collectJSON[store.User](rows)
-		if err != nil {
+		var e mapping.Event
+		if err := json.Unmarshal(edoc, &e); err != nil {
 			return nil, err
 		}
-		for _, u := range us {
-			known[u.AppUserID] = u
-		}
-	}
-	out := make(map[string]mapping.Event, len(evs))
-	for _, e := range evs {
-		if u, ok := known[e.User.AppUserID]; ok {
+		if udoc != nil {
+			var u store.User
+			if err := json.Unmarshal(udoc, &u); err != nil {
+				return nil, err
+			}
 			u.Fill(&e)
 		}
 		out[e.ID] = e
 	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // Release ends this replica's leases on deliveries it claimed but did not
@@ -198,46 +279,105 @@ func (db *DB) Release(ctx context.Context, keys []string) error {
 }
 
 // Complete records attempt outcomes in one transaction and ends the leases.
+// An outcome whose Claimed delivery is still leased by this replica is
+// written without reading the row again (one batch for all of them,
+// fenced by the lease owner); any other is applied to the row as it is
+// now, under its row lock.
 func (db *DB) Complete(ctx context.Context, cs []store.Completion) error {
 	// Rows are locked in key order so that concurrent completions cannot
 	// deadlock.
 	sorted := slices.Clone(cs)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Key < sorted[j].Key })
-	return db.inTx(ctx, func(tx pgx.Tx) error {
+	return db.inPipe(ctx, func(tx dbtx) error {
 		now := db.opts.Now()
+		var slow []store.Completion
+		fast := &pgx.Batch{}
+		var fastCs []store.Completion
 		for _, c := range sorted {
 			if c.Attempt != nil {
 				a := *c.Attempt // a retried transaction numbers afresh
 				c.Attempt = &a
 			}
-			d, ok, err := lockDelivery(ctx, tx, c.Key)
+			if c.Claimed == nil || store.Final(c.Claimed.State) {
+				slow = append(slow, c)
+				continue
+			}
+			d := *c.Claimed
+			d.Apply(c, now)
+			doc, err := json.Marshal(&d)
 			if err != nil {
 				return err
 			}
-			if c.Skip(&d, ok) {
-				if ok {
-					if _, err := tx.Exec(ctx, "UPDATE deliveries SET leased_until = NULL, lease_owner = NULL WHERE key = $1", c.Key); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-			d.Apply(c, now)
-			if c.Attempt != nil {
-				doc, err := json.Marshal(c.Attempt)
+			if c.Attempt == nil {
+				fast.Queue(`WITH upd AS (UPDATE deliveries SET state = $2, next_at_ms = $3, reason = $4, doc = $5, leased_until = NULL, lease_owner = NULL
+					WHERE key = $1 AND lease_owner = $6 RETURNING key) SELECT count(*) FROM upd`,
+					d.Key, d.State, nullMs(&d), reasonText(&d), doc, db.opts.Owner)
+			} else {
+				adoc, err := json.Marshal(c.Attempt)
 				if err != nil {
 					return err
 				}
-				if _, err := tx.Exec(ctx, "INSERT INTO attempts (delivery_key, n, doc) VALUES ($1, $2, $3) ON CONFLICT (delivery_key, n) DO UPDATE SET doc = EXCLUDED.doc", d.Key, d.Attempts, doc); err != nil {
+				fast.Queue(`WITH upd AS (UPDATE deliveries SET state = $2, next_at_ms = $3, reason = $4, doc = $5, leased_until = NULL, lease_owner = NULL
+					WHERE key = $1 AND lease_owner = $6 RETURNING key),
+				ins AS (INSERT INTO attempts (delivery_key, n, doc) SELECT key, $7, $8 FROM upd
+					ON CONFLICT (delivery_key, n) DO UPDATE SET doc = EXCLUDED.doc)
+				SELECT count(*) FROM upd`,
+					d.Key, d.State, nullMs(&d), reasonText(&d), doc, db.opts.Owner, d.Attempts, adoc)
+			}
+			fastCs = append(fastCs, c)
+		}
+		if fast.Len() > 0 {
+			br := tx.SendBatch(ctx, fast)
+			for _, c := range fastCs {
+				var n int
+				if err := br.QueryRow().Scan(&n); err != nil {
+					br.Close()
 					return err
 				}
+				if n == 0 {
+					// The lease is no longer ours (it expired and another
+					// replica took the delivery, or it was given back):
+					// apply the outcome to the row as it is now.
+					slow = append(slow, c)
+				}
 			}
-			if err := updateDelivery(ctx, tx, &d); err != nil {
+			if err := br.Close(); err != nil {
+				return err
+			}
+		}
+		for _, c := range slow {
+			if err := db.completeLocked(ctx, tx, c, now); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// completeLocked applies one outcome to the delivery under its row lock.
+func (db *DB) completeLocked(ctx context.Context, tx dbtx, c store.Completion, now time.Time) error {
+	d, ok, err := lockDelivery(ctx, tx, c.Key)
+	if err != nil {
+		return err
+	}
+	if c.Skip(&d, ok) {
+		if ok {
+			_, err := tx.Exec(ctx, "UPDATE deliveries SET leased_until = NULL, lease_owner = NULL WHERE key = $1", c.Key)
+			return err
+		}
+		return nil
+	}
+	d.Apply(c, now)
+	if c.Attempt != nil {
+		doc, err := json.Marshal(c.Attempt)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO attempts (delivery_key, n, doc) VALUES ($1, $2, $3) ON CONFLICT (delivery_key, n) DO UPDATE SET doc = EXCLUDED.doc", d.Key, d.Attempts, doc); err != nil {
+			return err
+		}
+	}
+	return updateDelivery(ctx, tx, &d)
 }
 
 func lockDelivery(ctx context.Context, tx dbtx, key string) (store.Delivery, bool, error) {
