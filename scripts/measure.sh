@@ -34,6 +34,34 @@ echo "== every source to every destination type"
 echo "== lifecycle simulators, long form (docs/MAPPING.md)"
 POSTBACK_SIM_ROUNDS=50 go test ./mapping -run Simulator -count=1 -v | grep 'simulator:' | tee "$out/simulator.txt"
 
+echo "== dispatcher drain against min(rate, concurrency / latency)"
+go test ./dispatch -run '^$' -bench Drain -benchtime 5000x | tee "$out/drain.txt"
+
+echo "== PostgreSQL store: durable ingest against pgbench, 1 and 2 replicas, and at 300/500/1000 per second"
+pgdir=""
+if [ -z "${POSTBACK_TEST_PG:-}" ]; then
+  eval "$(scripts/pg-cluster.sh start)"
+  pgdir=$PGDATA_DIR
+fi
+pgfresh() { # a fresh database for one run
+  psql "$POSTBACK_TEST_PG" -qc "DROP DATABASE IF EXISTS pb_measure WITH (FORCE)" -c "CREATE DATABASE pb_measure"
+  DSN=$(printf '%s' "$POSTBACK_TEST_PG" | sed 's#/postback_test#/pb_measure#')
+}
+printf 'INSERT INTO pgb_ins (k, v) VALUES (md5(random()::text), decode(md5(random()::text), %s));\n' "'hex'" > "$out/insert.sql"
+for c in 16 32; do
+  pgfresh; psql "$DSN" -qc "CREATE TABLE pgb_ins (id bigserial primary key, k text, v bytea, at timestamptz default now())"
+  pgbench -n -c "$c" -j 2 -T 10 -f "$out/insert.sql" "$DSN" | tee "$out/pgbench-c$c.txt"
+  for r in 1 2; do
+    pgfresh
+    "$pb" bench --self --dsn "$DSN" --replicas "$r" --pool-size 16 --destinations none --concurrency "$c" --duration 10s --json > "$out/pg-ingest-c$c-r$r.json"
+  done
+done
+for rate in 300 500 1000; do
+  pgfresh
+  "$pb" bench --self --dsn "$DSN" --pool-size 16 --destinations webhook --receiver-latency 20ms --rate "$rate" --concurrency 64 --duration 20s --json > "$out/pg-rate$rate.json"
+done
+[ -n "$pgdir" ] && scripts/pg-cluster.sh stop "$pgdir"
+
 if [ "${LONG:-}" = 1 ]; then
   echo "== 10 minutes at 300/s: memory"
   "$pb" bench --self --destinations webhook --mix stripe=1 --rate 300 --duration 10m --receiver-latency 20ms --json > "$out/long.json"
