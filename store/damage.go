@@ -7,7 +7,9 @@ import (
 	"hash/fnv"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"time"
 	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
@@ -147,4 +149,70 @@ func (db *DB) Backup(w io.Writer) (int64, error) {
 		return err
 	})
 	return n, err
+}
+
+// Compact rewrites the database file at path with only its live records:
+// pages freed by deletions and privacy erasures, which still hold the old
+// bytes, are not copied. The gateway must be stopped (the file is locked
+// while it runs). The new file is written beside the old one, checked,
+// synced and renamed over it; with keepOld the old file is kept as
+// path+".before-compact" (and still holds the old bytes), otherwise it is
+// removed. It returns the sizes before and after.
+func Compact(path string, keepOld bool) (before, after int64, err error) {
+	src, err := Open(path, &Options{OpenTimeout: time.Second})
+	if err != nil {
+		return 0, 0, err
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		src.Close()
+		return 0, 0, err
+	}
+	before = st.Size()
+	tmp := path + ".compact"
+	_ = os.Remove(tmp)
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		src.Close()
+		return before, 0, fmt.Errorf("store: compact into %s: %w", tmp, err)
+	}
+	err = src.guard(func() error { return bolt.Compact(dst, src.bolt, 64<<20) })
+	src.Close()
+	if err == nil {
+		err = dst.Sync()
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return before, 0, fmt.Errorf("store: compact %s: %w", path, err)
+	}
+	// The copy must open and check out before it replaces anything.
+	chk, err := Open(tmp, &Options{OpenTimeout: time.Second})
+	if err == nil {
+		err = chk.Check()
+		chk.Close()
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return before, 0, fmt.Errorf("store: the compacted copy does not check out, %s left as it was: %w", path, err)
+	}
+	if keepOld {
+		if err := os.Rename(path, path+".before-compact"); err != nil {
+			_ = os.Remove(tmp)
+			return before, 0, err
+		}
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return before, 0, err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	if st, err := os.Stat(path); err == nil {
+		after = st.Size()
+	}
+	return before, after, nil
 }

@@ -1,7 +1,10 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -185,5 +188,72 @@ func TestBackupIsConsistentWhileWriting(t *testing.T) {
 	}
 	if _, err := b.Event(storetest.FactID("f299")); err != nil {
 		t.Fatalf("backup lacks data committed before it: %v", err)
+	}
+}
+
+// TestEraseThenCompactLeavesNoTrace: after a privacy deletion the erased
+// identifiers still sit in freed pages of the file; `store compact`
+// rewrites the file without them. Every planted value is searched raw, in
+// hex and in base64.
+func TestEraseThenCompactLeavesNoTrace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "postback.db")
+	db, err := store.Open(path, &store.Options{Map: storetest.FakeMap, Logger: slog.New(slog.DiscardHandler),
+		Route: func(*mapping.Event) []string { return []string{"af"} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	planted := []string{"PLANTED-IDFA-7D41C0", "planted-gaid-99e3f1"}
+	ctx := context.Background()
+	for i := 0; i < 50; i++ {
+		b := storetest.Facts(fmt.Sprintf("p%02d", i))
+		b.Facts[0].User = "victim"
+		b.Facts[0].IDs = map[string]string{"idfa": planted[0], "gaid": planted[1]}
+		if _, err := db.Ingest(ctx, storetest.Note(fmt.Sprintf("pn%02d", i), b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.PutUser(ctx, "victim", map[string]string{"idfa": planted[0]}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.DeleteUser(ctx, "victim"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	hits := func() int {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, v := range planted {
+			for _, form := range []string{v, hex.EncodeToString([]byte(v)), base64.StdEncoding.EncodeToString([]byte(v)), base64.RawURLEncoding.EncodeToString([]byte(v))} {
+				n += bytes.Count(data, []byte(form))
+			}
+		}
+		return n
+	}
+	if hits() == 0 {
+		t.Fatal("no planted value left in freed pages before compacting: the test would prove nothing")
+	}
+	before, after, err := store.Compact(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := hits(); n != 0 {
+		t.Fatalf("%d copies of planted values remain after compact", n)
+	}
+	if after > before {
+		t.Errorf("compact grew the file: %d -> %d", before, after)
+	}
+	if _, err := os.Stat(path + ".before-compact"); err == nil {
+		t.Error("the old file was kept without keepOld")
+	}
+	db, err = store.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Event(storetest.FactID("p00")); err != nil {
+		t.Fatalf("compact lost live records: %v", err)
 	}
 }

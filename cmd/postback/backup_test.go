@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/postback/postback/store"
 )
 
 // TestBackupAndStoreCheck: a hot backup through the running gateway is a
@@ -62,5 +64,35 @@ func TestBackupAndStoreCheck(t *testing.T) {
 	code, _, stderr = runWithEnv(nil, "serve", "--config", cfg)
 	if code != 1 || !strings.Contains(stderr, "damaged") || strings.Contains(stderr, "goroutine ") {
 		t.Fatalf("serve on an empty file: exit %d\n%s", code, stderr)
+	}
+}
+
+// TestStoreCompactCommand: compact rewrites a stopped gateway's file; a
+// file in use is named; PostgreSQL is pointed at VACUUM FULL.
+func TestStoreCompactCommand(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pb.db")
+	db, err := store.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runWithEnv(nil, "store", "compact", "--file", path)
+	if code != 1 || !strings.Contains(stderr, "in use") {
+		t.Fatalf("compact of a file in use: exit %d %s", code, stderr)
+	}
+	db.Close()
+	code, stdout, stderr := runWithEnv(nil, "store", "compact", "--file", path, "--keep-old")
+	if code != 0 || !strings.Contains(stdout, "compacted") {
+		t.Fatalf("compact: exit %d %s%s", code, stdout, stderr)
+	}
+	if _, err := os.Stat(path + ".before-compact"); err != nil {
+		t.Fatalf("--keep-old did not keep the old file: %v", err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte("storage: {driver: postgres, dsn: \"postgres://x@127.0.0.1:1/x\"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runWithEnv(nil, "store", "compact", "--config", cfg); code != 2 || !strings.Contains(stderr, "VACUUM FULL") {
+		t.Fatalf("compact on postgres: exit %d %s", code, stderr)
 	}
 }

@@ -52,7 +52,7 @@ var commands = map[string]command{
 	"backfill":     {cmdBackfill, "recover Apple notifications missed during an outage: backfill apple --since 72h"},
 	"bench":        {cmdBench, "load-test a gateway with signed notifications, or --self with an in-process one"},
 	"migrate":      {cmdMigrate, "apply the PostgreSQL schema migrations (--dry-run lists them)"},
-	"store":        {cmdStore, "store copy --from FILE --to DSN: move a BoltDB installation to PostgreSQL (resumable); store check: consistency check"},
+	"store":        {cmdStore, "store copy --from FILE --to DSN: move a BoltDB installation to PostgreSQL (resumable); store check: consistency check; store compact: drop freed pages"},
 	"backup":       {cmdBackup, "write a checked, consistent copy of the BoltDB database while the gateway runs: backup --out FILE"},
 	"reconcile":    {cmdReconcile, "find Google Play refunds that RTDN missed (gateway stopped): reconcile google --since 72h"},
 }

@@ -68,8 +68,11 @@ func cmdStore(ctx context.Context, env *Env, args []string) int {
 	if len(args) > 0 && args[0] == "check" {
 		return storeCheck(ctx, env, args[1:])
 	}
+	if len(args) > 0 && args[0] == "compact" {
+		return storeCompact(env, args[1:])
+	}
 	if len(args) == 0 || args[0] != "copy" {
-		fmt.Fprintln(env.Stderr, "usage: postback store copy --from ./data/postback.db --to postgres://...\n       postback store check [--file ./data/postback.db]")
+		fmt.Fprintln(env.Stderr, "usage: postback store copy --from ./data/postback.db --to postgres://...\n       postback store check [--file ./data/postback.db]\n       postback store compact [--file ./data/postback.db] [--keep-old]")
 		return 2
 	}
 	fs := newFlags("store copy", env)
@@ -271,5 +274,40 @@ func storeCheck(ctx context.Context, env *Env, args []string) int {
 	if !res.OK {
 		return 1
 	}
+	return 0
+}
+
+// storeCompact rewrites a BoltDB file without its freed pages (which still
+// hold erased bytes); the gateway must be stopped.
+func storeCompact(env *Env, args []string) int {
+	fs := newFlags("store compact", env)
+	file := fs.String("file", "", "the BoltDB file (default storage.path of --config)")
+	cfgPath := fs.String("config", "", "path to config.yaml")
+	keep := fs.Bool("keep-old", false, "keep the old file as FILE.before-compact (it still holds the erased bytes)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *file == "" {
+		cfg, err := loadConfig(env, *cfgPath)
+		if err != nil {
+			fmt.Fprintln(env.Stderr, err)
+			return 1
+		}
+		if cfg.Storage.Driver == config.DriverPostgres {
+			fmt.Fprintln(env.Stderr, "postback store compact: storage.driver is postgres: PostgreSQL reuses freed space itself; to rewrite tables without dead rows run VACUUM FULL (it locks each table while it runs)")
+			return 2
+		}
+		*file = cfg.Storage.Path
+	}
+	before, after, err := store.Compact(*file, *keep)
+	if errors.Is(err, store.ErrLocked) {
+		fmt.Fprintf(env.Stderr, "postback store compact: %s is in use: stop the gateway, compact, start it again\n", *file)
+		return 1
+	}
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback store compact:", err)
+		return 1
+	}
+	fmt.Fprintf(env.Stdout, "compacted %s: %d -> %d bytes; freed pages (and the bytes erasures left in them) are gone\n", *file, before, after)
 	return 0
 }
