@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // ErrDamaged reports a database file that cannot be read safely: empty,
@@ -135,7 +136,11 @@ func (db *DB) guard(fn func() error) (err error) {
 
 // view is bolt's View under guard.
 func (db *DB) view(fn func(tx *bolt.Tx) error) error {
-	return db.guard(func() error { return db.bolt.View(fn) })
+	err := db.guard(func() error { return db.bolt.View(fn) })
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
+		return ErrClosed
+	}
+	return err
 }
 
 // Backup writes a consistent copy of the database to w from one read

@@ -1,7 +1,9 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -40,12 +42,252 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (IngestResult
 	if n.ReceivedAt.IsZero() {
 		n.ReceivedAt = db.opts.Now()
 	}
+	// Map outside the writer, against a read snapshot, and let the writer
+	// re-check only that the subscription states the mapping read are
+	// unchanged; on a conflict (another notification of the subscription
+	// committed in between), map again. After a few conflicts in a row the
+	// mapping runs inside the writer, which always succeeds.
+	for attempt := 0; attempt < 4; attempt++ {
+		db.mu.RLock()
+		shut := db.isShut
+		db.mu.RUnlock()
+		if shut {
+			return IngestResult{}, ErrClosed
+		}
+		p, err := db.prepare(n)
+		if err != nil {
+			return IngestResult{}, err
+		}
+		if p.dup != nil {
+			return *p.dup, nil
+		}
+		var res IngestResult
+		err = db.submit(ctx, func(tx *bolt.Tx) error {
+			res = IngestResult{}
+			return db.commitPrepared(tx, p, &res)
+		}, &res.dests)
+		if errors.Is(err, errStale) {
+			continue
+		}
+		return res, err
+	}
 	var res IngestResult
 	err := db.submit(ctx, func(tx *bolt.Tx) error {
 		res = IngestResult{}
 		return db.ingest(tx, n, &res)
 	}, &res.dests)
 	return res, err
+}
+
+// errStale reports that a state a prepared mapping read has changed since.
+var errStale = errors.New("store: a subscription state changed while mapping; mapping again")
+
+// prepared is a notification mapped outside the writer, with every record
+// the writer stores already encoded.
+type prepared struct {
+	ik      []byte
+	item    mapping.Notification
+	inbox   []byte            // the encoded inbox item
+	reads   map[string][]byte // state key -> the bytes mapping read (nil: none)
+	events  []preparedEvent
+	states  []keyValue
+	erasure []byte // an encoded erasure job, or nil
+	dup     *IngestResult
+}
+
+type preparedEvent struct {
+	e          mapping.Event
+	doc        []byte
+	deliveries []preparedDelivery
+}
+
+type preparedDelivery struct {
+	d   Delivery
+	doc []byte
+}
+
+type keyValue struct{ k, v []byte }
+
+// snapStates reads states from a read transaction and records what it read.
+type snapStates struct {
+	b     *bolt.Bucket
+	reads map[string][]byte
+}
+
+func (s *snapStates) State(key string) (mapping.State, bool) {
+	v := s.b.Get([]byte(key))
+	if _, seen := s.reads[key]; !seen {
+		s.reads[key] = append([]byte(nil), v...)
+		if v == nil {
+			s.reads[key] = nil
+		}
+	}
+	var st mapping.State
+	if v == nil || json.Unmarshal(v, &st) != nil {
+		return mapping.State{}, false
+	}
+	return st, true
+}
+
+// prepare maps n against a read snapshot and encodes what the writer will
+// store. A notification already stored comes back as dup.
+func (db *DB) prepare(n *mapping.Notification) (*prepared, error) {
+	p := &prepared{ik: inboxKey(n.Source, n.Key), item: *n, reads: map[string][]byte{}}
+	err := db.view(func(tx *bolt.Tx) error {
+		var res IngestResult
+		if dup, err := db.duplicate(tx, p.ik, n, &res); dup || err != nil {
+			if dup {
+				p.dup = &res
+			}
+			return err
+		}
+		item := &p.item
+		if item.Deferred && item.Enriched == nil {
+			item.Status = mapping.StatusEnriching
+		} else if err := db.prepareMapped(tx, p); err != nil {
+			return err
+		}
+		var err error
+		p.inbox, err = json.Marshal(item)
+		return err
+	})
+	return p, err
+}
+
+func (db *DB) prepareMapped(tx *bolt.Tx, p *prepared) error {
+	n := &p.item
+	out, err := db.opts.Map(n, &snapStates{b: tx.Bucket(bStates), reads: p.reads})
+	if err != nil {
+		if MappingFailed(err) {
+			n.Status, n.Reason = mapping.StatusFailed, err.Error()
+			db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", err)
+			return nil
+		}
+		return fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
+	}
+	users := tx.Bucket(bUsers)
+	now := db.opts.Now()
+	for i := range out.Events {
+		e := &out.Events[i]
+		if e.ID == "" {
+			return fmt.Errorf("store: mapping %s produced an event without id", n.Source)
+		}
+		if !containsStr(n.EventIDs, e.ID) {
+			n.EventIDs = append(n.EventIDs, e.ID)
+		}
+		if e.ReceivedAt.IsZero() {
+			e.ReceivedAt = n.ReceivedAt
+		}
+		mergeUser(users, e)
+		pe := preparedEvent{e: *e}
+		if pe.doc, err = json.Marshal(e); err != nil {
+			return err
+		}
+		for _, dest := range db.opts.Route(e) {
+			d := Delivery{
+				Key: deliveryKey(e.ID, dest), EventID: e.ID, Destination: dest, State: StatePending,
+				CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), AppUserID: e.User.AppUserID,
+			}
+			d.setOrder(db.opts.OrderKey, e)
+			doc, err := json.Marshal(&d)
+			if err != nil {
+				return err
+			}
+			pe.deliveries = append(pe.deliveries, preparedDelivery{d, doc})
+		}
+		p.events = append(p.events, pe)
+	}
+	if out.Erase != nil {
+		job, err := NewErasureJob(out.Erase, now)
+		if err != nil {
+			return err
+		}
+		if p.erasure, err = json.Marshal(&job); err != nil {
+			return err
+		}
+	}
+	for i := range out.States {
+		s := &out.States[i]
+		if s.Key == "" {
+			continue
+		}
+		doc, err := json.Marshal(s)
+		if err != nil {
+			return err
+		}
+		p.states = append(p.states, keyValue{[]byte(s.Key), doc})
+	}
+	n.Status, n.Reason = mapping.StatusMapped, ""
+	if len(out.Events) == 0 {
+		n.Status, n.Reason = mapping.StatusIgnored, out.Ignored
+	}
+	return nil
+}
+
+// commitPrepared is the writer's part of an ingest: the duplicate check,
+// the re-check of the states the mapping read, and the writes.
+func (db *DB) commitPrepared(tx *bolt.Tx, p *prepared, res *IngestResult) error {
+	n := &p.item
+	if db.opts.commitHook != nil {
+		if err := db.opts.commitHook(n); err != nil {
+			return err
+		}
+	}
+	if dup, err := db.duplicate(tx, p.ik, n, res); dup || err != nil {
+		return err
+	}
+	states := tx.Bucket(bStates)
+	for k, v := range p.reads {
+		if !bytes.Equal(states.Get([]byte(k)), v) {
+			return softError{errStale}
+		}
+	}
+	events, deliveries := tx.Bucket(bEvents), tx.Bucket(bDeliveries)
+	for i := range p.events {
+		pe := &p.events[i]
+		e := &pe.e
+		if events.Get([]byte(e.ID)) != nil {
+			res.Repeats++
+			continue
+		}
+		if err := events.Put([]byte(e.ID), pe.doc); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bEventsTime).Put(timeKey(e.ReceivedAt, e.ID), nil); err != nil {
+			return err
+		}
+		if e.User.AppUserID != "" {
+			if err := tx.Bucket(bUserEvents).Put(userEventKey(e.User.AppUserID, e.ID), nil); err != nil {
+				return err
+			}
+		}
+		for j := range pe.deliveries {
+			pd := &pe.deliveries[j]
+			if err := deliveries.Put([]byte(pd.d.Key), pd.doc); err != nil {
+				return err
+			}
+			if err := putDue(tx, &pd.d); err != nil {
+				return err
+			}
+			if err := putOrder(tx, &pd.d); err != nil {
+				return err
+			}
+			res.dests = append(res.dests, pd.d.Destination)
+		}
+		res.Events = append(res.Events, *e)
+	}
+	if p.erasure != nil {
+		if err := tx.Bucket(bErasures).Put(p.ik, p.erasure); err != nil {
+			return err
+		}
+	}
+	for _, kv := range p.states {
+		if err := states.Put(kv.k, kv.v); err != nil {
+			return err
+		}
+	}
+	res.Status, res.Reason = n.Status, n.Reason
+	return db.putInboxDoc(tx, p.ik, n, p.inbox)
 }
 
 func inboxKey(source, key string) []byte { return []byte(source + "\x00" + key) }
@@ -94,7 +336,16 @@ func (db *DB) duplicate(tx *bolt.Tx, ik []byte, n *mapping.Notification, res *In
 }
 
 func (db *DB) putInbox(tx *bolt.Tx, ik []byte, n *mapping.Notification) error {
-	if err := putJSON(tx.Bucket(bInbox), ik, n); err != nil {
+	doc, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	return db.putInboxDoc(tx, ik, n, doc)
+}
+
+// putInboxDoc stores an inbox item already encoded as doc.
+func (db *DB) putInboxDoc(tx *bolt.Tx, ik []byte, n *mapping.Notification, doc []byte) error {
+	if err := tx.Bucket(bInbox).Put(ik, doc); err != nil {
 		return err
 	}
 	if err := tx.Bucket(bInboxTime).Put(timeKey(n.ReceivedAt, string(ik)), nil); err != nil {

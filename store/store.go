@@ -71,6 +71,9 @@ type Options struct {
 	// to dest ("" for none): deliveries with the same key are claimed one
 	// at a time in event-time order (see Queue).
 	OrderKey func(dest string, e *mapping.Event) string
+	// commitHook, in tests, runs inside the writer's transaction at the
+	// start of each prepared ingest.
+	commitHook func(n *mapping.Notification) error
 	// OnCommit, when set, is called after each commit with the destinations
 	// that got new due work, so dispatchers wake without polling.
 	OnCommit func(dests []string)

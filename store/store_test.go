@@ -253,9 +253,9 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
-// blockFirst wraps fakeMap so that the op for key "n0" blocks inside the
-// writer's transaction until released, letting the test queue other ops
-// behind it deterministically.
+// blockFirst holds the op for key "n0" inside the writer's transaction
+// until released (the store's commit hook), letting the test queue other
+// ops behind it deterministically; "bad" fails inside the transaction.
 type blockFirst struct {
 	started chan struct{}
 	release chan struct{}
@@ -266,7 +266,7 @@ func newBlockFirst() *blockFirst {
 	return &blockFirst{started: make(chan struct{}), release: make(chan struct{})}
 }
 
-func (b *blockFirst) Map(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
+func (b *blockFirst) hook(n *mapping.Notification) error {
 	if n.Key == "n0" {
 		b.once.Do(func() {
 			close(b.started)
@@ -274,9 +274,40 @@ func (b *blockFirst) Map(n *mapping.Notification, st mapping.States) (mapping.Re
 		})
 	}
 	if n.Key == "bad" {
-		return mapping.Result{}, errHard
+		return errHard
 	}
-	return fakeMap(n, st)
+	return nil
+}
+
+// options returns o with the hook installed and fakeMap as the mapping,
+// each notification counting in a state of its own (so that no prepared
+// ingest conflicts with another and the test sees the commits it queued).
+func (b *blockFirst) options(o *Options) *Options {
+	o.Map = func(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
+		own := "test:count:" + n.Key
+		out, err := fakeMap(n, renamedStates{st, own})
+		for i := range out.States {
+			if out.States[i].Key == "test:count" {
+				out.States[i].Key = own
+			}
+		}
+		return out, err
+	}
+	o.commitHook = b.hook
+	return o
+}
+
+// renamedStates reads the state "test:count" under another key.
+type renamedStates struct {
+	st  mapping.States
+	key string
+}
+
+func (r renamedStates) State(k string) (mapping.State, bool) {
+	if k == "test:count" {
+		k = r.key
+	}
+	return r.st.State(k)
 }
 
 // queueBehindBlocked ingests "n0" (which blocks in the writer), then the
@@ -315,11 +346,11 @@ func queueBehindBlocked(t *testing.T, db *DB, b *blockFirst, keys []string) map[
 func TestConcurrentIngestsShareCommits(t *testing.T) {
 	b := newBlockFirst()
 	var commits atomic.Int32
-	db := mustOpen(t, &Options{
-		Map: b.Map, Now: (&testClock{t: storeT0}).Now,
+	db := mustOpen(t, b.options(&Options{
+		Now:      (&testClock{t: storeT0}).Now,
 		Route:    func(*mapping.Event) []string { return []string{"af"} },
 		OnCommit: func([]string) { commits.Add(1) },
-	})
+	}))
 	var keys []string
 	for i := 1; i < 64; i++ {
 		keys = append(keys, fmt.Sprint("n", i))
@@ -344,7 +375,7 @@ func TestConcurrentIngestsShareCommits(t *testing.T) {
 
 func TestFailingOpFailsAlone(t *testing.T) {
 	b := newBlockFirst()
-	db := mustOpen(t, &Options{Map: b.Map, Now: (&testClock{t: storeT0}).Now, Route: func(*mapping.Event) []string { return []string{"af"} }})
+	db := mustOpen(t, b.options(&Options{Now: (&testClock{t: storeT0}).Now, Route: func(*mapping.Event) []string { return []string{"af"} }}))
 	errs := queueBehindBlocked(t, db, b, []string{"good1", "bad", "good2"})
 	if !errors.Is(errs["bad"], errHard) {
 		t.Errorf("bad op: %v, want errHard", errs["bad"])
@@ -392,7 +423,7 @@ func TestClosed(t *testing.T) {
 
 func TestCloseCommitsQueuedWork(t *testing.T) {
 	b := newBlockFirst()
-	db := mustOpen(t, &Options{Map: b.Map, Now: (&testClock{t: storeT0}).Now})
+	db := mustOpen(t, b.options(&Options{Now: (&testClock{t: storeT0}).Now}))
 	done := make(chan map[string]error)
 	go func() { done <- queueBehindBlocked(t, db, b, []string{"q1", "q2"}) }()
 	<-b.started

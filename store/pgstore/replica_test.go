@@ -280,7 +280,7 @@ func TestReplicasSingleton(t *testing.T) {
 	}
 	// The holder's database session dies (kill -9 of a replica).
 	var pids []int
-	rows, err := rs[1].Pool().Query(ctx, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()")
+	rows, err := rs[1].Pool().Query(ctx, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func TestReplicasSingletonSessionLost(t *testing.T) {
 		})
 	}()
 	<-holding
-	rows, err := rs[1].Pool().Query(ctx, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()")
+	rows, err := rs[1].Pool().Query(ctx, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 	if err != nil {
 		t.Fatal(err)
 	}
