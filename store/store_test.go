@@ -477,3 +477,43 @@ func TestIngestWakesOnceAndDestinations(t *testing.T) {
 		t.Errorf("OnCommit got %v, want one call with af,hook", woken)
 	}
 }
+
+// TestPreparedIngestConflictMapsAgain: a notification mapped against a
+// snapshot whose subscription state another notification changed before
+// it committed is mapped again, so neither update is lost.
+func TestPreparedIngestConflictMapsAgain(t *testing.T) {
+	aMapped := make(chan struct{})
+	bDone := make(chan struct{})
+	var aRuns atomic.Int32
+	db := mustOpen(t, &Options{
+		Now: (&testClock{t: storeT0}).Now,
+		Map: func(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
+			out, err := fakeMap(n, st)
+			if n.Key == "a" && aRuns.Add(1) == 1 {
+				close(aMapped) // a has read the state...
+				<-bDone        // ...and b commits a change to it before a does
+			}
+			return out, err
+		},
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := db.Ingest(context.Background(), note("a", facts("fa")))
+		done <- err
+	}()
+	<-aMapped
+	if _, err := db.Ingest(context.Background(), note("b", facts("fb"))); err != nil {
+		t.Fatal(err)
+	}
+	close(bDone)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st, _, _ := db.State("test:count")
+	if st.Value("count") != "2" {
+		t.Fatalf("state count %q after two notifications, want 2 (an update was lost)", st.Value("count"))
+	}
+	if aRuns.Load() != 2 {
+		t.Fatalf("a was mapped %d times, want 2 (once against the stale snapshot, once again)", aRuns.Load())
+	}
+}
