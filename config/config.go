@@ -330,9 +330,8 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 		keyLines(root.Content[0], "", lines)
 		return nil, MaskError(fmt.Errorf("%w: %s", ErrInvalid, nameKeys(err.Error(), lines)), secrets)
 	}
-	if err := rejectUnknown(root.Content[0]); err != nil {
-		return nil, err
-	}
+	// Every problem is reported at once, each with its key and YAML line.
+	problems := rejectUnknown(root.Content[0])
 	c.node = root
 	// Destination blocks are kept whole for their forwarder.
 	if dn := child(root.Content[0], "destinations"); dn != nil {
@@ -343,13 +342,136 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 		}
 	}
 	c.applyDefaults()
-	if err := c.resolveUnset(unset); err != nil {
-		return nil, MaskError(err, secrets)
-	}
-	if err := c.Validate(); err != nil {
-		return nil, MaskError(err, secrets)
+	problems = append(problems, splitProblems(c.resolveUnset(unset))...)
+	problems = append(problems, splitProblems(c.Validate())...)
+	if len(problems) > 0 {
+		for i, p := range problems {
+			problems[i] = c.withLine(p)
+		}
+		return nil, MaskError(fmt.Errorf("%w:\n  %s", ErrInvalid, strings.Join(problems, "\n  ")), secrets)
 	}
 	return c, nil
+}
+
+// splitProblems turns a "config: invalid:\n  a\n  b" error back into its
+// lines.
+func splitProblems(err error) []string {
+	if err == nil {
+		return nil
+	}
+	msg := strings.TrimPrefix(err.Error(), ErrInvalid.Error()+":")
+	var out []string
+	for _, l := range strings.Split(msg, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// withLine adds "(line N)" after the key a problem starts with ("key:
+// problem"), unless it names a line already.
+func (c *Config) withLine(p string) string {
+	if strings.Contains(p, "(line ") {
+		return p
+	}
+	m := keyRE.FindStringSubmatchIndex(p)
+	if m == nil {
+		return p
+	}
+	key := p[m[2]:m[3]]
+	if n := c.Line(key); n > 0 {
+		return fmt.Sprintf("%s (line %d)%s", p[:m[3]], n, p[m[3]:])
+	}
+	return p
+}
+
+// keyRE finds the key path a problem names: "server.listen: ...",
+// "forwarders: invalid configuration: destinations[a].type: ...".
+var keyRE = regexp.MustCompile(`(?:^|\s)((?:server|storage|admin|log|api_keys|identity_wait|dispatch|sources|destinations)(?:\[[^\]]*\]|\.[A-Za-z0-9_.\-]+)*): `)
+
+// AnnotateLines adds the YAML line to each "key: problem" line of msg
+// (errors of forwarder constructors, which name destinations by name:
+// destinations[NAME].key).
+func (c *Config) AnnotateLines(msg string) string {
+	lines := strings.Split(msg, "\n")
+	for i, l := range lines {
+		trimmed := strings.TrimLeft(l, " ")
+		lines[i] = l[:len(l)-len(trimmed)] + c.withLine(trimmed)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Line returns the YAML line of a key path ("server.listen",
+// "destinations[0].type" or "destinations[NAME].type"); for a key that is
+// absent, the line of its nearest present parent; 0 when unknown (the
+// embedded default, or an empty file).
+func (c *Config) Line(path string) int {
+	if len(c.node.Content) == 0 {
+		return 0
+	}
+	// destinations[NAME] -> destinations[i]
+	if rest, ok := strings.CutPrefix(path, "destinations["); ok {
+		if name, tail, ok := strings.Cut(rest, "]"); ok {
+			if _, err := strconv.Atoi(name); err != nil {
+				for i, d := range c.Destinations {
+					if d.Name == name {
+						path = fmt.Sprintf("destinations[%d]%s", i, tail)
+						break
+					}
+				}
+			}
+		}
+	}
+	lines := map[string]int{}
+	byLine := map[int][]keyPos{}
+	keyLines(c.node.Content[0], "", byLine)
+	for ln, ks := range byLine {
+		for _, k := range ks {
+			if _, ok := lines[k.path]; !ok || ln < lines[k.path] {
+				lines[k.path] = ln
+			}
+		}
+	}
+	for path != "" {
+		if n, ok := lines[path]; ok {
+			return n
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return 0
+}
+
+// placeholderRE matches values left from the shipped example configuration.
+var placeholderRE = regexp.MustCompile(`(?i)(^|[./@:])example\.(com|org|net|app)\b|^com\.example\.|^1234567890$|change[_-]?me|replace[_-]?me|^todo$|^xxx+$`)
+
+// Placeholders lists the values that look like the example configuration's
+// placeholders (com.example.app, postback.example.com, 1234567890), each as
+// "key (line N): value": check-config --strict refuses them.
+func (c *Config) Placeholders() []string {
+	if len(c.node.Content) == 0 {
+		return nil
+	}
+	byLine := map[int][]keyPos{}
+	keyLines(c.node.Content[0], "", byLine)
+	lns := make([]int, 0, len(byLine))
+	for ln := range byLine {
+		lns = append(lns, ln)
+	}
+	sort.Ints(lns)
+	var out []string
+	for _, ln := range lns {
+		for _, k := range byLine[ln] {
+			if k.value != "" && placeholderRE.MatchString(k.value) {
+				out = append(out, fmt.Sprintf("%s (line %d): %q looks like a placeholder from the example configuration", k.path, ln, k.value))
+			}
+		}
+	}
+	return out
 }
 
 var varRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
@@ -472,7 +594,7 @@ func child(n *yaml.Node, key string) *yaml.Node {
 
 // rejectUnknown reports top-level and source keys that do not exist, so a
 // typo is an error instead of a silently ignored setting.
-func rejectUnknown(root *yaml.Node) error {
+func rejectUnknown(root *yaml.Node) []string {
 	known := map[string][]string{
 		"":                {"server", "storage", "admin", "log", "api_keys", "identity_wait", "dispatch", "sources", "destinations"},
 		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies"},
@@ -486,11 +608,12 @@ func rejectUnknown(root *yaml.Node) error {
 		"sources.stripe":  {"enabled", "secrets", "tolerance", "app_id"},
 		"sources.shopify": {"enabled", "secret", "secrets", "shops", "currency", "app_id", "shop_secrets"},
 	}
-	var walk func(n *yaml.Node, path string) error
-	walk = func(n *yaml.Node, path string) error {
+	var out []string
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
 		keys, ok := known[path]
 		if !ok || n.Kind != yaml.MappingNode {
-			return nil
+			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k := n.Content[i].Value
@@ -503,15 +626,14 @@ func rejectUnknown(root *yaml.Node) error {
 				p = path + "." + k
 			}
 			if !found {
-				return fmt.Errorf("%w: %s: unknown key (line %d); known keys here: %s", ErrInvalid, p, n.Content[i].Line, strings.Join(keys, ", "))
+				out = append(out, fmt.Sprintf("%s (line %d): unknown key; known keys here: %s", p, n.Content[i].Line, strings.Join(keys, ", ")))
+				continue
 			}
-			if err := walk(n.Content[i+1], p); err != nil {
-				return err
-			}
+			walk(n.Content[i+1], p)
 		}
-		return nil
 	}
-	return walk(root, "")
+	walk(root, "")
+	return out
 }
 
 func (c *Config) applyDefaults() {

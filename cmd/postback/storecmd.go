@@ -61,14 +61,15 @@ func cmdMigrate(ctx context.Context, env *Env, args []string) int {
 
 // cmdStore runs the store subcommands: copy.
 func cmdStore(ctx context.Context, env *Env, args []string) int {
-	if len(args) == 0 || args[0] != "copy" {
-		fmt.Fprintln(env.Stderr, "usage: postback store copy --from ./data/postback.db --to postgres://...")
-		return 2
-	}
 	fs := newFlags("store copy", env)
+	fs.Usage = func() { flagUsage(fs, "usage: postback store copy --from ./data/postback.db --to postgres://...") }
 	from := fs.String("from", "", "the BoltDB file to copy (stop the gateway that uses it first)")
 	to := fs.String("to", "", "the PostgreSQL DSN to copy into (default storage.dsn of --config)")
 	cfgPath := fs.String("config", "", "path to config.yaml (for the default --to)")
+	if len(args) == 0 || args[0] != "copy" {
+		fs.Usage()
+		return 2
+	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
