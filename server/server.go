@@ -20,6 +20,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/postback/postback/config"
+	"github.com/postback/postback/console"
 	"github.com/postback/postback/dispatch"
 	"github.com/postback/postback/forwarders"
 	"github.com/postback/postback/mapping"
@@ -71,6 +72,8 @@ type Gateway struct {
 	// throttle holds back addresses that keep failing authentication
 	// (admin token, console login, API keys).
 	throttle *webhooks.Throttle
+	// inbound is the log of recent inbound requests (this process only).
+	inbound inboundLog
 }
 
 // Route returns the destinations an event matches.
@@ -211,7 +214,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if cfg.Admin.Listen != "" || opts.AdminListener != nil {
 		g.Admin = newEcho(g)
 	}
-	g.Deps = webhooks.Deps{Store: g.Store, Metrics: g.Metrics, Logger: g.Logger, Now: g.now, MaxBody: cfg.Server.MaxBodyBytes}
+	g.Deps = webhooks.Deps{Store: g.Store, Metrics: g.Metrics, Logger: g.Logger, Now: g.now, MaxBody: cfg.Server.MaxBodyBytes, Observe: observeIngest}
 	g.Echo.GET("/healthz", g.healthz)
 	g.Echo.GET("/readyz", g.readyz)
 	// With a separate admin listener, /metrics lives there (it tells an
@@ -231,6 +234,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.Store.Close()
 		return nil, err
 	}
+	g.mountInbound()
 	g.workers = append(g.workers, g.pruneLoop, g.checkLoop, g.erasureLoop)
 	for _, line := range cfg.Disabled {
 		g.Logger.Warn("disabled: " + line)
@@ -303,7 +307,15 @@ func (g *Gateway) Run(ctx context.Context, ready func(addr string)) error {
 		go func() { srvErr <- adminSrv.Serve(adminLn) }()
 		g.Logger.Info("admin listening", "addr", adminLn.Addr().String())
 	}
-	g.Logger.Info("postback listening", "addr", ln.Addr().String(), "store", g.Store.Describe(), "config", g.Config.Path)
+	startArgs := []any{"addr", ln.Addr().String(), "store", g.Store.Describe(), "config", g.Config.Path}
+	if g.adminAPI != nil {
+		consoleAddr := ln.Addr().String()
+		if adminLn != nil {
+			consoleAddr = adminLn.Addr().String()
+		}
+		startArgs = append(startArgs, "console", ConsoleURL(consoleAddr, false))
+	}
+	g.Logger.Info("postback listening", startArgs...)
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
@@ -338,6 +350,23 @@ func (g *Gateway) Run(ctx context.Context, ready func(addr string)) error {
 	}
 	g.Logger.Info("stopped")
 	return runErr
+}
+
+// ConsoleURL is the console's URL on a listener's address, as a person on
+// the machine types it: a wildcard host becomes localhost.
+func ConsoleURL(addr string, tls bool) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "localhost"
+	}
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	return scheme + "://" + net.JoinHostPort(host, port) + console.Prefix + "/"
 }
 
 func (g *Gateway) httpServer(h http.Handler) *http.Server {
@@ -488,10 +517,26 @@ func (g *Gateway) errorHandler(err error, c echo.Context) {
 }
 
 // requestLog logs one line per request: never the query string (keys can be
-// there) nor bodies.
+// there) nor bodies. Each request gets an id (the caller's X-Request-Id when
+// plain, else a new one), answered in X-Request-Id and logged on the request
+// line and on every line logged with the request's context (the
+// notification line).
 func (g *Gateway) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
+		r := c.Request()
+		id := r.Header.Get(echo.HeaderXRequestID)
+		if !validRequestID.MatchString(id) {
+			id = newRequestID()
+		}
+		c.Response().Header().Set(echo.HeaderXRequestID, id)
+		ctx := withRequestID(r.Context(), id)
+		source := inboundSource(r.Method, r.URL.Path)
+		var note *inboundNote
+		if source != "" {
+			ctx, note = withInboundNote(ctx)
+		}
+		c.SetRequest(r.WithContext(ctx))
 		err := next(c)
 		if err != nil {
 			c.Error(err)
@@ -500,15 +545,48 @@ func (g *Gateway) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
 		if path == "/metrics" || path == "/healthz" || path == "/readyz" {
 			return nil
 		}
+		status := c.Response().Status
+		reason := ""
+		if err != nil {
+			we := webhooks.AsError(err)
+			reason = we.Code
+			if we.Status == webhooks.StatusClientClosed {
+				// The client is gone: what it would have been answered
+				// is not what happened.
+				status = webhooks.StatusClientClosed
+			}
+		}
+		if source != "" {
+			g.recordInbound(c, note, source, status, reason, start)
+		}
 		lvl := slog.LevelInfo
-		if c.Response().Status >= 500 {
+		if status >= 500 {
 			lvl = slog.LevelError
 		}
-		g.Logger.Log(c.Request().Context(), lvl, "request",
-			"method", c.Request().Method, "path", path, "status", c.Response().Status,
-			"bytes", c.Response().Size, "duration_ms", float64(time.Since(start).Microseconds())/1000,
-			"remote", c.RealIP())
+		took := time.Since(start)
+		args := []any{"method", c.Request().Method, "path", path, "status", status,
+			"bytes", c.Response().Size, "duration", humanDuration(took), "remote", c.RealIP()}
+		if reason != "" {
+			args = append(args, "reason", reason)
+		}
+		if g.Config.Log.Format == "json" {
+			// Machines sum numbers: json logs keep the milliseconds too.
+			args = append(args, "duration_ms", float64(took.Microseconds())/1000)
+		}
+		g.Logger.Log(c.Request().Context(), lvl, "request", args...)
 		return nil
+	}
+}
+
+// humanDuration rounds d for a log line: 850µs, 12.3ms, 1.25s.
+func humanDuration(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < time.Second:
+		return d.Round(100 * time.Microsecond).String()
+	default:
+		return d.Round(10 * time.Millisecond).String()
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -468,9 +469,6 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 	}
 	switch {
 	case len(pos) == 2 && pos[0] == "test":
-		if err := checkDestination(ctx, c, "destination", pos[1]); err != nil {
-			return exitErr(env, err)
-		}
 		return testDestination(ctx, env, c, pos[1], *asJSON)
 	case len(pos) != 0:
 		return exitErr(env, usageError("usage: postback destinations [test <name>]"))
@@ -537,6 +535,14 @@ func testDestination(ctx context.Context, env *Env, c *adminClient, name string,
 		} `json:"event"`
 	}
 	if err := c.do(ctx, http.MethodPost, "/admin/api/destinations/"+url.PathEscape(name)+"/test", nil, nil, &out); err != nil {
+		var ce *clientError
+		if errors.As(err, &ce) && ce.status == http.StatusNotFound {
+			// Not found: say which names exist (still exit 5).
+			var ue *clientError
+			if errors.As(checkDestination(ctx, c, "destination", name), &ue) {
+				ce.msg = ue.msg
+			}
+		}
 		return exitErr(env, err)
 	}
 	if asJSON {
