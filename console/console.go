@@ -167,6 +167,9 @@ func New(b Backend, opts Options) (*Console, error) {
 		return nil, err
 	}
 	m := http.NewServeMux()
+	if err := c.mountRequests(m, base); err != nil {
+		return nil, err
+	}
 	m.Handle("GET "+Prefix+"/static/", http.StripPrefix(Prefix+"/static/", cacheStatic(http.FileServerFS(static))))
 	m.HandleFunc("GET "+Prefix+"/login", c.loginForm)
 	m.HandleFunc("POST "+Prefix+"/login", c.login)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/postback/postback/console"
 	"github.com/postback/postback/mapping"
 	"github.com/postback/postback/store"
 	"github.com/postback/postback/webhooks"
@@ -223,4 +224,17 @@ func contains(list []string, v string) bool {
 		}
 	}
 	return false
+}
+
+var _ console.InboundBackend = consoleBackend{}
+
+// InboundRequests serves the console's Requests page.
+func (b consoleBackend) InboundRequests(source, outcome string, limit int) ([]console.InboundRequest, int64, int) {
+	reqs, seen := b.a.g.InboundRequests(InboundFilter{Source: source, Outcome: outcome, Limit: limit})
+	out := make([]console.InboundRequest, len(reqs))
+	for i, r := range reqs {
+		out[i] = console.InboundRequest{At: r.At, RequestID: r.RequestID, Source: r.Source, Method: r.Method, Path: r.Path,
+			Status: r.Status, Outcome: r.Outcome, Reason: r.Reason, Type: r.Type, EventIDs: r.EventIDs, Remote: r.Remote, DurationMs: r.DurationMs}
+	}
+	return out, seen, InboundLogSize
 }

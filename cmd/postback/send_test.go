@@ -126,3 +126,28 @@ func TestSendUsage(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+// Issue 16, item 6: `postback requests` lists what the gateway received,
+// rejected ones with their reason code; --outcome filters; golden output.
+func TestRequestsCommand(t *testing.T) {
+	base, _ := sendGateway(t)
+	env := map[string]string{"STRIPE_WEBHOOK_SECRET": admStripe, "POSTBACK_ADDR": base, "POSTBACK_ADMIN_TOKEN": admToken}
+	runWithEnv(env, "send", "stripe", "invoice.paid", "--id", "req1")
+	runWithEnv(env, "send", "stripe", "invoice.paid", "--id", "req2", "--secret", "whsec_wrong")
+	code, out, errOut := runWithEnv(env, "requests")
+	if code != 0 {
+		t.Fatalf("exit %d %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "RECEIVED") || !strings.Contains(lines[1], "rejected") || !strings.Contains(lines[1], "invalid_signature") ||
+		!strings.Contains(lines[2], "accepted") || !strings.Contains(lines[2], "invoice.paid") || !strings.Contains(errOut, "2 requests seen") {
+		t.Errorf("requests:\n%s%s", out, errOut)
+	}
+	_, out, _ = runWithEnv(env, "requests", "--outcome", "rejected")
+	if strings.Contains(out, "accepted") {
+		t.Errorf("--outcome rejected:\n%s", out)
+	}
+	if code, _, errOut := runWithEnv(env, "requests", "--outcome", "refused"); code != 2 || !strings.Contains(errOut, "accepted, duplicate, ignored, failed, rejected, client_closed") {
+		t.Errorf("bad outcome: exit %d %s", code, errOut)
+	}
+}
