@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
@@ -270,5 +271,38 @@ func TestInboundRequestLog(t *testing.T) {
 	got, total := l.list(InboundFilter{})
 	if len(got) != InboundLogSize || total != int64(InboundLogSize+5) || got[0].Key != fmt.Sprint(InboundLogSize+4) || got[len(got)-1].Key != "5" {
 		t.Errorf("ring: %d kept, total %d, newest %s, oldest %s", len(got), total, got[0].Key, got[len(got)-1].Key)
+	}
+}
+
+// Issue 16, item 10: a fresh gateway exposes its build, and every series of
+// its sources and destinations at zero.
+func TestMetricsAtZeroForConfiguredParts(t *testing.T) {
+	sink := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) })
+	ts := httptest.NewServer(sink)
+	t.Cleanup(ts.Close)
+	srv := ts.URL
+	tg := opsGateway(t, io.Discard, fmt.Sprintf(`destinations:
+  - {name: hook, type: webhook, endpoint: %q, secret: "whsec_MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIz", match: {environments: [production, sandbox]}}
+`, srv))
+	resp, err := http.Get(tg.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	body := string(b)
+	for _, want := range []string{
+		`postback_build_info{commit=`,
+		`postback_notifications_rejected_total{reason="invalid_signature",source="stripe"} 0`,
+		`postback_notifications_rejected_total{reason="client_closed",source="custom"} 0`,
+		`postback_deliveries_total{destination="hook",outcome="dead"} 0`,
+		`postback_circuit_state{destination="hook",state="closed"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(body, `source="apple"`) {
+		t.Error("series for a disabled source")
 	}
 }

@@ -44,6 +44,9 @@ type Options struct {
 	// Client is the HTTP client forwarders use; default one per destination
 	// with its timeout.
 	Client *http.Client
+	// Version and Commit label postback_build_info (default "dev" and the
+	// binary's VCS revision).
+	Version, Commit string
 }
 
 // Gateway is one running Postback.
@@ -235,6 +238,17 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		return nil, err
 	}
 	g.mountInbound()
+	var sources, destNames []string
+	for name, on := range map[string]bool{"apple": cfg.Sources.Apple.Enabled, "google": cfg.Sources.Google.Enabled,
+		"stripe": cfg.Sources.Stripe.Enabled, "shopify": cfg.Sources.Shopify.Enabled, "custom": len(cfg.APIKeys) > 0} {
+		if on {
+			sources = append(sources, name)
+		}
+	}
+	for _, d := range dests {
+		destNames = append(destNames, d.Name)
+	}
+	g.initMetrics(sources, destNames)
 	g.workers = append(g.workers, g.pruneLoop, g.checkLoop, g.erasureLoop)
 	for _, line := range cfg.Disabled {
 		g.Logger.Warn("disabled: " + line)

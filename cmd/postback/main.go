@@ -174,7 +174,7 @@ func cmdServe(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	log := server.NewLogger(env.Stderr, cfg.Log, cfg.Secrets())
-	g, err := server.New(cfg, server.Options{Logger: log})
+	g, err := server.New(cfg, server.Options{Logger: log, Version: version, Commit: buildCommit()})
 	if err != nil {
 		log.Error("start-up failed", "err", err)
 		return 1
@@ -255,11 +255,9 @@ var (
 	commit  = ""
 )
 
-func cmdVersion(_ context.Context, env *Env, args []string) int {
-	fs := newFlags("version", env)
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
+// buildCommit is -X main.commit, else the binary's VCS revision, else
+// "unknown".
+func buildCommit() string {
 	c := commit
 	if c == "" {
 		if bi, ok := debug.ReadBuildInfo(); ok {
@@ -273,6 +271,15 @@ func cmdVersion(_ context.Context, env *Env, args []string) int {
 	if c == "" {
 		c = "unknown"
 	}
+	return c
+}
+
+func cmdVersion(_ context.Context, env *Env, args []string) int {
+	fs := newFlags("version", env)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	c := buildCommit()
 	fmt.Fprintf(env.Stdout, "postback %s (commit %s, %s %s/%s)\n", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return 0
 }
