@@ -886,7 +886,7 @@ func (c *Config) Validate() error {
 		}
 		for i, sec := range s.Secrets {
 			if !strings.HasPrefix(sec, "whsec_") {
-				bad(fmt.Sprintf("sources.stripe.secrets[%d]", i), "a Stripe signing secret starts with whsec_ (Dashboard > Developers > Webhooks > endpoint > Signing secret)")
+				bad(fmt.Sprintf("sources.stripe.secrets[%d]", i), "a Stripe signing secret starts with whsec_ (Dashboard > Workbench > Webhooks > your destination > Signing secret)")
 			}
 		}
 	}

@@ -98,8 +98,6 @@ func logLines(logs *safeBuffer, msg string) []string {
 	return out
 }
 
-var requestIDRE = regexp.MustCompile(`request_id=(\S+)`)
-
 // Issue 16, item 9: a request id joins the request line and the
 // notification line (and is answered in X-Request-Id); durations are human;
 // the start-up line prints the console URL; no err=<nil>.

@@ -59,6 +59,7 @@ var commands = map[string]command{
 	"bench":        {cmdBench, "load-test a gateway with signed notifications, or --self with an in-process one"},
 	"migrate":      {cmdMigrate, "apply the PostgreSQL schema migrations (--dry-run lists them)"},
 	"store":        {cmdStore, "store copy --from FILE --to DSN: move a BoltDB installation to PostgreSQL (resumable)"},
+	"healthcheck":  {cmdHealthcheck, "exit 0 when the gateway at --addr is ready (GET /readyz): the Docker HEALTHCHECK"},
 	"requests":     {cmdRequests, "recent inbound webhook requests: accepted, ignored, rejected with their reason (admin API client)"},
 	"send":         {cmdSend, "sign and post a sample store notification to a running gateway: send stripe invoice.paid --to URL"},
 	"reconcile":    {cmdReconcile, "find Google Play refunds that RTDN missed (gateway stopped): reconcile google --since 72h"},

@@ -151,3 +151,13 @@ func TestRequestsCommand(t *testing.T) {
 		t.Errorf("bad outcome: exit %d %s", code, errOut)
 	}
 }
+
+func TestHealthcheck(t *testing.T) {
+	base, _ := sendGateway(t)
+	if code, out, errOut := runWithEnv(nil, "healthcheck", "--addr", base); code != 0 || out != "ready\n" {
+		t.Errorf("ready gateway: exit %d %q %q", code, out, errOut)
+	}
+	if code, _, errOut := runWithEnv(map[string]string{"POSTBACK_ADDR": "127.0.0.1:1"}, "healthcheck"); code != 1 || !strings.Contains(errOut, "not reachable") {
+		t.Errorf("no gateway: exit %d %q", code, errOut)
+	}
+}
