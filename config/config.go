@@ -102,7 +102,29 @@ type Server struct {
 	// proxies whose X-Forwarded-For / X-Real-IP headers name the client.
 	// Empty: the client is the TCP peer and those headers are ignored.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// TLS serves HTTPS on server.listen (stores only call HTTPS URLs).
+	TLS TLS `yaml:"tls"`
 }
+
+// TLS is server.tls: certificate files (reloaded when they change) or
+// automatic certificates over ACME.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	ACME     ACME   `yaml:"acme"`
+}
+
+// ACME is server.tls.acme: certificates from Let's Encrypt (or another
+// ACME CA) for Domains, validated with TLS-ALPN-01 on server.listen.
+type ACME struct {
+	Domains      []string `yaml:"domains"`
+	Email        string   `yaml:"email"`
+	CacheDir     string   `yaml:"cache_dir"`
+	DirectoryURL string   `yaml:"directory_url"`
+}
+
+// Enabled reports whether HTTPS is configured.
+func (t TLS) Enabled() bool { return t.CertFile != "" || len(t.ACME.Domains) > 0 }
 
 // TrustedPrefixes parses server.trusted_proxies.
 func (s Server) TrustedPrefixes() ([]netip.Prefix, error) {
@@ -597,7 +619,9 @@ func child(n *yaml.Node, key string) *yaml.Node {
 func rejectUnknown(root *yaml.Node) []string {
 	known := map[string][]string{
 		"":                {"server", "storage", "admin", "log", "api_keys", "identity_wait", "dispatch", "sources", "destinations"},
-		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies"},
+		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies", "tls"},
+		"server.tls":      {"cert_file", "key_file", "acme"},
+		"server.tls.acme": {"domains", "email", "cache_dir", "directory_url"},
 		"storage":         {"driver", "path", "dsn", "pool_size", "retention"},
 		"admin":           {"token", "listen", "public_metrics"},
 		"log":             {"level", "format"},
@@ -642,6 +666,11 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Server.MaxBodyBytes == 0 {
 		c.Server.MaxBodyBytes = 1 << 20
+	}
+	if len(c.Server.TLS.ACME.Domains) > 0 && c.Server.TLS.ACME.CacheDir == "" {
+		// Next to the default BoltDB file: certificates survive restarts
+		// (Let's Encrypt limits how many it issues per week).
+		c.Server.TLS.ACME.CacheDir = "./data/acme"
 	}
 	if c.Server.ReadTimeout == 0 {
 		c.Server.ReadTimeout = Duration(10 * time.Second)
@@ -826,6 +855,22 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.Server.TrustedPrefixes(); err != nil {
 		errs = append(errs, err.Error())
+	}
+	if t := c.Server.TLS; t.Enabled() {
+		switch {
+		case (t.CertFile == "") != (t.KeyFile == ""):
+			bad("server.tls", "set both cert_file and key_file (PEM files), or neither")
+		case t.CertFile != "" && len(t.ACME.Domains) > 0:
+			bad("server.tls.acme.domains", "use certificate files or ACME, not both")
+		}
+		for i, d := range t.ACME.Domains {
+			if d == "" || strings.ContainsAny(d, "/: ") || !strings.Contains(strings.Trim(d, "."), ".") {
+				bad(fmt.Sprintf("server.tls.acme.domains[%d]", i), "%q is not a fully qualified host name such as postback.example.com", d)
+			}
+		}
+		if u := t.ACME.DirectoryURL; u != "" && !strings.HasPrefix(u, "https://") {
+			bad("server.tls.acme.directory_url", "must be an https:// URL (default Let's Encrypt's production directory)")
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

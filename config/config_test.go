@@ -698,3 +698,23 @@ func TestEveryProblemWithItsLine(t *testing.T) {
 		t.Errorf("placeholders = %q", ph)
 	}
 }
+
+// Issue 16, item 11: server.tls keys are checked, with their lines.
+func TestTLSConfig(t *testing.T) {
+	none := func(string) (string, bool) { return "", false }
+	c, err := Parse([]byte("server:\n  tls:\n    acme: {domains: [pb.example.org]}\n"), none)
+	if err != nil || !c.Server.TLS.Enabled() || c.Server.TLS.ACME.CacheDir != "./data/acme" {
+		t.Fatalf("acme: %v %+v", err, c)
+	}
+	for yml, want := range map[string]string{
+		"server:\n  tls: {cert_file: a.pem}\n":                                   "server.tls (line 2): set both cert_file and key_file",
+		"server:\n  tls: {cert_file: a, key_file: b, acme: {domains: [x.y]}}\n":  "use certificate files or ACME, not both",
+		"server:\n  tls:\n    acme: {domains: [localhost]}\n":                    "server.tls.acme.domains[0] (line 3): \"localhost\" is not a fully qualified host name",
+		"server:\n  tls:\n    acme: {domains: [a.b], directory_url: http://x}\n": "must be an https:// URL",
+		"server:\n  tls: {certfile: a}\n":                                        "server.tls.certfile (line 2): unknown key",
+	} {
+		if _, err := Parse([]byte(yml), none); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", yml, err, want)
+		}
+	}
+}

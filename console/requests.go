@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"html/template"
 	"net/http"
 	"time"
@@ -81,4 +82,19 @@ func contains(list []string, v string) bool {
 		}
 	}
 	return false
+}
+
+type secureKey struct{}
+
+// WithSecure marks a request context as having reached the gateway over
+// HTTPS (directly, or through a trusted proxy that says so): the console's
+// cookies are then Secure.
+func WithSecure(ctx context.Context) context.Context {
+	return context.WithValue(ctx, secureKey{}, true)
+}
+
+// isSecure reports whether the request came over HTTPS.
+func isSecure(r *http.Request) bool {
+	v, _ := r.Context().Value(secureKey{}).(bool)
+	return r.TLS != nil || v
 }

@@ -6,11 +6,13 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -44,6 +46,9 @@ type Options struct {
 	// Client is the HTTP client forwarders use; default one per destination
 	// with its timeout.
 	Client *http.Client
+	// ACMEHTTPClient is the HTTP client of the ACME client (tests trust a
+	// test CA's directory with it); default http.DefaultClient.
+	ACMEHTTPClient *http.Client
 	// Version and Commit label postback_build_info (default "dev" and the
 	// binary's VCS revision).
 	Version, Commit string
@@ -75,6 +80,10 @@ type Gateway struct {
 	// throttle holds back addresses that keep failing authentication
 	// (admin token, console login, API keys).
 	throttle *webhooks.Throttle
+	// proxies are server.trusted_proxies.
+	proxies []netip.Prefix
+	// tls is server.tls's configuration, nil for plain HTTP.
+	tls *tls.Config
 	// inbound is the log of recent inbound requests (this process only).
 	inbound inboundLog
 }
@@ -158,6 +167,10 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	g := &Gateway{Config: cfg, Logger: opts.Logger, Metrics: metrics.New(), opts: opts, now: opts.Now}
 	proxies, err := cfg.Server.TrustedPrefixes()
 	if err != nil {
+		return nil, err
+	}
+	g.proxies = proxies
+	if g.tls, err = g.tlsConfig(); err != nil {
 		return nil, err
 	}
 	var warned atomic.Bool
@@ -295,6 +308,12 @@ func (g *Gateway) Run(ctx context.Context, ready func(addr string)) error {
 	g.mu.Lock()
 	g.addr = ln.Addr().String()
 	g.mu.Unlock()
+	if g.tls != nil {
+		// HTTPS on server.listen; with ACME the same listener answers the
+		// TLS-ALPN-01 challenges. A separate admin listener stays plain
+		// (keep it on loopback or a private network).
+		ln = tls.NewListener(ln, g.tls)
+	}
 
 	dctx, stopDispatch := context.WithCancel(context.Background())
 	dispatchDone := make(chan struct{})
@@ -322,12 +341,15 @@ func (g *Gateway) Run(ctx context.Context, ready func(addr string)) error {
 		g.Logger.Info("admin listening", "addr", adminLn.Addr().String())
 	}
 	startArgs := []any{"addr", ln.Addr().String(), "store", g.Store.Describe(), "config", g.Config.Path}
+	if g.tls != nil {
+		startArgs = append(startArgs, "tls", tlsMode(g.Config.Server.TLS))
+	}
 	if g.adminAPI != nil {
 		consoleAddr := ln.Addr().String()
 		if adminLn != nil {
 			consoleAddr = adminLn.Addr().String()
 		}
-		startArgs = append(startArgs, "console", ConsoleURL(consoleAddr, false))
+		startArgs = append(startArgs, "console", ConsoleURL(consoleAddr, g.tls != nil && adminLn == nil))
 	}
 	g.Logger.Info("postback listening", startArgs...)
 	if ready != nil {
@@ -544,6 +566,7 @@ func (g *Gateway) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
 			id = newRequestID()
 		}
 		c.Response().Header().Set(echo.HeaderXRequestID, id)
+		r = markSecure(r, g.proxies)
 		ctx := withRequestID(r.Context(), id)
 		source := inboundSource(r.Method, r.URL.Path)
 		var note *inboundNote
