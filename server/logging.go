@@ -34,6 +34,9 @@ func NewLogger(w io.Writer, cfg config.Log, secrets []string) *slog.Logger {
 				return slog.Attr{}
 			}
 			switch a.Value.Kind() {
+			case slog.KindDuration:
+				// Human units in both formats (JSON would print nanoseconds).
+				a.Value = slog.StringValue(humanDuration(a.Value.Duration()))
 			case slog.KindString:
 				a.Value = slog.StringValue(Mask(a.Value.String(), sec))
 			case slog.KindAny:

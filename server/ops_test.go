@@ -157,6 +157,12 @@ func TestLoggerDropsNilErrors(t *testing.T) {
 	if strings.Contains(b.String(), "err=") || !strings.Contains(b.String(), "n=1") {
 		t.Errorf("log line %q", b.String())
 	}
+	b.Reset()
+	jlog := NewLogger(&b, config.Log{Level: "info", Format: "json"}, nil)
+	jlog.Info("x", "took", 1500*time.Millisecond, "cooldown", 250*time.Microsecond)
+	if !strings.Contains(b.String(), `"took":"1.5s"`) || !strings.Contains(b.String(), `"cooldown":"250µs"`) {
+		t.Errorf("json durations: %s", b.String())
+	}
 	if got := ConsoleURL("[::]:8080", false); got != "http://localhost:8080/admin/" {
 		t.Errorf("ConsoleURL = %q", got)
 	}
