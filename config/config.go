@@ -311,6 +311,18 @@ func (d *Destination) Decode(v any) error { return d.Node.Decode(v) }
 // allowDefault is set), expands ${VAR} with getenv, applies defaults and
 // validates. Every error names the key.
 func Load(path string, getenv func(string) (string, bool), allowDefault bool) (*Config, error) {
+	return load(path, getenv, allowDefault, false)
+}
+
+// LoadForCheck is Load for check-config: when the file parses but values
+// are invalid, the configuration comes back with the error listing them,
+// so that the destinations' own checks can be reported too. Never run with
+// it.
+func LoadForCheck(path string, getenv func(string) (string, bool), allowDefault bool) (*Config, error) {
+	return load(path, getenv, allowDefault, true)
+}
+
+func load(path string, getenv func(string) (string, bool), allowDefault, partial bool) (*Config, error) {
 	data, err := os.ReadFile(path)
 	src := path
 	if err != nil {
@@ -319,16 +331,28 @@ func Load(path string, getenv func(string) (string, bool), allowDefault bool) (*
 		}
 		data, src = Default, "(embedded)"
 	}
-	c, err := Parse(data, getenv)
-	if err != nil {
+	c, err := parse(data, getenv)
+	if c != nil {
+		c.Path = src
+	}
+	if err != nil && !partial {
 		return nil, err
 	}
-	c.Path = src
-	return c, nil
+	return c, err
 }
 
 // Parse is Load on bytes.
 func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
+	c, err := parse(data, getenv)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// parse is Parse that also returns the configuration when only values are
+// invalid (LoadForCheck).
+func parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -370,10 +394,15 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 		for i, p := range problems {
 			problems[i] = c.withLine(p)
 		}
-		return nil, MaskError(fmt.Errorf("%w:\n  %s", ErrInvalid, strings.Join(problems, "\n  ")), secrets)
+		// The configuration comes back with the error for LoadForCheck
+		// (Parse and Load drop it).
+		return c, MaskError(fmt.Errorf("%w:\n  %s", ErrInvalid, strings.Join(problems, "\n  ")), secrets)
 	}
 	return c, nil
 }
+
+// Problems returns the problems an ErrInvalid error lists, one a line.
+func Problems(err error) []string { return splitProblems(err) }
 
 // splitProblems turns a "config: invalid:\n  a\n  b" error back into its
 // lines.

@@ -199,13 +199,14 @@ func cmdCheckConfig(_ context.Context, env *Env, args []string) int {
 		fs.Usage()
 		return 2
 	}
-	cfg, err := loadConfig(env, *cfgPath)
-	if err != nil {
+	path, allowDefault := configPath(env, *cfgPath)
+	cfg, err := config.LoadForCheck(path, env.Getenv, allowDefault)
+	if err != nil && (cfg == nil || !errors.Is(err, config.ErrInvalid)) {
 		fmt.Fprintln(env.Stderr, err)
 		return 1
 	}
-	// Every problem at once: the forwarders' and Apple's checks too.
-	var problems []string
+	// Every problem at once: the file's, the forwarders' and Apple's.
+	problems := config.Problems(err)
 	if _, err := server.BuildDestinations(cfg, nil, nil); err != nil {
 		problems = append(problems, strings.Split(cfg.AnnotateLines(err.Error()), "\n")...)
 	}
