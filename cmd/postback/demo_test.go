@@ -27,8 +27,8 @@ func TestDemo(t *testing.T) {
 			t.Errorf("replay: exit %d %s %s", code, out, errOut)
 		}
 		admWait(t, "replayed deliveries delivered", func() bool {
-			_, out, _ := runWithEnv(env, "deliveries", "--destination", demoDeadDest, "--state", "dead", "--json")
-			return !strings.Contains(out, `"key"`)
+			_, out, _ := runWithEnv(env, "deliveries", "--destination", demoDeadDest, "--state", "delivered", "--json")
+			return strings.Count(out, `"key"`) == 5
 		})
 		_, replayed, _ = runWithEnv(env, "deliveries", "--destination", demoDeadDest, "--json")
 		// While the demo waits for Ctrl-C its admin API answers.
