@@ -2,7 +2,9 @@ package server
 
 import (
 	"runtime/debug"
+	"slices"
 
+	"github.com/postback/postback/mapping"
 	"github.com/postback/postback/webhooks"
 )
 
@@ -44,6 +46,11 @@ func (g *Gateway) initMetrics(sources []string, destinations []string) {
 	g.Metrics.SetBuildInfo(version, commit)
 	for _, s := range sources {
 		g.Metrics.InitSource(s, append(append([]string(nil), commonRejectReasons...), sourceRejectReasons[s]...))
+	}
+	if slices.Contains(sources, mapping.SourceGoogle) {
+		for _, why := range []string{mapping.GoogleOrderNotFound, mapping.GoogleOrderUnavailable} {
+			g.Metrics.RevenueUnknown.WithLabelValues(mapping.SourceGoogle, why)
+		}
 	}
 	for _, d := range destinations {
 		g.Metrics.InitDestination(d)
