@@ -116,16 +116,17 @@ type inboundNote struct {
 
 type inboundNoteKey struct{}
 
-// inboundSource names the source of an inbound path, or "" for requests
-// that are not notifications (health, admin, console).
+// inboundSource names the source of a notification request (a POST to a
+// source's webhook path, or to /v1/events), or "" for everything else
+// (health, admin, console, the identity API).
 func inboundSource(method, path string) string {
-	if method != http.MethodPost && method != http.MethodPut && method != http.MethodDelete {
+	if method != http.MethodPost {
 		return ""
 	}
 	if s, ok := strings.CutPrefix(path, "/webhooks/"); ok && s != "" && !strings.Contains(s, "/") {
 		return s
 	}
-	if strings.HasPrefix(path, "/v1/") {
+	if path == "/v1/events" {
 		return mapping.SourceCustom
 	}
 	return ""

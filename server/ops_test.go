@@ -310,3 +310,14 @@ func TestMetricsAtZeroForConfiguredParts(t *testing.T) {
 		t.Error("series for a disabled source")
 	}
 }
+
+func TestInboundSource(t *testing.T) {
+	for _, tc := range []struct{ method, path, want string }{
+		{"POST", "/webhooks/stripe", "stripe"}, {"POST", "/v1/events", "custom"}, {"PUT", "/v1/users/u1", ""},
+		{"DELETE", "/v1/users/u1", ""}, {"GET", "/webhooks/stripe", ""}, {"POST", "/admin/login", ""}, {"POST", "/webhooks/a/b", ""},
+	} {
+		if got := inboundSource(tc.method, tc.path); got != tc.want {
+			t.Errorf("%s %s = %q, want %q", tc.method, tc.path, got, tc.want)
+		}
+	}
+}
