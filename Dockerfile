@@ -26,5 +26,10 @@ WORKDIR /
 VOLUME ["/data"]
 USER 65532:65532
 EXPOSE 8080
+# Ready = the store is writable and the dispatcher runs (GET /readyz); the
+# image has no shell or curl, so the binary asks. A config that listens
+# elsewhere than :8080 sets POSTBACK_ADDR for it.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["/usr/local/bin/postback", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/postback"]
 CMD ["serve"]

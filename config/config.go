@@ -102,7 +102,29 @@ type Server struct {
 	// proxies whose X-Forwarded-For / X-Real-IP headers name the client.
 	// Empty: the client is the TCP peer and those headers are ignored.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// TLS serves HTTPS on server.listen (stores only call HTTPS URLs).
+	TLS TLS `yaml:"tls"`
 }
+
+// TLS is server.tls: certificate files (reloaded when they change) or
+// automatic certificates over ACME.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	ACME     ACME   `yaml:"acme"`
+}
+
+// ACME is server.tls.acme: certificates from Let's Encrypt (or another
+// ACME CA) for Domains, validated with TLS-ALPN-01 on server.listen.
+type ACME struct {
+	Domains      []string `yaml:"domains"`
+	Email        string   `yaml:"email"`
+	CacheDir     string   `yaml:"cache_dir"`
+	DirectoryURL string   `yaml:"directory_url"`
+}
+
+// Enabled reports whether HTTPS is configured.
+func (t TLS) Enabled() bool { return t.CertFile != "" || len(t.ACME.Domains) > 0 }
 
 // TrustedPrefixes parses server.trusted_proxies.
 func (s Server) TrustedPrefixes() ([]netip.Prefix, error) {
@@ -289,6 +311,18 @@ func (d *Destination) Decode(v any) error { return d.Node.Decode(v) }
 // allowDefault is set), expands ${VAR} with getenv, applies defaults and
 // validates. Every error names the key.
 func Load(path string, getenv func(string) (string, bool), allowDefault bool) (*Config, error) {
+	return load(path, getenv, allowDefault, false)
+}
+
+// LoadForCheck is Load for check-config: when the file parses but values
+// are invalid, the configuration comes back with the error listing them,
+// so that the destinations' own checks can be reported too. Never run with
+// it.
+func LoadForCheck(path string, getenv func(string) (string, bool), allowDefault bool) (*Config, error) {
+	return load(path, getenv, allowDefault, true)
+}
+
+func load(path string, getenv func(string) (string, bool), allowDefault, partial bool) (*Config, error) {
 	data, err := os.ReadFile(path)
 	src := path
 	if err != nil {
@@ -297,16 +331,28 @@ func Load(path string, getenv func(string) (string, bool), allowDefault bool) (*
 		}
 		data, src = Default, "(embedded)"
 	}
-	c, err := Parse(data, getenv)
-	if err != nil {
+	c, err := parse(data, getenv)
+	if c != nil {
+		c.Path = src
+	}
+	if err != nil && !partial {
 		return nil, err
 	}
-	c.Path = src
-	return c, nil
+	return c, err
 }
 
 // Parse is Load on bytes.
 func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
+	c, err := parse(data, getenv)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// parse is Parse that also returns the configuration when only values are
+// invalid (LoadForCheck).
+func parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -330,9 +376,8 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 		keyLines(root.Content[0], "", lines)
 		return nil, MaskError(fmt.Errorf("%w: %s", ErrInvalid, nameKeys(err.Error(), lines)), secrets)
 	}
-	if err := rejectUnknown(root.Content[0]); err != nil {
-		return nil, err
-	}
+	// Every problem is reported at once, each with its key and YAML line.
+	problems := rejectUnknown(root.Content[0])
 	c.node = root
 	// Destination blocks are kept whole for their forwarder.
 	if dn := child(root.Content[0], "destinations"); dn != nil {
@@ -343,13 +388,141 @@ func Parse(data []byte, getenv func(string) (string, bool)) (*Config, error) {
 		}
 	}
 	c.applyDefaults()
-	if err := c.resolveUnset(unset); err != nil {
-		return nil, MaskError(err, secrets)
-	}
-	if err := c.Validate(); err != nil {
-		return nil, MaskError(err, secrets)
+	problems = append(problems, splitProblems(c.resolveUnset(unset))...)
+	problems = append(problems, splitProblems(c.Validate())...)
+	if len(problems) > 0 {
+		for i, p := range problems {
+			problems[i] = c.withLine(p)
+		}
+		// The configuration comes back with the error for LoadForCheck
+		// (Parse and Load drop it).
+		return c, MaskError(fmt.Errorf("%w:\n  %s", ErrInvalid, strings.Join(problems, "\n  ")), secrets)
 	}
 	return c, nil
+}
+
+// Problems returns the problems an ErrInvalid error lists, one a line.
+func Problems(err error) []string { return splitProblems(err) }
+
+// splitProblems turns a "config: invalid:\n  a\n  b" error back into its
+// lines.
+func splitProblems(err error) []string {
+	if err == nil {
+		return nil
+	}
+	msg := strings.TrimPrefix(err.Error(), ErrInvalid.Error()+":")
+	var out []string
+	for _, l := range strings.Split(msg, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// withLine adds "(line N)" after the key a problem starts with ("key:
+// problem"), unless it names a line already.
+func (c *Config) withLine(p string) string {
+	if strings.Contains(p, "(line ") {
+		return p
+	}
+	m := keyRE.FindStringSubmatchIndex(p)
+	if m == nil {
+		return p
+	}
+	key := p[m[2]:m[3]]
+	if n := c.Line(key); n > 0 {
+		return fmt.Sprintf("%s (line %d)%s", p[:m[3]], n, p[m[3]:])
+	}
+	return p
+}
+
+// keyRE finds the key path a problem names: "server.listen: ...",
+// "forwarders: invalid configuration: destinations[a].type: ...".
+var keyRE = regexp.MustCompile(`(?:^|\s)((?:server|storage|admin|log|api_keys|identity_wait|dispatch|sources|destinations)(?:\[[^\]]*\]|\.[A-Za-z0-9_.\-]+)*): `)
+
+// AnnotateLines adds the YAML line to each "key: problem" line of msg
+// (errors of forwarder constructors, which name destinations by name:
+// destinations[NAME].key).
+func (c *Config) AnnotateLines(msg string) string {
+	lines := strings.Split(msg, "\n")
+	for i, l := range lines {
+		trimmed := strings.TrimLeft(l, " ")
+		lines[i] = l[:len(l)-len(trimmed)] + c.withLine(trimmed)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Line returns the YAML line of a key path ("server.listen",
+// "destinations[0].type" or "destinations[NAME].type"); for a key that is
+// absent, the line of its nearest present parent; 0 when unknown (the
+// embedded default, or an empty file).
+func (c *Config) Line(path string) int {
+	if len(c.node.Content) == 0 {
+		return 0
+	}
+	// destinations[NAME] -> destinations[i]
+	if rest, ok := strings.CutPrefix(path, "destinations["); ok {
+		if name, tail, ok := strings.Cut(rest, "]"); ok {
+			if _, err := strconv.Atoi(name); err != nil {
+				for i, d := range c.Destinations {
+					if d.Name == name {
+						path = fmt.Sprintf("destinations[%d]%s", i, tail)
+						break
+					}
+				}
+			}
+		}
+	}
+	lines := map[string]int{}
+	byLine := map[int][]keyPos{}
+	keyLines(c.node.Content[0], "", byLine)
+	for ln, ks := range byLine {
+		for _, k := range ks {
+			if _, ok := lines[k.path]; !ok || ln < lines[k.path] {
+				lines[k.path] = ln
+			}
+		}
+	}
+	for path != "" {
+		if n, ok := lines[path]; ok {
+			return n
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return 0
+}
+
+// placeholderRE matches values left from the shipped example configuration.
+var placeholderRE = regexp.MustCompile(`(?i)(^|[./@:])example\.(com|org|net|app)\b|^com\.example\.|^1234567890$|change[_-]?me|replace[_-]?me|^todo$|^xxx+$`)
+
+// Placeholders lists the values that look like the example configuration's
+// placeholders (com.example.app, postback.example.com, 1234567890), each as
+// "key (line N): value": check-config --strict refuses them.
+func (c *Config) Placeholders() []string {
+	if len(c.node.Content) == 0 {
+		return nil
+	}
+	byLine := map[int][]keyPos{}
+	keyLines(c.node.Content[0], "", byLine)
+	lns := make([]int, 0, len(byLine))
+	for ln := range byLine {
+		lns = append(lns, ln)
+	}
+	sort.Ints(lns)
+	var out []string
+	for _, ln := range lns {
+		for _, k := range byLine[ln] {
+			if k.value != "" && placeholderRE.MatchString(k.value) {
+				out = append(out, fmt.Sprintf("%s (line %d): %q looks like a placeholder from the example configuration", k.path, ln, k.value))
+			}
+		}
+	}
+	return out
 }
 
 var varRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
@@ -472,10 +645,12 @@ func child(n *yaml.Node, key string) *yaml.Node {
 
 // rejectUnknown reports top-level and source keys that do not exist, so a
 // typo is an error instead of a silently ignored setting.
-func rejectUnknown(root *yaml.Node) error {
+func rejectUnknown(root *yaml.Node) []string {
 	known := map[string][]string{
 		"":                {"server", "storage", "admin", "log", "api_keys", "identity_wait", "dispatch", "sources", "destinations"},
-		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies"},
+		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies", "tls"},
+		"server.tls":      {"cert_file", "key_file", "acme"},
+		"server.tls.acme": {"domains", "email", "cache_dir", "directory_url"},
 		"storage":         {"driver", "path", "dsn", "pool_size", "retention"},
 		"admin":           {"token", "listen", "public_metrics"},
 		"log":             {"level", "format"},
@@ -486,11 +661,12 @@ func rejectUnknown(root *yaml.Node) error {
 		"sources.stripe":  {"enabled", "secrets", "tolerance", "app_id"},
 		"sources.shopify": {"enabled", "secret", "secrets", "shops", "currency", "app_id", "shop_secrets"},
 	}
-	var walk func(n *yaml.Node, path string) error
-	walk = func(n *yaml.Node, path string) error {
+	var out []string
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
 		keys, ok := known[path]
 		if !ok || n.Kind != yaml.MappingNode {
-			return nil
+			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k := n.Content[i].Value
@@ -503,15 +679,14 @@ func rejectUnknown(root *yaml.Node) error {
 				p = path + "." + k
 			}
 			if !found {
-				return fmt.Errorf("%w: %s: unknown key (line %d); known keys here: %s", ErrInvalid, p, n.Content[i].Line, strings.Join(keys, ", "))
+				out = append(out, fmt.Sprintf("%s (line %d): unknown key; known keys here: %s", p, n.Content[i].Line, strings.Join(keys, ", ")))
+				continue
 			}
-			if err := walk(n.Content[i+1], p); err != nil {
-				return err
-			}
+			walk(n.Content[i+1], p)
 		}
-		return nil
 	}
-	return walk(root, "")
+	walk(root, "")
+	return out
 }
 
 func (c *Config) applyDefaults() {
@@ -520,6 +695,11 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Server.MaxBodyBytes == 0 {
 		c.Server.MaxBodyBytes = 1 << 20
+	}
+	if len(c.Server.TLS.ACME.Domains) > 0 && c.Server.TLS.ACME.CacheDir == "" {
+		// Next to the default BoltDB file: certificates survive restarts
+		// (Let's Encrypt limits how many it issues per week).
+		c.Server.TLS.ACME.CacheDir = "./data/acme"
 	}
 	if c.Server.ReadTimeout == 0 {
 		c.Server.ReadTimeout = Duration(10 * time.Second)
@@ -705,6 +885,22 @@ func (c *Config) Validate() error {
 	if _, err := c.Server.TrustedPrefixes(); err != nil {
 		errs = append(errs, err.Error())
 	}
+	if t := c.Server.TLS; t.Enabled() {
+		switch {
+		case (t.CertFile == "") != (t.KeyFile == ""):
+			bad("server.tls", "set both cert_file and key_file (PEM files), or neither")
+		case t.CertFile != "" && len(t.ACME.Domains) > 0:
+			bad("server.tls.acme.domains", "use certificate files or ACME, not both")
+		}
+		for i, d := range t.ACME.Domains {
+			if d == "" || strings.ContainsAny(d, "/: ") || !strings.Contains(strings.Trim(d, "."), ".") {
+				bad(fmt.Sprintf("server.tls.acme.domains[%d]", i), "%q is not a fully qualified host name such as postback.example.com", d)
+			}
+		}
+		if u := t.ACME.DirectoryURL; u != "" && !strings.HasPrefix(u, "https://") {
+			bad("server.tls.acme.directory_url", "must be an https:// URL (default Let's Encrypt's production directory)")
+		}
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -764,7 +960,7 @@ func (c *Config) Validate() error {
 		}
 		for i, sec := range s.Secrets {
 			if !strings.HasPrefix(sec, "whsec_") {
-				bad(fmt.Sprintf("sources.stripe.secrets[%d]", i), "a Stripe signing secret starts with whsec_ (Dashboard > Developers > Webhooks > endpoint > Signing secret)")
+				bad(fmt.Sprintf("sources.stripe.secrets[%d]", i), "a Stripe signing secret starts with whsec_ (Dashboard > Workbench > Webhooks > your destination > Signing secret)")
 			}
 		}
 	}

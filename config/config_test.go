@@ -598,9 +598,9 @@ sources:
 		}
 	})
 	for name, tc := range map[string]struct{ yaml, want string }{
-		"upper-case shop": {"    shop_secrets: {Example.myshopify.com: k-123456789}\n", "sources.shopify.shop_secrets.Example.myshopify.com: name the shop by its lower-case domain"},
-		"empty key":       {"    shop_secrets: {example.myshopify.com: \"\"}\n", "sources.shopify.shop_secrets.example.myshopify.com: empty"},
-		"shop not listed": {"    shops: [a.myshopify.com]\n    shop_secrets: {b.myshopify.com: k-123456789}\n", "sources.shopify.shop_secrets.b.myshopify.com: b.myshopify.com is not in sources.shopify.shops"},
+		"upper-case shop": {"    shop_secrets: {Example.myshopify.com: k-123456789}\n", "sources.shopify.shop_secrets.Example.myshopify.com (line 9): name the shop by its lower-case domain"},
+		"empty key":       {"    shop_secrets: {example.myshopify.com: \"\"}\n", "sources.shopify.shop_secrets.example.myshopify.com (line 9): empty"},
+		"shop not listed": {"    shops: [a.myshopify.com]\n    shop_secrets: {b.myshopify.com: k-123456789}\n", "sources.shopify.shop_secrets.b.myshopify.com (line 10): b.myshopify.com is not in sources.shopify.shops"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Parse([]byte(base+tc.yaml), env("SHOPIFY_APP", "shpss_app_secret_value"))
@@ -660,6 +660,62 @@ func TestDestinationTestAndRoutingKeys(t *testing.T) {
 	for _, s := range []string{"ga4-s3cret-android", "ga4-s3cret-shared", "key_test_s3cret"} {
 		if !strings.Contains(secrets, s) {
 			t.Errorf("Secrets() misses %s", s)
+		}
+	}
+}
+
+// check-config reports every problem at once, each with its YAML line, and
+// --strict's placeholder list names the example values.
+func TestEveryProblemWithItsLine(t *testing.T) {
+	yml := "server:\n  listn: x\n  max_body_bytes: 10\nlog:\n  level: loud\nstorage: {retention: 1m}\nsourcez: {}\ndestinations:\n  - name: a\n    type: webhook\n    concurrency: 999\n"
+	_, err := Parse([]byte(yml), func(string) (string, bool) { return "", false })
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		"server.listn (line 2): unknown key",
+		"sourcez (line 7): unknown key",
+		"server.max_body_bytes (line 3): must be at least 1024",
+		"log.level (line 5): \"loud\"",
+		"storage.retention (line 6): must be at least 1h",
+		"destinations[0].concurrency (line 11): must be between 1 and 256",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	c, err := Parse([]byte("destinations:\n  - name: a\n    type: webhook\n    endpoint: https://hooks.example.com/x\n"), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.AnnotateLines("destinations[a].endpoint: bad"); got != "destinations[a].endpoint (line 4): bad" {
+		t.Errorf("AnnotateLines = %q", got)
+	}
+	if got := c.AnnotateLines("destinations[a].secret: missing"); got != "destinations[a].secret (line 2): missing" {
+		t.Errorf("absent key: %q (want the destination's line)", got)
+	}
+	ph := c.Placeholders()
+	if len(ph) != 1 || !strings.HasPrefix(ph[0], "destinations[0].endpoint (line 4)") {
+		t.Errorf("placeholders = %q", ph)
+	}
+}
+
+// Issue 16, item 11: server.tls keys are checked, with their lines.
+func TestTLSConfig(t *testing.T) {
+	none := func(string) (string, bool) { return "", false }
+	c, err := Parse([]byte("server:\n  tls:\n    acme: {domains: [pb.example.org]}\n"), none)
+	if err != nil || !c.Server.TLS.Enabled() || c.Server.TLS.ACME.CacheDir != "./data/acme" {
+		t.Fatalf("acme: %v %+v", err, c)
+	}
+	for yml, want := range map[string]string{
+		"server:\n  tls: {cert_file: a.pem}\n":                                   "server.tls (line 2): set both cert_file and key_file",
+		"server:\n  tls: {cert_file: a, key_file: b, acme: {domains: [x.y]}}\n":  "use certificate files or ACME, not both",
+		"server:\n  tls:\n    acme: {domains: [localhost]}\n":                    "server.tls.acme.domains[0] (line 3): \"localhost\" is not a fully qualified host name",
+		"server:\n  tls:\n    acme: {domains: [a.b], directory_url: http://x}\n": "must be an https:// URL",
+		"server:\n  tls: {certfile: a}\n":                                        "server.tls.certfile (line 2): unknown key",
+	} {
+		if _, err := Parse([]byte(yml), none); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", yml, err, want)
 		}
 	}
 }

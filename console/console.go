@@ -167,6 +167,9 @@ func New(b Backend, opts Options) (*Console, error) {
 		return nil, err
 	}
 	m := http.NewServeMux()
+	if err := c.mountRequests(m, base); err != nil {
+		return nil, err
+	}
 	m.Handle("GET "+Prefix+"/static/", http.StripPrefix(Prefix+"/static/", cacheStatic(http.FileServerFS(static))))
 	m.HandleFunc("GET "+Prefix+"/login", c.loginForm)
 	m.HandleFunc("POST "+Prefix+"/login", c.login)
@@ -225,7 +228,7 @@ func equal(a, b string) bool {
 func (c *Console) setCookie(w http.ResponseWriter, r *http.Request, name, value string, maxAge int) {
 	http.SetCookie(w, &http.Cookie{
 		Name: name, Value: value, Path: Prefix + "/", MaxAge: maxAge,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: isSecure(r),
 	})
 }
 

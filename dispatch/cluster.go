@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/postback/postback/metrics"
 	"github.com/postback/postback/store"
 )
 
@@ -116,7 +117,7 @@ func (w *worker) syncShared(ctx context.Context, now time.Time) (time.Duration, 
 		}
 		if h.Circuit == "closed" && w.circuit != "closed" && !h.HoldUntil.After(now) {
 			w.circuit, w.failures, w.cooldown = "closed", 0, 0
-			o.Metrics.Circuit.WithLabelValues(w.dest.Name).Set(0)
+			o.Metrics.SetCircuit(w.dest.Name, metrics.CircuitClosed)
 		}
 	}
 	needProbe := (w.circuit == "open" || w.circuit == "half-open" || w.paused) && !now.Before(w.holdUntil) && ok

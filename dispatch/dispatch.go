@@ -334,7 +334,7 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	halfOpen := w.circuit == "open" && !now.Before(hold)
 	if halfOpen {
 		w.circuit = "half-open"
-		o.Metrics.Circuit.WithLabelValues(w.dest.Name).Set(2)
+		o.Metrics.SetCircuit(w.dest.Name, metrics.CircuitHalfOpen)
 	}
 	probing := w.circuit == "half-open" || w.paused
 	w.mu.Unlock()
@@ -671,7 +671,7 @@ func (w *worker) health(results []forwarders.Result, now time.Time) {
 			o.Logger.Info("circuit closed", "destination", w.dest.Name)
 		}
 		w.failures, w.cooldown, w.circuit = 0, 0, "closed"
-		o.Metrics.Circuit.WithLabelValues(w.dest.Name).Set(0)
+		o.Metrics.SetCircuit(w.dest.Name, metrics.CircuitClosed)
 	case transient && throttle == 0:
 		w.failures++
 		if w.circuit == "half-open" || w.failures >= o.BreakerFailures {
@@ -685,7 +685,7 @@ func (w *worker) health(results []forwarders.Result, now time.Time) {
 			}
 			w.circuit = "open"
 			w.holdUntil = maxTime(w.holdUntil, now.Add(w.cooldown))
-			o.Metrics.Circuit.WithLabelValues(w.dest.Name).Set(1)
+			o.Metrics.SetCircuit(w.dest.Name, metrics.CircuitOpen)
 		}
 	}
 }

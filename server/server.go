@@ -6,11 +6,13 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/postback/postback/config"
+	"github.com/postback/postback/console"
 	"github.com/postback/postback/dispatch"
 	"github.com/postback/postback/forwarders"
 	"github.com/postback/postback/mapping"
@@ -43,6 +46,12 @@ type Options struct {
 	// Client is the HTTP client forwarders use; default one per destination
 	// with its timeout.
 	Client *http.Client
+	// ACMEHTTPClient is the HTTP client of the ACME client (tests trust a
+	// test CA's directory with it); default http.DefaultClient.
+	ACMEHTTPClient *http.Client
+	// Version and Commit label postback_build_info (default "dev" and the
+	// binary's VCS revision).
+	Version, Commit string
 }
 
 // Gateway is one running Postback.
@@ -71,6 +80,12 @@ type Gateway struct {
 	// throttle holds back addresses that keep failing authentication
 	// (admin token, console login, API keys).
 	throttle *webhooks.Throttle
+	// proxies are server.trusted_proxies.
+	proxies []netip.Prefix
+	// tls is server.tls's configuration, nil for plain HTTP.
+	tls *tls.Config
+	// inbound is the log of recent inbound requests (this process only).
+	inbound inboundLog
 }
 
 // Route returns the destinations an event matches.
@@ -155,6 +170,10 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	g.proxies = proxies
+	if g.tls, err = g.tlsConfig(); err != nil {
+		return nil, err
+	}
 	var warned atomic.Bool
 	g.ipExtractor = clientIP(proxies, func(peer string) {
 		// Behind a proxy that is not listed, every client has the proxy's
@@ -212,7 +231,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if cfg.Admin.Listen != "" || opts.AdminListener != nil {
 		g.Admin = newEcho(g)
 	}
-	g.Deps = webhooks.Deps{Store: g.Store, Metrics: g.Metrics, Logger: g.Logger, Now: g.now, MaxBody: cfg.Server.MaxBodyBytes}
+	g.Deps = webhooks.Deps{Store: g.Store, Metrics: g.Metrics, Logger: g.Logger, Now: g.now, MaxBody: cfg.Server.MaxBodyBytes, Observe: observeIngest}
 	g.Echo.GET("/healthz", g.healthz)
 	g.Echo.GET("/readyz", g.readyz)
 	// With a separate admin listener, /metrics lives there (it tells an
@@ -232,6 +251,18 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.Store.Close()
 		return nil, err
 	}
+	g.mountInbound()
+	var sources, destNames []string
+	for name, on := range map[string]bool{"apple": cfg.Sources.Apple.Enabled, "google": cfg.Sources.Google.Enabled,
+		"stripe": cfg.Sources.Stripe.Enabled, "shopify": cfg.Sources.Shopify.Enabled, "custom": len(cfg.APIKeys) > 0} {
+		if on {
+			sources = append(sources, name)
+		}
+	}
+	for _, d := range dests {
+		destNames = append(destNames, d.Name)
+	}
+	g.initMetrics(sources, destNames)
 	g.workers = append(g.workers, g.pruneLoop, g.checkLoop, g.erasureLoop)
 	for _, line := range cfg.Disabled {
 		g.Logger.Warn("disabled: " + line)
@@ -278,6 +309,12 @@ func (g *Gateway) Run(ctx context.Context, ready func(addr string)) error {
 	g.mu.Lock()
 	g.addr = ln.Addr().String()
 	g.mu.Unlock()
+	if g.tls != nil {
+		// HTTPS on server.listen; with ACME the same listener answers the
+		// TLS-ALPN-01 challenges. A separate admin listener stays plain
+		// (keep it on loopback or a private network).
+		ln = tls.NewListener(ln, g.tls)
+	}
 
 	dctx, stopDispatch := context.WithCancel(context.Background())
 	dispatchDone := make(chan struct{})
@@ -304,7 +341,18 @@ func (g *Gateway) Run(ctx context.Context, ready func(addr string)) error {
 		go func() { srvErr <- adminSrv.Serve(adminLn) }()
 		g.Logger.Info("admin listening", "addr", adminLn.Addr().String())
 	}
-	g.Logger.Info("postback listening", "addr", ln.Addr().String(), "store", g.Store.Describe(), "config", g.Config.Path)
+	startArgs := []any{"addr", ln.Addr().String(), "store", g.Store.Describe(), "config", g.Config.Path}
+	if g.tls != nil {
+		startArgs = append(startArgs, "tls", tlsMode(g.Config.Server.TLS))
+	}
+	if g.adminAPI != nil {
+		consoleAddr := ln.Addr().String()
+		if adminLn != nil {
+			consoleAddr = adminLn.Addr().String()
+		}
+		startArgs = append(startArgs, "console", ConsoleURL(consoleAddr, g.tls != nil && adminLn == nil))
+	}
+	g.Logger.Info("postback listening", startArgs...)
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
@@ -339,6 +387,23 @@ func (g *Gateway) Run(ctx context.Context, ready func(addr string)) error {
 	}
 	g.Logger.Info("stopped")
 	return runErr
+}
+
+// ConsoleURL is the console's URL on a listener's address, as a person on
+// the machine types it: a wildcard host becomes localhost.
+func ConsoleURL(addr string, tls bool) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "localhost"
+	}
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	return scheme + "://" + net.JoinHostPort(host, port) + console.Prefix + "/"
 }
 
 func (g *Gateway) httpServer(h http.Handler) *http.Server {
@@ -489,10 +554,27 @@ func (g *Gateway) errorHandler(err error, c echo.Context) {
 }
 
 // requestLog logs one line per request: never the query string (keys can be
-// there) nor bodies.
+// there) nor bodies. Each request gets an id (the caller's X-Request-Id when
+// plain, else a new one), answered in X-Request-Id and logged on the request
+// line and on every line logged with the request's context (the
+// notification line).
 func (g *Gateway) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
+		r := c.Request()
+		id := r.Header.Get(echo.HeaderXRequestID)
+		if !validRequestID.MatchString(id) {
+			id = newRequestID()
+		}
+		c.Response().Header().Set(echo.HeaderXRequestID, id)
+		r = markSecure(r, g.proxies)
+		ctx := withRequestID(r.Context(), id)
+		source := inboundSource(r.Method, r.URL.Path)
+		var note *inboundNote
+		if source != "" {
+			ctx, note = withInboundNote(ctx)
+		}
+		c.SetRequest(r.WithContext(ctx))
 		err := next(c)
 		if err != nil {
 			c.Error(err)
@@ -501,15 +583,48 @@ func (g *Gateway) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
 		if path == "/metrics" || path == "/healthz" || path == "/readyz" {
 			return nil
 		}
+		status := c.Response().Status
+		reason := ""
+		if err != nil {
+			we := webhooks.AsError(err)
+			reason = we.Code
+			if we.Status == webhooks.StatusClientClosed {
+				// The client is gone: what it would have been answered
+				// is not what happened.
+				status = webhooks.StatusClientClosed
+			}
+		}
+		if source != "" {
+			g.recordInbound(c, note, source, status, reason, start)
+		}
 		lvl := slog.LevelInfo
-		if c.Response().Status >= 500 {
+		if status >= 500 {
 			lvl = slog.LevelError
 		}
-		g.Logger.Log(c.Request().Context(), lvl, "request",
-			"method", c.Request().Method, "path", path, "status", c.Response().Status,
-			"bytes", c.Response().Size, "duration_ms", float64(time.Since(start).Microseconds())/1000,
-			"remote", c.RealIP())
+		took := time.Since(start)
+		args := []any{"method", c.Request().Method, "path", path, "status", status,
+			"bytes", c.Response().Size, "duration", humanDuration(took), "remote", c.RealIP()}
+		if reason != "" {
+			args = append(args, "reason", reason)
+		}
+		if g.Config.Log.Format == "json" {
+			// Machines sum numbers: json logs keep the milliseconds too.
+			args = append(args, "duration_ms", float64(took.Microseconds())/1000)
+		}
+		g.Logger.Log(c.Request().Context(), lvl, "request", args...)
 		return nil
+	}
+}
+
+// humanDuration rounds d for a log line: 850µs, 12.3ms, 1.25s.
+func humanDuration(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < time.Second:
+		return d.Round(100 * time.Microsecond).String()
+	default:
+		return d.Round(10 * time.Millisecond).String()
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -495,5 +496,51 @@ func TestUsersAPIStoreFailure(t *testing.T) {
 		if strings.Contains(rec.Body.String(), "disk full") {
 			t.Errorf("%s: internal error text leaked: %s", m, rec.Body)
 		}
+	}
+}
+
+// Issue 16, item 15: events_scrubbed means what the README says: the
+// user's events whose identifiers this call cleared. Four events mapped
+// before any PUT carry none: 0, yet their notifications' bodies are erased.
+// Four mapped after a PUT: 4. A repeated DELETE: 0.
+func TestDeleteUserEventsScrubbedMeaning(t *testing.T) {
+	h, db := newCustom(t, apiKeyA)
+	e := v1(h)
+	auth := authed(apiKeyA)
+	post := func(user, key string) string {
+		t.Helper()
+		rec := call(e, http.MethodPost, "/v1/events", `{"type":"custom","name":"level_up","app_id":"a","app_user_id":"`+user+`"}`, authed(apiKeyA, "Idempotency-Key", key))
+		if rec.Code != http.StatusAccepted {
+			t.Fatalf("event: %d %s", rec.Code, rec.Body)
+		}
+		return mapping.CustomEventID(key, 0)
+	}
+	var before []string
+	for i := range 4 {
+		before = append(before, post("u-early", "early-"+strconv.Itoa(i)))
+	}
+	if rec := call(e, http.MethodDelete, "/v1/users/u-early", "", auth); !strings.Contains(rec.Body.String(), `"events_scrubbed":0`) {
+		t.Errorf("events without identifiers: %s", rec.Body)
+	}
+	for _, id := range before {
+		ev, err := db.Event(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := db.Notification(mapping.SourceCustom, ev.SourceEventID); err != nil || n.Body != nil {
+			t.Errorf("notification of %s keeps its body after the erasure: %v", id, err)
+		}
+	}
+	if rec := call(e, http.MethodPut, "/v1/users/u-late", `{"identifiers":{"idfa":"6D92078A-8246-4BA4-AE5B-76104861E7DC"}}`, auth); rec.Code != http.StatusOK {
+		t.Fatalf("PUT: %d %s", rec.Code, rec.Body)
+	}
+	for i := range 4 {
+		post("u-late", "late-"+strconv.Itoa(i))
+	}
+	if rec := call(e, http.MethodDelete, "/v1/users/u-late", "", auth); !strings.Contains(rec.Body.String(), `"events_scrubbed":4`) {
+		t.Errorf("events with identifiers: %s", rec.Body)
+	}
+	if rec := call(e, http.MethodDelete, "/v1/users/u-late", "", auth); !strings.Contains(rec.Body.String(), `"events_scrubbed":0`) {
+		t.Errorf("repeated DELETE: %s", rec.Body)
 	}
 }

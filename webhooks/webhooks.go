@@ -83,6 +83,10 @@ const (
 	CodeUnknownApp   = "unknown_app"
 	CodeEnvironment  = "environment_not_accepted"
 	CodeUnavailable  = "store_unavailable"
+	// CodeClientClosed: the client hung up before the request was read or
+	// stored (HTTP 499, nginx's code); nothing was acknowledged, the source
+	// retries. Not a store failure.
+	CodeClientClosed = "client_closed"
 	CodeConflict     = "conflict"
 	CodeNotFound     = "not_found"
 	CodeInvalid      = "invalid"
@@ -101,6 +105,9 @@ type Deps struct {
 	Logger  *slog.Logger
 	Now     func() time.Time
 	MaxBody int64
+	// Observe, when set, is told the outcome of every notification that
+	// reached the store (the server's log of inbound requests).
+	Observe func(ctx context.Context, n *mapping.Notification, res store.IngestResult)
 }
 
 // ReadBody reads the raw body once, at most max bytes; more is a 413. It is
@@ -112,6 +119,9 @@ func ReadBody(c echo.Context, max int64) ([]byte, error) {
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, max+1))
 	if err != nil {
+		if r.Context().Err() != nil || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, Wrap(StatusClientClosed, CodeClientClosed, "client closed the request before its body was read", err)
+		}
 		return nil, Wrap(http.StatusBadRequest, CodeMalformed, "could not read body", err)
 	}
 	if int64(len(body)) > max {
@@ -124,9 +134,21 @@ func ReadBody(c echo.Context, max int64) ([]byte, error) {
 // return. Only the reason code and the source are logged, never the body.
 func (d *Deps) Reject(source string, err *Error) *Error {
 	d.Metrics.Rejected.WithLabelValues(source, err.Code).Inc()
-	d.Logger.Warn("notification rejected", "source", source, "status", err.Status, "reason", err.Code, "err", err.Err)
+	args := []any{"source", source, "status", err.Status, "reason", err.Code}
+	if err.Err != nil {
+		args = append(args, "err", err.Err)
+	}
+	if err.Code == CodeClientClosed {
+		d.Logger.Info("client closed the request; the source will retry", args...)
+		return err
+	}
+	d.Logger.Warn("notification rejected", args...)
 	return err
 }
+
+// StatusClientClosed is the status recorded for a request whose client hung
+// up (nginx's 499); the client never sees it.
+const StatusClientClosed = 499
 
 // Accept stores a verified notification and reports the outcome. A store
 // failure is a 503 so that the source retries; nothing is acknowledged
@@ -142,21 +164,31 @@ func (d *Deps) Accept(ctx context.Context, n *mapping.Notification) (store.Inges
 	n.Body = mapping.ScrubPII(n.Body)
 	res, err := d.Store.Ingest(ctx, n)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			// The client hung up while the notification was being stored:
+			// the store is fine, and the source retries.
+			d.Metrics.Rejected.WithLabelValues(n.Source, CodeClientClosed).Inc()
+			d.Logger.InfoContext(ctx, "client closed the request before the notification was stored; the source will retry", "source", n.Source, "key", n.Key)
+			return res, Wrap(StatusClientClosed, CodeClientClosed, "client closed the request", err)
+		}
 		d.Metrics.Rejected.WithLabelValues(n.Source, CodeUnavailable).Inc()
-		d.Logger.Error("store failed; source will retry", "source", n.Source, "key", n.Key, "err", err)
+		d.Logger.ErrorContext(ctx, "store failed; source will retry", "source", n.Source, "key", n.Key, "err", err)
 		return res, Wrap(http.StatusServiceUnavailable, CodeUnavailable, "temporarily unable to store the notification; retry later", err)
 	}
 	d.Metrics.ObserveIngest(n.Source, time.Since(start))
+	if d.Observe != nil {
+		d.Observe(ctx, n, res)
+	}
 	switch {
 	case res.Duplicate:
 		d.Metrics.Duplicates.WithLabelValues(n.Source).Inc()
-		d.Logger.Info("duplicate notification", "source", n.Source, "key", n.Key, "type", n.Type)
+		d.Logger.InfoContext(ctx, "duplicate notification", "source", n.Source, "key", n.Key, "type", n.Type)
 	case res.Status == mapping.StatusIgnored || res.Status == mapping.StatusFailed:
 		d.Metrics.Ignored.WithLabelValues(n.Source).Inc()
-		d.Logger.Info("notification stored without event", "source", n.Source, "key", n.Key, "type", n.Type, "status", res.Status, "reason", res.Reason)
+		d.Logger.InfoContext(ctx, "notification stored without event", "source", n.Source, "key", n.Key, "type", n.Type, "status", res.Status, "reason", res.Reason)
 	default:
 		d.Metrics.CountEvents(res.Events)
-		d.Logger.Info("notification accepted", "source", n.Source, "key", n.Key, "type", n.Type, "status", res.Status, "events", len(res.Events), "repeats", res.Repeats)
+		d.Logger.InfoContext(ctx, "notification accepted", "source", n.Source, "key", n.Key, "type", n.Type, "status", res.Status, "events", len(res.Events), "repeats", res.Repeats)
 	}
 	return res, nil
 }

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -139,8 +141,7 @@ func cmdEvents(ctx context.Context, env *Env, args []string) int {
 	limit := fs.Int("limit", 50, "events per page (1-500)")
 	cursor := fs.String("cursor", "", "continue from a previous page's next cursor")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback events [flags]          list events, newest first\n       postback events [flags] <event id>  one event with its notification, deliveries and attempts")
-		fs.PrintDefaults()
+		flagUsage(fs, "usage: postback events [flags]          list events, newest first\n       postback events [flags] <event id>  one event with its notification, deliveries and attempts")
 	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -148,6 +149,12 @@ func cmdEvents(ctx context.Context, env *Env, args []string) int {
 	}
 	if len(pos) > 1 {
 		return exitErr(env, usageError("at most one event id"))
+	}
+	if err := checkChoice("source", *source, sourceNames, nil); err != nil {
+		return exitErr(env, err)
+	}
+	if err := checkChoice("type", *typ, typeNames(), func(v string) bool { return strings.HasPrefix(v, "custom:") }); err != nil {
+		return exitErr(env, err)
 	}
 	c, err := newAdminClient(env, *addr)
 	if err != nil {
@@ -259,6 +266,17 @@ func addDeliveryFilter(fs *flag.FlagSet, defState string) deliveryFilterFlags {
 	}
 }
 
+// stateNames are the values of --state.
+var stateNames = []string{"pending", "retrying", "waiting", "delivered", "dead", "skipped"}
+
+// check refuses unknown states and destinations, listing the valid ones.
+func (f deliveryFilterFlags) check(ctx context.Context, c *adminClient) error {
+	if err := checkChoice("state", *f.state, stateNames, nil); err != nil {
+		return err
+	}
+	return checkDestination(ctx, c, "--destination", *f.destination)
+}
+
 func (f deliveryFilterFlags) query() url.Values {
 	q := url.Values{}
 	setQuery(q, map[string]string{"state": *f.state, "destination": *f.destination, "reason": *f.reason, "since": *f.since, "until": *f.until})
@@ -279,6 +297,9 @@ func cmdDeliveries(ctx context.Context, env *Env, args []string) int {
 	}
 	c, err := newAdminClient(env, *addr)
 	if err != nil {
+		return exitErr(env, err)
+	}
+	if err := f.check(ctx, c); err != nil {
 		return exitErr(env, err)
 	}
 	q := f.query()
@@ -329,8 +350,7 @@ func cmdReplay(ctx context.Context, env *Env, args []string) int {
 	noWait := fs.Bool("no-wait", false, "start a bulk replay and return at once instead of following its progress")
 	poll := fs.Duration("poll", time.Second, "progress poll interval")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback replay <delivery key>...   replay these deliveries (keys from 'postback deliveries')\n       postback replay [filters] [--dry-run]  replay every matching delivery (default state dead)")
-		fs.PrintDefaults()
+		flagUsage(fs, "usage: postback replay <delivery key>...   replay these deliveries (keys from 'postback deliveries')\n       postback replay [filters] [--dry-run]  replay every matching delivery (default state dead)")
 	}
 	keys, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -359,6 +379,9 @@ func cmdReplay(ctx context.Context, env *Env, args []string) int {
 			printJSON(env.Stdout, map[string]any{"replayed": replayed})
 		}
 		return 0
+	}
+	if err := f.check(ctx, c); err != nil {
+		return exitErr(env, err)
 	}
 	q := f.query()
 	if *f.destination == "" && *f.reason == "" && *f.since == "" && *f.until == "" && !*all {
@@ -434,8 +457,7 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("destinations", env)
 	addr, asJSON := clientFlags(fs, env)
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback destinations [flags]              health and backlog of every destination\n       postback destinations [flags] test <name>  send a test event through the destination's validation path (exit 1 unless the vendor really tested and accepted it)")
-		fs.PrintDefaults()
+		flagUsage(fs, "usage: postback destinations [flags]              health and backlog of every destination\n       postback destinations [flags] test <name>  send a test event through the destination's validation path (exit 1 unless the vendor really tested and accepted it)")
 	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -513,6 +535,14 @@ func testDestination(ctx context.Context, env *Env, c *adminClient, name string,
 		} `json:"event"`
 	}
 	if err := c.do(ctx, http.MethodPost, "/admin/api/destinations/"+url.PathEscape(name)+"/test", nil, nil, &out); err != nil {
+		var ce *clientError
+		if errors.As(err, &ce) && ce.status == http.StatusNotFound {
+			// Not found: say which names exist (still exit 5).
+			var ue *clientError
+			if errors.As(checkDestination(ctx, c, "destination", name), &ue) {
+				ce.msg = ue.msg
+			}
+		}
 		return exitErr(env, err)
 	}
 	if asJSON {
@@ -555,4 +585,60 @@ func testDestination(ctx context.Context, env *Env, c *adminClient, name string,
 		return 1
 	}
 	return 0
+}
+
+// sourceNames are the values of --source.
+var sourceNames = []string{mapping.SourceApple, mapping.SourceGoogle, mapping.SourceStripe, mapping.SourceShopify, mapping.SourceCustom}
+
+// typeNames are the values of --type (plus custom:NAME).
+func typeNames() []string {
+	out := make([]string, len(mapping.Types))
+	for i, t := range mapping.Types {
+		out[i] = string(t)
+	}
+	return out
+}
+
+// checkChoice is a usage error unless every comma-separated value of flag
+// --name is one of valid (or allowed by extra); the error lists the valid
+// values.
+func checkChoice(name, value string, valid []string, extra func(string) bool) error {
+	if value == "" {
+		return nil
+	}
+	for _, v := range strings.Split(value, ",") {
+		v = strings.TrimSpace(v)
+		if slices.Contains(valid, v) || (extra != nil && extra(v)) {
+			continue
+		}
+		return usageError("--%s %q is not one of: %s", name, v, strings.Join(valid, ", "))
+	}
+	return nil
+}
+
+// checkDestination is a usage error unless name is one of the gateway's
+// destinations; the error lists them.
+func checkDestination(ctx context.Context, c *adminClient, flagName, name string) error {
+	if name == "" {
+		return nil
+	}
+	var out struct {
+		Destinations []struct {
+			Name string `json:"name"`
+		} `json:"destinations"`
+	}
+	if err := c.do(ctx, http.MethodGet, "/admin/api/destinations", nil, nil, &out); err != nil {
+		return err
+	}
+	names := make([]string, 0, len(out.Destinations))
+	for _, d := range out.Destinations {
+		names = append(names, d.Name)
+	}
+	if slices.Contains(names, name) {
+		return nil
+	}
+	if len(names) == 0 {
+		return usageError("%s %q: the gateway has no enabled destination", flagName, name)
+	}
+	return usageError("%s %q is not one of the gateway's destinations: %s", flagName, name, strings.Join(names, ", "))
 }

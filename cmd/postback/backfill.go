@@ -37,8 +37,7 @@ func cmdBackfill(ctx context.Context, env *Env, args []string) int {
 	addr := fs.String("addr", "", "base URL of a running gateway (e.g. http://127.0.0.1:8080); default: open the database directly")
 	asJSON := fs.Bool("json", false, "print JSON")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback backfill apple [--since 72h] [--until TIME] [--environment production|sandbox] [--addr URL] [--config PATH] [--json]")
-		fs.PrintDefaults()
+		flagUsage(fs, "usage: postback backfill apple [--since 72h] [--until TIME] [--environment production|sandbox] [--addr URL] [--config PATH] [--json]")
 	}
 	if len(args) == 0 || args[0] != "apple" {
 		fs.Usage()

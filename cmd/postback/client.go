@@ -51,21 +51,25 @@ func (e *clientError) exitCode() int {
 	return 1
 }
 
-// clientFlags registers --addr and --json on fs.
+// clientFlags registers --addr, --token and --json on fs.
 func clientFlags(fs *flag.FlagSet, env *Env) (addr *string, asJSON *bool) {
 	def := "http://127.0.0.1:8080"
 	if v, ok := env.Getenv("POSTBACK_ADDR"); ok && v != "" {
 		def = v
 	}
 	addr = fs.String("addr", def, "gateway admin address (env POSTBACK_ADDR)")
+	fs.StringVar(&env.token, "token", "", "admin token (default env POSTBACK_ADMIN_TOKEN; the environment keeps it out of ps and shell history)")
 	asJSON = fs.Bool("json", false, "print JSON instead of a table")
 	return addr, asJSON
 }
 
 func newAdminClient(env *Env, addr string) (*adminClient, error) {
-	tok, _ := env.Getenv("POSTBACK_ADMIN_TOKEN")
+	tok := env.token
 	if tok == "" {
-		return nil, &clientError{status: http.StatusBadRequest, code: "usage", msg: "set POSTBACK_ADMIN_TOKEN to the gateway's admin.token"}
+		tok, _ = env.Getenv("POSTBACK_ADMIN_TOKEN")
+	}
+	if tok == "" {
+		return nil, &clientError{status: http.StatusBadRequest, code: "usage", msg: "set POSTBACK_ADMIN_TOKEN (or pass --token) to the gateway's admin.token"}
 	}
 	if !strings.Contains(addr, "://") {
 		addr = "http://" + addr
@@ -136,6 +140,9 @@ func cmdReprocess(ctx context.Context, env *Env, args []string) int {
 	dry := fs.Bool("dry-run", false, "only count what would be re-mapped")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if err := checkChoice("source", *source, sourceNames, nil); err != nil {
+		return exitErr(env, err)
 	}
 	c, err := newAdminClient(env, *addr)
 	if err != nil {

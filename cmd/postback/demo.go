@@ -35,6 +35,17 @@ type mock struct {
 	srv  *httptest.Server
 	mu   sync.Mutex
 	reqs []mockRequest
+	// failStatus, when not 0, is answered instead (with failBody): a
+	// destination that refuses or is down.
+	failStatus int
+	failBody   string
+}
+
+// fail makes the mock answer status with body; 0 heals it.
+func (m *mock) fail(status int, body string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.failStatus, m.failBody = status, body
 }
 
 type mockRequest struct {
@@ -48,8 +59,14 @@ func newMock(name, answer string) *mock {
 		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		m.mu.Lock()
 		m.reqs = append(m.reqs, mockRequest{Method: r.Method, Path: r.URL.Path, Body: string(body)})
+		status, failBody := m.failStatus, m.failBody
 		m.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
+		if status != 0 {
+			w.WriteHeader(status)
+			_, _ = io.WriteString(w, failBody)
+			return
+		}
 		_, _ = io.WriteString(w, answer)
 	}))
 	return m
@@ -87,24 +104,51 @@ type DemoSummary struct {
 	Sources      []string
 	Events       []DemoEvent
 	Destinations []DemoDestination
-	// Unfinished counts deliveries not final when the demo stopped waiting.
+	// Unfinished counts deliveries not final when the demo stopped waiting
+	// (the held destination's excepted).
 	Unfinished int
+}
+
+// Demo destinations that fail on purpose: crm-webhook refuses every event
+// (HTTP 422: dead letters) until the demo heals it for a replay;
+// partner-api refuses the credentials (HTTP 401: the destination is held).
+const (
+	demoDeadDest = "crm-webhook"
+	demoHeldDest = "partner-api"
+)
+
+// demoOptions are the flags of `postback demo`.
+type demoOptions struct {
+	listen string
+	// traffic, when not 0, keeps sending a renewal and a purchase every
+	// traffic until the demo stops.
+	traffic time.Duration
 }
 
 func cmdDemo(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("demo", env)
 	listen := fs.String("listen", "127.0.0.1:8080", "address of the demo gateway (falls back to a free port when taken)")
 	verbose := fs.Bool("v", false, "show the gateway's logs")
+	traffic := fs.Duration("traffic", 0, "keep generating traffic (a Stripe renewal and a custom purchase) every this long until stopped, e.g. 2s")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *traffic < 0 || (*traffic > 0 && *traffic < 100*time.Millisecond) {
+		fmt.Fprintln(env.Stderr, "postback demo: --traffic must be at least 100ms")
 		return 2
 	}
 	logs := io.Discard
 	if *verbose {
 		logs = env.Stderr
 	}
-	_, err := runDemo(ctx, env.Stdout, logs, *listen, func(s *DemoSummary) {
+	_, err := runDemoWith(ctx, env.Stdout, logs, demoOptions{listen: *listen, traffic: *traffic}, func(s *DemoSummary) {
+		addr := strings.TrimPrefix(s.ConsoleURL, "http://")
 		fmt.Fprintf(env.Stdout, "\nConsole: %s/admin/  (admin token: %s)\n", s.ConsoleURL, s.Token)
-		fmt.Fprintf(env.Stdout, "CLI:     POSTBACK_ADMIN_TOKEN=%s postback events --addr %s\n", s.Token, strings.TrimPrefix(s.ConsoleURL, "http://"))
+		fmt.Fprintf(env.Stdout, "CLI:     POSTBACK_ADMIN_TOKEN=%s postback events --addr %s\n", s.Token, addr)
+		fmt.Fprintf(env.Stdout, "Replay:  POSTBACK_ADMIN_TOKEN=%s postback replay --destination %s --addr %s   (or Dead letters in the console)\n", s.Token, demoDeadDest, addr)
+		if *traffic > 0 {
+			fmt.Fprintf(env.Stdout, "Sending a renewal and a purchase every %s.\n", *traffic)
+		}
 		fmt.Fprintln(env.Stdout, "Press Ctrl-C to stop.")
 	})
 	if err != nil {
@@ -121,6 +165,12 @@ func cmdDemo(ctx context.Context, env *Env, args []string) int {
 // HTTP with real signatures, prints what each destination received, calls
 // ready and serves until ctx ends.
 func runDemo(ctx context.Context, out, logs io.Writer, listen string, ready func(*DemoSummary)) (*DemoSummary, error) {
+	return runDemoWith(ctx, out, logs, demoOptions{listen: listen}, ready)
+}
+
+// runDemoWith is runDemo with every option.
+func runDemoWith(ctx context.Context, out, logs io.Writer, o demoOptions, ready func(*DemoSummary)) (*DemoSummary, error) {
+	listen := o.listen
 	dir, err := os.MkdirTemp("", "postback-demo-")
 	if err != nil {
 		return nil, err
@@ -135,6 +185,12 @@ func runDemo(ctx context.Context, out, logs io.Writer, listen string, ready func
 	defer adnet.srv.Close()
 	backend := newMock("backend", `{"received":true}`)
 	defer backend.srv.Close()
+	crm := newMock(demoDeadDest, `{"ok":true}`)
+	defer crm.srv.Close()
+	crm.fail(http.StatusUnprocessableEntity, `{"error":"unknown customer"}`)
+	partner := newMock(demoHeldDest, `{"ok":true}`)
+	defer partner.srv.Close()
+	partner.fail(http.StatusUnauthorized, `{"error":"invalid api key"}`)
 
 	fakes, err := newStoreFakes(dir)
 	if err != nil {
@@ -179,7 +235,18 @@ destinations:
     endpoint: %q
     secret: %q
     match: {environments: [production, sandbox]}
-`, listen, filepath.Join(dir, "postback.db"), sec.admin, sec.apiKey, fakes.sourcesYAML(), sec.stripe, sec.shopify, mmp.srv.URL, mmpAndroid.srv.URL, adnet.srv.URL, backend.srv.URL, sec.webhook)
+  - name: %s
+    type: webhook
+    endpoint: %q
+    secret: %q
+    match: {environments: [production], sources: [stripe, custom]}
+  - name: %s
+    type: webhook
+    endpoint: %q
+    secret: %q
+    match: {environments: [production], sources: [shopify]}
+`, listen, filepath.Join(dir, "postback.db"), sec.admin, sec.apiKey, fakes.sourcesYAML(), sec.stripe, sec.shopify, mmp.srv.URL, mmpAndroid.srv.URL, adnet.srv.URL, backend.srv.URL, sec.webhook,
+		demoDeadDest, crm.srv.URL, sec.webhook, demoHeldDest, partner.srv.URL, sec.webhook)
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		return nil, fmt.Errorf("demo config: %w", err)
@@ -207,7 +274,8 @@ destinations:
 	sum := &DemoSummary{ConsoleURL: base, Token: sec.admin}
 	fmt.Fprintf(out, "Postback demo: gateway on %s, temporary database in %s\n", base, dir)
 	fmt.Fprintf(out, "Test keys: Apple PKI root %s, Google OIDC keys %s, fake Play API %s\n", fakes.rootPath, fakes.oidc.URL(), fakes.play.URL())
-	fmt.Fprintf(out, "Mock destinations: appsflyer-demo -> %s, appsflyer-android -> %s, tiktok-demo -> %s, my-backend -> %s\n\n", mmp.srv.URL, mmpAndroid.srv.URL, adnet.srv.URL, backend.srv.URL)
+	fmt.Fprintf(out, "Mock destinations: appsflyer-demo -> %s, appsflyer-android -> %s, tiktok-demo -> %s, my-backend -> %s\n", mmp.srv.URL, mmpAndroid.srv.URL, adnet.srv.URL, backend.srv.URL)
+	fmt.Fprintf(out, "Failing on purpose: %s -> %s (HTTP 422: dead letters), %s -> %s (HTTP 401: held)\n\n", demoDeadDest, crm.srv.URL, demoHeldDest, partner.srv.URL)
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	enriched := func(id string) error { return demoEnriched(ctx, g.Store, id) }
@@ -235,8 +303,14 @@ destinations:
 		if err != nil {
 			return nil, err
 		}
-		sum.Unfinished = len(pending)
-		if len(pending) == 0 || time.Now().After(deadline) {
+		held := 0
+		for _, d := range pending {
+			if d.Destination == demoHeldDest {
+				held++
+			}
+		}
+		sum.Unfinished = len(pending) - held
+		if sum.Unfinished == 0 || time.Now().After(deadline) {
 			break
 		}
 		select {
@@ -260,26 +334,66 @@ destinations:
 	for _, m := range []struct {
 		name, typ string
 		mock      *mock
-	}{{"appsflyer-demo", "appsflyer", mmp}, {"appsflyer-android", "appsflyer", mmpAndroid}, {"tiktok-demo", "tiktok", adnet}, {"my-backend", "webhook", backend}} {
+	}{{"appsflyer-demo", "appsflyer", mmp}, {"appsflyer-android", "appsflyer", mmpAndroid}, {"tiktok-demo", "tiktok", adnet}, {"my-backend", "webhook", backend},
+		{demoDeadDest, "webhook", crm}, {demoHeldDest, "webhook", partner}} {
 		d := DemoDestination{Name: m.name, Type: m.typ, Requests: m.mock.requests(), States: map[string]int{}}
 		for _, dl := range all {
 			if dl.Destination != m.name {
 				continue
 			}
 			d.States[dl.State]++
-			if dl.State == store.StateSkipped || dl.State == store.StateDead {
-				d.Reasons = append(d.Reasons, dl.Reason)
+			if dl.State == store.StateSkipped || dl.State == store.StateDead || (dl.State == store.StateRetrying && dl.Reason != "") {
+				d.Reasons = append(d.Reasons, dl.State+": "+dl.Reason)
 			}
 		}
 		sort.Strings(d.Reasons)
 		sum.Destinations = append(sum.Destinations, d)
 	}
 	printSummary(out, sum)
+	// The dead letters stay for the console; the CRM "comes back" so that a
+	// replay of them succeeds.
+	crm.fail(0, "")
+	fmt.Fprintf(out, "%s now accepts again: replay its dead letters from the console (Dead letters) or the CLI.\n", demoDeadDest)
+	fmt.Fprintf(out, "%s stays held (its API key is refused): the console shows it paused; deliveries wait with their retry budget kept.\n", demoHeldDest)
 	if ready != nil {
 		ready(sum)
 	}
+	if o.traffic > 0 {
+		demoTraffic(ctx, client, base, sec, o.traffic, out)
+	}
 	<-ctx.Done()
 	return sum, nil
+}
+
+// demoTraffic sends a Stripe renewal and a custom purchase every period
+// until ctx ends, with fresh ids, as `postback send` builds them.
+func demoTraffic(ctx context.Context, c *http.Client, base string, sec demoSecretSet, every time.Duration, out io.Writer) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for n := 1; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		id := fmt.Sprintf("traffic_%d_%d", time.Now().Unix(), n)
+		p := sampleParams{id: id, user: fmt.Sprintf("demo-traffic-%d", n%7), now: time.Now()}
+		p.secret = sec.stripe
+		renewal := sampleBuilders["stripe"]["invoice.paid"](p)
+		p.secret = sec.apiKey
+		purchase := sampleBuilders["custom"]["purchase"](p)
+		for _, s := range []sample{renewal, purchase} {
+			err := demoPost(ctx, c, base+s.path, s.body, s.headers)
+			if ctx.Err() != nil {
+				return
+			}
+			status := "accepted"
+			if err != nil {
+				status = err.Error()
+			}
+			fmt.Fprintf(out, "traffic  %-6s %s %s\n", strings.TrimPrefix(s.path, "/webhooks/"), s.id, status)
+		}
+	}
 }
 
 type demoSecretSet struct{ admin, apiKey, stripe, shopify, webhook string }

@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestDemo(t *testing.T) {
@@ -17,7 +19,18 @@ func TestDemo(t *testing.T) {
 	defer cancel()
 	var out bytes.Buffer
 	var liveEvents int
+	var replayed string
 	sum, err := runDemo(ctx, &out, io.Discard, "127.0.0.1:0", func(s *DemoSummary) {
+		// The failing destination's dead letters replay once it is healed.
+		env := map[string]string{"POSTBACK_ADMIN_TOKEN": s.Token, "POSTBACK_ADDR": s.ConsoleURL}
+		if code, out, errOut := runWithEnv(env, "replay", "--destination", demoDeadDest, "--poll", "20ms"); code != 0 {
+			t.Errorf("replay: exit %d %s %s", code, out, errOut)
+		}
+		admWait(t, "replayed deliveries delivered", func() bool {
+			_, out, _ := runWithEnv(env, "deliveries", "--destination", demoDeadDest, "--state", "delivered", "--json")
+			return strings.Count(out, `"key"`) == 5
+		})
+		_, replayed, _ = runWithEnv(env, "deliveries", "--destination", demoDeadDest, "--json")
 		// While the demo waits for Ctrl-C its admin API answers.
 		req, _ := http.NewRequest(http.MethodGet, s.ConsoleURL+"/admin/api/events", nil)
 		req.Header.Set("Authorization", "Bearer "+s.Token)
@@ -78,14 +91,37 @@ func TestDemo(t *testing.T) {
 	for _, d := range sum.Destinations {
 		byName[d.Name] = d
 	}
-	if len(byName) != 4 {
+	if len(byName) != 6 {
 		t.Fatalf("destinations %+v", sum.Destinations)
 	}
 	for _, d := range sum.Destinations {
+		if d.Name == demoDeadDest || d.Name == demoHeldDest {
+			continue
+		}
 		if d.States["dead"] != 0 || d.States["pending"]+d.States["retrying"]+d.States["waiting"] != 0 {
 			t.Errorf("%s: states %v, want every delivery final and none dead", d.Name, d.States)
 		}
 	}
+
+	t.Run("a failing destination: dead letters, replay; a held one", func(t *testing.T) {
+		crm := byName[demoDeadDest]
+		// Stripe's 4 events and the custom purchase.
+		if crm.States["dead"] != 5 || len(crm.Reasons) != 5 || !strings.Contains(crm.Reasons[0], "dead: ") {
+			t.Errorf("%s: states %v, reasons %q; want 5 dead letters", demoDeadDest, crm.States, crm.Reasons)
+		}
+		if strings.Count(replayed, `"state": "delivered"`) != 5 {
+			t.Errorf("after the replay:\n%s", replayed)
+		}
+		held := byName[demoHeldDest]
+		if held.States["delivered"] != 0 || held.States["pending"]+held.States["retrying"] != 3 || len(held.Requests) == 0 {
+			t.Errorf("%s: states %v, %d requests; want 3 held", demoHeldDest, held.States, len(held.Requests))
+		}
+		for _, s := range []string{"Failing on purpose: crm-webhook", "crm-webhook (webhook) received 5 requests", "dead: ", "partner-api stays held"} {
+			if !strings.Contains(out.String(), s) {
+				t.Errorf("printed summary lacks %q", s)
+			}
+		}
+	})
 
 	t.Run("my-backend receives every canonical event once", func(t *testing.T) {
 		d := byName["my-backend"]
@@ -217,4 +253,50 @@ func TestDemo(t *testing.T) {
 			t.Errorf("printed summary lacks %q:\n%s", s, out.String())
 		}
 	}
+}
+
+// Issue 16, item 13: --traffic keeps sending until the demo is stopped.
+func TestDemoTraffic(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out safeWriter
+	_, err := runDemoWith(ctx, &out, io.Discard, demoOptions{listen: "127.0.0.1:0", traffic: 100 * time.Millisecond}, func(s *DemoSummary) {
+		go func() {
+			admWait(t, "traffic", func() bool { return strings.Count(out.String(), "traffic  ") >= 6 })
+			cancel()
+		}()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := 0
+	for _, l := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(l, "traffic  ") {
+			lines++
+			if !strings.HasSuffix(l, " accepted") {
+				t.Errorf("traffic line %q", l)
+			}
+		}
+	}
+	if lines < 6 {
+		t.Errorf("%d traffic lines", lines)
+	}
+}
+
+// safeWriter is a bytes.Buffer for one writer and concurrent readers.
+type safeWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *safeWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *safeWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

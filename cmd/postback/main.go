@@ -1,10 +1,13 @@
 // Command postback is the store-notification webhook gateway.
 //
-//	postback [serve] [--config PATH]     run the gateway (default)
-//	postback check-config [--config PATH]
-//	postback version
+//	postback serve [--config PATH]       run the gateway
+//	postback check-config [--strict] [--config PATH]
+//	postback version | --version
+//	postback help [COMMAND]
 //
-// plus the admin clients and tools listed by `postback help`.
+// plus the admin clients and tools listed by `postback help`. With no
+// arguments it prints the command list and exits 2: it never starts a
+// server unless told `serve`.
 package main
 
 import (
@@ -18,6 +21,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/postback/postback/config"
@@ -30,6 +34,8 @@ import (
 type Env struct {
 	Stdout, Stderr io.Writer
 	Getenv         func(string) (string, bool)
+	// token is --token of the admin clients (else POSTBACK_ADMIN_TOKEN).
+	token string
 }
 
 // command runs one subcommand and returns the process exit code.
@@ -40,8 +46,8 @@ type command struct {
 
 // commands lists every subcommand: one line each.
 var commands = map[string]command{
-	"serve":        {cmdServe, "run the gateway (the default)"},
-	"check-config": {cmdCheckConfig, "validate config.yaml and print it with secrets redacted"},
+	"serve":        {cmdServe, "run the gateway"},
+	"check-config": {cmdCheckConfig, "validate config.yaml (every error, with its line) and print it with secrets redacted; --strict for production"},
 	"version":      {cmdVersion, "print version, commit and Go version"},
 	"reprocess":    {cmdReprocess, "re-map stored notifications after a mapping fix (admin API client)"},
 	"events":       {cmdEvents, "list events, or show one with its deliveries (admin API client)"},
@@ -54,6 +60,9 @@ var commands = map[string]command{
 	"migrate":      {cmdMigrate, "apply the PostgreSQL schema migrations (--dry-run lists them)"},
 	"store":        {cmdStore, "store copy --from FILE --to DSN: move a BoltDB installation to PostgreSQL (resumable); store check: consistency check; store compact: drop freed pages"},
 	"backup":       {cmdBackup, "write a checked, consistent copy of the BoltDB database while the gateway runs: backup --out FILE"},
+	"healthcheck":  {cmdHealthcheck, "exit 0 when the gateway at --addr is ready (GET /readyz): the Docker HEALTHCHECK"},
+	"requests":     {cmdRequests, "recent inbound webhook requests: accepted, ignored, rejected with their reason (admin API client)"},
+	"send":         {cmdSend, "sign and post a sample store notification to a running gateway: send stripe invoice.paid --to URL"},
 	"reconcile":    {cmdReconcile, "find Google Play refunds that RTDN missed (gateway stopped): reconcile google --since 72h"},
 }
 
@@ -66,21 +75,44 @@ func main() {
 
 // Main dispatches to a subcommand; it is main without the process.
 func Main(ctx context.Context, args []string, env *Env) int {
-	name := "serve"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		name, args = args[0], args[1:]
+	if len(args) == 0 {
+		// Never a server by surprise: `postback serve` runs one.
+		usage(env.Stderr)
+		return 2
 	}
-	if name == "help" || name == "-h" || name == "--help" {
+	name, args := args[0], args[1:]
+	switch name {
+	case "-h", "-help", "--help":
 		usage(env.Stdout)
+		return 0
+	case "-version", "--version":
+		return cmdVersion(ctx, env, nil)
+	case "help":
+		if len(args) == 0 {
+			usage(env.Stdout)
+			return 0
+		}
+		c, ok := commands[args[0]]
+		if !ok {
+			return unknownCommand(env, args[0])
+		}
+		// The command's own usage and flags, on stdout, exit 0.
+		henv := *env
+		henv.Stderr = env.Stdout
+		c.run(ctx, &henv, []string{"-h"})
 		return 0
 	}
 	c, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(env.Stderr, "postback: unknown command %q\n\n", name)
-		usage(env.Stderr)
-		return 2
+		return unknownCommand(env, name)
 	}
 	return c.run(ctx, env, args)
+}
+
+func unknownCommand(env *Env, name string) int {
+	fmt.Fprintf(env.Stderr, "postback: unknown command %q\n\n", name)
+	usage(env.Stderr)
+	return 2
 }
 
 func usage(w io.Writer) {
@@ -93,7 +125,7 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-14s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nRun 'postback <command> -h' for a command's flags.")
+	fmt.Fprintln(w, "\nflags:\n  -h, --help     this list\n  --version      same as 'postback version'\n\nRun 'postback help <command>' for a command's usage and flags.")
 }
 
 // configPath resolves --config, then POSTBACK_CONFIG, then ./config.yaml.
@@ -116,7 +148,20 @@ func loadConfig(env *Env, flagValue string) (*config.Config, error) {
 func newFlags(name string, env *Env) *flag.FlagSet {
 	fs := flag.NewFlagSet("postback "+name, flag.ContinueOnError)
 	fs.SetOutput(env.Stderr)
+	// One usage format for every command; commands with positional
+	// arguments replace the first line with theirs.
+	fs.Usage = func() { flagUsage(fs, "usage: postback "+name+" [flags]") }
 	return fs
+}
+
+// flagUsage prints "usage: ..." lines, then the flags.
+func flagUsage(fs *flag.FlagSet, lines ...string) {
+	w := fs.Output()
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
+	fmt.Fprintln(w, "\nflags:")
+	fs.PrintDefaults()
 }
 
 func cmdServe(ctx context.Context, env *Env, args []string) int {
@@ -131,7 +176,7 @@ func cmdServe(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	log := server.NewLogger(env.Stderr, cfg.Log, cfg.Secrets())
-	g, err := server.New(cfg, server.Options{Logger: log})
+	g, err := server.New(cfg, server.Options{Logger: log, Version: version, Commit: buildCommit()})
 	if err != nil {
 		log.Error("start-up failed", "err", err)
 		return 1
@@ -146,19 +191,52 @@ func cmdServe(ctx context.Context, env *Env, args []string) int {
 func cmdCheckConfig(_ context.Context, env *Env, args []string) int {
 	fs := newFlags("check-config", env)
 	cfgPath := fs.String("config", "", "path to config.yaml")
+	strict := fs.Bool("strict", false, "also fail on placeholders from the example configuration, disabled destinations or sources, and an empty destination list")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := loadConfig(env, *cfgPath)
-	if err == nil {
-		_, err = server.BuildDestinations(cfg, nil, nil)
+	if fs.NArg() > 0 {
+		fmt.Fprintf(env.Stderr, "postback: unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return 2
 	}
-	if err == nil && cfg.Sources.Apple.Enabled {
-		// Parses the roots (fingerprint of the embedded one) and the .p8 key.
-		_, err = webhooks.NewApple(cfg.Sources.Apple, cfg.Storage.Retention.D(), webhooks.Deps{})
-	}
-	if err != nil {
+	path, allowDefault := configPath(env, *cfgPath)
+	cfg, err := config.LoadForCheck(path, env.Getenv, allowDefault)
+	if err != nil && (cfg == nil || !errors.Is(err, config.ErrInvalid)) {
 		fmt.Fprintln(env.Stderr, err)
+		return 1
+	}
+	// Every problem at once: the file's, the forwarders' and Apple's.
+	problems := config.Problems(err)
+	if _, err := server.BuildDestinations(cfg, nil, nil); err != nil {
+		problems = append(problems, strings.Split(cfg.AnnotateLines(err.Error()), "\n")...)
+	}
+	if cfg.Sources.Apple.Enabled {
+		// Parses the roots (fingerprint of the embedded one) and the .p8 key.
+		if _, err := webhooks.NewApple(cfg.Sources.Apple, cfg.Storage.Retention.D(), webhooks.Deps{}); err != nil {
+			problems = append(problems, cfg.AnnotateLines(err.Error()))
+		}
+	}
+	if *strict {
+		problems = append(problems, cfg.Placeholders()...)
+		for _, d := range cfg.Disabled {
+			problems = append(problems, "disabled: "+d)
+		}
+		enabled := 0
+		for _, d := range cfg.Destinations {
+			if d.Disabled == "" {
+				enabled++
+			}
+		}
+		if enabled == 0 {
+			problems = append(problems, fmt.Sprintf("destinations (line %d): no destination is enabled; events would be stored and sent nowhere", cfg.Line("destinations")))
+		}
+	}
+	if len(problems) > 0 {
+		fmt.Fprintf(env.Stderr, "%s: %d problem(s):\n", cfg.Path, len(problems))
+		for _, p := range problems {
+			fmt.Fprintln(env.Stderr, "  "+p)
+		}
 		return 1
 	}
 	out, err := cfg.Redacted()
@@ -180,7 +258,9 @@ var (
 	commit  = ""
 )
 
-func cmdVersion(_ context.Context, env *Env, _ []string) int {
+// buildCommit is -X main.commit, else the binary's VCS revision, else
+// "unknown".
+func buildCommit() string {
 	c := commit
 	if c == "" {
 		if bi, ok := debug.ReadBuildInfo(); ok {
@@ -194,6 +274,15 @@ func cmdVersion(_ context.Context, env *Env, _ []string) int {
 	if c == "" {
 		c = "unknown"
 	}
+	return c
+}
+
+func cmdVersion(_ context.Context, env *Env, args []string) int {
+	fs := newFlags("version", env)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	c := buildCommit()
 	fmt.Fprintf(env.Stdout, "postback %s (commit %s, %s %s/%s)\n", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return 0
 }

@@ -32,9 +32,9 @@ func cmdReconcile(ctx context.Context, env *Env, args []string) int {
 	wait := fs.Duration("wait", 2*time.Minute, "how long to wait for the Play API to enrich what was found")
 	asJSON := fs.Bool("json", false, "print JSON")
 	addr := fs.String("addr", "", "a running gateway's admin address (token from POSTBACK_ADMIN_TOKEN): reconcile through it instead of opening the database")
+	fs.StringVar(&env.token, "token", "", "admin token with --addr (default env POSTBACK_ADMIN_TOKEN)")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback reconcile google [--since 72h] [--until TIME] [--addr http://127.0.0.1:8080 | --config PATH] [--json]")
-		fs.PrintDefaults()
+		flagUsage(fs, "usage: postback reconcile google [--since 72h] [--until TIME] [--addr http://127.0.0.1:8080 | --config PATH] [--json]")
 	}
 	if len(args) == 0 || args[0] != "google" {
 		fs.Usage()

@@ -19,6 +19,7 @@ import (
 // applies them at start-up, under the same advisory lock).
 func cmdMigrate(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("migrate", env)
+	fs.Usage = func() { flagUsage(fs, "usage: postback migrate [--dry-run] [--config PATH | --dsn DSN]") }
 	cfgPath := fs.String("config", "", "path to config.yaml (its storage.dsn is the database)")
 	dsn := fs.String("dsn", "", "PostgreSQL DSN instead of storage.dsn (env DATABASE_URL works through ${DATABASE_URL} in config.yaml)")
 	dryRun := fs.Bool("dry-run", false, "list the migrations and whether each is applied; change nothing")
@@ -63,7 +64,7 @@ func cmdMigrate(ctx context.Context, env *Env, args []string) int {
 	return 0
 }
 
-// cmdStore runs the store subcommands: copy.
+// cmdStore runs the store subcommands: copy, check, compact.
 func cmdStore(ctx context.Context, env *Env, args []string) int {
 	if len(args) > 0 && args[0] == "check" {
 		return storeCheck(ctx, env, args[1:])
@@ -71,14 +72,17 @@ func cmdStore(ctx context.Context, env *Env, args []string) int {
 	if len(args) > 0 && args[0] == "compact" {
 		return storeCompact(env, args[1:])
 	}
-	if len(args) == 0 || args[0] != "copy" {
-		fmt.Fprintln(env.Stderr, "usage: postback store copy --from ./data/postback.db --to postgres://...\n       postback store check [--file ./data/postback.db]\n       postback store compact [--file ./data/postback.db] [--keep-old]")
-		return 2
-	}
 	fs := newFlags("store copy", env)
+	fs.Usage = func() {
+		flagUsage(fs, "usage: postback store copy --from ./data/postback.db --to postgres://...\n       postback store check [--file ./data/postback.db]\n       postback store compact [--file ./data/postback.db] [--keep-old]")
+	}
 	from := fs.String("from", "", "the BoltDB file to copy (stop the gateway that uses it first)")
 	to := fs.String("to", "", "the PostgreSQL DSN to copy into (default storage.dsn of --config)")
 	cfgPath := fs.String("config", "", "path to config.yaml (for the default --to)")
+	if len(args) == 0 || args[0] != "copy" {
+		fs.Usage()
+		return 2
+	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -139,6 +143,7 @@ func cmdStore(ctx context.Context, env *Env, args []string) int {
 // a file no gateway holds.
 func cmdBackup(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("backup", env)
+	fs.Usage = func() { flagUsage(fs, "usage: postback backup --out FILE [--addr URL] [--db FILE]") }
 	addr, _ := clientFlags(fs, env)
 	out := fs.String("out", "", "file to write the copy to (required)")
 	dbPath := fs.String("db", "", "copy this BoltDB file directly instead of asking the running gateway (stop the gateway first)")
@@ -233,6 +238,7 @@ func (c *adminClient) download(ctx context.Context, path string, w io.Writer) (i
 // the running gateway's store through the admin API.
 func storeCheck(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("store check", env)
+	fs.Usage = func() { flagUsage(fs, "usage: postback store check [--file FILE] [--addr URL]") }
 	addr, asJSON := clientFlags(fs, env)
 	file := fs.String("file", "", "check this BoltDB file directly (stop the gateway that uses it first)")
 	if err := fs.Parse(args); err != nil {
@@ -281,6 +287,7 @@ func storeCheck(ctx context.Context, env *Env, args []string) int {
 // hold erased bytes); the gateway must be stopped.
 func storeCompact(env *Env, args []string) int {
 	fs := newFlags("store compact", env)
+	fs.Usage = func() { flagUsage(fs, "usage: postback store compact [--file FILE] [--keep-old]") }
 	file := fs.String("file", "", "the BoltDB file (default storage.path of --config)")
 	cfgPath := fs.String("config", "", "path to config.yaml")
 	keep := fs.Bool("keep-old", false, "keep the old file as FILE.before-compact (it still holds the erased bytes)")

@@ -196,7 +196,7 @@ destinations: []
 	if err := os.WriteFile(cfg, []byte(strings.Replace(y, `, dsn: "postgres://postback:secret-pw@127.0.0.1:1/postback?sslmode=disable&connect_timeout=2"`, "", 1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errOut := runWithEnv(nil, "serve", "--config", cfg); code != 1 || !strings.Contains(errOut, "storage.dsn: is required") {
+	if code, _, errOut := runWithEnv(nil, "serve", "--config", cfg); code != 1 || !strings.Contains(errOut, "storage.dsn (line 2): is required") {
 		t.Fatalf("no dsn: exit %d, stderr:\n%s", code, errOut)
 	}
 }
