@@ -8,6 +8,15 @@
 // returns only after its commit is on disk: a caller may acknowledge the
 // source then, and a crash at any instant loses nothing acknowledged.
 //
+// Ingest maps outside the writer: against a read snapshot, recording the
+// bytes of every subscription state the mapping read, and encodes every
+// record. The writer then checks for a duplicate, re-checks that those
+// states are unchanged, and stores the encoded records; if a state changed
+// (another notification of the subscription committed in between), the
+// notification is mapped again, and after three conflicts in a row it is
+// mapped inside the writer. Two notifications of one subscription thus
+// apply one after the other, and the writer does little besides commit.
+//
 // Caveats a user of this package must know:
 //   - Only one process may open the file; a second gets ErrLocked after
 //     Options.OpenTimeout instead of hanging.
