@@ -71,6 +71,12 @@ type Reader interface {
 	Deliveries(f DeliveryFilter) ([]Delivery, error)
 	Stats(since, until time.Time, bucket time.Duration) (Stats, error)
 	DeadCounts() (map[string]int, error)
+	// DeliveryLog lists deliveries joined with their events, newest event
+	// first, with the total of matching deliveries (see LogFilter).
+	DeliveryLog(f LogFilter) (LogPage, error)
+	// DeadGroups counts dead deliveries per destination and reason, with
+	// a sample delivery per group; destination, when set, narrows them.
+	DeadGroups(destination string) ([]DeadGroup, error)
 }
 
 // Operator is what the admin API changes: replays and reprocessing.
