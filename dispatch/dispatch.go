@@ -286,6 +286,7 @@ type worker struct {
 	inflight    sync.WaitGroup
 	sharedAt    time.Time          // last read of the shared health
 	saved       store.SharedHealth // last shared health written or read
+	held        heldState          // why and since when work is held (held.go)
 }
 
 func (w *worker) loop(ctx context.Context) {
@@ -610,7 +611,9 @@ func (w *worker) health(results []forwarders.Result, now time.Time) {
 			w.lastError, w.lastErrorAt = r.Err.Error(), now
 		}
 		w.stats.add(now, r.Outcome == forwarders.Delivered || r.Outcome == forwarders.Duplicate)
+		w.held.answer(r)
 	}
+	defer w.held.note(w, now)
 	if paused != w.paused {
 		w.paused = paused
 		v := 0.0
@@ -673,6 +676,9 @@ type Health struct {
 	Success5m   Rate      `json:"success_5m"`
 	Success1h   Rate      `json:"success_1h"`
 	InFlight    int       `json:"in_flight"`
+	// Held is set while the destination's work waits on it (paused or
+	// circuit open): why, since when, the next probe and the last answer.
+	Held *Held `json:"held,omitempty"`
 }
 
 // Health returns every destination's state, in configuration order.
@@ -693,6 +699,7 @@ func (d *Dispatcher) Health() []Health {
 		if h.Circuit == "" {
 			h.Circuit = "closed"
 		}
+		w.held.fill(&h, w)
 		w.mu.Unlock()
 		out = append(out, h)
 	}

@@ -84,6 +84,9 @@ type Operator interface {
 	Replay(ctx context.Context, key string) (Delivery, error)
 	ReplayMatching(ctx context.Context, f DeliveryFilter, perSecond float64, dryRun bool, progress func(done, total int)) (int, error)
 	Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult, error)
+	// Expedite makes a destination's pending and retrying deliveries due
+	// at now (after an operator resumes it) and returns how many moved.
+	Expedite(ctx context.Context, dest string, now time.Time) (int, error)
 }
 
 // Users is the identity store and privacy deletion.

@@ -1,8 +1,10 @@
 package storetest
 
 import (
+	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -179,3 +181,53 @@ var _ = register("DeadGroups", func(t *testing.T, b Backend) {
 		t.Errorf("groups of an unknown destination: %+v, %v", gs, err)
 	}
 })
+
+var _ = register("Expedite", func(t *testing.T, b Backend) {
+	e := Open(t, b, nil)
+	e.MustIngest(t, Note("evt_x1", Facts("x1")))
+	e.MustIngest(t, Note("evt_x2", Facts("x2")))
+	k := func(f, dest string) string { return FactID(f) + "|" + dest }
+	later := e.Clock.Now().Add(time.Hour)
+	e.MustComplete(t,
+		store.Completion{Key: k("x1", "af"), State: store.StateRetrying, NextAt: later, KeepBudget: true, Reason: "auth", Attempt: &store.Attempt{Outcome: "pause", Status: 401}},
+		store.Completion{Key: k("x2", "af"), State: store.StateRetrying, NextAt: later, Reason: "http_503", Attempt: &store.Attempt{Outcome: "retry", Status: 503}},
+		store.Completion{Key: k("x1", "hook"), State: store.StateWaiting, NextAt: later, WaitUntil: later, Reason: "waiting for idfa"},
+		store.Completion{Key: k("x2", "hook"), State: store.StateDead, Reason: "http_400"},
+	)
+	e.Clock.Add(time.Minute)
+	now := e.Clock.Now()
+	if got := e.DueKeys(t, "af", now); len(got) != 0 {
+		t.Fatalf("due before expedite: %v", got)
+	}
+	ctx := context.Background()
+	if n, err := e.Expedite(ctx, "af", now); err != nil || n != 2 {
+		t.Fatalf("expedite af = %d, %v; want 2", n, err)
+	}
+	if got := e.DueKeys(t, "af", now); !sameKeys(got, []string{k("x1", "af"), k("x2", "af")}) {
+		t.Errorf("due after expedite: %v", got)
+	}
+	d, err := e.Delivery(k("x1", "af"))
+	if err != nil || d.State != store.StateRetrying || !d.NextAt().Equal(now.Truncate(time.Millisecond)) || d.Attempts != 1 {
+		t.Errorf("expedited delivery %+v, %v", d, err)
+	}
+	// Waiting and final deliveries keep their state and time.
+	if n, err := e.Expedite(ctx, "hook", now); err != nil || n != 0 {
+		t.Errorf("expedite hook = %d, %v; want 0", n, err)
+	}
+	if d, err := e.Delivery(k("x1", "hook")); err != nil || d.State != store.StateWaiting || !d.NextAt().Equal(later) {
+		t.Errorf("waiting delivery %+v, %v", d, err)
+	}
+	if n, err := e.Expedite(ctx, "af", now); err != nil || n != 0 {
+		t.Errorf("second expedite = %d, %v; want 0", n, err)
+	}
+	if n, err := e.Expedite(ctx, "none", now); err != nil || n != 0 {
+		t.Errorf("expedite of an unknown destination = %d, %v", n, err)
+	}
+})
+
+func sameKeys(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
