@@ -71,6 +71,9 @@ type Options struct {
 	BreakerFailures    int           // default 5
 	BreakerCooldown    time.Duration // default 30s
 	BreakerMaxCooldown time.Duration // the doubling stops here; default 1m
+	// Mask, when set, masks the configuration's secrets in the request and
+	// response an attempt logs (forwarders mask what they know already).
+	Mask func(string) string
 }
 
 func (o *Options) defaults() {
@@ -531,6 +534,10 @@ func (w *worker) identityWait(d store.Due, missing string, now time.Time) store.
 func (w *worker) outcome(d store.Due, r forwarders.Result, latency time.Duration, now time.Time) store.Completion {
 	o := &w.d.opts
 	att := &store.Attempt{At: now, Outcome: string(r.Outcome), Status: r.Status, Latency: latency, Request: r.Request, Response: r.Response}
+	att.Replay = !d.Delivery.ReplayedAt.IsZero()
+	if o.Mask != nil {
+		att.Request, att.Response = o.Mask(att.Request), o.Mask(att.Response)
+	}
 	if r.Err != nil {
 		att.Error = r.Err.Error()
 	}

@@ -38,6 +38,9 @@ type Options struct {
 	Listener net.Listener
 	// AdminListener likewise replaces admin.listen.
 	AdminListener net.Listener
+	// ConsoleLive is how often the console's live pages reload (console
+	// Options.Live); zero for its default.
+	ConsoleLive time.Duration
 	// Dispatch overrides engine tuning (tests shorten backoff).
 	Dispatch dispatch.Options
 	// Client is the HTTP client forwarders use; default one per destination
@@ -189,6 +192,9 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	}
 	do := opts.Dispatch
 	do.Now, do.Logger, do.Metrics = opts.Now, opts.Logger, g.Metrics
+	if secrets := cfg.Secrets(); do.Mask == nil {
+		do.Mask = func(s string) string { return config.MaskText(s, secrets) }
+	}
 	if do.Poll == 0 {
 		do.Poll = cfg.Dispatch.PollInterval.D()
 	}

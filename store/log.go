@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"sort"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -31,6 +32,8 @@ type LogFilter struct {
 	Source      string
 	// Since and Until bound the event's received time (inclusive).
 	Since, Until time.Time
+	// Reason is a substring of the delivery's reason or last error.
+	Reason string
 	// Search matches an event id, transaction id, original transaction id
 	// (the subscription id), Google purchase token or app user id exactly.
 	Search string
@@ -106,6 +109,9 @@ func (f *LogFilter) MatchEvent(e *mapping.Event) bool {
 // fields.
 func (f *LogFilter) MatchDelivery(d *Delivery) bool {
 	if f.Destination != "" && d.Destination != f.Destination {
+		return false
+	}
+	if f.Reason != "" && !strings.Contains(d.Reason+" "+d.LastError, f.Reason) {
 		return false
 	}
 	if len(f.States) == 0 {
@@ -234,4 +240,34 @@ func SortDeadGroups(groups map[[2]string]*DeadGroup) []DeadGroup {
 		return a.Reason < b.Reason
 	})
 	return out
+}
+
+// Replay offers, as ReplayOffer returns them.
+const (
+	OfferReplay  = "replay"  // dead, or skipped for a reason that may have changed
+	OfferConfirm = "confirm" // delivered: a destination without dedupe counts it twice
+	OfferNone    = "none"    // queued already, or a replay can only be skipped again
+)
+
+// neverAgain are skip reasons a replay cannot change: time only makes an
+// event older, and the event's own content does not change.
+var neverAgain = []string{"too_old", "out_of_order", "missing revenue", "missing product_id", "missing os", "unknown_platform", "device_opted_out", "revenue_overflow"}
+
+// ReplayOffer says whether a delivery may be replayed: OfferReplay,
+// OfferConfirm (only after the operator confirms) or OfferNone with why.
+func ReplayOffer(d *Delivery) (offer, why string) {
+	switch d.State {
+	case StateDead:
+		return OfferReplay, ""
+	case StateDelivered:
+		return OfferConfirm, "already delivered: a destination without deduplication counts it twice"
+	case StateSkipped:
+		for _, r := range neverAgain {
+			if len(d.Reason) >= len(r) && d.Reason[:len(r)] == r {
+				return OfferNone, "a replay would be skipped again (" + r + ")"
+			}
+		}
+		return OfferReplay, ""
+	}
+	return OfferNone, "queued already"
 }

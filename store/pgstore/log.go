@@ -12,7 +12,8 @@ import (
 
 // logWhere is the deliveries log's filter over deliveries d joined with
 // events e. Parameters: $1 destination, $2 states, $3 held wanted, $4 held
-// destinations, $5 type, $6 source, $7 since, $8 until, $9 search. The
+// destinations, $5 type, $6 source, $7 since, $8 until, $9 search, $10
+// reason. The
 // search uses the indexed columns first; transaction ids and purchase
 // tokens live only in the event document.
 const logWhere = `
@@ -25,7 +26,8 @@ const logWhere = `
 	  AND ($9 = '' OR e.id = $9 OR e.app_user_id = $9 OR e.subscription_id = $9
 	       OR (strpos(convert_from(e.doc, 'UTF8'), $9) > 0
 	           AND (convert_from(e.doc, 'UTF8')::jsonb ->> 'transaction_id' = $9
-	                OR convert_from(e.doc, 'UTF8')::jsonb -> 'attributes' ->> 'purchase_token' = $9)))`
+	                OR convert_from(e.doc, 'UTF8')::jsonb -> 'attributes' ->> 'purchase_token' = $9)))
+	  AND ($10 = '' OR strpos(d.reason, $10) > 0)`
 
 // DeliveryLog lists deliveries for the log (see store.DB.DeliveryLog),
 // with the exact total.
@@ -49,7 +51,7 @@ func (db *DB) DeliveryLog(f store.LogFilter) (store.LogPage, error) {
 		u := f.Until.Truncate(time.Millisecond).Add(time.Millisecond)
 		until = &u
 	}
-	args := []any{f.Destination, states, held, heldDests, f.Type, f.Source, optTime(f.Since.Truncate(time.Millisecond)), until, f.Search}
+	args := []any{f.Destination, states, held, heldDests, f.Type, f.Source, optTime(f.Since.Truncate(time.Millisecond)), until, f.Search, f.Reason}
 	ctx := context.Background()
 	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM deliveries d JOIN events e ON e.id = d.event_id`+logWhere, args...).Scan(&p.Total); err != nil {
 		return p, err
@@ -59,7 +61,7 @@ func (db *DB) DeliveryLog(f store.LogFilter) (store.LogPage, error) {
 	}
 	rows, err := db.pool.Query(ctx, `SELECT d.doc, e.doc FROM deliveries d JOIN events e ON e.id = d.event_id`+logWhere+`
 		ORDER BY e.received_at DESC, e.id DESC, d.destination
-		OFFSET $10 LIMIT $11`, append(args, f.Offset, f.Limit)...)
+		OFFSET $11 LIMIT $12`, append(args, f.Offset, f.Limit)...)
 	if err != nil {
 		return p, err
 	}

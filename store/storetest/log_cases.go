@@ -102,6 +102,8 @@ var _ = register("DeliveryLog", func(t *testing.T, b Backend) {
 		{"search original transaction id", store.LogFilter{Search: "s0"}, []string{k("l0", "af"), k("l0", "hook")}, 2},
 		{"search purchase token", store.LogFilter{Search: "tok-l4", Destination: "af"}, []string{k("l4", "af")}, 1},
 		{"search user", store.LogFilter{Search: "u1", States: []string{store.StateDead}}, []string{k("l1", "hook")}, 1},
+		{"reason", store.LogFilter{Reason: "http_400"}, []string{k("l1", "hook"), k("l0", "af")}, 2},
+		{"reason in the last error", store.LogFilter{Reason: "no such app"}, []string{k("l1", "hook")}, 1},
 		{"search is exact", store.LogFilter{Search: "txn-l"}, nil, 0},
 	}
 	for _, tt := range tests {
