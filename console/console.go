@@ -80,11 +80,11 @@ type ReplayJob struct {
 	Outcome   map[string]int `json:"outcome,omitempty"`
 	// HeldBack counts delivered deliveries left out for want of a
 	// confirmation; Excluded those no replay is offered for.
-	HeldBack int `json:"delivered_needing_confirmation,omitempty"`
-	Excluded int `json:"not_replayable,omitempty"`
-	Error     string         `json:"error,omitempty"`
-	Started   time.Time      `json:"started"`
-	Filter    string         `json:"filter,omitempty"`
+	HeldBack int       `json:"delivered_needing_confirmation,omitempty"`
+	Excluded int       `json:"not_replayable,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Started  time.Time `json:"started"`
+	Filter   string    `json:"filter,omitempty"`
 }
 
 // DeadGroup is a dead-letter group with its sample's last request and
