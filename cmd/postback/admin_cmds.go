@@ -272,9 +272,9 @@ type apiJob struct {
 	Finished  bool           `json:"finished"`
 	Following bool           `json:"following,omitempty"`
 	Outcome   map[string]int `json:"outcome,omitempty"`
-	Error    string    `json:"error,omitempty"`
-	Started  time.Time `json:"started"`
-	Filter   string    `json:"filter,omitempty"`
+	Error     string         `json:"error,omitempty"`
+	Started   time.Time      `json:"started"`
+	Filter    string         `json:"filter,omitempty"`
 }
 
 func cmdReplay(ctx context.Context, env *Env, args []string) int {
