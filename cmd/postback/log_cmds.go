@@ -72,7 +72,10 @@ func cmdDeliveries(ctx context.Context, env *Env, args []string) int {
 	setQuery(q, map[string]string{"state": *state, "destination": *dest, "type": *typ, "source": *source, "q": *search,
 		"reason": *reason, "since": *since, "until": *until, "offset": strconv.Itoa(*offset), "limit": strconv.Itoa(*limit), "format": *export})
 	if *export != "" {
-		return exitErr(env, c.raw(ctx, "/admin/api/log", q, env.Stdout))
+		if err := c.raw(ctx, "/admin/api/log", q, env.Stdout); err != nil {
+			return exitErr(env, err)
+		}
+		return 0
 	}
 	var p apiLogPage
 	if err := c.do(ctx, http.MethodGet, "/admin/api/log", q, nil, &p); err != nil {
