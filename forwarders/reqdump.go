@@ -35,8 +35,6 @@ func secretName(name string) bool {
 // shows. It reads the body through req.GetBody and leaves req untouched.
 func DumpRequest(req *http.Request, summary string, secrets ...string) string {
 	var b strings.Builder
-	b.WriteString(summary)
-	b.WriteString("\n\n")
 	u := *req.URL
 	u.User = nil
 	if q := u.Query(); len(q) > 0 {
@@ -47,7 +45,11 @@ func DumpRequest(req *http.Request, summary string, secrets ...string) string {
 		}
 		u.RawQuery = q.Encode()
 	}
-	b.WriteString(req.Method + " " + u.String() + "\n")
+	line := req.Method + " " + u.String()
+	if summary != "" && summary != line {
+		b.WriteString(summary + "\n\n")
+	}
+	b.WriteString(line + "\n")
 	names := make([]string, 0, len(req.Header))
 	for k := range req.Header {
 		names = append(names, k)
