@@ -3,6 +3,7 @@ package console
 import (
 	"errors"
 	"fmt"
+	"html/template"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -34,8 +35,8 @@ type deliveriesData struct {
 	Names      []string
 	Held       []string
 	From, To   int
-	Prev, Next string
-	Export     string
+	Prev, Next template.URL
+	Export     template.URL
 	Error      string
 }
 
@@ -89,7 +90,7 @@ func contains(ss []string, s string) bool {
 }
 
 // withOffset returns the page's query with another offset.
-func withOffset(q url.Values, offset int) string {
+func withOffset(q url.Values, offset int) template.URL {
 	q2 := url.Values{}
 	for k, v := range q {
 		if k != "offset" && k != "live" {
@@ -99,7 +100,7 @@ func withOffset(q url.Values, offset int) string {
 	if offset > 0 {
 		q2.Set("offset", strconv.Itoa(offset))
 	}
-	return q2.Encode()
+	return template.URL(q2.Encode())
 }
 
 func (c *Console) deliveries(w http.ResponseWriter, r *http.Request, s *session) {

@@ -401,7 +401,7 @@ type deadData struct {
 	Page        store.LogPage
 	Groups      []DeadGroup
 	From, To    int
-	Prev, Next  string
+	Prev, Next  template.URL
 	Names       []string
 	Jobs        []ReplayJob
 	DryRun      *ReplayJob
