@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -132,22 +133,7 @@ func New(st Store, dests []Destination, opts Options) *Dispatcher {
 	opts.defaults()
 	d := &Dispatcher{store: st, opts: opts, workers: map[string]*worker{}}
 	for _, dest := range dests {
-		lim := dest.Forwarder.Limits()
-		if dest.BatchSize <= 0 || (lim.BatchSize > 0 && dest.BatchSize > lim.BatchSize) {
-			dest.BatchSize = lim.BatchSize
-		}
-		if dest.BatchSize <= 0 {
-			dest.BatchSize = 1
-		}
-		if dest.Concurrency <= 0 {
-			dest.Concurrency = 1
-		}
-		if dest.MaxAttempts <= 0 {
-			dest.MaxAttempts = 12
-		}
-		if lim.MaxAge > 0 && (dest.EventMaxAge == 0 || lim.MaxAge < dest.EventMaxAge) {
-			dest.EventMaxAge = lim.MaxAge
-		}
+		dest = prepare(dest)
 		perSecond := rate.Inf
 		if dest.PerSecond > 0 {
 			perSecond = rate.Limit(dest.PerSecond)
@@ -175,6 +161,27 @@ func New(st Store, dests []Destination, opts Options) *Dispatcher {
 		d.order = append(d.order, dest.Name)
 	}
 	return d
+}
+
+// prepare applies a destination's defaults and its forwarder's limits.
+func prepare(dest Destination) Destination {
+	lim := dest.Forwarder.Limits()
+	if dest.BatchSize <= 0 || (lim.BatchSize > 0 && dest.BatchSize > lim.BatchSize) {
+		dest.BatchSize = lim.BatchSize
+	}
+	if dest.BatchSize <= 0 {
+		dest.BatchSize = 1
+	}
+	if dest.Concurrency <= 0 {
+		dest.Concurrency = 1
+	}
+	if dest.MaxAttempts <= 0 {
+		dest.MaxAttempts = 12
+	}
+	if lim.MaxAge > 0 && (dest.EventMaxAge == 0 || lim.MaxAge < dest.EventMaxAge) {
+		dest.EventMaxAge = lim.MaxAge
+	}
+	return dest
 }
 
 // Run starts the workers and blocks until ctx ends and every delivery in
@@ -287,9 +294,10 @@ type worker struct {
 	lastErrorAt time.Time
 	stats       *window
 	inflight    sync.WaitGroup
-	sharedAt    time.Time          // last read of the shared health
-	saved       store.SharedHealth // last shared health written or read
-	held        heldState          // why and since when work is held (held.go)
+	sharedAt    time.Time                   // last read of the shared health
+	saved       store.SharedHealth          // last shared health written or read
+	held        heldState                   // why and since when work is held (held.go)
+	reload      atomic.Pointer[Destination] // a reloaded configuration, applied by the loop (reload.go)
 }
 
 func (w *worker) loop(ctx context.Context) {
@@ -320,6 +328,7 @@ func (w *worker) loop(ctx context.Context) {
 
 // pass claims and sends what is due; it returns how long to sleep.
 func (w *worker) pass(ctx context.Context) time.Duration {
+	w.applyReload()
 	o := &w.d.opts
 	now := o.Now()
 	if w.cluster != nil {
@@ -719,6 +728,8 @@ func (d *Dispatcher) Forwarder(name string) (forwarders.Forwarder, bool) {
 	if !ok {
 		return nil, false
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	return w.dest.Forwarder, true
 }
 
