@@ -310,6 +310,7 @@ destinations:
 	}
 	g, err := server.New(cfg, server.Options{
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: ln, Now: bg.now, ConsoleLive: live,
+		Reload: func() (*config.Config, error) { return config.Parse([]byte(y), func(string) (string, bool) { return "", false }) },
 		Dispatch: dispatch.Options{BackoffBase: time.Millisecond, Poll: 20 * time.Millisecond, BreakerFailures: 1000},
 	})
 	if err != nil {
@@ -592,6 +593,8 @@ func browseDeliveries(t *testing.T, c *cdp, bg *browserGateway) {
 		t.Error("held partner lacks since or next probe")
 	}
 	screenshot(t, c, "destinations-held.png")
+	click(t, c, "#reload")
+	waitJS(t, c, "configuration reloaded", `document.querySelector('.flash') !== null && document.querySelector('.flash').textContent.includes('Configuration reloaded. Applied to: backend, analytics, branch, partner.')`)
 	bg.partnerOK.Store(true)
 	click(t, c, "#dest-partner button.resume")
 	waitJS(t, c, "resumed", `document.querySelector('.flash') !== null && document.querySelector('.flash').textContent.includes('partner resumed')`)

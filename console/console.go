@@ -65,6 +65,9 @@ type Backend interface {
 	Resume(ctx context.Context, name string) (bool, error)
 	// Export writes every delivery matching f as csv or json.
 	Export(w http.ResponseWriter, f store.LogFilter, format string) error
+	// Reload reads the configuration file again and applies its
+	// destinations and their secrets; it returns a one-line summary.
+	Reload() (string, error)
 }
 
 // ReplayJob is the progress of a bulk replay. After queueing its
@@ -225,6 +228,7 @@ func New(b Backend, opts Options) (*Console, error) {
 	m.HandleFunc("GET "+Prefix+"/destinations", c.authed(c.destinations))
 	m.HandleFunc("POST "+Prefix+"/destinations/{name}/test", c.authed(c.testEvent))
 	m.HandleFunc("POST "+Prefix+"/destinations/{name}/resume", c.authed(c.resume))
+	m.HandleFunc("POST "+Prefix+"/reload", c.authed(c.reload))
 	m.HandleFunc("GET "+Prefix+"/deliveries", c.authed(c.deliveries))
 	m.HandleFunc("GET "+Prefix+"/deliveries/export", c.authed(c.export))
 	m.HandleFunc(Prefix+"/", c.authed(func(w http.ResponseWriter, r *http.Request, _ *session) {

@@ -239,6 +239,8 @@ func TestConsolePages(t *testing.T) {
 		{"resume unknown", "POST", "/admin/destinations/nowhere/resume", url.Values{"csrf": {csrf}}, 404, "There is no destination"},
 		{"replay delivered asks first", "POST", "/admin/replay", url.Values{"csrf": {csrf}, "key": {id[1] + "|backend"}}, 200, "counts it twice"},
 		{"live page reloads", "GET", "/admin/deliveries", nil, 200, `<meta http-equiv="refresh" content="10">`},
+		{"reload without a file", "POST", "/admin/reload", url.Values{"csrf": {csrf}}, 303, ""},
+		{"reload without csrf", "POST", "/admin/reload", url.Values{}, 403, "security token"},
 		{"live page paused", "GET", "/admin/deliveries?live=0", nil, 200, "Live updates paused"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

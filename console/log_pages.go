@@ -217,3 +217,14 @@ func (c *Console) chips(events []mapping.Event, held []string) (map[string][]chi
 type confirmData struct {
 	Key, Back, Why, Destination, EventID string
 }
+
+// reload reads the configuration again and applies its destinations.
+func (c *Console) reload(w http.ResponseWriter, r *http.Request, s *session) {
+	msg, err := c.b.Reload()
+	if err != nil {
+		c.setFlashBad(s, "Reload failed, the running configuration is kept: "+err.Error())
+	} else {
+		c.setFlash(s, "Configuration reloaded. "+msg)
+	}
+	http.Redirect(w, r, Prefix+"/destinations", http.StatusSeeOther)
+}

@@ -46,6 +46,7 @@ func (g *Gateway) mountAdmin() error {
 	api.GET("/destinations", a.destinations)
 	api.POST("/destinations/:name/test", a.testEvent)
 	api.POST("/destinations/:name/resume", a.resume)
+	api.POST("/reload", a.reloadConfig)
 	api.GET("/log", a.deliveryLog)
 	api.GET("/dead/groups", a.deadGroups)
 	api.Any("/*", func(c echo.Context) error {
@@ -957,4 +958,16 @@ func (b consoleBackend) Resume(ctx context.Context, name string) (bool, error) {
 
 func (b consoleBackend) Export(w http.ResponseWriter, f store.LogFilter, format string) error {
 	return ExportLog(w, b.a.g.Store, f, format)
+}
+
+func (b consoleBackend) Reload() (string, error) {
+	r, err := b.a.g.Reload()
+	if err != nil {
+		return "", errors.New(config.MaskText(err.Error(), *b.a.g.secrets.Load()))
+	}
+	msg := "Applied to: " + strings.Join(r.Applied, ", ") + "."
+	if len(r.Added)+len(r.Removed)+len(r.Restart) > 0 {
+		msg += " Needs a restart: " + strings.Join(append(append(append([]string(nil), r.Added...), r.Removed...), r.Restart...), ", ") + "."
+	}
+	return msg, nil
 }

@@ -41,6 +41,9 @@ type Options struct {
 	// ConsoleLive is how often the console's live pages reload (console
 	// Options.Live); zero for its default.
 	ConsoleLive time.Duration
+	// Reload, when set, reads the configuration again for a reload (SIGHUP
+	// or POST /admin/api/reload); without it the gateway cannot reload.
+	Reload func() (*config.Config, error)
 	// Dispatch overrides engine tuning (tests shorten backoff).
 	Dispatch dispatch.Options
 	// Client is the HTTP client forwarders use; default one per destination
@@ -74,6 +77,10 @@ type Gateway struct {
 	// throttle holds back addresses that keep failing authentication
 	// (admin token, console login, API keys).
 	throttle *webhooks.Throttle
+	// route and secrets are swapped by Reload (reload.go).
+	route   atomic.Pointer[func(e *mapping.Event) []string]
+	secrets atomic.Pointer[[]string]
+	reload  sync.Mutex // one reload at a time
 }
 
 // Route returns the destinations an event matches.
@@ -175,9 +182,13 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		return nil, err
 	}
 	g.dests = cfg.Destinations
+	route := Route(cfg.Destinations)
+	g.route.Store(&route)
+	secrets := cfg.Secrets()
+	g.secrets.Store(&secrets)
 	var disp *dispatch.Dispatcher
 	g.Store, err = OpenStore(context.Background(), cfg, store.Options{
-		Route:    Route(cfg.Destinations),
+		Route:    func(e *mapping.Event) []string { return (*g.route.Load())(e) },
 		OrderKey: OrderKeys(dests),
 		Now:      opts.Now,
 		Logger:   opts.Logger,
@@ -192,8 +203,8 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	}
 	do := opts.Dispatch
 	do.Now, do.Logger, do.Metrics = opts.Now, opts.Logger, g.Metrics
-	if secrets := cfg.Secrets(); do.Mask == nil {
-		do.Mask = func(s string) string { return config.MaskText(s, secrets) }
+	if do.Mask == nil {
+		do.Mask = func(s string) string { return config.MaskText(s, *g.secrets.Load()) }
 	}
 	if do.Poll == 0 {
 		do.Poll = cfg.Dispatch.PollInterval.D()
@@ -237,7 +248,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		g.Store.Close()
 		return nil, err
 	}
-	g.workers = append(g.workers, g.pruneLoop, g.checkLoop, g.erasureLoop)
+	g.workers = append(g.workers, g.pruneLoop, g.checkLoop, g.erasureLoop, g.reloadOnHangup)
 	for _, line := range cfg.Disabled {
 		g.Logger.Warn("disabled: " + line)
 	}

@@ -399,7 +399,7 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("destinations", env)
 	addr, asJSON := clientFlags(fs, env)
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback destinations [flags]              health and backlog of every destination\n       postback destinations [flags] test <name>  send a test event through the destination's validation path (exit 1 unless the vendor really tested and accepted it)\n       postback destinations [flags] resume <name>  end a pause or open circuit now and send the queued deliveries")
+		fmt.Fprintln(env.Stderr, "usage: postback destinations [flags]              health and backlog of every destination\n       postback destinations [flags] test <name>  send a test event through the destination's validation path (exit 1 unless the vendor really tested and accepted it)\n       postback destinations [flags] resume <name>  end a pause or open circuit now and send the queued deliveries\n       postback destinations [flags] reload  read the configuration file again and apply its destinations and their secrets (as SIGHUP does)")
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fs, args)
@@ -415,8 +415,10 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 		return testDestination(ctx, env, c, pos[1], *asJSON)
 	case len(pos) == 2 && pos[0] == "resume":
 		return resumeDestination(ctx, env, c, pos[1], *asJSON)
+	case len(pos) == 1 && pos[0] == "reload":
+		return reloadDestinations(ctx, env, c, *asJSON)
 	case len(pos) != 0:
-		return exitErr(env, usageError("usage: postback destinations [test <name> | resume <name>]"))
+		return exitErr(env, usageError("usage: postback destinations [test <name> | resume <name> | reload]"))
 	}
 	var out struct {
 		Destinations []struct {

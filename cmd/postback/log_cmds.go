@@ -288,3 +288,32 @@ func outcomeText(m map[string]int, prefix string) string {
 	}
 	return prefix + strings.Join(parts, ", ")
 }
+
+// reloadDestinations is `postback destinations reload`.
+func reloadDestinations(ctx context.Context, env *Env, c *adminClient, asJSON bool) int {
+	var out struct {
+		Applied   []string `json:"applied"`
+		Added     []string `json:"added,omitempty"`
+		Removed   []string `json:"removed,omitempty"`
+		Restart   []string `json:"restart_needed,omitempty"`
+		Unchanged string   `json:"unchanged"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/admin/api/reload", nil, nil, &out); err != nil {
+		return exitErr(env, err)
+	}
+	if asJSON {
+		printJSON(env.Stdout, out)
+		return 0
+	}
+	fmt.Fprintf(env.Stdout, "reloaded: %s\n", dash(strings.Join(out.Applied, ", ")))
+	for _, l := range []struct {
+		what  string
+		names []string
+	}{{"added, start after a restart", out.Added}, {"removed, still running until a restart", out.Removed}, {"concurrency or rate limit changed, applies after a restart", out.Restart}} {
+		if len(l.names) > 0 {
+			fmt.Fprintf(env.Stdout, "%s: %s\n", l.what, strings.Join(l.names, ", "))
+		}
+	}
+	fmt.Fprintf(env.Stdout, "not reloaded: %s\n", out.Unchanged)
+	return 0
+}

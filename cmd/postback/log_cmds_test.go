@@ -137,6 +137,7 @@ func TestDestinationsHeldGolden(t *testing.T) {
  {"name":"backend","type":"webhook","circuit":"closed","paused":false,"success_5m":{"ok":5,"total":5,"ratio":1},"success_1h":{"ok":50,"total":50,"ratio":1},"in_flight":0,"queue":{"depth":0,"waiting":0}}
 ]}`,
 		"POST /admin/api/destinations/appsflyer/resume": `{"destination":"appsflyer","was_held":true}`,
+		"POST /admin/api/reload":                        `{"applied":["appsflyer","backend"],"added":["meta"],"unchanged":"sources and their secrets, admin, server, storage and the destination list itself (adding, removing, concurrency, rate limits) need a restart"}`,
 	})
 	code, out, errOut := runCLI("destinations", "--addr", addr)
 	if code != 0 {
@@ -148,6 +149,11 @@ func TestDestinationsHeldGolden(t *testing.T) {
 		t.Fatalf("resume: exit %d: %s", code, errOut)
 	}
 	golden(t, "destinations-resume", out)
+	code, out, errOut = runCLI("destinations", "--addr", addr, "reload")
+	if code != 0 {
+		t.Fatalf("reload: exit %d: %s", code, errOut)
+	}
+	golden(t, "destinations-reload", out)
 	if code, _, _ := runCLI("destinations", "--addr", addr, "resume", "nowhere"); code != 5 {
 		t.Errorf("resume of an unknown destination: exit %d, want 5", code)
 	}

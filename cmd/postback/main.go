@@ -131,7 +131,8 @@ func cmdServe(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	log := server.NewLogger(env.Stderr, cfg.Log, cfg.Secrets())
-	g, err := server.New(cfg, server.Options{Logger: log})
+	// SIGHUP and POST /admin/api/reload read the same file again.
+	g, err := server.New(cfg, server.Options{Logger: log, Reload: func() (*config.Config, error) { return loadConfig(env, *cfgPath) }})
 	if err != nil {
 		log.Error("start-up failed", "err", err)
 		return 1
