@@ -310,7 +310,9 @@ destinations:
 	}
 	g, err := server.New(cfg, server.Options{
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: ln, Now: bg.now, ConsoleLive: live,
-		Reload: func() (*config.Config, error) { return config.Parse([]byte(y), func(string) (string, bool) { return "", false }) },
+		Reload: func() (*config.Config, error) {
+			return config.Parse([]byte(y), func(string) (string, bool) { return "", false })
+		},
 		Dispatch: dispatch.Options{BackoffBase: time.Millisecond, Poll: 20 * time.Millisecond, BreakerFailures: 1000},
 	})
 	if err != nil {

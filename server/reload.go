@@ -106,4 +106,3 @@ func (a *admin) reloadConfig(c echo.Context) error {
 	}
 	return c.JSON(http.StatusOK, r)
 }
-
