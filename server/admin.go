@@ -176,7 +176,11 @@ func (a *admin) listEvents(c echo.Context) error {
 	if p.Events == nil {
 		p.Events = []mapping.Event{}
 	}
-	return c.JSON(http.StatusOK, p)
+	st, err := a.eventStatuses(p.Events)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"events": p.Events, "next": p.Next, "deliveries": st})
 }
 
 // DeliveryView is a delivery with its attempt log.

@@ -237,3 +237,32 @@ func (a *admin) resume(c echo.Context) error {
 func (a *admin) resumeDest(ctx context.Context, name string) (bool, error) {
 	return a.g.Dispatcher.Resume(ctx, name)
 }
+
+// DeliveryStatus is one destination's state for an event in the events
+// list (held for pending or retrying work of a held destination).
+type DeliveryStatus struct {
+	Destination string `json:"destination"`
+	State       string `json:"state"`
+}
+
+// eventStatuses returns each listed event's delivery states.
+func (a *admin) eventStatuses(events []mapping.Event) (map[string][]DeliveryStatus, error) {
+	held := a.g.Dispatcher.HeldNames()
+	out := make(map[string][]DeliveryStatus, len(events))
+	for _, e := range events {
+		ds, err := a.g.Store.EventDeliveries(e.ID)
+		if err != nil {
+			return nil, err
+		}
+		st := []DeliveryStatus{}
+		for _, d := range ds {
+			s := d.State
+			if (s == store.StatePending || s == store.StateRetrying) && contains(held, d.Destination) {
+				s = store.StateHeld
+			}
+			st = append(st, DeliveryStatus{Destination: d.Destination, State: s})
+		}
+		out[e.ID] = st
+	}
+	return out, nil
+}

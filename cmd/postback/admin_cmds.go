@@ -161,8 +161,9 @@ func cmdEvents(ctx context.Context, env *Env, args []string) int {
 		"user": *user, "subscription": *sub, "since": *since, "until": *until, "cursor": *cursor})
 	q.Set("limit", strconv.Itoa(*limit))
 	var out struct {
-		Events []apiEvent `json:"events"`
-		Next   string     `json:"next,omitempty"`
+		Events     []apiEvent                 `json:"events"`
+		Next       string                     `json:"next,omitempty"`
+		Deliveries map[string][]apiDestStatus `json:"deliveries,omitempty"`
 	}
 	if err := c.do(ctx, http.MethodGet, "/admin/api/events", q, nil, &out); err != nil {
 		return exitErr(env, err)
@@ -172,14 +173,14 @@ func cmdEvents(ctx context.Context, env *Env, args []string) int {
 		return 0
 	}
 	tw := table(env.Stdout)
-	fmt.Fprintln(tw, "RECEIVED\tTYPE\tSOURCE\tENV\tAPP\tUSER\tSUBSCRIPTION\tREVENUE\tID")
+	fmt.Fprintln(tw, "RECEIVED\tTYPE\tSOURCE\tENV\tAPP\tUSER\tSUBSCRIPTION\tREVENUE\tDELIVERIES\tID")
 	for _, e := range out.Events {
 		t := e.Type
 		if e.Name != "" {
 			t += ":" + e.Name
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ts(e.ReceivedAt), t, e.Source, e.Environment, dash(e.AppID),
-			dash(e.User.AppUserID), dash(e.SubscriptionID), e.revenue(), e.ID)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ts(e.ReceivedAt), t, e.Source, e.Environment, dash(e.AppID),
+			dash(e.User.AppUserID), dash(e.SubscriptionID), e.revenue(), statusChips(out.Deliveries[e.ID]), e.ID)
 	}
 	tw.Flush()
 	if len(out.Events) == 0 {

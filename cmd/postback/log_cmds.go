@@ -317,3 +317,22 @@ func reloadDestinations(ctx context.Context, env *Env, c *adminClient, asJSON bo
 	fmt.Fprintf(env.Stdout, "not reloaded: %s\n", out.Unchanged)
 	return 0
 }
+
+// apiDestStatus is one destination's state for an event of the list.
+type apiDestStatus struct {
+	Destination string `json:"destination"`
+	State       string `json:"state"`
+}
+
+// statusChips renders an event's delivery states: "backend:delivered
+// mmp:held".
+func statusChips(ss []apiDestStatus) string {
+	if len(ss) == 0 {
+		return "-"
+	}
+	parts := make([]string, 0, len(ss))
+	for _, s := range ss {
+		parts = append(parts, s.Destination+":"+s.State)
+	}
+	return strings.Join(parts, " ")
+}

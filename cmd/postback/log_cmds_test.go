@@ -158,3 +158,15 @@ func TestDestinationsHeldGolden(t *testing.T) {
 		t.Errorf("resume of an unknown destination: exit %d, want 5", code)
 	}
 }
+
+func TestEventsStatusGolden(t *testing.T) {
+	addr, _ := newStandIn(t, map[string]string{"GET /admin/api/events": `{"events":[
+ {"id":"evt_b","type":"subscription_renewed","source":"apple","environment":"production","app_id":"com.example.app","user":{"app_user_id":"user-42"},"subscription_id":"2000000001","revenue":{"amount_micros":9990000,"currency":"USD"},"received_at":"2026-11-30T03:00:00Z"},
+ {"id":"evt_a","type":"trial_started","source":"stripe","environment":"sandbox","app_id":"com.example.app","user":{},"received_at":"2026-11-30T02:00:00Z"}
+],"next":"","deliveries":{"evt_b":[{"destination":"appsflyer","state":"held"},{"destination":"backend","state":"delivered"}],"evt_a":[]}}`})
+	code, out, errOut := runCLI("events", "--addr", addr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	golden(t, "events", out)
+}
