@@ -434,7 +434,7 @@ func (c *Console) showDead(w http.ResponseWriter, r *http.Request, s *session, v
 	if err != nil {
 		d.Error, status = err.Error(), http.StatusBadRequest
 	} else {
-		lf := store.LogFilter{States: []string{store.StateDead}, Destination: f.Destination, Reason: f.Reason, Since: f.Since, Until: f.Until,
+		lf := store.LogFilter{States: []string{store.StateDead}, Destination: f.Destination, Reason: strings.TrimPrefix(f.Reason, "="), Since: f.Since, Until: f.Until,
 			Offset: max(0, offset), Limit: 100}
 		if d.Page, err = c.b.DeliveryLog(lf); err != nil {
 			c.internal(w, r, err)

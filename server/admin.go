@@ -448,11 +448,20 @@ const defaultReplayRate = 50.0
 // no replay is offered for.
 func (a *admin) replaySelection(f store.DeliveryFilter, confirmDelivered bool) (keys []string, heldBack, excluded int, err error) {
 	f.Limit = 1 << 30
+	// reason=<text> matches a substring of the reason or last error;
+	// reason==<text> the reason exactly (a dead-letter group).
+	exact, isExact := strings.CutPrefix(f.Reason, "=")
+	if isExact {
+		f.Reason = exact
+	}
 	ds, err := a.g.Store.Deliveries(f)
 	if err != nil {
 		return nil, 0, 0, err
 	}
 	for i := range ds {
+		if isExact && ds[i].Reason != exact {
+			continue
+		}
 		switch offer, _ := store.ReplayOffer(&ds[i]); offer {
 		case store.OfferReplay:
 			keys = append(keys, ds[i].Key)

@@ -190,7 +190,7 @@ func testAdminDeliveriesLogHeldResumeReplay(t *testing.T, dsn string) {
 		Following bool           `json:"following"`
 		Outcome   map[string]int `json:"outcome"`
 	}
-	if code := h.call(t, adminToken, http.MethodPost, "/admin/api/replay?destination=mmp&reason=http_400&rate_per_second=100", "", &job); code != http.StatusAccepted {
+	if code := h.call(t, adminToken, http.MethodPost, "/admin/api/replay?destination=mmp&reason=%3Dhttp_400&rate_per_second=100", "", &job); code != http.StatusAccepted {
 		t.Fatalf("bulk replay: HTTP %d", code)
 	}
 	waitUntil(t, "bulk replay followed to the end", func() bool {
