@@ -167,7 +167,7 @@ func cmdDead(ctx context.Context, env *Env, args []string) int {
 	addr, asJSON := clientFlags(fs, env)
 	dest := fs.String("destination", "", "only this destination")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback dead [flags]   dead letters grouped by destination and reason\n       replay a group with: postback replay --destination NAME --reason REASON")
+		fmt.Fprintln(env.Stderr, "usage: postback dead [flags]   dead letters grouped by destination and reason\n       replay a group with: postback replay --destination NAME --reason '=REASON' (a leading = matches exactly)")
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fs, args)
@@ -210,7 +210,7 @@ func printDeadGroups(w io.Writer, gs []apiDeadGroup) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", g.Destination, dash(clip(g.Reason, 40)), g.Count, ts(g.Newest), statusOrDash(g.Sample.LastStatus), dash(clip(g.LastResponse, 60)))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "%d dead in %d groups; replay a group: postback replay --destination NAME --reason REASON\n", total, len(gs))
+	fmt.Fprintf(w, "%d dead in %d groups; replay a group: postback replay --destination NAME --reason '=REASON'\n", total, len(gs))
 }
 
 // apiHeld is a destination's held state (dispatch.Held).
