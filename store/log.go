@@ -185,25 +185,47 @@ func (db *DB) DeliveryLog(f LogFilter) (LogPage, error) {
 	return p, err
 }
 
-// DeadGroups counts dead deliveries per destination and reason (both when
-// set narrow the groups), most numerous first.
+// deadChunk bounds the deliveries one read transaction of DeadGroups
+// reads: the scan continues in a new transaction, so none stays open long.
+var deadChunk = 20000
+
+// DeadGroups counts dead deliveries per destination and reason
+// (destination, when set, narrows them), most numerous first. It reads the
+// deliveries in chunks of short read transactions.
 func (db *DB) DeadGroups(destination string) ([]DeadGroup, error) {
 	marker := []byte(`"state":"` + StateDead + `"`)
 	groups := map[[2]string]*DeadGroup{}
-	err := db.bolt.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bDeliveries).ForEach(func(_, v []byte) error {
-			if !bytes.Contains(v, marker) {
-				return nil
+	var after []byte
+	for {
+		n := 0
+		err := db.bolt.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bDeliveries).Cursor()
+			k, v := c.First()
+			if after != nil {
+				if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+					k, v = c.Next()
+				}
 			}
-			var d Delivery
-			if jsonUnmarshal(v, &d) != nil || d.State != StateDead || destination != "" && d.Destination != destination {
-				return nil
+			for ; k != nil; k, v = c.Next() {
+				if n++; n > deadChunk {
+					return nil
+				}
+				after = append(after[:0], k...)
+				if !bytes.Contains(v, marker) {
+					continue
+				}
+				var d Delivery
+				if jsonUnmarshal(v, &d) != nil || d.State != StateDead || destination != "" && d.Destination != destination {
+					continue
+				}
+				addDead(groups, d)
 			}
-			addDead(groups, d)
 			return nil
 		})
-	})
-	return SortDeadGroups(groups), err
+		if err != nil || n <= deadChunk {
+			return SortDeadGroups(groups), err
+		}
+	}
 }
 
 func addDead(groups map[[2]string]*DeadGroup, d Delivery) {
