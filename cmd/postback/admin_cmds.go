@@ -309,7 +309,7 @@ func cmdReplay(ctx context.Context, env *Env, args []string) int {
 		for _, k := range keys {
 			var d apiDelivery
 			if err := c.do(ctx, http.MethodPost, "/admin/api/deliveries/replay", nil, map[string]any{"key": k, "confirm": *confirm}, &d); err != nil {
-				return exitErr(env, err)
+				return exitErr(env, confirmHint(err))
 			}
 			replayed = append(replayed, d)
 			if !*asJSON {
@@ -348,7 +348,7 @@ func cmdReplay(ctx context.Context, env *Env, args []string) int {
 	}
 	var job apiJob
 	if err := c.do(ctx, http.MethodPost, "/admin/api/replay", q, nil, &job); err != nil {
-		return exitErr(env, err)
+		return exitErr(env, confirmHint(err))
 	}
 	if !*asJSON {
 		fmt.Fprintf(env.Stderr, "replay %s started: %d deliveries at up to %g/s\n", job.ID, job.Total, *rate)

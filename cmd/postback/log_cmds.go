@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -335,4 +336,14 @@ func statusChips(ss []apiDestStatus) string {
 		parts = append(parts, s.Destination+":"+s.State)
 	}
 	return strings.Join(parts, " ")
+}
+
+// confirmHint turns the gateway's request for a confirmation into the
+// CLI's words: re-sending delivered work takes --confirm.
+func confirmHint(err error) error {
+	var ce *clientError
+	if errors.As(err, &ce) && ce.code == "confirm" {
+		return &clientError{status: ce.status, code: ce.code, msg: strings.SplitN(ce.msg, ";", 2)[0] + "; pass --confirm to re-send it"}
+	}
+	return err
 }

@@ -170,3 +170,26 @@ func TestEventsStatusGolden(t *testing.T) {
 	}
 	golden(t, "events", out)
 }
+
+func TestReplayDeliveredNeedsConfirm(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body := make([]byte, 512)
+		n, _ := r.Body.Read(body)
+		if strings.Contains(string(body[:n]), `"confirm":true`) {
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = w.Write([]byte(`{"key":"evt_b|backend","state":"pending"}`))
+			return
+		}
+		w.WriteHeader(http.StatusConflict)
+		_, _ = w.Write([]byte(`{"error":{"code":"confirm","message":"confirmation required: already delivered: a destination without deduplication counts it twice; send {\"key\": ..., \"confirm\": true} to re-send it"}}`))
+	}))
+	t.Cleanup(srv.Close)
+	code, _, errOut := runCLI("replay", "--addr", srv.URL, "evt_b|backend")
+	if code != 1 || !strings.Contains(errOut, "counts it twice; pass --confirm to re-send it") {
+		t.Errorf("without --confirm: exit %d, %s", code, errOut)
+	}
+	code, out, errOut := runCLI("replay", "--addr", srv.URL, "--confirm", "evt_b|backend")
+	if code != 0 || !strings.Contains(out, "queued evt_b|backend (pending)") {
+		t.Errorf("with --confirm: exit %d, %s %s", code, out, errOut)
+	}
+}
