@@ -249,13 +249,26 @@ type browserGateway struct {
 	url    string
 	offset atomic.Int64 // the gateway's clock runs this many ns behind
 	healed atomic.Bool
+	// partner refuses its credentials (401: the destination pauses) until
+	// partnerOK.
+	partnerOK atomic.Bool
 }
 
 func (bg *browserGateway) now() time.Time { return time.Now().Add(-time.Duration(bg.offset.Load())) }
 
-func startBrowserGateway(t *testing.T) *browserGateway {
+func startBrowserGateway(t *testing.T, live time.Duration) *browserGateway {
 	t.Helper()
 	bg := &browserGateway{}
+	partner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if !bg.partnerOK.Load() {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"error":"invalid api key"}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	t.Cleanup(partner.Close)
 	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		_, _ = io.WriteString(w, `{"ok":true}`)
@@ -285,7 +298,8 @@ destinations:
   - {name: backend, type: webhook, endpoint: %q, secret: %q, match: {environments: [production, sandbox]}}
   - {name: analytics, type: webhook, endpoint: %q, secret: %q, match: {environments: [production, sandbox]}}
   - {name: branch, type: branch, endpoint: %q, branch_key: key_live_console1, match: {apps: [com.example.none]}}
-`, t.TempDir()+"/pb.db", browserToken, browserStripe, ok.URL, secret, picky.URL, secret, ok.URL)
+  - {name: partner, type: webhook, endpoint: %q, secret: %q, match: {environments: [production, sandbox], types: [trial_converted]}}
+`, t.TempDir()+"/pb.db", browserToken, browserStripe, ok.URL, secret, picky.URL, secret, ok.URL, partner.URL, secret)
 	cfg, err := config.Parse([]byte(y), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -295,7 +309,10 @@ destinations:
 		t.Fatal(err)
 	}
 	g, err := server.New(cfg, server.Options{
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: ln, Now: bg.now,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Listener: ln, Now: bg.now, ConsoleLive: live,
+		Reload: func() (*config.Config, error) {
+			return config.Parse([]byte(y), func(string) (string, bool) { return "", false })
+		},
 		Dispatch: dispatch.Options{BackoffBase: time.Millisecond, Poll: 20 * time.Millisecond, BreakerFailures: 1000},
 	})
 	if err != nil {
@@ -366,7 +383,7 @@ func (bg *browserGateway) history(t *testing.T) {
 
 func TestBrowserConsole(t *testing.T) {
 	c := browser(t)
-	bg := startBrowserGateway(t)
+	bg := startBrowserGateway(t, time.Hour) // no reload during the test; TestBrowserLive drives it
 	bg.history(t)
 	// The event the operator will look for: a trial that converted, whose
 	// delivery to analytics failed permanently.
@@ -459,4 +476,163 @@ func TestBrowserConsole(t *testing.T) {
 	}
 	waitJS(t, c, "test event result", `document.querySelector('.flash') !== null && document.querySelector('.flash').textContent.includes('Test event to backend: passed, delivered')`)
 	screenshot(t, c, "destinations.png")
+
+	browseDeliveries(t, c, bg)
+}
+
+// click clicks the first element matching sel.
+func click(t *testing.T, c *cdp, sel string) {
+	t.Helper()
+	if _, err := c.eval(`document.querySelector(` + jsString(sel) + `).click(); true`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// browseDeliveries drives the deliveries log, the held destination and
+// its Resume, the request shown beside the response, the confirmation
+// before re-sending delivered work and the dead-letter groups.
+func browseDeliveries(t *testing.T, c *cdp, bg *browserGateway) {
+	// Status chips on the events list.
+	navigate(t, c, bg.url+"/admin/events?user=user-dead")
+	waitJS(t, c, "status chips", `document.querySelectorAll('td.chips .chip').length >= 4 && document.body.innerText.includes('partner · held')`)
+
+	// The deliveries log: held work of the paused partner.
+	navigate(t, c, bg.url+"/admin/deliveries")
+	waitJS(t, c, "deliveries log", `!!document.querySelector('#log-total') && document.querySelectorAll('tr.log-row').length === 50 && !!document.querySelector('#log-next')`)
+	click(t, c, `#log-filter input[value="held"]`)
+	click(t, c, "#log-search")
+	waitJS(t, c, "held filter", `location.search.includes('state=held') && document.querySelectorAll('tr.log-row').length >= 1 && [...document.querySelectorAll('tr.log-row .state')].every(e => e.textContent.trim() === 'held') && !!document.querySelector('.held-note')`)
+	screenshot(t, c, "deliveries.png")
+	navigate(t, c, bg.url+"/admin/deliveries?limit=5")
+	waitJS(t, c, "first page", `document.querySelector('#log-total').textContent.trim().startsWith('1–5 of ')`)
+	click(t, c, "#log-next")
+	waitJS(t, c, "second page", `document.querySelector('#log-total').textContent.trim().startsWith('6–10 of ') && !!document.querySelector('#log-prev')`)
+	click(t, c, "#log-prev")
+	waitJS(t, c, "back to the first page", `document.querySelector('#log-total').textContent.trim().startsWith('1–5 of ')`)
+	if v, _ := c.eval(`document.querySelector('#export-csv').getAttribute('href').includes('format=csv') && document.querySelector('#export-json').getAttribute('href').includes('format=json')`); string(v) != "true" {
+		t.Error("no export links")
+	}
+	// Search by user id.
+	navigate(t, c, bg.url+"/admin/deliveries")
+	waitJS(t, c, "search box", `!!document.querySelector('#q')`)
+	if _, err := c.eval(`document.querySelector('#q').value = 'user-dead'; document.querySelector('#log-search').click(); true`); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, c, "search result", `location.search.includes('q=user-dead') && document.querySelector('#log-total').textContent.includes(' of ') && [...document.querySelectorAll('tr.log-row')].length >= 4`)
+
+	// The event: request beside the response, then re-send delivered work
+	// only after confirming.
+	if _, err := c.eval(`[...document.querySelectorAll('tr.log-row')].find(r => r.dataset.key.endsWith('|backend')).querySelector('a.mono').click(); true`); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, c, "event page", `!!document.querySelector('#delivery-backend details.exchange')`)
+	if _, err := c.eval(`document.querySelectorAll('details.exchange').forEach(d => d.open = true); true`); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := c.eval(`document.querySelector('#delivery-backend pre.request').textContent.includes('Webhook-Signature: [masked]') && document.querySelector('#delivery-backend pre.response').textContent.includes('"ok":true')`); string(v) != "true" {
+		t.Error("the attempt does not show the masked request beside the response")
+	}
+	click(t, c, "#delivery-backend button.replay")
+	waitJS(t, c, "confirmation", `!!document.querySelector('#confirm') && document.body.innerText.includes('counts it twice')`)
+	click(t, c, "#confirm-replay")
+	waitJS(t, c, "re-sent", `document.querySelector('.flash') !== null && document.querySelector('.flash').textContent.includes('queued again')`)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		v, _ := c.eval(`document.querySelectorAll('#delivery-backend .replayed').length`)
+		if string(v) == "1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replayed attempt is not marked")
+		}
+		if _, err := c.eval(`location.reload(); true`); err != nil {
+			t.Fatal(err)
+		}
+		waitJS(t, c, "event page reloaded", `document.readyState === 'complete' && !!document.querySelector('#event-id')`)
+	}
+	if _, err := c.eval(`document.querySelectorAll('details.exchange').forEach(d => d.open = true); true`); err != nil {
+		t.Fatal(err)
+	}
+	screenshot(t, c, "event-request.png")
+
+	// Dead letters in groups: replay a group, follow it to its outcome.
+	bg.healed.Store(false)
+	bg.post(t, "evt_story_again", "customer.subscription.created", subscription("sub_story2", "user-dead", "active"), "", true)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		navigate(t, c, bg.url+"/admin/dead")
+		waitJS(t, c, "dead-letter page", `document.readyState === 'complete' && !!document.querySelector('#bulk-count')`)
+		if v, _ := c.eval(`document.querySelectorAll('table.groups tr.group').length`); string(v) == "1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no dead-letter group")
+		}
+	}
+	if v, _ := c.eval(`document.querySelector('tr.group .group-count').textContent.trim() === '1' && document.querySelector('tr.group pre.response').textContent.includes('unknown customer')`); string(v) != "true" {
+		t.Error("the group lacks its count or response body")
+	}
+	screenshot(t, c, "dead.png")
+	bg.healed.Store(true)
+	click(t, c, "tr.group .group-replay")
+	waitJS(t, c, "group count", `!!document.querySelector('#dry-run-count') && document.querySelector('#dry-run-count').textContent.includes('1 dead deliveries match at analytics')`)
+	click(t, c, "#bulk-confirm")
+	waitJS(t, c, "bulk started", `document.querySelector('.flash') !== null && document.querySelector('.flash').textContent.includes('1 deliveries')`)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		navigate(t, c, bg.url+"/admin/dead")
+		waitJS(t, c, "dead-letter page", `document.readyState === 'complete' && !!document.querySelector('#bulk-count')`)
+		v, _ := c.eval(`[...document.querySelectorAll('tr.job')].some(r => r.querySelector('.job-done') && r.querySelector('.outcome').textContent.includes('1 delivered'))`)
+		if string(v) == "true" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the bulk replay does not report its outcome")
+		}
+	}
+
+	// The held destination says why; Resume sends its work.
+	navigate(t, c, bg.url+"/admin/destinations")
+	waitJS(t, c, "held partner", `!!document.querySelector('#dest-partner .held') && document.querySelector('#dest-partner .held').innerText.includes('HTTP 401') && document.querySelector('#dest-partner .held').innerText.includes('invalid api key')`)
+	if v, _ := c.eval(`document.querySelector('#dest-partner .held-since').textContent.trim() !== '—' && document.querySelector('#dest-partner .held-probe').textContent.trim() !== ''`); string(v) != "true" {
+		t.Error("held partner lacks since or next probe")
+	}
+	screenshot(t, c, "destinations-held.png")
+	click(t, c, "#reload")
+	waitJS(t, c, "configuration reloaded", `document.querySelector('.flash') !== null && document.querySelector('.flash').textContent.includes('Configuration reloaded. Applied to: backend, analytics, branch, partner.')`)
+	bg.partnerOK.Store(true)
+	click(t, c, "#dest-partner button.resume")
+	waitJS(t, c, "resumed", `document.querySelector('.flash') !== null && document.querySelector('.flash').textContent.includes('partner resumed')`)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		navigate(t, c, bg.url+"/admin/deliveries?destination=partner&state=pending&state=retrying&state=held")
+		waitJS(t, c, "partner log", `document.readyState === 'complete' && !!document.querySelector('#log-total')`)
+		if v, _ := c.eval(`document.querySelectorAll('tr.log-row').length`); string(v) == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("partner's work is still queued after Resume")
+		}
+	}
+}
+
+// TestBrowserLive: a live page picks up new work by itself (a meta
+// refresh: no script, the CSP unchanged), and the user can pause it.
+func TestBrowserLive(t *testing.T) {
+	c := browser(t)
+	bg := startBrowserGateway(t, time.Second)
+	bg.post(t, "evt_live_1", "customer.subscription.created", subscription("sub_live1", "user-live", "active"), "", true)
+	navigate(t, c, bg.url+"/admin/")
+	waitJS(t, c, "login form", `!!document.querySelector('#token')`)
+	if _, err := c.eval(`document.querySelector('#token').value = ` + jsString(browserToken) + `; document.querySelector('#login').click(); true`); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, c, "overview", `location.pathname === '/admin/' && !!document.querySelector('#live-toggle')`)
+	navigate(t, c, bg.url+"/admin/deliveries?q=user-live")
+	waitJS(t, c, "first event's deliveries", `document.readyState === 'complete' && document.querySelectorAll('tr.log-row').length >= 1`)
+	first, _ := c.eval(`document.querySelectorAll('tr.log-row').length`)
+	// Another event arrives; the page shows it without being navigated.
+	bg.post(t, "evt_live_2", "customer.subscription.created", subscription("sub_live2", "user-live", "active"), "", true)
+	waitJS(t, c, "the new event's deliveries, live", `document.querySelectorAll('tr.log-row').length > `+string(first))
+	if v, _ := c.eval(`document.querySelector('meta[http-equiv="refresh"]').content`); string(v) != `"1"` {
+		t.Errorf("refresh %s, want 1", v)
+	}
+	click(t, c, "#live-toggle")
+	waitJS(t, c, "paused", `location.search.includes('live=0') && !document.querySelector('meta[http-equiv="refresh"]') && document.querySelector('#live-toggle').textContent.includes('paused')`)
 }

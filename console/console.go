@@ -38,8 +38,9 @@ type Backend interface {
 	Attempts(key string) ([]store.Attempt, error)
 	// Deliveries lists deliveries matching a filter.
 	Deliveries(f store.DeliveryFilter) ([]store.Delivery, error)
-	// Replay queues one delivery again.
-	Replay(ctx context.Context, key string) (store.Delivery, error)
+	// Replay queues one delivery again: ErrConfirm when it was delivered
+	// and confirm is false, ErrNoReplay when no replay is offered.
+	Replay(ctx context.Context, key string, confirm bool) (store.Delivery, error)
 	// ReplayMatching counts (dryRun) or starts replaying, at a capped rate,
 	// every final delivery matching f.
 	ReplayMatching(ctx context.Context, f store.DeliveryFilter, dryRun bool) (ReplayJob, error)
@@ -53,18 +54,48 @@ type Backend interface {
 	Stats(since, until time.Time, bucket time.Duration) (store.Stats, error)
 	// DeadCounts counts dead deliveries per destination.
 	DeadCounts() (map[string]int, error)
+	// DeliveryLog lists deliveries with their events' fields (the held
+	// destinations are filled in by the backend).
+	DeliveryLog(f store.LogFilter) (store.LogPage, error)
+	// HeldNames lists the destinations holding their work now.
+	HeldNames() []string
+	// DeadGroups counts dead deliveries per destination and reason.
+	DeadGroups(destination string) ([]DeadGroup, error)
+	// Resume ends a destination's pause or open circuit now.
+	Resume(ctx context.Context, name string) (bool, error)
+	// Export writes every delivery matching f as csv or json.
+	Export(w http.ResponseWriter, f store.LogFilter, format string) error
+	// Reload reads the configuration file again and applies its
+	// destinations and their secrets; it returns a one-line summary.
+	Reload() (string, error)
 }
 
-// ReplayJob is the progress of a bulk replay.
+// ReplayJob is the progress of a bulk replay. After queueing its
+// deliveries it follows them (Following) until each is final or the
+// follow-up ends; Outcome counts them by state.
 type ReplayJob struct {
-	ID       string    `json:"id"`
-	DryRun   bool      `json:"dry_run,omitempty"`
-	Total    int       `json:"total"`
-	Done     int       `json:"done"`
-	Finished bool      `json:"finished"`
+	ID        string         `json:"id"`
+	DryRun    bool           `json:"dry_run,omitempty"`
+	Total     int            `json:"total"`
+	Done      int            `json:"done"`
+	Finished  bool           `json:"finished"`
+	Following bool           `json:"following,omitempty"`
+	Outcome   map[string]int `json:"outcome,omitempty"`
+	// HeldBack counts delivered deliveries left out for want of a
+	// confirmation; Excluded those no replay is offered for.
+	HeldBack int       `json:"delivered_needing_confirmation,omitempty"`
+	Excluded int       `json:"not_replayable,omitempty"`
 	Error    string    `json:"error,omitempty"`
 	Started  time.Time `json:"started"`
 	Filter   string    `json:"filter,omitempty"`
+}
+
+// DeadGroup is a dead-letter group with its sample's last request and
+// answer.
+type DeadGroup struct {
+	store.DeadGroup
+	LastResponse string `json:"last_response,omitempty"`
+	LastRequest  string `json:"last_request,omitempty"`
 }
 
 // Destination is one destination's live health and backlog.
@@ -102,7 +133,20 @@ type Options struct {
 	Logger *slog.Logger
 	// SessionTTL is how long a login lasts without use; default 12h.
 	SessionTTL time.Duration
+	// Live is how often live pages (overview, events, deliveries, dead
+	// letters, destinations) reload themselves; default 10s, negative
+	// for never. A reload is a <meta http-equiv="refresh">: no script
+	// runs, so the strict Content-Security-Policy stays as it is.
+	Live time.Duration
 }
+
+// ErrConfirm is returned by Backend.Replay for delivered work replayed
+// without confirmation; ErrNoReplay when a replay is not offered (queued
+// already, or it could only be skipped again).
+var (
+	ErrConfirm  = errors.New("confirmation required")
+	ErrNoReplay = errors.New("no replay")
+)
 
 // ErrNoToken is returned by New without an admin token: the console is off.
 var ErrNoToken = errors.New("console: admin token is required")
@@ -120,6 +164,7 @@ type Console struct {
 	now   func() time.Time
 	log   *slog.Logger
 	ttl   time.Duration
+	live  time.Duration
 	pages map[string]*template.Template
 	mux   *http.ServeMux
 
@@ -149,13 +194,16 @@ func New(b Backend, opts Options) (*Console, error) {
 	if opts.SessionTTL <= 0 {
 		opts.SessionTTL = 12 * time.Hour
 	}
-	c := &Console{b: b, token: sha256.Sum256([]byte(opts.Token)), now: opts.Now, log: opts.Logger, ttl: opts.SessionTTL,
+	if opts.Live == 0 {
+		opts.Live = 10 * time.Second
+	}
+	c := &Console{b: b, token: sha256.Sum256([]byte(opts.Token)), now: opts.Now, log: opts.Logger, ttl: opts.SessionTTL, live: opts.Live,
 		pages: map[string]*template.Template{}, sessions: map[string]*session{}}
 	base, err := template.New("layout.html").Funcs(funcs(c.now)).ParseFS(templateFS, "templates/layout.html")
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range []string{"login", "overview", "events", "event", "dead", "destinations", "error"} {
+	for _, p := range []string{"login", "overview", "events", "event", "dead", "destinations", "error", "deliveries", "confirm"} {
 		t, err := template.Must(base.Clone()).ParseFS(templateFS, "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -182,6 +230,10 @@ func New(b Backend, opts Options) (*Console, error) {
 	m.HandleFunc("POST "+Prefix+"/replay/bulk", c.authed(c.replayBulk))
 	m.HandleFunc("GET "+Prefix+"/destinations", c.authed(c.destinations))
 	m.HandleFunc("POST "+Prefix+"/destinations/{name}/test", c.authed(c.testEvent))
+	m.HandleFunc("POST "+Prefix+"/destinations/{name}/resume", c.authed(c.resume))
+	m.HandleFunc("POST "+Prefix+"/reload", c.authed(c.reload))
+	m.HandleFunc("GET "+Prefix+"/deliveries", c.authed(c.deliveries))
+	m.HandleFunc("GET "+Prefix+"/deliveries/export", c.authed(c.export))
 	m.HandleFunc(Prefix+"/", c.authed(func(w http.ResponseWriter, r *http.Request, _ *session) {
 		c.fail(w, r, http.StatusNotFound, "There is no such page.")
 	}))
@@ -312,10 +364,37 @@ type page struct {
 	Data     any
 	Now      time.Time
 	Authed   bool
+	// Live is the reload interval in seconds of a live page (0: none);
+	// LiveOff says the user paused it, LiveToggle is the link that flips it.
+	Live       int
+	LiveOff    bool
+	LiveToggle string
+}
+
+// livePages reload themselves.
+var livePages = map[string]bool{"overview": true, "events": true, "deliveries": true, "dead": true, "destinations": true}
+
+// setLive fills the page's live reload for a GET of a live page.
+func (c *Console) setLive(p *page, r *http.Request, name string) {
+	if !livePages[name] || r.Method != http.MethodGet || c.live <= 0 {
+		return
+	}
+	q := r.URL.Query()
+	off := q.Get("live") == "0"
+	if off {
+		q.Del("live")
+	} else {
+		q.Set("live", "0")
+	}
+	p.LiveOff, p.LiveToggle = off, r.URL.Path+"?"+q.Encode()
+	if !off {
+		p.Live = max(1, int(c.live/time.Second))
+	}
 }
 
 func (c *Console) render(w http.ResponseWriter, r *http.Request, s *session, status int, name, title string, data any) {
 	p := page{Title: title, Nav: name, Data: data, Now: c.now()}
+	c.setLive(&p, r, name)
 	if s != nil {
 		c.mu.Lock()
 		p.CSRF = s.csrf

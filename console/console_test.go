@@ -72,7 +72,7 @@ func (v *visitor) login(t *testing.T) string {
 }
 
 func TestConsoleLogin(t *testing.T) {
-	bg := startBrowserGateway(t)
+	bg := startBrowserGateway(t, 0)
 
 	t.Run("pages need a session", func(t *testing.T) {
 		v := newVisitor(t, bg.url)
@@ -182,7 +182,7 @@ func TestConsoleLogin(t *testing.T) {
 }
 
 func TestConsolePages(t *testing.T) {
-	bg := startBrowserGateway(t)
+	bg := startBrowserGateway(t, 0)
 	bg.post(t, "evt_p1", "customer.subscription.created", subscription("sub_p1", "user-dead", "active"), "", true)
 	v := newVisitor(t, bg.url)
 	csrf := v.login(t)
@@ -228,6 +228,20 @@ func TestConsolePages(t *testing.T) {
 		{"bulk dry run bad since", "POST", "/admin/replay/bulk", url.Values{"csrf": {csrf}, "since": {"x"}}, 400, "is not a time"},
 		{"test event without csrf", "POST", "/admin/destinations/backend/test", url.Values{}, 403, "security token"},
 		{"test event unknown", "POST", "/admin/destinations/nowhere/test", url.Values{"csrf": {csrf}}, 404, "There is no destination"},
+		{"deliveries", "GET", "/admin/deliveries", nil, 200, "http_422"},
+		{"deliveries search", "GET", "/admin/deliveries?q=user-dead&state=dead", nil, 200, "1–1 of 1"},
+		{"deliveries bad state", "GET", "/admin/deliveries?state=lost", nil, 400, "unknown state"},
+		{"deliveries export csv", "GET", "/admin/deliveries/export?format=csv&state=dead", nil, 200, ",analytics,dead,"},
+		{"deliveries export json", "GET", "/admin/deliveries/export?format=json", nil, 200, `"shown_state"`},
+		{"deliveries export bad format", "GET", "/admin/deliveries/export?format=xml", nil, 400, "format=csv"},
+		{"dead groups", "GET", "/admin/dead", nil, 200, `group-count"><strong>1</strong>`},
+		{"resume without csrf", "POST", "/admin/destinations/backend/resume", url.Values{}, 403, "security token"},
+		{"resume unknown", "POST", "/admin/destinations/nowhere/resume", url.Values{"csrf": {csrf}}, 404, "There is no destination"},
+		{"replay delivered asks first", "POST", "/admin/replay", url.Values{"csrf": {csrf}, "key": {id[1] + "|backend"}}, 200, "counts it twice"},
+		{"live page reloads", "GET", "/admin/deliveries", nil, 200, `<meta http-equiv="refresh" content="10">`},
+		{"reload without a file", "POST", "/admin/reload", url.Values{"csrf": {csrf}}, 303, ""},
+		{"reload without csrf", "POST", "/admin/reload", url.Values{}, 403, "security token"},
+		{"live page paused", "GET", "/admin/deliveries?live=0", nil, 200, "Live updates paused"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := v.do(tc.method, tc.path, tc.form)

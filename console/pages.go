@@ -72,6 +72,7 @@ func funcs(now func() time.Time) template.FuncMap {
 		},
 		"eventTypes": func() []mapping.Type { return mapping.Types },
 		"add":        func(a, b int) int { return a + b },
+		"list":       func(v ...string) []string { return v },
 	}
 }
 
@@ -287,6 +288,7 @@ type eventsData struct {
 	Since  string
 	Until  string
 	Page   store.EventPage
+	Chips  map[string][]chip
 	Error  string
 }
 
@@ -332,6 +334,9 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, s *session) {
 	} else if d.Page, err = c.b.Events(d.Filter); err != nil {
 		c.internal(w, r, err)
 		return
+	} else if d.Chips, err = c.chips(d.Page.Events, c.b.HeldNames()); err != nil {
+		c.internal(w, r, err)
+		return
 	}
 	c.render(w, r, s, status, "events", "Events", d)
 }
@@ -339,6 +344,9 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, s *session) {
 type deliveryRow struct {
 	store.Delivery
 	Attempts []store.Attempt
+	Held     bool
+	Offer    string
+	OfferWhy string
 }
 
 type eventData struct {
@@ -371,13 +379,16 @@ func (c *Console) event(w http.ResponseWriter, r *http.Request, s *session) {
 		c.internal(w, r, err)
 		return
 	}
+	held := c.b.HeldNames()
 	for _, dl := range ds {
 		atts, err := c.b.Attempts(dl.Key)
 		if err != nil {
 			c.internal(w, r, err)
 			return
 		}
-		d.Deliveries = append(d.Deliveries, deliveryRow{Delivery: dl, Attempts: atts})
+		row := deliveryRow{Delivery: dl, Attempts: atts, Held: (dl.State == store.StatePending || dl.State == store.StateRetrying) && slices.Contains(held, dl.Destination)}
+		row.Offer, row.OfferWhy = store.ReplayOffer(&dl)
+		d.Deliveries = append(d.Deliveries, row)
 	}
 	c.render(w, r, s, http.StatusOK, "event", "Event "+e.ID, d)
 }
@@ -387,8 +398,10 @@ type deadData struct {
 	Reason      string
 	Since       string
 	Until       string
-	Deliveries  []store.Delivery
-	Limit       int
+	Page        store.LogPage
+	Groups      []DeadGroup
+	From, To    int
+	Prev, Next  template.URL
 	Names       []string
 	Jobs        []ReplayJob
 	DryRun      *ReplayJob
@@ -414,14 +427,35 @@ func (c *Console) dead(w http.ResponseWriter, r *http.Request, s *session) {
 }
 
 func (c *Console) showDead(w http.ResponseWriter, r *http.Request, s *session, v url.Values, dry *ReplayJob) {
-	d := deadData{Destination: v.Get("destination"), Reason: v.Get("reason"), Since: v.Get("since"), Until: v.Get("until"), Limit: 200, DryRun: dry}
+	d := deadData{Destination: v.Get("destination"), Reason: v.Get("reason"), Since: v.Get("since"), Until: v.Get("until"), DryRun: dry}
 	status := http.StatusOK
 	f, err := c.deadFilter(v)
+	offset, _ := strconv.Atoi(v.Get("offset"))
 	if err != nil {
 		d.Error, status = err.Error(), http.StatusBadRequest
 	} else {
-		f.Limit = d.Limit
-		if d.Deliveries, err = c.b.Deliveries(f); err != nil {
+		lf := store.LogFilter{States: []string{store.StateDead}, Destination: f.Destination, Reason: strings.TrimPrefix(f.Reason, "="), Since: f.Since, Until: f.Until,
+			Offset: max(0, offset), Limit: 100}
+		if d.Page, err = c.b.DeliveryLog(lf); err != nil {
+			c.internal(w, r, err)
+			return
+		}
+		if n := len(d.Page.Entries); n > 0 {
+			d.From, d.To = lf.Offset+1, lf.Offset+n
+		}
+		q := url.Values{}
+		for _, k := range []string{"destination", "reason", "since", "until"} {
+			if x := v.Get(k); x != "" {
+				q.Set(k, x)
+			}
+		}
+		if lf.Offset > 0 {
+			d.Prev = withOffset(q, max(0, lf.Offset-lf.Limit))
+		}
+		if lf.Offset+len(d.Page.Entries) < d.Page.Total {
+			d.Next = withOffset(q, lf.Offset+lf.Limit)
+		}
+		if d.Groups, err = c.b.DeadGroups(f.Destination); err != nil {
 			c.internal(w, r, err)
 			return
 		}
@@ -440,18 +474,28 @@ func (c *Console) showDead(w http.ResponseWriter, r *http.Request, s *session, v
 
 func (c *Console) replay(w http.ResponseWriter, r *http.Request, s *session) {
 	key := r.PostFormValue("key")
-	d, err := c.b.Replay(r.Context(), key)
-	if errors.Is(err, store.ErrNotFound) {
+	back := safeNext(r.PostFormValue("back"))
+	d, err := c.b.Replay(r.Context(), key, r.PostFormValue("confirm") == "yes")
+	switch {
+	case errors.Is(err, store.ErrNotFound):
 		c.fail(w, r, http.StatusNotFound, "There is no delivery "+key+".")
 		return
-	}
-	if err != nil {
+	case errors.Is(err, ErrConfirm):
+		// Delivered work: ask first.
+		_, why := store.ReplayOffer(&d)
+		c.render(w, r, s, http.StatusOK, "confirm", "Confirm replay", confirmData{Key: key, Back: back, Why: why,
+			Destination: d.Destination, EventID: d.EventID})
+		return
+	case errors.Is(err, ErrNoReplay):
+		c.setFlashBad(s, "Not replayed: "+strings.TrimPrefix(err.Error(), ErrNoReplay.Error()+": ")+".")
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	case err != nil:
 		c.internal(w, r, err)
 		return
 	}
 	c.setFlash(s, "Delivery to "+d.Destination+" queued again.")
-	back := r.PostFormValue("back")
-	http.Redirect(w, r, safeNext(back), http.StatusSeeOther)
+	http.Redirect(w, r, back, http.StatusSeeOther)
 }
 
 func (c *Console) replayBulk(w http.ResponseWriter, r *http.Request, s *session) {

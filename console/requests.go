@@ -4,6 +4,7 @@ import (
 	"context"
 	"html/template"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -62,10 +63,10 @@ func (c *Console) mountRequests(m *http.ServeMux, base *template.Template) error
 func (c *Console) requests(w http.ResponseWriter, r *http.Request, s *session) {
 	q := r.URL.Query()
 	d := requestsData{Source: q.Get("source"), Outcome: q.Get("outcome"), Sources: RequestSources, Outcomes: RequestOutcomes}
-	if !contains(RequestSources, d.Source) {
+	if !slices.Contains(RequestSources, d.Source) {
 		d.Source = ""
 	}
-	if !contains(RequestOutcomes, d.Outcome) {
+	if !slices.Contains(RequestOutcomes, d.Outcome) {
 		d.Outcome = ""
 	}
 	if ib, ok := c.b.(InboundBackend); ok {
@@ -73,15 +74,6 @@ func (c *Console) requests(w http.ResponseWriter, r *http.Request, s *session) {
 		d.Requests, d.Seen, d.Capacity = ib.InboundRequests(d.Source, d.Outcome, 200)
 	}
 	c.render(w, r, s, http.StatusOK, "requests", "Requests", d)
-}
-
-func contains(list []string, v string) bool {
-	for _, s := range list {
-		if s == v {
-			return true
-		}
-	}
-	return false
 }
 
 type secureKey struct{}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/http"
 	"testing"
+	"time"
 )
 
 // Issue 16, item 6, in a real browser: the Requests page from the nav,
@@ -12,7 +13,7 @@ import (
 // docs/screenshots/requests.png.
 func TestBrowserRequestsPage(t *testing.T) {
 	c := browser(t)
-	bg := startBrowserGateway(t)
+	bg := startBrowserGateway(t, time.Hour)
 	bg.post(t, "evt_req_browser", "customer.subscription.created", subscription("sub_rb", "user-rb", "trialing"), "", true)
 	req, _ := http.NewRequest(http.MethodPost, bg.url+"/webhooks/stripe", bytes.NewReader([]byte(`{"id":"evt_forged"}`)))
 	req.Header.Set("Stripe-Signature", "t=1,v1=00")

@@ -5,13 +5,14 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Issue 16, item 6: the Requests page lists accepted and rejected requests
 // with their reason code, filters by outcome, says the log is per process,
 // and runs under the strict CSP (no inline script or style).
 func TestConsoleRequestsPage(t *testing.T) {
-	bg := startBrowserGateway(t)
+	bg := startBrowserGateway(t, time.Hour)
 	bg.post(t, "evt_req_1", "customer.subscription.created", subscription("sub_req", "user-req", "trialing"), "", true)
 	// A request with a bad signature: refused with its reason code.
 	req, _ := http.NewRequest(http.MethodPost, bg.url+"/webhooks/stripe", bytes.NewReader([]byte(`{"id":"evt_secret_body_marker"}`)))

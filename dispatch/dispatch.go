@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -77,6 +78,9 @@ type Options struct {
 	BreakerFailures    int           // default 5
 	BreakerCooldown    time.Duration // default 30s
 	BreakerMaxCooldown time.Duration // the doubling stops here; default 1m
+	// Mask, when set, masks the configuration's secrets in the request and
+	// response an attempt logs (forwarders mask what they know already).
+	Mask func(string) string
 }
 
 func (o *Options) defaults() {
@@ -135,22 +139,7 @@ func New(st Store, dests []Destination, opts Options) *Dispatcher {
 	opts.defaults()
 	d := &Dispatcher{store: st, opts: opts, workers: map[string]*worker{}}
 	for _, dest := range dests {
-		lim := dest.Forwarder.Limits()
-		if dest.BatchSize <= 0 || (lim.BatchSize > 0 && dest.BatchSize > lim.BatchSize) {
-			dest.BatchSize = lim.BatchSize
-		}
-		if dest.BatchSize <= 0 {
-			dest.BatchSize = 1
-		}
-		if dest.Concurrency <= 0 {
-			dest.Concurrency = 1
-		}
-		if dest.MaxAttempts <= 0 {
-			dest.MaxAttempts = 12
-		}
-		if lim.MaxAge > 0 && (dest.EventMaxAge == 0 || lim.MaxAge < dest.EventMaxAge) {
-			dest.EventMaxAge = lim.MaxAge
-		}
+		dest = prepare(dest)
 		perSecond := rate.Inf
 		if dest.PerSecond > 0 {
 			perSecond = rate.Limit(dest.PerSecond)
@@ -178,6 +167,27 @@ func New(st Store, dests []Destination, opts Options) *Dispatcher {
 		d.order = append(d.order, dest.Name)
 	}
 	return d
+}
+
+// prepare applies a destination's defaults and its forwarder's limits.
+func prepare(dest Destination) Destination {
+	lim := dest.Forwarder.Limits()
+	if dest.BatchSize <= 0 || (lim.BatchSize > 0 && dest.BatchSize > lim.BatchSize) {
+		dest.BatchSize = lim.BatchSize
+	}
+	if dest.BatchSize <= 0 {
+		dest.BatchSize = 1
+	}
+	if dest.Concurrency <= 0 {
+		dest.Concurrency = 1
+	}
+	if dest.MaxAttempts <= 0 {
+		dest.MaxAttempts = 12
+	}
+	if lim.MaxAge > 0 && (dest.EventMaxAge == 0 || lim.MaxAge < dest.EventMaxAge) {
+		dest.EventMaxAge = lim.MaxAge
+	}
+	return dest
 }
 
 // Run starts the workers and blocks until ctx ends and every delivery in
@@ -290,8 +300,10 @@ type worker struct {
 	lastErrorAt time.Time
 	stats       *window
 	inflight    sync.WaitGroup
-	sharedAt    time.Time          // last read of the shared health
-	saved       store.SharedHealth // last shared health written or read
+	sharedAt    time.Time                   // last read of the shared health
+	saved       store.SharedHealth          // last shared health written or read
+	held        heldState                   // why and since when work is held (held.go)
+	reload      atomic.Pointer[Destination] // a reloaded configuration, applied by the loop (reload.go)
 }
 
 func (w *worker) loop(ctx context.Context) {
@@ -322,6 +334,7 @@ func (w *worker) loop(ctx context.Context) {
 
 // pass claims and sends what is due; it returns how long to sleep.
 func (w *worker) pass(ctx context.Context) time.Duration {
+	w.applyReload()
 	o := &w.d.opts
 	now := o.Now()
 	if w.cluster != nil {
@@ -567,6 +580,10 @@ func (w *worker) identityWait(d store.Due, missing string, now time.Time) store.
 func (w *worker) outcome(d store.Due, r forwarders.Result, latency time.Duration, now time.Time) store.Completion {
 	o := &w.d.opts
 	att := &store.Attempt{At: now, Outcome: string(r.Outcome), Status: r.Status, Latency: latency, Request: r.Request, Response: r.Response}
+	att.Replay = !d.Delivery.ReplayedAt.IsZero()
+	if o.Mask != nil {
+		att.Request, att.Response = o.Mask(att.Request), o.Mask(att.Response)
+	}
 	if r.Err != nil {
 		att.Error = r.Err.Error()
 	}
@@ -647,7 +664,9 @@ func (w *worker) health(results []forwarders.Result, now time.Time) {
 			w.lastError, w.lastErrorAt = r.Err.Error(), now
 		}
 		w.stats.add(now, r.Outcome == forwarders.Delivered || r.Outcome == forwarders.Duplicate)
+		w.held.answer(r)
 	}
+	defer w.held.note(w, now)
 	if paused != w.paused {
 		w.paused = paused
 		v := 0.0
@@ -710,6 +729,9 @@ type Health struct {
 	Success5m   Rate      `json:"success_5m"`
 	Success1h   Rate      `json:"success_1h"`
 	InFlight    int       `json:"in_flight"`
+	// Held is set while the destination's work waits on it (paused or
+	// circuit open): why, since when, the next probe and the last answer.
+	Held *Held `json:"held,omitempty"`
 }
 
 // Health returns every destination's state, in configuration order.
@@ -730,6 +752,7 @@ func (d *Dispatcher) Health() []Health {
 		if h.Circuit == "" {
 			h.Circuit = "closed"
 		}
+		w.held.fill(&h, w)
 		w.mu.Unlock()
 		out = append(out, h)
 	}
@@ -742,6 +765,8 @@ func (d *Dispatcher) Forwarder(name string) (forwarders.Forwarder, bool) {
 	if !ok {
 		return nil, false
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	return w.dest.Forwarder, true
 }
 

@@ -256,12 +256,14 @@ func adCancelled(ctx context.Context) *Result {
 // secret in the response excerpt and prefixing errors with the request
 // summary (never the secret).
 func adExchange(client *http.Client, req *http.Request, summary, secret string, now time.Time, classify func(adResponse, time.Time, string) Result) Result {
+	sent := DumpRequest(req, summary, secret)
 	resp, rr := adDo(client, req, summary)
 	if rr != nil {
+		rr.Request = sent
 		return *rr
 	}
 	r := classify(resp, now, secret)
-	r.Request = summary
+	r.Request = sent
 	r.Response = redact(Excerpt(resp.Body), secret)
 	if r.Err != nil {
 		r.Err = fmt.Errorf("%s: %w", summary, r.Err)

@@ -502,11 +502,13 @@ func (g *GA4) post(ctx context.Context, c *ga4Creds, path string, body ga4Reques
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "postback")
+	sent := DumpRequest(req, summary, c.APISecret)
 	resp, rr := adDo(g.client, req, summary)
 	if rr != nil {
+		rr.Request = sent
 		return *rr
 	}
-	r := Result{Outcome: Classify(resp.Status), Status: resp.Status, Request: summary,
+	r := Result{Outcome: Classify(resp.Status), Status: resp.Status, Request: sent,
 		Response: redact(Excerpt(resp.Body), c.APISecret)}
 	if r.Outcome != Delivered {
 		r.Reason = "http_" + strconv.Itoa(resp.Status)

@@ -127,9 +127,10 @@ func (w *Webhook) send(ctx context.Context, it Item) Result {
 // every forwarder: it captures the first KiB of the body, honours
 // Retry-After, and never puts the URL's query (where keys live) in errors.
 func Do(client *http.Client, req *http.Request, summary string, classify func(status int, body []byte) Outcome, now func() time.Time) Result {
+	sent := DumpRequest(req, summary)
 	resp, err := client.Do(req)
 	if err != nil {
-		return Result{Outcome: Retry, Reason: "network", Request: summary, Err: fmt.Errorf("%s: %w", summary, scrubURLError(err))}
+		return Result{Outcome: Retry, Reason: "network", Request: sent, Err: fmt.Errorf("%s: %w", summary, scrubURLError(err))}
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<10))
@@ -137,7 +138,7 @@ func Do(client *http.Client, req *http.Request, summary string, classify func(st
 	r := Result{
 		Outcome:  classify(resp.StatusCode, body),
 		Status:   resp.StatusCode,
-		Request:  summary,
+		Request:  sent,
 		Response: Excerpt(body),
 	}
 	if r.Outcome == Retry || r.Outcome == Pause {

@@ -46,10 +46,14 @@ func (g *Gateway) mountAdmin() error {
 	api.GET("/destinations", a.destinations)
 	api.POST("/destinations/:name/test", a.testEvent)
 	a.mountStore(api)
+	api.POST("/destinations/:name/resume", a.resume)
+	api.POST("/reload", a.reloadConfig)
+	api.GET("/log", a.deliveryLog)
+	api.GET("/dead/groups", a.deadGroups)
 	api.Any("/*", func(c echo.Context) error {
 		return webhooks.Errorf(http.StatusNotFound, webhooks.CodeNotFound, "no admin endpoint %s %s", c.Request().Method, c.Request().URL.Path)
 	})
-	con, err := console.New(consoleBackend{a}, console.Options{Token: g.Config.Admin.Token, Now: g.now, Logger: g.Logger})
+	con, err := console.New(consoleBackend{a}, console.Options{Token: g.Config.Admin.Token, Now: g.now, Logger: g.Logger, Live: g.opts.ConsoleLive})
 	if err != nil {
 		cancel()
 		return err
@@ -173,7 +177,11 @@ func (a *admin) listEvents(c echo.Context) error {
 	if p.Events == nil {
 		p.Events = []mapping.Event{}
 	}
-	return c.JSON(http.StatusOK, p)
+	st, err := a.eventStatuses(p.Events)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"events": p.Events, "next": p.Next, "deliveries": st})
 }
 
 // DeliveryView is a delivery with its attempt log.
@@ -360,7 +368,8 @@ func (a *admin) listDeliveries(c echo.Context) error {
 
 func (a *admin) replayOne(c echo.Context) error {
 	var req struct {
-		Key string `json:"key"`
+		Key     string `json:"key"`
+		Confirm bool   `json:"confirm"`
 	}
 	if err := decodeJSON(c, &req); err != nil {
 		return err
@@ -368,14 +377,35 @@ func (a *admin) replayOne(c echo.Context) error {
 	if req.Key == "" {
 		return badParam("key", "the delivery key (<event id>|<destination>) is required")
 	}
-	d, err := a.g.Store.Replay(c.Request().Context(), req.Key)
-	if errors.Is(err, store.ErrNotFound) {
+	d, err := a.replayChecked(c.Request().Context(), req.Key, req.Confirm)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
 		return webhooks.Errorf(http.StatusNotFound, webhooks.CodeNotFound, "no delivery %s", req.Key)
-	}
-	if err != nil {
+	case errors.Is(err, console.ErrConfirm):
+		return webhooks.Errorf(http.StatusConflict, "confirm", "%v; send {\"key\": ..., \"confirm\": true} to re-send it", err)
+	case errors.Is(err, console.ErrNoReplay):
+		return webhooks.Errorf(http.StatusConflict, "no_replay", "%v", err)
+	case err != nil:
 		return err
 	}
 	return c.JSON(http.StatusAccepted, d)
+}
+
+// replayChecked replays one delivery when its state allows: a delivered
+// one only when confirmed, never one that can only be skipped again or is
+// queued already.
+func (a *admin) replayChecked(ctx context.Context, key string, confirm bool) (store.Delivery, error) {
+	d, err := a.g.Store.Delivery(key)
+	if err != nil {
+		return d, err
+	}
+	switch offer, why := store.ReplayOffer(&d); {
+	case offer == store.OfferNone:
+		return d, fmt.Errorf("%w: %s", console.ErrNoReplay, why)
+	case offer == store.OfferConfirm && !confirm:
+		return d, fmt.Errorf("%w: %s", console.ErrConfirm, why)
+	}
+	return a.g.Store.Replay(ctx, key)
 }
 
 // replayJob tracks a bulk replay; its fields are guarded by mu.
@@ -412,23 +442,71 @@ func describe(f store.DeliveryFilter) string {
 // defaultReplayRate caps bulk replays so they never starve live traffic.
 const defaultReplayRate = 50.0
 
-// startReplay counts (dryRun) or starts replaying every final delivery
-// matching f at perSecond. The real run continues in the background; its
+// replaySelection lists the keys a bulk replay of f re-sends: dead
+// deliveries and skipped ones a replay may change, and delivered ones
+// only when confirmDelivered (a destination without deduplication counts
+// them twice). It also counts the delivered ones it held back and those
+// no replay is offered for.
+func (a *admin) replaySelection(f store.DeliveryFilter, confirmDelivered bool) (keys []string, heldBack, excluded int, err error) {
+	f.Limit = 1 << 30
+	// reason=<text> matches a substring of the reason or last error;
+	// reason==<text> the reason exactly (a dead-letter group).
+	exact, isExact := strings.CutPrefix(f.Reason, "=")
+	if isExact {
+		f.Reason = exact
+	}
+	ds, err := a.g.Store.Deliveries(f)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	for i := range ds {
+		if isExact && ds[i].Reason != exact {
+			continue
+		}
+		switch offer, _ := store.ReplayOffer(&ds[i]); offer {
+		case store.OfferReplay:
+			keys = append(keys, ds[i].Key)
+		case store.OfferConfirm:
+			if confirmDelivered {
+				keys = append(keys, ds[i].Key)
+			} else {
+				heldBack++
+			}
+		default:
+			excluded++
+		}
+	}
+	return keys, heldBack, excluded, nil
+}
+
+// followFor bounds how long a bulk replay follows its deliveries.
+var followFor = 30 * time.Minute
+
+// startReplay counts (dryRun) or starts replaying every delivery matching
+// f that a replay is offered for, at perSecond. The real run continues in
+// the background: it queues the deliveries, then follows them until each
+// is final (or followFor passes) and counts the outcome by state; its
 // progress is the returned job's, read with GET /replay/{id}.
-func (a *admin) startReplay(ctx context.Context, f store.DeliveryFilter, perSecond float64, dryRun bool) (console.ReplayJob, error) {
+func (a *admin) startReplay(ctx context.Context, f store.DeliveryFilter, perSecond float64, dryRun, confirmDelivered bool) (console.ReplayJob, error) {
 	if len(f.States) == 0 {
 		f.States = []string{store.StateDead}
 	}
-	n, err := a.g.Store.ReplayMatching(ctx, f, 0, true, nil)
+	keys, heldBack, excluded, err := a.replaySelection(f, confirmDelivered)
 	if err != nil {
 		return console.ReplayJob{}, err
 	}
+	view := console.ReplayJob{Total: len(keys), Started: a.g.now().UTC(), Filter: describe(f), HeldBack: heldBack, Excluded: excluded}
 	if dryRun {
-		return console.ReplayJob{DryRun: true, Total: n, Finished: true, Started: a.g.now().UTC(), Filter: describe(f)}, nil
+		view.DryRun, view.Finished = true, true
+		return view, nil
+	}
+	if heldBack > 0 {
+		return view, fmt.Errorf("%w: %d of the matching deliveries were delivered already: a destination without deduplication counts them twice", console.ErrConfirm, heldBack)
 	}
 	a.mu.Lock()
 	a.seq++
-	job := &replayJob{view: console.ReplayJob{ID: strconv.Itoa(a.seq), Total: n, Started: a.g.now().UTC(), Filter: describe(f)}}
+	view.ID = strconv.Itoa(a.seq)
+	job := &replayJob{view: view}
 	a.jobs[job.view.ID] = job
 	a.order = append(a.order, job.view.ID)
 	for len(a.order) > maxJobs {
@@ -440,9 +518,9 @@ func (a *admin) startReplay(ctx context.Context, f store.DeliveryFilter, perSeco
 	snap := job.snapshot()
 	go func() {
 		defer a.running.Done()
-		_, err := a.g.Store.ReplayMatching(a.ctx, f, perSecond, false, func(done, total int) {
+		err := a.replayKeys(a.ctx, keys, perSecond, func(done int) {
 			job.mu.Lock()
-			job.view.Done, job.view.Total = done, total
+			job.view.Done = done
 			job.mu.Unlock()
 		})
 		job.mu.Lock()
@@ -450,13 +528,85 @@ func (a *admin) startReplay(ctx context.Context, f store.DeliveryFilter, perSeco
 		if err != nil {
 			job.view.Error = err.Error()
 			a.g.Logger.Error("bulk replay stopped", "job", job.view.ID, "done", job.view.Done, "err", err)
-		} else {
-			job.view.Done = job.view.Total
-			a.g.Logger.Info("bulk replay finished", "job", job.view.ID, "deliveries", job.view.Total)
+			job.mu.Unlock()
+			return
 		}
+		job.view.Done, job.view.Following = job.view.Total, true
 		job.mu.Unlock()
+		a.g.Logger.Info("bulk replay queued; following its deliveries", "job", job.view.ID, "deliveries", len(keys))
+		out := a.follow(a.ctx, keys, func(m map[string]int) {
+			job.mu.Lock()
+			job.view.Outcome = m
+			job.mu.Unlock()
+		})
+		job.mu.Lock()
+		job.view.Following = false
+		job.view.Outcome = out
+		job.mu.Unlock()
+		a.g.Logger.Info("bulk replay finished", "job", job.view.ID, "deliveries", len(keys), "outcome", out)
 	}()
 	return snap, nil
+}
+
+// replayKeys replays keys at most perSecond per second.
+func (a *admin) replayKeys(ctx context.Context, keys []string, perSecond float64, progress func(done int)) error {
+	var tick *time.Ticker
+	if perSecond > 0 {
+		tick = time.NewTicker(time.Duration(float64(time.Second) / perSecond))
+		defer tick.Stop()
+	}
+	for i, k := range keys {
+		if tick != nil && i > 0 {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if _, err := a.g.Store.Replay(ctx, k); err != nil {
+			return err
+		}
+		progress(i + 1)
+	}
+	return nil
+}
+
+// follow polls the replayed deliveries until each is final, reporting the
+// counts by state (unfinished ones under their current state) as they
+// change, and returns the last counts.
+func (a *admin) follow(ctx context.Context, keys []string, report func(map[string]int)) map[string]int {
+	final := map[string]string{}
+	deadline := time.Now().Add(followFor)
+	every := 200 * time.Millisecond
+	for {
+		counts := map[string]int{}
+		for _, k := range keys {
+			if st, ok := final[k]; ok {
+				counts[st]++
+				continue
+			}
+			d, err := a.g.Store.Delivery(k)
+			if err != nil {
+				counts["gone"]++
+				final[k] = "gone"
+				continue
+			}
+			counts[d.State]++
+			if store.Final(d.State) {
+				final[k] = d.State
+			}
+		}
+		report(counts)
+		if len(final) == len(keys) || time.Now().After(deadline) {
+			return counts
+		}
+		select {
+		case <-ctx.Done():
+			return counts
+		case <-time.After(every):
+		}
+		every = min(every*2, 5*time.Second)
+	}
 }
 
 // replayMatching replays every final delivery matching the filter (query
@@ -475,18 +625,27 @@ func (a *admin) replayMatching(c echo.Context) error {
 			return badParam("rate_per_second", "a number above 0 and at most 10000")
 		}
 	}
-	dry := false
+	dry, confirm := false, false
 	if v := c.QueryParam("dry_run"); v != "" {
 		if dry, err = strconv.ParseBool(v); err != nil {
 			return badParam("dry_run", "true or false")
 		}
 	}
-	job, err := a.startReplay(c.Request().Context(), f, rate, dry)
+	if v := c.QueryParam("confirm_delivered"); v != "" {
+		if confirm, err = strconv.ParseBool(v); err != nil {
+			return badParam("confirm_delivered", "true or false")
+		}
+	}
+	job, err := a.startReplay(c.Request().Context(), f, rate, dry, confirm)
+	if errors.Is(err, console.ErrConfirm) {
+		return webhooks.Errorf(http.StatusConflict, "confirm", "%v; add confirm_delivered=true to re-send them", err)
+	}
 	if err != nil {
 		return err
 	}
 	if dry {
-		return c.JSON(http.StatusOK, map[string]any{"dry_run": true, "count": job.Total, "filter": job.Filter})
+		return c.JSON(http.StatusOK, map[string]any{"dry_run": true, "count": job.Total, "filter": job.Filter,
+			"delivered_needing_confirmation": job.HeldBack, "not_replayable": job.Excluded})
 	}
 	return c.JSON(http.StatusAccepted, job)
 }
@@ -714,12 +873,12 @@ func (b consoleBackend) Deliveries(f store.DeliveryFilter) ([]store.Delivery, er
 	return ds, err
 }
 
-func (b consoleBackend) Replay(ctx context.Context, key string) (store.Delivery, error) {
-	return b.a.g.Store.Replay(ctx, key)
+func (b consoleBackend) Replay(ctx context.Context, key string, confirm bool) (store.Delivery, error) {
+	return b.a.replayChecked(ctx, key, confirm)
 }
 
 func (b consoleBackend) ReplayMatching(ctx context.Context, f store.DeliveryFilter, dryRun bool) (console.ReplayJob, error) {
-	return b.a.startReplay(ctx, f, defaultReplayRate, dryRun)
+	return b.a.startReplay(ctx, f, defaultReplayRate, dryRun, false)
 }
 
 func (b consoleBackend) ReplayJobs() []console.ReplayJob { return b.a.jobList() }
@@ -795,4 +954,34 @@ func (a *admin) reconcileGoogle(c echo.Context) error {
 	}
 	gs.enricher.Nudge()
 	return c.JSON(http.StatusOK, res)
+}
+
+func (b consoleBackend) DeliveryLog(f store.LogFilter) (store.LogPage, error) {
+	return b.a.g.Store.DeliveryLog(f)
+}
+
+func (b consoleBackend) HeldNames() []string { return b.a.g.Dispatcher.HeldNames() }
+
+func (b consoleBackend) DeadGroups(dest string) ([]console.DeadGroup, error) {
+	return b.a.deadGroupViews(dest)
+}
+
+func (b consoleBackend) Resume(ctx context.Context, name string) (bool, error) {
+	return b.a.resumeDest(ctx, name)
+}
+
+func (b consoleBackend) Export(w http.ResponseWriter, f store.LogFilter, format string) error {
+	return ExportLog(w, b.a.g.Store, f, format)
+}
+
+func (b consoleBackend) Reload() (string, error) {
+	r, err := b.a.g.Reload()
+	if err != nil {
+		return "", errors.New(config.MaskText(err.Error(), *b.a.g.secrets.Load()))
+	}
+	msg := "Applied to: " + strings.Join(r.Applied, ", ") + "."
+	if len(r.Added)+len(r.Removed)+len(r.Restart) > 0 {
+		msg += " Needs a restart: " + strings.Join(append(append(append([]string(nil), r.Added...), r.Removed...), r.Restart...), ", ") + "."
+	}
+	return msg, nil
 }

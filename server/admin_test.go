@@ -85,6 +85,7 @@ type harnessOpts struct {
 	separate bool
 	dsn      string // PostgreSQL database; BoltDB in a temporary folder when empty
 	dests    string // more destinations, appended to the YAML list
+	reload   func() (*config.Config, error)
 }
 
 // eachBackend runs an admin test on BoltDB and on PostgreSQL: the admin
@@ -141,6 +142,7 @@ destinations:
 		Listener: ln,
 		// The breaker is kept out of the way: tests fail deliveries on purpose.
 		Dispatch: dispatch.Options{BackoffBase: time.Millisecond, BackoffCap: 5 * time.Millisecond, Poll: 20 * time.Millisecond, BreakerFailures: 1000},
+		Reload:   o.reload,
 	}
 	h := &adminHarness{url: "http://" + ln.Addr().String()}
 	h.admin = h.url

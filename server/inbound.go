@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -208,7 +209,7 @@ func (g *Gateway) listInbound(c echo.Context) error {
 		}
 		f.Limit = n
 	}
-	if f.Outcome != "" && !contains(InboundOutcomes, f.Outcome) {
+	if f.Outcome != "" && !slices.Contains(InboundOutcomes, f.Outcome) {
 		return webhooks.Errorf(http.StatusBadRequest, webhooks.CodeInvalid, "outcome %q is not one of %s", f.Outcome, strings.Join(InboundOutcomes, ", "))
 	}
 	reqs, total := g.InboundRequests(f)
@@ -216,15 +217,6 @@ func (g *Gateway) listInbound(c echo.Context) error {
 		"requests": reqs, "seen_since_start": total, "capacity": InboundLogSize,
 		"note": "in this process's memory only: the newest " + strconv.Itoa(InboundLogSize) + " requests since it started; never a body",
 	})
-}
-
-func contains(list []string, v string) bool {
-	for _, s := range list {
-		if s == v {
-			return true
-		}
-	}
-	return false
 }
 
 var _ console.InboundBackend = consoleBackend{}

@@ -41,6 +41,12 @@ type Options struct {
 	Listener net.Listener
 	// AdminListener likewise replaces admin.listen.
 	AdminListener net.Listener
+	// ConsoleLive is how often the console's live pages reload (console
+	// Options.Live); zero for its default.
+	ConsoleLive time.Duration
+	// Reload, when set, reads the configuration again for a reload (SIGHUP
+	// or POST /admin/api/reload); without it the gateway cannot reload.
+	Reload func() (*config.Config, error)
 	// Dispatch overrides engine tuning (tests shorten backoff).
 	Dispatch dispatch.Options
 	// Client is the HTTP client forwarders use; default one per destination
@@ -86,6 +92,10 @@ type Gateway struct {
 	tls *tls.Config
 	// inbound is the log of recent inbound requests (this process only).
 	inbound inboundLog
+	// route and secrets are swapped by Reload (reload.go).
+	route   atomic.Pointer[func(e *mapping.Event) []string]
+	secrets atomic.Pointer[[]string]
+	reload  sync.Mutex // one reload at a time
 }
 
 // Route returns the destinations an event matches.
@@ -192,9 +202,13 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		return nil, err
 	}
 	g.dests = cfg.Destinations
+	route := Route(cfg.Destinations)
+	g.route.Store(&route)
+	secrets := cfg.Secrets()
+	g.secrets.Store(&secrets)
 	var disp *dispatch.Dispatcher
 	g.Store, err = OpenStore(context.Background(), cfg, store.Options{
-		Route:    Route(cfg.Destinations),
+		Route:    func(e *mapping.Event) []string { return (*g.route.Load())(e) },
 		OrderKey: OrderKeys(dests),
 		Now:      opts.Now,
 		Logger:   opts.Logger,
@@ -209,6 +223,9 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	}
 	do := opts.Dispatch
 	do.Now, do.Logger, do.Metrics = opts.Now, opts.Logger, g.Metrics
+	if do.Mask == nil {
+		do.Mask = func(s string) string { return config.MaskText(s, *g.secrets.Load()) }
+	}
 	if do.Poll == 0 {
 		do.Poll = cfg.Dispatch.PollInterval.D()
 	}
@@ -263,7 +280,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		destNames = append(destNames, d.Name)
 	}
 	g.initMetrics(sources, destNames)
-	g.workers = append(g.workers, g.pruneLoop, g.checkLoop, g.erasureLoop)
+	g.workers = append(g.workers, g.pruneLoop, g.checkLoop, g.erasureLoop, g.reloadOnHangup)
 	for _, line := range cfg.Disabled {
 		g.Logger.Warn("disabled: " + line)
 	}

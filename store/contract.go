@@ -71,6 +71,12 @@ type Reader interface {
 	Deliveries(f DeliveryFilter) ([]Delivery, error)
 	Stats(since, until time.Time, bucket time.Duration) (Stats, error)
 	DeadCounts() (map[string]int, error)
+	// DeliveryLog lists deliveries joined with their events, newest event
+	// first, with the total of matching deliveries (see LogFilter).
+	DeliveryLog(f LogFilter) (LogPage, error)
+	// DeadGroups counts dead deliveries per destination and reason, with
+	// a sample delivery per group; destination, when set, narrows them.
+	DeadGroups(destination string) ([]DeadGroup, error)
 }
 
 // Operator is what the admin API changes: replays and reprocessing.
@@ -78,6 +84,9 @@ type Operator interface {
 	Replay(ctx context.Context, key string) (Delivery, error)
 	ReplayMatching(ctx context.Context, f DeliveryFilter, perSecond float64, dryRun bool, progress func(done, total int)) (int, error)
 	Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult, error)
+	// Expedite makes a destination's pending and retrying deliveries due
+	// at now (after an operator resumes it) and returns how many moved.
+	Expedite(ctx context.Context, dest string, now time.Time) (int, error)
 }
 
 // Users is the identity store and privacy deletion.

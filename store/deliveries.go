@@ -99,6 +99,8 @@ type Attempt struct {
 	Request  string        `json:"request,omitempty"`
 	Response string        `json:"response,omitempty"` // first KiB
 	Error    string        `json:"error,omitempty"`
+	// Replay marks an attempt made after an operator replayed the delivery.
+	Replay bool `json:"replay,omitempty"`
 }
 
 func deliveryKey(eventID, dest string) string { return eventID + "|" + dest }

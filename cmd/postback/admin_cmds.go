@@ -168,8 +168,9 @@ func cmdEvents(ctx context.Context, env *Env, args []string) int {
 		"user": *user, "subscription": *sub, "since": *since, "until": *until, "cursor": *cursor})
 	q.Set("limit", strconv.Itoa(*limit))
 	var out struct {
-		Events []apiEvent `json:"events"`
-		Next   string     `json:"next,omitempty"`
+		Events     []apiEvent                 `json:"events"`
+		Next       string                     `json:"next,omitempty"`
+		Deliveries map[string][]apiDestStatus `json:"deliveries,omitempty"`
 	}
 	if err := c.do(ctx, http.MethodGet, "/admin/api/events", q, nil, &out); err != nil {
 		return exitErr(env, err)
@@ -179,14 +180,14 @@ func cmdEvents(ctx context.Context, env *Env, args []string) int {
 		return 0
 	}
 	tw := table(env.Stdout)
-	fmt.Fprintln(tw, "RECEIVED\tTYPE\tSOURCE\tENV\tAPP\tUSER\tSUBSCRIPTION\tREVENUE\tID")
+	fmt.Fprintln(tw, "RECEIVED\tTYPE\tSOURCE\tENV\tAPP\tUSER\tSUBSCRIPTION\tREVENUE\tDELIVERIES\tID")
 	for _, e := range out.Events {
 		t := e.Type
 		if e.Name != "" {
 			t += ":" + e.Name
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ts(e.ReceivedAt), t, e.Source, e.Environment, dash(e.AppID),
-			dash(e.User.AppUserID), dash(e.SubscriptionID), e.revenue(), e.ID)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ts(e.ReceivedAt), t, e.Source, e.Environment, dash(e.AppID),
+			dash(e.User.AppUserID), dash(e.SubscriptionID), e.revenue(), statusChips(out.Deliveries[e.ID]), e.ID)
 	}
 	tw.Flush()
 	if len(out.Events) == 0 {
@@ -283,61 +284,16 @@ func (f deliveryFilterFlags) query() url.Values {
 	return q
 }
 
-func cmdDeliveries(ctx context.Context, env *Env, args []string) int {
-	fs := newFlags("deliveries", env)
-	addr, asJSON := clientFlags(fs, env)
-	f := addDeliveryFilter(fs, "")
-	limit := fs.Int("limit", 100, "at most this many (1-1000)")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return 2
-	}
-	if len(pos) > 0 {
-		return exitErr(env, usageError("unexpected argument %q (filters are flags: --state dead --destination NAME)", pos[0]))
-	}
-	c, err := newAdminClient(env, *addr)
-	if err != nil {
-		return exitErr(env, err)
-	}
-	if err := f.check(ctx, c); err != nil {
-		return exitErr(env, err)
-	}
-	q := f.query()
-	q.Set("limit", strconv.Itoa(*limit))
-	var out struct {
-		Deliveries []apiDelivery `json:"deliveries"`
-	}
-	if err := c.do(ctx, http.MethodGet, "/admin/api/deliveries", q, nil, &out); err != nil {
-		return exitErr(env, err)
-	}
-	if *asJSON {
-		printJSON(env.Stdout, out)
-		return 0
-	}
-	tw := table(env.Stdout)
-	fmt.Fprintln(tw, "UPDATED\tDESTINATION\tSTATE\tATTEMPTS\tSTATUS\tREASON\tKEY")
-	for _, d := range out.Deliveries {
-		st := "-"
-		if d.LastStatus != 0 {
-			st = strconv.Itoa(d.LastStatus)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", ts(d.UpdatedAt), d.Destination, d.State, d.Attempts, st, dash(clip(d.Reason, 60)), d.Key)
-	}
-	tw.Flush()
-	if len(out.Deliveries) == 0 {
-		fmt.Fprintln(env.Stderr, "no deliveries match")
-	}
-	return 0
-}
-
 type apiJob struct {
-	ID       string    `json:"id"`
-	Total    int       `json:"total"`
-	Done     int       `json:"done"`
-	Finished bool      `json:"finished"`
-	Error    string    `json:"error,omitempty"`
-	Started  time.Time `json:"started"`
-	Filter   string    `json:"filter,omitempty"`
+	ID        string         `json:"id"`
+	Total     int            `json:"total"`
+	Done      int            `json:"done"`
+	Finished  bool           `json:"finished"`
+	Following bool           `json:"following,omitempty"`
+	Outcome   map[string]int `json:"outcome,omitempty"`
+	Error     string         `json:"error,omitempty"`
+	Started   time.Time      `json:"started"`
+	Filter    string         `json:"filter,omitempty"`
 }
 
 func cmdReplay(ctx context.Context, env *Env, args []string) int {
@@ -349,6 +305,8 @@ func cmdReplay(ctx context.Context, env *Env, args []string) int {
 	rate := fs.Float64("rate", 50, "replays per second (a cap so replays never starve live traffic)")
 	noWait := fs.Bool("no-wait", false, "start a bulk replay and return at once instead of following its progress")
 	poll := fs.Duration("poll", time.Second, "progress poll interval")
+	confirm := fs.Bool("confirm", false, "also re-send delivered work (a destination without deduplication counts it twice)")
+	noFollow := fs.Bool("no-follow", false, "stop once the deliveries are queued, without following them to their final state")
 	fs.Usage = func() {
 		flagUsage(fs, "usage: postback replay <delivery key>...   replay these deliveries (keys from 'postback deliveries')\n       postback replay [filters] [--dry-run]  replay every matching delivery (default state dead)")
 	}
@@ -367,8 +325,8 @@ func cmdReplay(ctx context.Context, env *Env, args []string) int {
 		var replayed []any
 		for _, k := range keys {
 			var d apiDelivery
-			if err := c.do(ctx, http.MethodPost, "/admin/api/deliveries/replay", nil, map[string]string{"key": k}, &d); err != nil {
-				return exitErr(env, err)
+			if err := c.do(ctx, http.MethodPost, "/admin/api/deliveries/replay", nil, map[string]any{"key": k, "confirm": *confirm}, &d); err != nil {
+				return exitErr(env, confirmHint(err))
 			}
 			replayed = append(replayed, d)
 			if !*asJSON {
@@ -388,6 +346,9 @@ func cmdReplay(ctx context.Context, env *Env, args []string) int {
 		return exitErr(env, usageError("name delivery keys, or filter with --destination/--reason/--since/--until, or pass --all"))
 	}
 	q.Set("rate_per_second", strconv.FormatFloat(*rate, 'f', -1, 64))
+	if *confirm {
+		q.Set("confirm_delivered", "true")
+	}
 	if *dry {
 		q.Set("dry_run", "true")
 		var out struct {
@@ -407,29 +368,31 @@ func cmdReplay(ctx context.Context, env *Env, args []string) int {
 	}
 	var job apiJob
 	if err := c.do(ctx, http.MethodPost, "/admin/api/replay", q, nil, &job); err != nil {
-		return exitErr(env, err)
+		return exitErr(env, confirmHint(err))
 	}
 	if !*asJSON {
 		fmt.Fprintf(env.Stderr, "replay %s started: %d deliveries at up to %g/s\n", job.ID, job.Total, *rate)
 	}
-	for !*noWait && !job.Finished {
+	for !*noWait && (!job.Finished || job.Following && !*noFollow) {
 		select {
 		case <-ctx.Done():
 			fmt.Fprintf(env.Stderr, "stopped following; replay %s continues on the gateway\n", job.ID)
 			return 1
 		case <-time.After(*poll):
 		}
-		if err := c.do(ctx, http.MethodGet, "/admin/api/replay/"+url.PathEscape(job.ID), nil, nil, &job); err != nil {
+		id := job.ID
+		job = apiJob{} // omitted fields (following: false) must not keep old values
+		if err := c.do(ctx, http.MethodGet, "/admin/api/replay/"+url.PathEscape(id), nil, nil, &job); err != nil {
 			return exitErr(env, err)
 		}
 		if !*asJSON {
-			fmt.Fprintf(env.Stderr, "  %d/%d\n", job.Done, job.Total)
+			fmt.Fprintf(env.Stderr, "  %d/%d queued%s\n", job.Done, job.Total, outcomeText(job.Outcome, ", "))
 		}
 	}
 	if *asJSON {
 		printJSON(env.Stdout, job)
 	} else if job.Finished {
-		fmt.Fprintf(env.Stdout, "replay %s: %d of %d deliveries queued again\n", job.ID, job.Done, job.Total)
+		fmt.Fprintf(env.Stdout, "replay %s: %d of %d deliveries queued again%s\n", job.ID, job.Done, job.Total, outcomeText(job.Outcome, "; outcome: "))
 	} else {
 		fmt.Fprintf(env.Stdout, "replay %s running: follow it with GET /admin/api/replay/%s\n", job.ID, job.ID)
 	}
@@ -457,7 +420,7 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("destinations", env)
 	addr, asJSON := clientFlags(fs, env)
 	fs.Usage = func() {
-		flagUsage(fs, "usage: postback destinations [flags]              health and backlog of every destination\n       postback destinations [flags] test <name>  send a test event through the destination's validation path (exit 1 unless the vendor really tested and accepted it)")
+		flagUsage(fs, "usage: postback destinations [flags]              health and backlog of every destination\n       postback destinations [flags] test <name>  send a test event through the destination's validation path (exit 1 unless the vendor really tested and accepted it)\n       postback destinations [flags] resume <name>  end a pause or open circuit now and send the queued deliveries\n       postback destinations [flags] reload  read the configuration file again and apply its destinations and their secrets (as SIGHUP does)")
 	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -470,8 +433,12 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 	switch {
 	case len(pos) == 2 && pos[0] == "test":
 		return testDestination(ctx, env, c, pos[1], *asJSON)
+	case len(pos) == 2 && pos[0] == "resume":
+		return resumeDestination(ctx, env, c, pos[1], *asJSON)
+	case len(pos) == 1 && pos[0] == "reload":
+		return reloadDestinations(ctx, env, c, *asJSON)
 	case len(pos) != 0:
-		return exitErr(env, usageError("usage: postback destinations [test <name>]"))
+		return exitErr(env, usageError("usage: postback destinations [test <name> | resume <name> | reload]"))
 	}
 	var out struct {
 		Destinations []struct {
@@ -485,6 +452,7 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 			Success5m   apiRate   `json:"success_5m"`
 			Success1h   apiRate   `json:"success_1h"`
 			InFlight    int       `json:"in_flight"`
+			Held        *apiHeld  `json:"held,omitempty"`
 			Queue       struct {
 				Depth   int `json:"depth"`
 				Waiting int `json:"waiting"`
@@ -501,7 +469,10 @@ func cmdDestinations(ctx context.Context, env *Env, args []string) int {
 	}
 	tw := table(env.Stdout)
 	fmt.Fprintln(tw, "NAME\tTYPE\tCIRCUIT\tPAUSED\tQUEUE\tOLDEST\tSUCCESS 5M\tSUCCESS 1H\tLAST ERROR")
+	held := map[string]*apiHeld{}
+	defer func() { printHeld(env.Stdout, held) }()
 	for _, d := range out.Destinations {
+		held[d.Name] = d.Held
 		paused := "no"
 		if d.Paused {
 			paused = "yes: " + clip(d.PausedWhy, 30)

@@ -178,7 +178,7 @@ func TestAdminCommands(t *testing.T) {
 		code     int
 		contains []string
 	}{
-		{"events table", "", []string{"events", "--addr", addr}, 0, []string{"RECEIVED", "subscription_started", "user-a", "user-b", "9.99 USD"}},
+		{"events table", "", []string{"events", "--addr", addr}, 0, []string{"RECEIVED", "subscription_started", "user-a", "user-b", "9.99 USD", "DELIVERIES", "backend:delivered"}},
 		{"events filter", "", []string{"events", "--addr", addr, "--user", "user-b"}, 0, []string{"user-b"}},
 		{"events limit pages", "", []string{"events", "--addr", addr, "--limit", "1"}, 0, []string{"SUBSCRIPTION"}},
 		{"event detail", "", []string{"events", evID, "--addr", addr}, 0, []string{evID, "backend  delivered", "mmp  dead", "HTTP 400"}},

@@ -51,7 +51,8 @@ var commands = map[string]command{
 	"version":      {cmdVersion, "print version, commit and Go version"},
 	"reprocess":    {cmdReprocess, "re-map stored notifications after a mapping fix (admin API client)"},
 	"events":       {cmdEvents, "list events, or show one with its deliveries (admin API client)"},
-	"deliveries":   {cmdDeliveries, "list deliveries by state and destination (admin API client)"},
+	"deliveries":   {cmdDeliveries, "the deliveries log: filter by state (held too), destination, type, source, time; search by id; page; --export csv|json (admin API client)"},
+	"dead":         {cmdDead, "dead letters grouped by destination and reason, with the last response (admin API client)"},
 	"replay":       {cmdReplay, "replay deliveries by key or by filter, with --dry-run (admin API client)"},
 	"demo":         {cmdDemo, "run a gateway with mock sources and destinations, no accounts needed"},
 	"destinations": {cmdDestinations, "destination health; 'destinations test NAME' sends a test event (admin API client)"},
@@ -176,7 +177,8 @@ func cmdServe(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	log := server.NewLogger(env.Stderr, cfg.Log, cfg.Secrets())
-	g, err := server.New(cfg, server.Options{Logger: log, Version: version, Commit: buildCommit()})
+	// SIGHUP and POST /admin/api/reload read the same file again.
+	g, err := server.New(cfg, server.Options{Logger: log, Version: version, Commit: buildCommit(), Reload: func() (*config.Config, error) { return loadConfig(env, *cfgPath) }})
 	if err != nil {
 		log.Error("start-up failed", "err", err)
 		return 1

@@ -1,0 +1,128 @@
+package forwarders
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+)
+
+// maxDumpBody bounds the request body kept in an attempt's log.
+const maxDumpBody = 4 << 10
+
+// masked replaces a secret value in a request dump.
+const masked = "[masked]"
+
+// secretName reports whether a header, query or field name carries a
+// credential.
+func secretName(name string) bool {
+	n := strings.ToLower(name)
+	for _, s := range []string{"authorization", "token", "secret", "key", "password", "signature", "auth", "cookie", "credential"} {
+		if strings.Contains(n, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// DumpRequest renders the request a forwarder sends, for the attempt log:
+// the summary line, the method and URL, the headers and the body (first
+// 4 KiB), with credentials masked by name (Authorization, Access-Token,
+// api_secret, access_token, ...) and each of secrets masked wherever it
+// shows. It reads the body through req.GetBody and leaves req untouched.
+func DumpRequest(req *http.Request, summary string, secrets ...string) string {
+	var b strings.Builder
+	u := *req.URL
+	u.User = nil
+	if q := u.Query(); len(q) > 0 {
+		for k := range q {
+			if secretName(k) {
+				q[k] = []string{masked}
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
+	line := req.Method + " " + u.String()
+	if summary != "" && summary != line {
+		b.WriteString(summary + "\n\n")
+	}
+	b.WriteString(line + "\n")
+	names := make([]string, 0, len(req.Header))
+	for k := range req.Header {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		v := strings.Join(req.Header[k], ", ")
+		if secretName(k) {
+			v = masked
+		}
+		b.WriteString(k + ": " + v + "\n")
+	}
+	if req.GetBody != nil {
+		if rc, err := req.GetBody(); err == nil {
+			body, _ := io.ReadAll(io.LimitReader(rc, maxDumpBody+1))
+			rc.Close()
+			b.WriteString("\n")
+			b.WriteString(maskBody(body, req.Header.Get("Content-Type")))
+		}
+	}
+	return redact(b.String(), secrets...)
+}
+
+// maskBody masks credential fields of a JSON or form body; a longer body
+// is cut at maxDumpBody.
+func maskBody(body []byte, contentType string) string {
+	cut := len(body) > maxDumpBody
+	if cut {
+		body = body[:maxDumpBody]
+	}
+	out := string(body)
+	switch {
+	case cut:
+	case strings.HasPrefix(contentType, "application/x-www-form-urlencoded"):
+		if v, err := url.ParseQuery(out); err == nil {
+			for k := range v {
+				if secretName(k) {
+					v[k] = []string{masked}
+				}
+			}
+			out = v.Encode()
+		}
+	case json.Valid(body):
+		var v any
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.UseNumber()
+		if dec.Decode(&v) == nil {
+			maskJSON(v)
+			if js, err := json.Marshal(v); err == nil {
+				out = string(js)
+			}
+		}
+	}
+	out = strings.ToValidUTF8(out, "?")
+	if cut {
+		out += "\n[… cut at 4 KiB]"
+	}
+	return out
+}
+
+func maskJSON(v any) {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, c := range x {
+			if _, isStr := c.(string); isStr && secretName(k) {
+				x[k] = masked
+				continue
+			}
+			maskJSON(c)
+		}
+	case []any:
+		for _, c := range x {
+			maskJSON(c)
+		}
+	}
+}
