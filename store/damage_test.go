@@ -114,7 +114,7 @@ func TestDamagedFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		refused := 0
-		for seed := uint64(1); seed <= 12; seed++ {
+		for seed := uint64(1); seed <= 40; seed++ {
 			data := append([]byte(nil), orig...)
 			const page = 4096
 			r := rand.New(rand.NewPCG(seed, seed))

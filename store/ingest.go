@@ -242,49 +242,8 @@ func (db *DB) commitPrepared(tx *bolt.Tx, p *prepared, res *IngestResult) error 
 			return softError{errStale}
 		}
 	}
-	events, deliveries := tx.Bucket(bEvents), tx.Bucket(bDeliveries)
-	for i := range p.events {
-		pe := &p.events[i]
-		e := &pe.e
-		if events.Get([]byte(e.ID)) != nil {
-			res.Repeats++
-			continue
-		}
-		if err := events.Put([]byte(e.ID), pe.doc); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bEventsTime).Put(timeKey(e.ReceivedAt, e.ID), nil); err != nil {
-			return err
-		}
-		if e.User.AppUserID != "" {
-			if err := tx.Bucket(bUserEvents).Put(userEventKey(e.User.AppUserID, e.ID), nil); err != nil {
-				return err
-			}
-		}
-		for j := range pe.deliveries {
-			pd := &pe.deliveries[j]
-			if err := deliveries.Put([]byte(pd.d.Key), pd.doc); err != nil {
-				return err
-			}
-			if err := putDue(tx, &pd.d); err != nil {
-				return err
-			}
-			if err := putOrder(tx, &pd.d); err != nil {
-				return err
-			}
-			res.dests = append(res.dests, pd.d.Destination)
-		}
-		res.Events = append(res.Events, *e)
-	}
-	if p.erasure != nil {
-		if err := tx.Bucket(bErasures).Put(p.ik, p.erasure); err != nil {
-			return err
-		}
-	}
-	for _, kv := range p.states {
-		if err := states.Put(kv.k, kv.v); err != nil {
-			return err
-		}
+	if err := db.writePrepared(tx, p, res, true); err != nil {
+		return err
 	}
 	res.Status, res.Reason = n.Status, n.Reason
 	return db.putInboxDoc(tx, p.ik, n, p.inbox)
@@ -374,35 +333,29 @@ func (s txStates) State(key string) (mapping.State, bool) {
 // leaves the transaction untouched. writeStates is false when reprocessing
 // an item that was already mapped (its state effects already happened).
 func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResult, writeStates bool) error {
-	out, err := db.opts.Map(n, txStates{tx.Bucket(bStates)})
-	if err != nil {
-		if MappingFailed(err) {
-			n.Status, n.Reason = mapping.StatusFailed, err.Error()
-			res.Status, res.Reason = n.Status, n.Reason
-			db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", err)
-			return nil
-		}
-		return fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
+	p := &prepared{ik: inboxKey(n.Source, n.Key), item: *n, reads: map[string][]byte{}}
+	if err := db.prepareMapped(tx, p); err != nil {
+		return err
 	}
-	events, deliveries, users := tx.Bucket(bEvents), tx.Bucket(bDeliveries), tx.Bucket(bUsers)
-	now := db.opts.Now()
-	for i := range out.Events {
-		e := &out.Events[i]
-		if e.ID == "" {
-			return fmt.Errorf("store: mapping %s produced an event without id", n.Source)
-		}
-		if !containsStr(n.EventIDs, e.ID) {
-			n.EventIDs = append(n.EventIDs, e.ID)
-		}
+	*n = p.item
+	res.Status, res.Reason = n.Status, n.Reason
+	return db.writePrepared(tx, p, res, writeStates)
+}
+
+// writePrepared stores a prepared notification's new events with their
+// indexes and deliveries and, with writeStates, its states and queued
+// erasure (an item reprocessed after it was mapped does not write state
+// again). Events that already exist are counted as repeats.
+func (db *DB) writePrepared(tx *bolt.Tx, p *prepared, res *IngestResult, writeStates bool) error {
+	events, deliveries := tx.Bucket(bEvents), tx.Bucket(bDeliveries)
+	for i := range p.events {
+		pe := &p.events[i]
+		e := &pe.e
 		if events.Get([]byte(e.ID)) != nil {
 			res.Repeats++
 			continue
 		}
-		if e.ReceivedAt.IsZero() {
-			e.ReceivedAt = n.ReceivedAt
-		}
-		mergeUser(users, e)
-		if err := putJSON(events, []byte(e.ID), e); err != nil {
+		if err := events.Put([]byte(e.ID), pe.doc); err != nil {
 			return err
 		}
 		if err := tx.Bucket(bEventsTime).Put(timeKey(e.ReceivedAt, e.ID), nil); err != nil {
@@ -413,46 +366,35 @@ func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResul
 				return err
 			}
 		}
-		for _, dest := range db.opts.Route(e) {
-			d := Delivery{
-				Key: deliveryKey(e.ID, dest), EventID: e.ID, Destination: dest, State: StatePending,
-				CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), AppUserID: e.User.AppUserID,
-			}
-			d.setOrder(db.opts.OrderKey, e)
-			if err := putJSON(deliveries, []byte(d.Key), &d); err != nil {
+		for j := range pe.deliveries {
+			pd := &pe.deliveries[j]
+			if err := deliveries.Put([]byte(pd.d.Key), pd.doc); err != nil {
 				return err
 			}
-			if err := putDue(tx, &d); err != nil {
+			if err := putDue(tx, &pd.d); err != nil {
 				return err
 			}
-			if err := putOrder(tx, &d); err != nil {
+			if err := putOrder(tx, &pd.d); err != nil {
 				return err
 			}
-			res.dests = append(res.dests, dest)
+			res.dests = append(res.dests, pd.d.Destination)
 		}
 		res.Events = append(res.Events, *e)
 	}
-	if writeStates && out.Erase != nil {
-		if err := queueErasure(tx, inboxKey(n.Source, n.Key), out.Erase, now); err != nil {
+	if writeStates && p.erasure != nil {
+		if err := tx.Bucket(bErasures).Put(p.ik, p.erasure); err != nil {
 			return err
 		}
 	}
-	if writeStates {
-		sb := tx.Bucket(bStates)
-		for _, s := range out.States {
-			if s.Key == "" {
-				continue
-			}
-			if err := putJSON(sb, []byte(s.Key), &s); err != nil {
-				return err
-			}
+	if !writeStates {
+		return nil
+	}
+	states := tx.Bucket(bStates)
+	for _, kv := range p.states {
+		if err := states.Put(kv.k, kv.v); err != nil {
+			return err
 		}
 	}
-	n.Status, n.Reason = mapping.StatusMapped, ""
-	if len(out.Events) == 0 {
-		n.Status, n.Reason = mapping.StatusIgnored, out.Ignored
-	}
-	res.Status, res.Reason = n.Status, n.Reason
 	return nil
 }
 

@@ -51,6 +51,23 @@ func mergeUser(users *bolt.Bucket, e *mapping.Event) {
 	u.Fill(e)
 }
 
+// Merge applies a PUT of identifiers to the record: a value of "" removes
+// that identifier.
+func (u *User) Merge(appUserID string, ids map[string]string, now time.Time) {
+	u.AppUserID = appUserID
+	if u.Identifiers == nil {
+		u.Identifiers = map[string]string{}
+	}
+	for k, v := range ids {
+		if v == "" {
+			delete(u.Identifiers, k)
+		} else {
+			u.Identifiers[k] = v
+		}
+	}
+	u.UpdatedAt = now.UTC()
+}
+
 // Fill gives e the identifiers it lacks from the user's record.
 func (u *User) Fill(e *mapping.Event) {
 	for k, v := range u.Identifiers {
@@ -76,18 +93,7 @@ func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]stri
 		if _, err := getJSON(users, []byte(appUserID), &u); err != nil {
 			return softError{err}
 		}
-		u.AppUserID = appUserID
-		if u.Identifiers == nil {
-			u.Identifiers = map[string]string{}
-		}
-		for k, v := range ids {
-			if v == "" {
-				delete(u.Identifiers, k)
-			} else {
-				u.Identifiers[k] = v
-			}
-		}
-		u.UpdatedAt = db.opts.Now().UTC()
+		u.Merge(appUserID, ids, db.opts.Now())
 		if err := putJSON(users, []byte(appUserID), &u); err != nil {
 			return err
 		}

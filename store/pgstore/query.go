@@ -187,18 +187,7 @@ func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]stri
 				return err
 			}
 		}
-		u.AppUserID = appUserID
-		if u.Identifiers == nil {
-			u.Identifiers = map[string]string{}
-		}
-		for k, v := range ids {
-			if v == "" {
-				delete(u.Identifiers, k)
-			} else {
-				u.Identifiers[k] = v
-			}
-		}
-		u.UpdatedAt = db.opts.Now().UTC()
+		u.Merge(appUserID, ids, db.opts.Now())
 		if doc, err = json.Marshal(&u); err != nil {
 			return err
 		}
