@@ -171,7 +171,7 @@ func TestUnknownValuesListTheValidOnes(t *testing.T) {
 	}{
 		{[]string{"events", "--token", admToken, "--source", "itunes"}, `postback: --source "itunes" is not one of: apple, google, stripe, shopify, custom (HTTP 400 usage)`},
 		{[]string{"events", "--token", admToken, "--type", "renewal"}, `--type "renewal" is not one of: trial_started,`},
-		{[]string{"deliveries", "--token", admToken, "--state", "failed"}, `--state "failed" is not one of: pending, retrying, waiting, delivered, dead, skipped`},
+		{[]string{"deliveries", "--token", admToken, "--state", "failed"}, `--state "failed" is not one of: pending, retrying, waiting, delivered, dead, skipped, held`},
 		{[]string{"deliveries", "--token", admToken, "--destination", "nosuch"}, `--destination "nosuch" is not one of the gateway's destinations: backend, mmp`},
 		{[]string{"replay", "--token", admToken, "--destination", "nosuch"}, `--destination "nosuch" is not one of the gateway's destinations: backend, mmp`},
 		{[]string{"reprocess", "--token", admToken, "--source", "x"}, `--source "x" is not one of`},

@@ -37,6 +37,9 @@ type apiLogPage struct {
 }
 
 // cmdDeliveries is `postback deliveries`: the deliveries log.
+// logStateNames are the deliveries log's states: the stored ones and held.
+var logStateNames = append(append([]string(nil), stateNames...), "held")
+
 func cmdDeliveries(ctx context.Context, env *Env, args []string) int {
 	fs := newFlags("deliveries", env)
 	addr, asJSON := clientFlags(fs, env)
@@ -51,10 +54,7 @@ func cmdDeliveries(ctx context.Context, env *Env, args []string) int {
 	offset := fs.Int("offset", 0, "skip this many rows (paging: the footer prints the next offset)")
 	limit := fs.Int("limit", 50, "rows per page (1-1000)")
 	export := fs.String("export", "", "csv or json: print every matching row (up to 100,000) instead of a page")
-	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback deliveries [flags]   the deliveries log, newest event first")
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() { flagUsage(fs, "usage: postback deliveries [flags]   the deliveries log, newest event first") }
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
@@ -67,6 +67,20 @@ func cmdDeliveries(ctx context.Context, env *Env, args []string) int {
 	}
 	c, err := newAdminClient(env, *addr)
 	if err != nil {
+		return exitErr(env, err)
+	}
+	for _, st := range strings.Split(*state, ",") {
+		if err := checkChoice("state", strings.TrimSpace(st), logStateNames, nil); err != nil {
+			return exitErr(env, err)
+		}
+	}
+	if err := checkChoice("source", *source, sourceNames, nil); err != nil {
+		return exitErr(env, err)
+	}
+	if err := checkChoice("type", *typ, typeNames(), func(v string) bool { return strings.HasPrefix(v, "custom:") }); err != nil {
+		return exitErr(env, err)
+	}
+	if err := checkDestination(ctx, c, "--destination", *dest); err != nil {
 		return exitErr(env, err)
 	}
 	q := url.Values{}
@@ -168,8 +182,7 @@ func cmdDead(ctx context.Context, env *Env, args []string) int {
 	addr, asJSON := clientFlags(fs, env)
 	dest := fs.String("destination", "", "only this destination")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "usage: postback dead [flags]   dead letters grouped by destination and reason\n       replay a group with: postback replay --destination NAME --reason '=REASON' (a leading = matches exactly)")
-		fs.PrintDefaults()
+		flagUsage(fs, "usage: postback dead [flags]   dead letters grouped by destination and reason\n       replay a group with: postback replay --destination NAME --reason '=REASON' (a leading = matches exactly)")
 	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {

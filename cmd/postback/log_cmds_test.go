@@ -107,7 +107,7 @@ func TestDeliveriesLogGolden(t *testing.T) {
 
 func TestDeliveriesExport(t *testing.T) {
 	csv := "received_at,event_id,destination,state\n2026-11-30T03:00:00Z,evt_b,appsflyer,held\n"
-	addr, s := newStandIn(t, map[string]string{"GET /admin/api/log": "csv:" + csv})
+	addr, s := newStandIn(t, map[string]string{"GET /admin/api/log": "csv:" + csv, "GET /admin/api/destinations": `{"destinations":[{"name":"appsflyer"}]}`})
 	code, out, errOut := runCLI("deliveries", "--addr", addr, "--export", "csv", "--destination", "appsflyer")
 	if code != 0 || out != csv {
 		t.Fatalf("exit %d, out %q, err %s", code, out, errOut)
