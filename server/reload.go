@@ -24,11 +24,16 @@ var ErrNoReload = errors.New("this gateway was started without a configuration f
 // ReloadResult is what a reload changed (see dispatch.ReloadResult).
 type ReloadResult struct {
 	dispatch.ReloadResult
+	// Sources lists the sources whose secrets were applied (stripe,
+	// shopify, api_keys); SourcesRestart those enabled or disabled by the
+	// file, which needs a restart.
+	Sources        []string `json:"sources_applied,omitempty"`
+	SourcesRestart []string `json:"sources_need_restart,omitempty"`
 	// Unchanged lists the settings a reload never changes.
 	Unchanged string `json:"unchanged"`
 }
 
-const reloadScope = "sources and their secrets, admin, server, storage and the destination list itself (adding, removing, concurrency, rate limits) need a restart"
+const reloadScope = "enabling or disabling a source, Apple and Google source settings, admin, server, storage and the destination list itself (adding, removing, concurrency, rate limits) need a restart"
 
 // Reload reads the configuration again (Options.Reload) and applies its
 // destinations: each running destination gets a forwarder built from the
@@ -57,6 +62,7 @@ func (g *Gateway) Reload() (ReloadResult, error) {
 	secrets := append(*g.secrets.Load(), cfg.Secrets()...) // old ones stay masked in logs written meanwhile
 	g.secrets.Store(&secrets)
 	r := g.Dispatcher.Reload(dests)
+	srcApplied, srcRestart := g.reloadSources(cfg)
 	// Route only to destinations that run: one added by the file waits
 	// for a restart rather than queueing work nobody sends.
 	running := g.Dispatcher.Names()
@@ -71,8 +77,9 @@ func (g *Gateway) Reload() (ReloadResult, error) {
 	g.mu.Lock()
 	g.dests = routed
 	g.mu.Unlock()
-	g.Logger.Info("configuration reloaded", "applied", r.Applied, "added_need_restart", r.Added, "removed_need_restart", r.Removed, "restart_needed", r.Restart)
-	return ReloadResult{ReloadResult: r, Unchanged: reloadScope}, nil
+	g.Logger.Info("configuration reloaded", "applied", r.Applied, "added_need_restart", r.Added, "removed_need_restart", r.Removed, "restart_needed", r.Restart,
+		"sources_applied", srcApplied, "sources_need_restart", srcRestart)
+	return ReloadResult{ReloadResult: r, Sources: srcApplied, SourcesRestart: srcRestart, Unchanged: reloadScope}, nil
 }
 
 // reloadOnHangup reloads on SIGHUP until ctx ends.

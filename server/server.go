@@ -96,6 +96,8 @@ type Gateway struct {
 	route   atomic.Pointer[func(e *mapping.Event) []string]
 	secrets atomic.Pointer[[]string]
 	reload  sync.Mutex // one reload at a time
+	// sources are the handlers a reload gives new secrets (sources.go).
+	sources sourceHandlers
 }
 
 // Route returns the destinations an event matches.

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -48,7 +49,7 @@ type Custom struct {
 	// Throttle holds back addresses that keep presenting wrong keys (nil:
 	// no throttling).
 	Throttle *Throttle
-	keys     TokenSet
+	keys     atomic.Pointer[TokenSet]
 }
 
 // NewCustom builds the /v1 handlers. retention is storage.retention.
@@ -59,8 +60,21 @@ func NewCustom(d Deps, users Users, apiKeys []string, retention time.Duration) *
 			c.APIKeys = append(c.APIKeys, k)
 		}
 	}
-	c.keys = NewTokenSet(c.APIKeys...)
+	c.SetAPIKeys(c.APIKeys)
 	return c
+}
+
+// SetAPIKeys replaces the accepted API keys (a configuration reload); an
+// empty list turns /v1 off.
+func (h *Custom) SetAPIKeys(apiKeys []string) {
+	var keys []string
+	for _, k := range apiKeys {
+		if k = strings.TrimSpace(k); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	ts := NewTokenSet(keys...)
+	h.keys.Store(&ts)
 }
 
 // Mount registers the /v1 routes on e.
@@ -81,7 +95,8 @@ var ErrAPIKey = errors.New("custom: missing or unknown API key")
 // held back (429) before its guess is even checked.
 func (h *Custom) Auth(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if h.keys.Len() == 0 {
+		keys := h.keys.Load()
+		if keys == nil || keys.Len() == 0 {
 			return Errorf(http.StatusNotFound, CodeNotFound, "the /v1 API is off: set api_keys in config.yaml (e.g. api_keys: [\"${POSTBACK_API_KEY}\"])")
 		}
 		addr := c.RealIP()
@@ -89,7 +104,7 @@ func (h *Custom) Auth(next echo.HandlerFunc) echo.HandlerFunc {
 			return Throttled(c, wait)
 		}
 		key, ok := BearerToken(c.Request().Header.Get("Authorization"))
-		if !ok || !h.keys.Match(key) {
+		if !ok || !keys.Match(key) {
 			h.Throttle.Fail("api", addr)
 			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="postback"`)
 			return Wrap(http.StatusUnauthorized, CodeUnauthorized, "missing or unknown API key (Authorization: Bearer <key>)", ErrAPIKey)
