@@ -66,14 +66,6 @@ func NewErasureJob(e *mapping.Erasure, now time.Time) (ErasureJob, error) {
 	return ErasureJob{Erasure: *e, Phase: erasePhaseNamed, QueuedAt: now}, nil
 }
 
-func queueErasure(tx *bolt.Tx, ik []byte, e *mapping.Erasure, now time.Time) error {
-	job, err := NewErasureJob(e, now)
-	if err != nil {
-		return err
-	}
-	return putJSON(tx.Bucket(bErasures), ik, &job)
-}
-
 // EventNeedle is the JSON text an event must contain to be in the job's
 // scope: a cheap pre-filter before decoding.
 func (job *erasureJob) EventNeedle() ([]byte, error) {

@@ -319,14 +319,6 @@ func (db *DB) putInboxDoc(tx *bolt.Tx, ik []byte, n *mapping.Notification, doc [
 	return nil
 }
 
-// txStates reads states inside a transaction.
-type txStates struct{ b *bolt.Bucket }
-
-func (s txStates) State(key string) (mapping.State, bool) {
-	var st mapping.State
-	ok, err := getJSON(s.b, []byte(key), &st)
-	return st, ok && err == nil
-}
 
 // mapAndStore maps n and writes its events, deliveries and states. It sets
 // n's status fields. Mapping happens before any write, so a mapping error
