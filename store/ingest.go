@@ -319,7 +319,6 @@ func (db *DB) putInboxDoc(tx *bolt.Tx, ik []byte, n *mapping.Notification, doc [
 	return nil
 }
 
-
 // mapAndStore maps n and writes its events, deliveries and states. It sets
 // n's status fields. Mapping happens before any write, so a mapping error
 // leaves the transaction untouched. writeStates is false when reprocessing
