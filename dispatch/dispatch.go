@@ -410,10 +410,17 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 		w.inflight.Add(1)
 		go func() {
 			defer w.inflight.Done()
-			defer w.nudge() // a freed slot and a recorded outcome may make work claimable
-			defer func() { <-w.sem }()
+			defer w.nudge() // a recorded outcome may make work claimable (ordering keys)
+			// The slot is the destination's request: it is free as soon
+			// as the answer is in, while the outcome is still being
+			// recorded (the deliveries stay leased until then).
+			free := sync.OnceFunc(func() {
+				<-w.sem
+				w.nudge()
+			})
+			defer free()
 			// Deliveries in progress finish even during shutdown.
-			w.send(context.WithoutCancel(ctx), batch, now)
+			w.send(context.WithoutCancel(ctx), batch, now, free)
 		}()
 	}
 	if probing {
@@ -486,7 +493,7 @@ func (w *worker) sendBy(claimedAt time.Time) time.Time {
 }
 
 // send runs the pre-send checks, calls the forwarder and records outcomes.
-func (w *worker) send(ctx context.Context, batch []store.Due, claimedAt time.Time) {
+func (w *worker) send(ctx context.Context, batch []store.Due, claimedAt time.Time, answered func()) {
 	defer w.release(batch)
 	o := &w.d.opts
 	now := o.Now()
@@ -532,6 +539,7 @@ func (w *worker) send(ctx context.Context, batch []store.Due, claimedAt time.Tim
 		start := time.Now()
 		results := w.dest.Forwarder.Send(ctx, items)
 		latency := time.Since(start)
+		answered()
 		o.Metrics.DeliveryLatency.WithLabelValues(w.dest.Name).Observe(latency.Seconds())
 		if len(results) != len(items) {
 			results = forwarders.All(len(items), forwarders.Result{Outcome: forwarders.Retry, Reason: "forwarder_result_mismatch", Err: errors.New("forwarder returned a wrong number of results")})
