@@ -252,9 +252,9 @@ func startChild(t *testing.T, cfgPath, dir string, cycle int) *exec.Cmd {
 	return cmd
 }
 
-func waitHealthy(t *testing.T, base string) {
+func waitHealthy(t *testing.T, base string, logs ...string) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get(base + "/healthz")
 		if err == nil {
@@ -265,7 +265,14 @@ func waitHealthy(t *testing.T, base string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatal("gateway did not become healthy")
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		if len(b) > 3000 {
+			b = b[len(b)-3000:]
+		}
+		t.Logf("log %s:\n%s", l, b)
+	}
+	t.Fatalf("gateway at %s did not become healthy in 30s", base)
 }
 
 func postCrashStripe(c *http.Client, base, id string) bool {

@@ -340,7 +340,7 @@ destinations:
 		start(i)
 	}
 	for i := range replicas {
-		waitHealthy(t, bases[i])
+		waitHealthy(t, bases[i], filepath.Join(dir, fmt.Sprintf("gateway-%d.log", i+1)))
 	}
 
 	load := &replicaLoad{began: time.Now(), bases: bases, pki: pki, client: &http.Client{Timeout: 5 * time.Second},
@@ -365,7 +365,7 @@ destinations:
 		_ = procs[victim].Process.Signal(syscall.SIGKILL)
 		_ = procs[victim].Wait()
 		start(victim)
-		waitHealthy(t, bases[victim])
+		waitHealthy(t, bases[victim], filepath.Join(dir, fmt.Sprintf("gateway-%d.log", starts)))
 	}
 	time.Sleep(time.Second)
 	close(stop)
