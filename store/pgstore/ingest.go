@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -26,21 +27,51 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 	}
 	var res store.IngestResult
 	var dests []string
-	err := db.inPipe(ctx, func(tx dbtx) error {
-		res, dests = store.IngestResult{}, nil
-		dup, err := db.claimInbox(ctx, tx, n, &res)
-		if dup || err != nil {
+	// Map outside the transaction against the states as they are, then
+	// write only if the states the mapping read are unchanged (a conflict
+	// maps again); after three conflicts in a row map inside the
+	// transaction under the states' advisory locks.
+	deferred := n.Deferred && n.Enriched == nil
+	err := errStale
+	for attempt := 0; attempt < 4 && errors.Is(err, errStale); attempt++ {
+		var out mapping.Result
+		var mapErr error
+		snap := &snapStates{ctx: ctx, db: db, read: map[string]int64{}, docs: map[string]*mapping.State{}}
+		mapped := *n
+		if !deferred {
+			out, mapErr = db.opts.Map(&mapped, snap)
+			if snap.err != nil {
+				return store.IngestResult{}, snap.err
+			}
+		}
+		err = db.inPipe(ctx, func(tx dbtx) error {
+			res, dests = store.IngestResult{}, nil
+			dup, err := db.claimInbox(ctx, tx, n, &res)
+			if dup || err != nil {
+				return err
+			}
+			item := mapped
+			if deferred {
+				item.Status = mapping.StatusEnriching
+				res.Status = item.Status
+				return putInbox(ctx, tx, &item)
+			}
+			dests, err = db.storeMapped(ctx, tx, &item, out, mapErr, &res, true, snap.read)
 			return err
-		}
-		item := *n
-		if item.Deferred && item.Enriched == nil {
-			item.Status = mapping.StatusEnriching
-			res.Status = item.Status
-			return putInbox(ctx, tx, &item)
-		}
-		dests, err = db.mapAndStore(ctx, tx, &item, &res, true)
-		return err
-	})
+		})
+	}
+	if errors.Is(err, errStale) {
+		err = db.inPipe(ctx, func(tx dbtx) error {
+			res, dests = store.IngestResult{}, nil
+			dup, err := db.claimInbox(ctx, tx, n, &res)
+			if dup || err != nil {
+				return err
+			}
+			item := *n
+			dests, err = db.mapAndStore(ctx, tx, &item, &res, true)
+			return err
+		})
+	}
 	if errors.Is(err, errDuplicate) {
 		return res, nil
 	}
@@ -205,6 +236,14 @@ func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification,
 	if st.err != nil {
 		return nil, st.err
 	}
+	return db.storeMapped(ctx, tx, n, out, err, res, writeStates, nil)
+}
+
+// storeMapped writes a mapping's outcome (see mapAndStore). With read
+// (the versions of the states a mapping made outside the transaction
+// read; 0: the state did not exist), the states are written only if
+// those versions still hold, and errStale reports that one changed.
+func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64) ([]string, error) {
 	if err != nil {
 		if !store.MappingFailed(err) {
 			return nil, fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
@@ -231,8 +270,15 @@ func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification,
 		return nil, err
 	}
 	fresh := make([]bool, len(out.Events))
-	if len(out.Events) > 0 {
-		b := &pgx.Batch{}
+	checks := 0 // state writes and checks queued ahead of the events
+	b := &pgx.Batch{}
+	if read != nil {
+		var err error
+		if checks, err = queueStateChecks(b, out.States, read, writeStates); err != nil {
+			return nil, err
+		}
+	}
+	if len(out.Events) > 0 || checks > 0 {
 		for i := range out.Events {
 			e := &out.Events[i]
 			doc, err := json.Marshal(e)
@@ -244,6 +290,17 @@ func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification,
 				e.ID, e.ReceivedAt, e.Source, string(e.Type), e.AppID, e.Environment, e.User.AppUserID, e.SubscriptionID, e.SourceEventID, doc)
 		}
 		br := tx.SendBatch(ctx, b)
+		for i := 0; i < checks; i++ {
+			tag, err := br.Exec()
+			if err != nil {
+				br.Close()
+				return nil, err
+			}
+			if tag.RowsAffected() != 1 {
+				br.Close()
+				return nil, errStale
+			}
+		}
 		for i := range out.Events {
 			tag, err := br.Exec()
 			if err != nil {
@@ -293,7 +350,7 @@ func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification,
 		w.Queue(`INSERT INTO erasures (inbox_source, inbox_key, queued_at, doc) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (inbox_source, inbox_key) DO UPDATE SET doc = EXCLUDED.doc`, n.Source, n.Key, now, doc)
 	}
-	if writeStates {
+	if writeStates && read == nil {
 		for i := range out.States {
 			if err := queueState(w, &out.States[i]); err != nil {
 				return nil, err
@@ -342,6 +399,113 @@ func (db *DB) fillUsers(ctx context.Context, tx dbtx, events []mapping.Event) er
 		}
 	}
 	return nil
+}
+
+// errStale reports that a state a mapping read outside the transaction has
+// changed since: the notification is mapped again.
+var errStale = errors.New("pgstore: a subscription state changed while mapping; mapping again")
+
+// queueStateChecks queues, for a mapping made against read versions, each
+// state write conditioned on its version (an insert on its absence) and,
+// for each state read but not written, a check that it is unchanged (a
+// share lock holds it so until the commit). Each key's statement follows
+// that key's advisory lock, the one the in-transaction mapping takes, so
+// the two schemes order themselves; keys go in sorted order. Each queued
+// statement must affect or return exactly one row; it returns how many it
+// queued.
+func queueStateChecks(b *pgx.Batch, states []mapping.State, read map[string]int64, writeStates bool) (int, error) {
+	type stmt struct {
+		sql  string
+		args []any
+	}
+	byKey := map[string]stmt{}
+	if writeStates {
+		for i := range states {
+			s := &states[i]
+			if s.Key == "" {
+				continue
+			}
+			doc, err := json.Marshal(s)
+			if err != nil {
+				return 0, err
+			}
+			v, wasRead := read[s.Key]
+			switch {
+			case !wasRead: // written without being read: last writer wins, as before
+				byKey[s.Key] = stmt{`INSERT INTO states (key, app_user_id, doc) VALUES ($1, NULLIF($2, ''), $3)
+					ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, app_user_id = EXCLUDED.app_user_id, version = states.version + 1`,
+					[]any{s.Key, s.AppUserID, doc}}
+			case v == 0:
+				byKey[s.Key] = stmt{`INSERT INTO states (key, app_user_id, doc) VALUES ($1, NULLIF($2, ''), $3) ON CONFLICT (key) DO NOTHING`,
+					[]any{s.Key, s.AppUserID, doc}}
+			default:
+				byKey[s.Key] = stmt{`UPDATE states SET doc = $2, app_user_id = NULLIF($3, ''), version = version + 1 WHERE key = $1 AND version = $4`,
+					[]any{s.Key, doc, s.AppUserID, v}}
+			}
+		}
+	}
+	for key, v := range read {
+		if _, written := byKey[key]; written {
+			continue
+		}
+		if v == 0 {
+			// Read as absent and not written: a state another notification
+			// creates meanwhile is ordered after this one.
+			continue
+		}
+		byKey[key] = stmt{`SELECT 1 FROM states WHERE key = $1 AND version = $2 FOR SHARE`, []any{key, v}}
+	}
+	keys := make([]string, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		b.Queue("SELECT pg_advisory_xact_lock($1)", lockKey("state:"+k))
+		st := byKey[k]
+		b.Queue(st.sql, st.args...)
+	}
+	return 2 * len(keys), nil
+}
+
+// snapStates reads states for a mapping made outside any transaction and
+// records the version of each (0: absent).
+type snapStates struct {
+	ctx  context.Context
+	db   *DB
+	read map[string]int64
+	docs map[string]*mapping.State
+	err  error
+}
+
+func (s *snapStates) State(key string) (mapping.State, bool) {
+	if st, ok := s.docs[key]; ok {
+		if st == nil {
+			return mapping.State{}, false
+		}
+		return copyState(st), true
+	}
+	if s.err != nil {
+		return mapping.State{}, false
+	}
+	var doc []byte
+	var v int64
+	err := s.db.pool.QueryRow(s.ctx, "SELECT doc, version FROM states WHERE key = $1", key).Scan(&doc, &v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		s.read[key], s.docs[key] = 0, nil
+		return mapping.State{}, false
+	}
+	if err != nil {
+		s.err = err
+		return mapping.State{}, false
+	}
+	var st mapping.State
+	if err := json.Unmarshal(doc, &st); err != nil {
+		s.err = fmt.Errorf("pgstore: state %s unreadable: %w", key, err)
+		return mapping.State{}, false
+	}
+	s.read[key], s.docs[key] = v, &st
+	return copyState(&st), true
 }
 
 func queueState(b *pgx.Batch, s *mapping.State) error {

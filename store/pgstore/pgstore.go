@@ -7,10 +7,15 @@
 //     first (INSERT ... ON CONFLICT DO NOTHING on its primary key, then its
 //     alternative ids), so a notification that reaches two replicas at once
 //     is stored by one and recognised as a duplicate by the other, which
-//     waits on the unique index until the first commits. Each subscription
-//     state that mapping reads is first locked with a transaction-scoped
-//     advisory lock on its key, so notifications of one subscription map
-//     one after the other. Events are inserted with ON CONFLICT DO NOTHING
+//     waits on the unique index until the first commits. Mapping runs
+//     before the transaction, against the states as they are, recording
+//     each state's version; the transaction writes a state only if its
+//     version still holds (an insert only if it is still absent) and
+//     share-locks the states it only read, each after that key's
+//     transaction-scoped advisory lock. A conflict maps again; after three
+//     in a row the mapping runs inside the transaction under those locks.
+//     So notifications of one subscription apply one after the other,
+//     whichever replica has them. Events are inserted with ON CONFLICT DO NOTHING
 //     (a fact reported twice is stored once) together with their
 //     deliveries, the states and the inbox document; the caller
 //     acknowledges only after COMMIT returned (synchronous_commit on).

@@ -533,3 +533,58 @@ func withUser(t *testing.T, dsn, user, pw string) string {
 	}
 	return dsn[:i+3] + user + ":" + pw + dsn[j:]
 }
+
+// TestPreparedIngestConflictMapsAgain: a notification mapped outside the
+// transaction against a state that another notification changes before
+// it commits is mapped again, so neither update is lost.
+func TestPreparedIngestConflictMapsAgain(t *testing.T) {
+	aMapped := make(chan struct{})
+	bDone := make(chan struct{})
+	var aRuns atomic.Int32
+	rs, _ := replicas(t, 1, func(_ int, o *store.Options) {
+		o.Map = func(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
+			out, err := storetest.FakeMap(n, st)
+			if n.Key == "a" && aRuns.Add(1) == 1 {
+				close(aMapped) // a has read the state...
+				<-bDone        // ...and b commits a change to it before a writes
+			}
+			return out, err
+		}
+	})
+	db := rs[0]
+	const sub = "sub:conflict"
+	for round := 1; round <= 2; round++ { // the state absent, then present
+		aMapped, bDone = make(chan struct{}), make(chan struct{})
+		aRuns.Store(0)
+		done := make(chan error, 1)
+		go func() {
+			b := storetest.Facts(fmt.Sprintf("fa-%d", round))
+			b.Sub = sub
+			n := storetest.Note("a", b)
+			n.Key = "a"
+			_, err := db.Ingest(context.Background(), n)
+			done <- err
+		}()
+		<-aMapped
+		b := storetest.Facts(fmt.Sprintf("fb-%d", round))
+		b.Sub = sub
+		if _, err := db.Ingest(context.Background(), storetest.Note(fmt.Sprintf("b-%d", round), b)); err != nil {
+			t.Fatal(err)
+		}
+		close(bDone)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		st, _, _ := db.State(sub)
+		if want := fmt.Sprint(2 * round); st.Value("count") != want {
+			t.Fatalf("round %d: state count %q, want %s (an update was lost)", round, st.Value("count"), want)
+		}
+		if aRuns.Load() != 2 {
+			t.Fatalf("round %d: a was mapped %d times, want 2", round, aRuns.Load())
+		}
+		// The next round uses a new "a" key in the inbox.
+		if _, err := db.Pool().Exec(context.Background(), "DELETE FROM inbox WHERE key = 'a'"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
