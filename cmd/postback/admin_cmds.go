@@ -150,10 +150,7 @@ func cmdEvents(ctx context.Context, env *Env, args []string) int {
 	if len(pos) > 1 {
 		return exitErr(env, usageError("at most one event id"))
 	}
-	if err := checkChoice("source", *source, sourceNames, nil); err != nil {
-		return exitErr(env, err)
-	}
-	if err := checkChoice("type", *typ, typeNames(), func(v string) bool { return strings.HasPrefix(v, "custom:") }); err != nil {
+	if err := checkSourceType(*source, *typ); err != nil {
 		return exitErr(env, err)
 	}
 	c, err := newAdminClient(env, *addr)
@@ -556,6 +553,15 @@ func testDestination(ctx context.Context, env *Env, c *adminClient, name string,
 		return 1
 	}
 	return 0
+}
+
+// checkSourceType validates --source and --type (a canonical type, or
+// custom:NAME).
+func checkSourceType(source, typ string) error {
+	if err := checkChoice("source", source, sourceNames, nil); err != nil {
+		return err
+	}
+	return checkChoice("type", typ, typeNames(), func(v string) bool { return strings.HasPrefix(v, "custom:") })
 }
 
 // sourceNames are the values of --source.

@@ -74,10 +74,7 @@ func cmdDeliveries(ctx context.Context, env *Env, args []string) int {
 			return exitErr(env, err)
 		}
 	}
-	if err := checkChoice("source", *source, sourceNames, nil); err != nil {
-		return exitErr(env, err)
-	}
-	if err := checkChoice("type", *typ, typeNames(), func(v string) bool { return strings.HasPrefix(v, "custom:") }); err != nil {
+	if err := checkSourceType(*source, *typ); err != nil {
 		return exitErr(env, err)
 	}
 	if err := checkDestination(ctx, c, "--destination", *dest); err != nil {
