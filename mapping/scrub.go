@@ -12,8 +12,11 @@ import (
 // masker (MaskPII) and for what is stored (ScrubPII, ScrubValue): anything
 // the logs would mask never reaches the disk in clear.
 
-// emailRE finds an email address inside any text.
-var emailRE = regexp.MustCompile(`[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}`)
+// emailRE finds an email address inside any text. The local part may hold
+// '@' too, so that "a@b.cc@d.ee" is one match: were it cut after the first
+// domain, its hash followed by "@d.ee" would be an email again, and
+// scrubbing would not be idempotent.
+var emailRE = regexp.MustCompile(`[A-Za-z0-9._%+\-@]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}`)
 
 // phoneRE finds phone-number candidates inside text; IsPhone decides.
 var phoneRE = regexp.MustCompile(`[+(]?\d[\d ().\-]{5,}\d`)
