@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/postback/postback/store/vault"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -194,7 +195,7 @@ func Compact(path string, keepOld bool) (before, after int64, err error) {
 		return before, 0, fmt.Errorf("store: compact %s: %w", path, err)
 	}
 	// The copy must open and check out before it replaces anything.
-	chk, err := Open(tmp, &Options{OpenTimeout: time.Second})
+	chk, err := Open(tmp, &Options{OpenTimeout: time.Second, KeyFile: vault.KeyFilePath(path)})
 	if err == nil {
 		err = chk.Check()
 		chk.Close()

@@ -3,9 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -45,7 +43,9 @@ type Delivery struct {
 	LastError   string    `json:"last_error,omitempty"`
 	Reason      string    `json:"reason,omitempty"`
 	WaitUntil   time.Time `json:"wait_until,omitzero"`
-	AppUserID   string    `json:"app_user_id,omitempty"`
+	// UserKey is the keyed hash of the event's app user id (Sealer.UserKey),
+	// for the deliveries waiting for that user's identifiers.
+	UserKey     string    `json:"user_key,omitempty"`
 	DeliveredAt time.Time `json:"delivered_at,omitzero"`
 	ReplayedAt  time.Time `json:"replayed_at,omitzero"`
 	// OrderKey is the hashed ordering key (Options.OrderKey) and OrderAtMs
@@ -54,24 +54,20 @@ type Delivery struct {
 	OrderAtMs int64  `json:"order_at_ms,omitempty"`
 }
 
-// OrderHash turns a forwarder's ordering key (raw device ids) into the
-// stored form: no raw identifier is ever a database key.
-func OrderHash(key string) string {
-	if key == "" {
-		return ""
+// NewDelivery is a new delivery of e to dest, due now. A forwarder's
+// ordering key (raw device ids) is stored as a keyed hash: no raw
+// identifier is ever a database key.
+func (s *Sealer) NewDelivery(e *mapping.Event, dest string, now time.Time, orderKey func(dest string, e *mapping.Event) string) Delivery {
+	d := Delivery{
+		Key: deliveryKey(e.ID, dest), EventID: e.ID, Destination: dest, State: StatePending,
+		CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), UserKey: s.UserKey(e.User.AppUserID),
 	}
-	sum := sha256.Sum256([]byte("postback-order\x00" + key))
-	return hex.EncodeToString(sum[:16])
-}
-
-// setOrder fills the ordering fields of a new delivery of e.
-func (d *Delivery) setOrder(orderKey func(dest string, e *mapping.Event) string, e *mapping.Event) {
-	if orderKey == nil {
-		return
+	if orderKey != nil {
+		if k := orderKey(dest, e); k != "" {
+			d.OrderKey, d.OrderAtMs = s.OrderKey(k), e.OccurredAt.UnixMilli()
+		}
 	}
-	if k := orderKey(d.Destination, e); k != "" {
-		d.OrderKey, d.OrderAtMs = OrderHash(k), e.OccurredAt.UnixMilli()
-	}
+	return d
 }
 
 // RetryStart is when the delivery's retry horizon (retry.max_age) began:
@@ -216,10 +212,10 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 			if !orderHead(tx, &d.Delivery, skip) {
 				continue // another delivery of its ordering key comes first
 			}
-			if ok, err := getJSON(events, []byte(d.Delivery.EventID), &d.Event); err != nil || !ok {
+			if ok, err := db.getEvent(events, []byte(d.Delivery.EventID), &d.Event); err != nil || !ok {
 				continue
 			}
-			mergeUser(users, &d.Event)
+			db.mergeUser(users, &d.Event)
 			out = append(out, d)
 		}
 		return nil
@@ -282,8 +278,8 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 			if err := delDue(tx, &d); err != nil {
 				return err
 			}
-			if d.State == StateWaiting && d.AppUserID != "" {
-				if err := tx.Bucket(bWaiting).Delete(waitKey(d.AppUserID, d.Key)); err != nil {
+			if d.State == StateWaiting && d.UserKey != "" {
+				if err := tx.Bucket(bWaiting).Delete(waitKey(d.UserKey, d.Key)); err != nil {
 					return err
 				}
 			}
@@ -301,8 +297,8 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 				if err := putDue(tx, &d); err != nil {
 					return err
 				}
-				if d.State == StateWaiting && d.AppUserID != "" {
-					if err := tx.Bucket(bWaiting).Put(waitKey(d.AppUserID, d.Key), nil); err != nil {
+				if d.State == StateWaiting && d.UserKey != "" {
+					if err := tx.Bucket(bWaiting).Put(waitKey(d.UserKey, d.Key), nil); err != nil {
 						return err
 					}
 				}

@@ -3,11 +3,12 @@ package store
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store/vault"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -42,11 +43,15 @@ func ErasureChunk() int { return erasureChunk }
 
 type erasureJob struct {
 	mapping.Erasure
-	Phase    string    `json:"phase"`
-	Cursor   []byte    `json:"cursor,omitempty"` // last key examined in the phase's bucket
-	Events   int       `json:"events"`           // events erased so far
-	States   int       `json:"states"`           // states erased so far
-	QueuedAt time.Time `json:"queued_at"`
+	Phase  string `json:"phase"`
+	Cursor []byte `json:"cursor,omitempty"` // last key examined in the phase's bucket
+	Events int    `json:"events"`           // events erased so far
+	// Kids are the data keys of what the job erased so far, destroyed when
+	// it finishes (so matching across phases still reads the records a
+	// shared key seals).
+	Kids     []vault.KID `json:"kids,omitempty"`
+	States   int         `json:"states"` // states erased so far
+	QueuedAt time.Time   `json:"queued_at"`
 }
 
 // ErasureDone reports a finished erasure.
@@ -66,43 +71,25 @@ func NewErasureJob(e *mapping.Erasure, now time.Time) (ErasureJob, error) {
 	return ErasureJob{Erasure: *e, Phase: erasePhaseNamed, QueuedAt: now}, nil
 }
 
-// EventNeedle is the JSON text an event must contain to be in the job's
-// scope: a cheap pre-filter before decoding.
-func (job *erasureJob) EventNeedle() ([]byte, error) {
-	if job.IDKey == "" {
-		return identifierNeedle(job.EventAttr, job.EventAttrValue)
+// MatchEvent reports whether the job erases a (decoded) event.
+func (job *erasureJob) MatchEvent(e *mapping.Event) bool {
+	if job.IDKey == "" && job.EventAttr == "" {
+		return false
 	}
-	return identifierNeedle(job.IDKey, job.IDValue)
-}
-
-// MatchEvent decodes an encoded event that contains needle and reports
-// whether the job erases it.
-func (job *erasureJob) MatchEvent(v, needle []byte) (mapping.Event, bool) {
-	var e mapping.Event
-	if !bytes.Contains(v, needle) || json.Unmarshal(v, &e) != nil {
-		return e, false
-	}
-	return e, (job.IDKey == "" || e.User.Identifiers[job.IDKey] == job.IDValue) &&
+	return (job.IDKey == "" || e.User.Identifiers[job.IDKey] == job.IDValue) &&
 		(job.EventAttr == "" || e.Attributes[job.EventAttr] == job.EventAttrValue)
 }
 
-// MatchState decodes an encoded state and reports whether the job erases
-// it.
-func (job *erasureJob) MatchState(v []byte) (mapping.State, bool) {
-	var s mapping.State
-	idNeedle, err1 := identifierNeedle(job.IDKey, job.IDValue)
-	valNeedle, err2 := identifierNeedle(job.StateValueKey, job.IDValue)
-	if err1 != nil || err2 != nil {
-		return s, false
-	}
-	if job.IDKey != "" && !bytes.Contains(v, idNeedle) && (job.StateValueKey == "" || !bytes.Contains(v, valNeedle)) {
-		return s, false
-	}
-	if json.Unmarshal(v, &s) != nil {
-		return s, false
-	}
-	return s, job.IDKey == "" || s.Identifiers[job.IDKey] == job.IDValue ||
+// MatchState reports whether the job erases a (decoded) state.
+func (job *erasureJob) MatchState(s *mapping.State) bool {
+	return job.IDKey == "" || s.Identifiers[job.IDKey] == job.IDValue ||
 		(job.StateValueKey != "" && s.Values[job.StateValueKey] == job.IDValue)
+}
+
+// ForgetEvent clears what ties an event to a person: its user (app user
+// id and identifiers) and its attributes. Type, revenue and times stay.
+func ForgetEvent(e *mapping.Event) {
+	e.User, e.Attributes = mapping.User{}, nil
 }
 
 // ForgetState clears what ties a state to a person.
@@ -140,6 +127,9 @@ func (db *DB) PendingErasures() (int, error) {
 
 // EraseStep carries the oldest queued erasure one chunk further. It reports
 // whether work remains and, when an erasure finished, what it erased.
+// Each chunk destroys the data keys of what it found before its commit, so
+// every copy of those records (freed pages, backups) becomes unreadable,
+// and rewrites the live records without their personal fields.
 func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err error) {
 	err = db.submit(ctx, func(tx *bolt.Tx) error {
 		more, done = false, nil
@@ -149,7 +139,7 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err 
 			return nil
 		}
 		ik := append([]byte(nil), k...)
-		job, err := decodeJob(v)
+		job, err := db.seal.DecodeJob(v)
 		if err != nil {
 			// Unreadable: dropped (and reported once) rather than retried
 			// forever ahead of every later erasure.
@@ -160,23 +150,38 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err 
 			more = hasJobs(jobs)
 			return nil
 		}
-		finished, err := db.eraseChunk(tx, &job)
+		src, key, _ := bytes.Cut(ik, []byte{0})
+		kids := map[vault.KID]bool{}
+		for _, k := range job.Kids {
+			kids[k] = true
+		}
+		finished, err := db.eraseChunk(tx, &job, kids)
 		if err != nil {
 			return err
 		}
+		job.Kids = kidList(kids)
 		if !finished {
 			more = true
-			return putJSON(jobs, ik, &job)
+			nv, err := db.seal.EncodeJob(&job, string(src), string(key))
+			if err != nil {
+				return err
+			}
+			return jobs.Put(ik, nv)
 		}
 		if err := jobs.Delete(ik); err != nil {
 			return err
 		}
-		// The request itself names the person: its body goes too.
+		// Every copy of what it found becomes unreadable; the request
+		// itself names the person: its body goes too, and the key it and
+		// the job were sealed with.
 		reason := fmt.Sprintf("erasure done: %d events, %d states", job.Events, job.States)
-		if err := eraseInboxBody(tx.Bucket(bInbox), ik, reason); err != nil {
+		if err := db.eraseInboxBody(tx.Bucket(bInbox), ik, reason, kids); err != nil {
 			return err
 		}
-		src, key, _ := bytes.Cut(ik, []byte{0})
+		kids[db.seal.KID(InboxSubject(string(src), string(key)))] = true
+		if err := db.seal.Destroy(kidList(kids)); err != nil {
+			return err
+		}
 		done = &ErasureDone{Source: string(src), Key: string(key), Events: job.Events, States: job.States, QueuedAt: job.QueuedAt}
 		more = hasJobs(jobs)
 		return nil
@@ -191,82 +196,61 @@ func hasJobs(jobs *bolt.Bucket) bool {
 	return k != nil
 }
 
-// decodeJob reads a queued erasure.
-func decodeJob(v []byte) (erasureJob, error) {
-	var job erasureJob
-	if err := json.Unmarshal(v, &job); err != nil {
-		return job, err
-	}
+// checkJob validates a decoded erasure.
+func checkJob(job *erasureJob) error {
 	switch job.Phase {
 	case erasePhaseNamed, erasePhaseEvents, erasePhaseStates:
-		return job, nil
+		return nil
 	}
-	return job, fmt.Errorf("unknown phase %q", job.Phase)
+	return fmt.Errorf("unknown phase %q", job.Phase)
+}
+
+type eventHit struct {
+	k []byte
+	e mapping.Event
+}
+
+type stateHit struct {
+	k []byte
+	s mapping.State
 }
 
 // eraseChunk does one bounded step of job and reports whether it finished.
-func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
+func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob, kids map[vault.KID]bool) (bool, error) {
 	events, states := tx.Bucket(bEvents), tx.Bucket(bStates)
+	var evs []eventHit
+	var sts []stateHit
+	finished := false
 	switch job.Phase {
 	case erasePhaseNamed:
 		for _, id := range job.EventIDs {
 			var e mapping.Event
-			if ok, err := getJSON(events, []byte(id), &e); err != nil || !ok {
-				continue
+			if ok, err := db.getEvent(events, []byte(id), &e); err == nil && ok {
+				evs = append(evs, eventHit{[]byte(id), e})
 			}
-			if err := eraseEvent(tx, []byte(id), &e); err != nil {
-				return false, err
-			}
-			job.Events++
 		}
 		for _, key := range job.StateKeys {
 			var s mapping.State
-			if ok, err := getJSON(states, []byte(key), &s); err != nil || !ok {
-				continue
+			if ok, err := db.getState(states, []byte(key), &s); err == nil && ok {
+				sts = append(sts, stateHit{[]byte(key), s})
 			}
-			if err := eraseState(states, []byte(key), &s, job.StateValueKey); err != nil {
-				return false, err
-			}
-			job.States++
 		}
 		job.Phase, job.Cursor = erasePhaseEvents, nil
-		return false, nil
 	case erasePhaseEvents:
-		needle, err := job.EventNeedle()
-		if err != nil {
-			return false, err
-		}
-		type hit struct {
-			k []byte
-			e mapping.Event
-		}
-		var hits []hit
 		c := events.Cursor()
 		k, v := seekAfter(c, job.Cursor)
 		for i := 0; k != nil && i < erasureChunk; i++ {
 			job.Cursor = append(job.Cursor[:0], k...)
-			if e, ok := job.MatchEvent(v, needle); ok {
-				hits = append(hits, hit{append([]byte(nil), k...), e})
+			var e mapping.Event
+			if db.seal.DecodeEvent(v, &e) == nil && job.MatchEvent(&e) {
+				evs = append(evs, eventHit{append([]byte(nil), k...), e})
 			}
 			k, v = c.Next()
-		}
-		// Written after the cursor is done with the bucket.
-		for i := range hits {
-			if err := eraseEvent(tx, hits[i].k, &hits[i].e); err != nil {
-				return false, err
-			}
-			job.Events++
 		}
 		if k == nil {
 			job.Phase, job.Cursor = erasePhaseStates, nil
 		}
-		return false, nil
 	case erasePhaseStates:
-		type hit struct {
-			k []byte
-			s mapping.State
-		}
-		var hits []hit
 		prefix := []byte(job.StatePrefix)
 		c := states.Cursor()
 		var k, v []byte
@@ -277,20 +261,97 @@ func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob) (bool, error) {
 		}
 		for i := 0; k != nil && bytes.HasPrefix(k, prefix) && i < erasureChunk; i++ {
 			job.Cursor = append(job.Cursor[:0], k...)
-			if s, ok := job.MatchState(v); ok {
-				hits = append(hits, hit{append([]byte(nil), k...), s})
+			var s mapping.State
+			if db.seal.DecodeState(v, &s) == nil && job.MatchState(&s) {
+				sts = append(sts, stateHit{append([]byte(nil), k...), s})
 			}
 			k, v = c.Next()
 		}
-		for i := range hits {
-			if err := eraseState(states, hits[i].k, &hits[i].s, job.StateValueKey); err != nil {
-				return false, err
-			}
-			job.States++
-		}
-		return k == nil || !bytes.HasPrefix(k, prefix), nil
+		finished = k == nil || !bytes.HasPrefix(k, prefix)
+	default:
+		return false, fmt.Errorf("store: erasure in unknown phase %q", job.Phase)
 	}
-	return false, fmt.Errorf("store: erasure in unknown phase %q", job.Phase)
+	// Written after the cursors are done with the buckets.
+	if err := db.eraseRecords(tx, evs, sts, job.StateValueKey, kids); err != nil {
+		return false, err
+	}
+	job.Events += len(evs)
+	job.States += len(sts)
+	return finished, nil
+}
+
+// eraseRecords erases events (with the notifications they came from) and
+// states: it adds the data keys they are sealed with to kids, for the
+// caller to destroy, and rewrites them without their personal fields.
+func (db *DB) eraseRecords(tx *bolt.Tx, evs []eventHit, sts []stateHit, valueKey string, kids map[vault.KID]bool) error {
+	if len(evs) == 0 && len(sts) == 0 {
+		return nil
+	}
+	events, states, inbox := tx.Bucket(bEvents), tx.Bucket(bStates), tx.Bucket(bInbox)
+	var sources [][]byte
+	for i := range evs {
+		kidOf(kids, events.Get(evs[i].k))
+		sources = append(sources, inboxKey(evs[i].e.Source, evs[i].e.SourceEventID))
+	}
+	for i := range sts {
+		kidOf(kids, states.Get(sts[i].k))
+	}
+	if err := db.forgetMemory(tx, evs); err != nil {
+		return err
+	}
+	for i := range evs {
+		e := &evs[i].e
+		ForgetEvent(e)
+		if err := db.putEvent(events, evs[i].k, e); err != nil {
+			return err
+		}
+	}
+	for _, ik := range sources {
+		if err := db.eraseInboxBody(inbox, ik, ErasedReason, kids); err != nil {
+			return err
+		}
+	}
+	for i := range sts {
+		ForgetState(&sts[i].s, valueKey)
+		if err := db.putState(states, sts[i].k, &sts[i].s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forgetMemory deletes what forwarders remember about the events'
+// identifiers (Adjust's per-device order). Memory keys are stored with
+// each "|"-separated part hashed (see hashMemoryKey), so the entries of an
+// identifier ("kind:value") are recognised without the raw value.
+func (db *DB) forgetMemory(tx *bolt.Tx, evs []eventHit) error {
+	parts := map[string]bool{}
+	for i := range evs {
+		for k, v := range evs[i].e.User.Identifiers {
+			parts[db.seal.MemoryKey(k+":"+v)] = true
+		}
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	b := tx.Bucket(bFwdMemory)
+	var del [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		_, hk, _ := bytes.Cut(k, []byte{0})
+		for _, p := range strings.Split(string(hk), "|") {
+			if parts[p] {
+				del = append(del, append([]byte(nil), k...))
+				break
+			}
+		}
+	}
+	for _, k := range del {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // seekAfter positions c on the first key after last (the first key when
@@ -306,45 +367,29 @@ func seekAfter(c *bolt.Cursor, last []byte) ([]byte, []byte) {
 	return k, v
 }
 
-// identifierNeedle is the JSON text "key":"value", a cheap pre-filter on
-// encoded events and states before one is decoded.
-func identifierNeedle(key, value string) ([]byte, error) {
-	k, err := json.Marshal(key)
-	if err != nil {
-		return nil, err
-	}
-	v, err := json.Marshal(value)
-	if err != nil {
-		return nil, err
-	}
-	return append(append(k, ':'), v...), nil
-}
-
-// eraseEvent clears an event's identifiers and erases the raw notification
-// it came from.
-func eraseEvent(tx *bolt.Tx, id []byte, e *mapping.Event) error {
-	if len(e.User.Identifiers) > 0 {
-		e.User.Identifiers = nil
-		if err := putJSON(tx.Bucket(bEvents), id, e); err != nil {
-			return err
-		}
-	}
-	return eraseInboxBody(tx.Bucket(bInbox), inboxKey(e.Source, e.SourceEventID), ErasedReason)
-}
-
-// eraseState clears what ties a state to a person.
-func eraseState(b *bolt.Bucket, key []byte, s *mapping.State, valueKey string) error {
-	ForgetState(s, valueKey)
-	return putJSON(b, key, s)
-}
-
 // eraseInboxBody erases a stored notification's body, enrichment and
 // metadata, keeping the entry (its dedupe key and event ids) so that a
-// retry of it is still recognised.
-func eraseInboxBody(inbox *bolt.Bucket, ik []byte, reason string) error {
-	var nt mapping.Notification
-	if ok, err := getJSON(inbox, ik, &nt); err != nil || !ok || !EraseBody(&nt, reason) {
-		return nil // nothing (readable) to erase
+// retry of it is still recognised. The key it was sealed with joins kids,
+// for the caller to destroy.
+func (db *DB) eraseInboxBody(inbox *bolt.Bucket, ik []byte, reason string, kids map[vault.KID]bool) error {
+	v := inbox.Get(ik)
+	if v == nil {
+		return nil
 	}
-	return putJSON(inbox, ik, &nt)
+	var nt mapping.Notification
+	if err := db.seal.DecodeNotification(v, &nt); err != nil {
+		return nil // nothing readable to erase
+	}
+	// A day's key (a notification first stored as ignored, mapped later
+	// by a reprocess) seals other people's notifications too: it is left
+	// to retention.
+	if kid, ok := KIDOf(v); ok && kid != db.seal.KID(DaySubject(nt.Source, nt.ReceivedAt)) {
+		kids[kid] = true
+	}
+	EraseBody(&nt, reason)
+	nv, err := db.seal.EncodeNotification(&nt, vault.KID{})
+	if err != nil {
+		return err
+	}
+	return inbox.Put(ik, nv)
 }

@@ -3,11 +3,14 @@ package store
 import (
 	"context"
 
+	"github.com/postback/postback/store/vault"
 	bolt "go.etcd.io/bbolt"
 )
 
 // Record is one stored record as `postback store copy` moves it: its kind
-// (the BoltDB bucket), key and JSON value, exactly as stored.
+// (the BoltDB bucket), key and value, exactly as stored (sealed records
+// stay sealed: see Sealer and Keyring; keys that are keyed hashes stay
+// hashed).
 type Record struct {
 	Kind  string
 	Key   []byte
@@ -33,6 +36,10 @@ var ExportKinds = []string{KindInbox, KindEvent, KindState, KindDelivery, KindAt
 // exportChunk bounds the records read in one read transaction, so an
 // export of a large file never holds a reader long.
 const exportChunk = 1000
+
+// Keyring is the store's data key file: `postback store copy` moves its
+// secret and keys with the records (which it copies sealed, as stored).
+func (db *DB) Keyring() *vault.KeyFile { return db.keys }
 
 // Export calls fn with every record of kind, in key order, a chunk at a
 // time (each chunk read in its own short read transaction).

@@ -110,6 +110,7 @@ type keyValue struct{ k, v []byte }
 
 // snapStates reads states from a read transaction and records what it read.
 type snapStates struct {
+	seal  *Sealer
 	b     *bolt.Bucket
 	reads map[string][]byte
 }
@@ -123,7 +124,7 @@ func (s *snapStates) State(key string) (mapping.State, bool) {
 		}
 	}
 	var st mapping.State
-	if v == nil || json.Unmarshal(v, &st) != nil {
+	if v == nil || s.seal.DecodeState(v, &st) != nil {
 		return mapping.State{}, false
 	}
 	return st, true
@@ -148,7 +149,7 @@ func (db *DB) prepare(n *mapping.Notification) (*prepared, error) {
 			return err
 		}
 		var err error
-		p.inbox, err = json.Marshal(item)
+		p.inbox, err = db.seal.EncodeNotification(item, db.seal.KID(p.subject()))
 		return err
 	})
 	return p, err
@@ -156,7 +157,7 @@ func (db *DB) prepare(n *mapping.Notification) (*prepared, error) {
 
 func (db *DB) prepareMapped(tx *bolt.Tx, p *prepared) error {
 	n := &p.item
-	out, err := db.opts.Map(n, &snapStates{b: tx.Bucket(bStates), reads: p.reads})
+	out, err := db.opts.Map(n, &snapStates{seal: db.seal, b: tx.Bucket(bStates), reads: p.reads})
 	if err != nil {
 		if MappingFailed(err) {
 			n.Status, n.Reason = mapping.StatusFailed, err.Error()
@@ -178,17 +179,13 @@ func (db *DB) prepareMapped(tx *bolt.Tx, p *prepared) error {
 		if e.ReceivedAt.IsZero() {
 			e.ReceivedAt = n.ReceivedAt
 		}
-		mergeUser(users, e)
+		db.mergeUser(users, e)
 		pe := preparedEvent{e: *e}
-		if pe.doc, err = json.Marshal(e); err != nil {
+		if pe.doc, err = db.seal.EncodeEvent(e); err != nil {
 			return err
 		}
 		for _, dest := range db.opts.Route(e) {
-			d := Delivery{
-				Key: deliveryKey(e.ID, dest), EventID: e.ID, Destination: dest, State: StatePending,
-				CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), AppUserID: e.User.AppUserID,
-			}
-			d.setOrder(db.opts.OrderKey, e)
+			d := db.seal.NewDelivery(e, dest, now, db.opts.OrderKey)
 			doc, err := json.Marshal(&d)
 			if err != nil {
 				return err
@@ -202,7 +199,7 @@ func (db *DB) prepareMapped(tx *bolt.Tx, p *prepared) error {
 		if err != nil {
 			return err
 		}
-		if p.erasure, err = json.Marshal(&job); err != nil {
+		if p.erasure, err = db.seal.EncodeJob(&job, n.Source, n.Key); err != nil {
 			return err
 		}
 	}
@@ -211,7 +208,7 @@ func (db *DB) prepareMapped(tx *bolt.Tx, p *prepared) error {
 		if s.Key == "" {
 			continue
 		}
-		doc, err := json.Marshal(s)
+		doc, err := db.seal.EncodeState(s)
 		if err != nil {
 			return err
 		}
@@ -260,12 +257,13 @@ func (db *DB) ingest(tx *bolt.Tx, n *mapping.Notification, res *IngestResult) er
 	if item.Deferred && item.Enriched == nil {
 		item.Status = mapping.StatusEnriching
 		res.Status = item.Status
-		return db.putInbox(tx, ik, &item)
+		return db.putInbox(tx, ik, &item, InboxSubject(item.Source, item.Key))
 	}
-	if err := db.mapAndStore(tx, &item, res, true); err != nil {
+	p, err := db.mapAndStore(tx, &item, res, true)
+	if err != nil {
 		return err
 	}
-	return db.putInbox(tx, ik, &item)
+	return db.putInbox(tx, ik, &item, p.subject())
 }
 
 // duplicate reports whether the notification is already known by its key or
@@ -287,15 +285,17 @@ func (db *DB) duplicate(tx *bolt.Tx, ik []byte, n *mapping.Notification, res *In
 		return false, nil
 	}
 	var existing mapping.Notification
-	if _, err := getJSON(inbox, key, &existing); err != nil {
+	if _, err := db.getNote(inbox, key, &existing); err != nil {
 		return true, err
 	}
 	res.Duplicate, res.Existing, res.Status = true, &existing, existing.Status
 	return true, nil
 }
 
-func (db *DB) putInbox(tx *bolt.Tx, ik []byte, n *mapping.Notification) error {
-	doc, err := json.Marshal(n)
+// putInbox stores an inbox item under the key it already has, else
+// subject's.
+func (db *DB) putInbox(tx *bolt.Tx, ik []byte, n *mapping.Notification, subject string) error {
+	doc, err := db.seal.ReencodeNotification(n, tx.Bucket(bInbox).Get(ik), subject)
 	if err != nil {
 		return err
 	}
@@ -323,14 +323,23 @@ func (db *DB) putInboxDoc(tx *bolt.Tx, ik []byte, n *mapping.Notification, doc [
 // n's status fields. Mapping happens before any write, so a mapping error
 // leaves the transaction untouched. writeStates is false when reprocessing
 // an item that was already mapped (its state effects already happened).
-func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResult, writeStates bool) error {
+func (db *DB) mapAndStore(tx *bolt.Tx, n *mapping.Notification, res *IngestResult, writeStates bool) (*prepared, error) {
 	p := &prepared{ik: inboxKey(n.Source, n.Key), item: *n, reads: map[string][]byte{}}
 	if err := db.prepareMapped(tx, p); err != nil {
-		return err
+		return nil, err
 	}
 	*n = p.item
 	res.Status, res.Reason = n.Status, n.Reason
-	return db.writePrepared(tx, p, res, writeStates)
+	return p, db.writePrepared(tx, p, res, writeStates)
+}
+
+// subject is the subject a prepared notification is first stored under.
+func (p *prepared) subject() string {
+	var first *mapping.Event
+	if len(p.events) > 0 {
+		first = &p.events[0].e
+	}
+	return NotificationSubject(&p.item, first, p.erasure != nil)
 }
 
 // writePrepared stores a prepared notification's new events with their
@@ -353,7 +362,7 @@ func (db *DB) writePrepared(tx *bolt.Tx, p *prepared, res *IngestResult, writeSt
 			return err
 		}
 		if e.User.AppUserID != "" {
-			if err := tx.Bucket(bUserEvents).Put(userEventKey(e.User.AppUserID, e.ID), nil); err != nil {
+			if err := tx.Bucket(bUserEvents).Put(userEventKey(db.seal.UserKey(e.User.AppUserID), e.ID), nil); err != nil {
 				return err
 			}
 		}
@@ -413,7 +422,7 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 		res = IngestResult{}
 		ik := inboxKey(source, key)
 		var n mapping.Notification
-		ok, err := getJSON(tx.Bucket(bInbox), ik, &n)
+		ok, err := db.getNote(tx.Bucket(bInbox), ik, &n)
 		if err != nil {
 			return softError{err}
 		}
@@ -425,10 +434,10 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 			return nil
 		}
 		n.Enriched = enriched
-		if err := db.mapAndStore(tx, &n, &res, true); err != nil {
+		if _, err := db.mapAndStore(tx, &n, &res, true); err != nil {
 			return err
 		}
-		return putJSON(tx.Bucket(bInbox), ik, &n)
+		return db.putInbox(tx, ik, &n, InboxSubject(source, key))
 	}, &res.dests)
 	return res, err
 }
@@ -447,7 +456,7 @@ func (db *DB) Pending(source string, limit int) ([]mapping.Notification, error) 
 				continue
 			}
 			var n mapping.Notification
-			if ok, err := getJSON(inbox, ik, &n); err != nil || !ok {
+			if ok, err := db.getNote(inbox, ik, &n); err != nil || !ok {
 				continue
 			}
 			if n.Status == mapping.StatusEnriching {
@@ -505,7 +514,7 @@ func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult
 			r.Scanned++
 			ik := append([]byte(nil), k[8:]...)
 			var n mapping.Notification
-			if ok, err := getJSON(inbox, ik, &n); err != nil || !ok {
+			if ok, err := db.getNote(inbox, ik, &n); err != nil || !ok {
 				continue
 			}
 			if f.Source != "" && n.Source != f.Source {
@@ -530,14 +539,15 @@ func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult
 		err := db.submit(ctx, func(tx *bolt.Tx) error {
 			res = IngestResult{}
 			var n mapping.Notification
-			if ok, err := getJSON(tx.Bucket(bInbox), ik, &n); err != nil || !ok {
+			if ok, err := db.getNote(tx.Bucket(bInbox), ik, &n); err != nil || !ok {
 				return softError{ErrNotFound}
 			}
 			writeStates := n.Status == mapping.StatusFailed
-			if err := db.mapAndStore(tx, &n, &res, writeStates); err != nil {
+			p, err := db.mapAndStore(tx, &n, &res, writeStates)
+			if err != nil {
 				return err
 			}
-			return putJSON(tx.Bucket(bInbox), ik, &n)
+			return db.putInbox(tx, ik, &n, p.subject())
 		}, &res.dests)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return r, err
@@ -555,7 +565,7 @@ func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult
 func (db *DB) Notification(source, key string) (*mapping.Notification, error) {
 	var n mapping.Notification
 	err := db.view(func(tx *bolt.Tx) error {
-		ok, err := getJSON(tx.Bucket(bInbox), inboxKey(source, key), &n)
+		ok, err := db.getNote(tx.Bucket(bInbox), inboxKey(source, key), &n)
 		if err == nil && !ok {
 			err = ErrNotFound
 		}

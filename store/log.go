@@ -165,7 +165,7 @@ func (db *DB) DeliveryLog(f LogFilter) (LogPage, error) {
 				break
 			}
 			var e mapping.Event
-			if ok, err := getJSON(events, k[8:], &e); err != nil || !ok || !f.MatchEvent(&e) {
+			if ok, err := db.getEvent(events, k[8:], &e); err != nil || !ok || !f.MatchEvent(&e) {
 				continue
 			}
 			prefix := append(append([]byte(nil), k[8:]...), '|')

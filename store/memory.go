@@ -27,7 +27,7 @@ func (m *ForwarderMemory) Get(key string) (time.Time, bool, error) {
 	var at time.Time
 	var ok bool
 	err := m.db.view(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bFwdMemory).Get([]byte(m.prefix + key)); len(v) == 8 {
+		if v := tx.Bucket(bFwdMemory).Get([]byte(m.prefix + m.db.seal.HashMemoryKey(key))); len(v) == 8 {
 			at, ok = time.UnixMilli(int64(binary.BigEndian.Uint64(v))), true
 		}
 		return nil
@@ -38,7 +38,7 @@ func (m *ForwarderMemory) Get(key string) (time.Time, bool, error) {
 // Put stores at for key unless a later time is already stored: a key only
 // ever advances, whatever order concurrent writers commit in.
 func (m *ForwarderMemory) Put(key string, at time.Time) error {
-	k := []byte(m.prefix + key)
+	k := []byte(m.prefix + m.db.seal.HashMemoryKey(key))
 	return m.db.submit(context.Background(), func(tx *bolt.Tx) error {
 		b := tx.Bucket(bFwdMemory)
 		if v := b.Get(k); len(v) == 8 && int64(binary.BigEndian.Uint64(v)) >= at.UnixMilli() {

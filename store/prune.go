@@ -9,6 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store/vault"
 )
 
 // PruneResult counts what a prune removed.
@@ -118,7 +119,7 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResul
 			} `json:"user"`
 		}
 		if v := events.Get(id); v != nil && jsonUnmarshal(v, &ev) == nil && ev.User.AppUserID != "" {
-			if err := tx.Bucket(bUserEvents).Delete(userEventKey(ev.User.AppUserID, string(id))); err != nil {
+			if err := tx.Bucket(bUserEvents).Delete(userEventKey(db.seal.UserKey(ev.User.AppUserID), string(id))); err != nil {
 				return nil, err
 			}
 		}
@@ -140,17 +141,21 @@ func (db *DB) pruneInbox(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult
 	idx, inbox, alt := tx.Bucket(bInboxTime), tx.Bucket(bInbox), tx.Bucket(bAltKeys)
 	drop, next := oldKeys(idx, cutoff, from, r, func(k []byte) bool {
 		var n mapping.Notification
-		ok, _ := getJSON(inbox, k[8:], &n)
+		ok, _ := db.getNote(inbox, k[8:], &n)
 		return ok && n.Status == mapping.StatusEnriching
 	})
+	var kids []vault.KID
 	for _, k := range drop {
 		ik := k[8:]
 		var n mapping.Notification
-		if ok, _ := getJSON(inbox, ik, &n); ok {
+		if ok, _ := db.getNote(inbox, ik, &n); ok {
 			for _, a := range n.AltKeys {
 				if err := alt.Delete(inboxKey(n.Source, a)); err != nil {
 					return nil, err
 				}
+			}
+			if kid, ok := db.seal.ExpiredKID(&n, inbox.Get(ik), time.UnixMilli(int64(cutoff))); ok {
+				kids = append(kids, kid)
 			}
 		}
 		if err := inbox.Delete(ik); err != nil {
@@ -160,6 +165,10 @@ func (db *DB) pruneInbox(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult
 			return nil, err
 		}
 		r.Notifications++
+	}
+	// Their own and their expired days' keys go with them.
+	if err := db.seal.Destroy(kids); err != nil {
+		return nil, err
 	}
 	return next, nil
 }

@@ -91,7 +91,7 @@ func (db *DB) Events(f EventFilter) (EventPage, error) {
 			}
 			scanned++
 			var e mapping.Event
-			if ok, err := getJSON(events, k[8:], &e); err != nil || !ok {
+			if ok, err := db.getEvent(events, k[8:], &e); err != nil || !ok {
 				continue
 			}
 			if f.match(&e) {
@@ -113,12 +113,12 @@ func (db *DB) Events(f EventFilter) (EventPage, error) {
 func (db *DB) Event(id string) (mapping.Event, error) {
 	var e mapping.Event
 	err := db.view(func(tx *bolt.Tx) error {
-		ok, err := getJSON(tx.Bucket(bEvents), []byte(id), &e)
+		ok, err := db.getEvent(tx.Bucket(bEvents), []byte(id), &e)
 		if err == nil && !ok {
 			err = ErrNotFound
 		}
 		if err == nil {
-			mergeUser(tx.Bucket(bUsers), &e)
+			db.mergeUser(tx.Bucket(bUsers), &e)
 		}
 		return err
 	})

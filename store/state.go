@@ -17,7 +17,7 @@ func (db *DB) State(key string) (mapping.State, bool, error) {
 	var ok bool
 	err := db.view(func(tx *bolt.Tx) error {
 		var err error
-		ok, err = getJSON(tx.Bucket(bStates), []byte(key), &st)
+		ok, err = db.getState(tx.Bucket(bStates), []byte(key), &st)
 		return err
 	})
 	return st, ok, err

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -73,7 +74,7 @@ func (db *DB) Stats(since, until time.Time, bucket time.Duration) (Stats, error)
 			var e struct {
 				Type string `json:"type"`
 			}
-			if ok, err := getJSON(events, id, &e); err != nil || !ok {
+			if v := events.Get(id); v == nil || json.Unmarshal(ClearPart(v), &e) != nil {
 				continue
 			}
 			i := int(time.Duration(ms-start) * time.Millisecond / bucket)

@@ -16,6 +16,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store/vault"
 )
 
 // ErrLocked is returned by Open when another process holds the database.
@@ -33,21 +34,21 @@ var ErrConflict = errors.New("store: conflict")
 
 // Bucket names. Keys are documented where each bucket is written.
 var (
-	bInbox      = []byte("inbox")       // source 0 key -> mapping.Notification
+	bInbox      = []byte("inbox")       // source 0 key -> mapping.Notification, sealed (see Sealer)
 	bInboxTime  = []byte("inbox_time")  // received_ms(8) source 0 key -> nil
 	bAltKeys    = []byte("alt_keys")    // source 0 alt key -> inbox key
-	bEvents     = []byte("events")      // event id -> mapping.Event
+	bEvents     = []byte("events")      // event id -> mapping.Event, sealed
 	bEventsTime = []byte("events_time") // received_ms(8) event id -> nil
-	bStates     = []byte("states")      // state key -> mapping.State
+	bStates     = []byte("states")      // state key -> mapping.State, sealed
 	bDeliveries = []byte("deliveries")  // event id | destination -> Delivery
 	bDue        = []byte("due")         // nested per destination: next_ms(8) delivery key -> nil
 	bAttempts   = []byte("attempts")    // delivery key 0 n(4) -> Attempt
-	bUsers      = []byte("users")       // app_user_id -> User
-	bWaiting    = []byte("waiting")     // app_user_id 0 delivery key -> nil
-	bUserEvents = []byte("user_events") // app_user_id 0 event id -> nil (privacy erasure)
+	bUsers      = []byte("users")       // user key (Sealer.UserKey) -> User, sealed
+	bWaiting    = []byte("waiting")     // user key 0 delivery key -> nil
+	bUserEvents = []byte("user_events") // user key 0 event id -> nil (privacy erasure)
 	bMeta       = []byte("meta")        // name -> value
-	bErasures   = []byte("erasures")    // inbox key -> erasureJob (queued privacy erasures)
-	bFwdMemory  = []byte("fwd_memory")  // destination 0 key -> unix_ms(8) (forwarders.Memory)
+	bErasures   = []byte("erasures")    // inbox key -> erasureJob, sealed (queued privacy erasures)
+	bFwdMemory  = []byte("fwd_memory")  // destination 0 hashed key -> unix_ms(8) (forwarders.Memory)
 	bOrder      = []byte("order")       // destination 0 order key 0 event_ms(8) delivery key -> nil (unfinished ordered deliveries)
 )
 
@@ -74,6 +75,9 @@ type Options struct {
 	// commitHook, in tests, runs inside the writer's transaction at the
 	// start of each prepared ingest.
 	commitHook func(n *mapping.Notification) error
+	// KeyFile is the data key file; default path + ".keys" (see
+	// package vault). It is not part of the database file or its backups.
+	KeyFile string
 	// OnCommit, when set, is called after each commit with the destinations
 	// that got new due work, so dispatchers wake without polling.
 	OnCommit func(dests []string)
@@ -91,6 +95,8 @@ type DB struct {
 	once   sync.Once
 	mu     sync.RWMutex // guards closing vs. submit
 	isShut bool
+	keys   *vault.KeyFile // data keys, beside the file (path + ".keys")
+	seal   *Sealer
 }
 
 type op struct {
@@ -152,6 +158,7 @@ func Open(path string, opts *Options) (*DB, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	probe := &DB{bolt: bdb, opts: o}
+	var keys *vault.KeyFile
 	err = probe.guard(func() error {
 		return bdb.Update(func(tx *bolt.Tx) error {
 			for _, b := range allBuckets {
@@ -159,15 +166,19 @@ func Open(path string, opts *Options) (*DB, error) {
 					return err
 				}
 			}
-			m := tx.Bucket(bMeta)
-			if m.Get([]byte("schema")) == nil {
-				return m.Put([]byte("schema"), []byte("1"))
-			}
-			return nil
+			var err error
+			keys, err = openKeys(tx, path, o.KeyFile)
+			return err
 		})
 	})
 	if err != nil {
+		if keys != nil {
+			keys.Close()
+		}
 		bdb.Close()
+		if errors.Is(err, ErrKeys) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("store: initialise %s: %w", path, err)
 	}
 	// Make the new file's directory entry durable before accepting traffic.
@@ -175,7 +186,13 @@ func Open(path string, opts *Options) (*DB, error) {
 		_ = d.Sync()
 		d.Close()
 	}
-	db := &DB{bolt: bdb, opts: o, ops: make(chan *op, 4096), done: make(chan struct{}), closed: make(chan struct{})}
+	db := &DB{bolt: bdb, opts: o, ops: make(chan *op, 4096), done: make(chan struct{}), closed: make(chan struct{}),
+		keys: keys, seal: NewSealer(keys)}
+	if err := db.upgrade(); err != nil {
+		keys.Close()
+		bdb.Close()
+		return nil, fmt.Errorf("store: upgrade %s: %w", path, err)
+	}
 	go db.writer()
 	return db, nil
 }
@@ -189,7 +206,7 @@ func (db *DB) Close() error {
 		close(db.done)
 		db.mu.Unlock()
 		<-db.closed
-		err = db.bolt.Close()
+		err = errors.Join(db.bolt.Close(), db.keys.Close())
 	})
 	return err
 }
@@ -271,7 +288,9 @@ func (db *DB) commit(batch []*op) {
 					return o.err
 				}
 			}
-			return nil
+			// Data keys made for this batch's records are durable before
+			// the records are.
+			return db.keys.Sync()
 		})
 	})
 	if err != nil && len(batch) > 1 && !errors.Is(err, ErrDamaged) {
@@ -414,7 +433,12 @@ func timeKey(t time.Time, rest string) []byte {
 	return append(msKey(t), rest...)
 }
 
+// putJSON and getJSON store records that carry nothing personal
+// (deliveries, attempts); the others go through the Sealer.
 func putJSON(b *bolt.Bucket, key []byte, v any) error {
+	if err := plainRecord(v); err != nil {
+		return err
+	}
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -423,9 +447,21 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 }
 
 func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
+	if err := plainRecord(v); err != nil {
+		return false, err
+	}
 	data := b.Get(key)
 	if data == nil {
 		return false, nil
 	}
 	return true, json.Unmarshal(data, v)
+}
+
+// plainRecord refuses a record type that must be sealed.
+func plainRecord(v any) error {
+	switch v.(type) {
+	case *mapping.Event, *mapping.State, *mapping.Notification, *User, *erasureJob:
+		return fmt.Errorf("store: %T must be stored through the Sealer", v)
+	}
+	return nil
 }

@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store/vault"
 )
 
 // User is what the identity store knows about one app user. Emails and
@@ -40,12 +41,12 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 // mergeUser fills identifiers the event lacks from the identity store. Values
 // the event already carries (from the notification itself) win.
-func mergeUser(users *bolt.Bucket, e *mapping.Event) {
+func (db *DB) mergeUser(users *bolt.Bucket, e *mapping.Event) {
 	if e.User.AppUserID == "" {
 		return
 	}
 	var u User
-	if ok, err := getJSON(users, []byte(e.User.AppUserID), &u); err != nil || !ok {
+	if ok, err := db.getUser(users, e.User.AppUserID, &u); err != nil || !ok {
 		return
 	}
 	u.Fill(e)
@@ -90,17 +91,17 @@ func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]stri
 		wake = wake[:0]
 		users := tx.Bucket(bUsers)
 		u = User{}
-		if _, err := getJSON(users, []byte(appUserID), &u); err != nil {
+		if _, err := db.getUser(users, appUserID, &u); err != nil {
 			return softError{err}
 		}
 		u.Merge(appUserID, ids, db.opts.Now())
-		if err := putJSON(users, []byte(appUserID), &u); err != nil {
+		if err := db.putUser(users, &u); err != nil {
 			return err
 		}
 		// Release waiting deliveries of this user.
 		deliveries := tx.Bucket(bDeliveries)
 		w := tx.Bucket(bWaiting)
-		prefix := []byte(appUserID + "\x00")
+		prefix := []byte(db.seal.UserKey(appUserID) + "\x00")
 		var keys [][]byte
 		c := w.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
@@ -137,7 +138,7 @@ func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]stri
 func (db *DB) GetUser(appUserID string) (User, error) {
 	var u User
 	err := db.view(func(tx *bolt.Tx) error {
-		ok, err := getJSON(tx.Bucket(bUsers), []byte(appUserID), &u)
+		ok, err := db.getUser(tx.Bucket(bUsers), appUserID, &u)
 		if err == nil && !ok {
 			err = fmt.Errorf("%w: user %s", ErrNotFound, appUserID)
 		}
@@ -146,99 +147,73 @@ func (db *DB) GetUser(appUserID string) (User, error) {
 	return u, err
 }
 
-// DeleteUser erases a user's identifiers (a privacy deletion): the identity
-// record, the identifiers on that user's stored events, the bodies of the
-// raw notifications those events came from, and the identity that
-// per-subscription states remember for the user (so that a later
-// notification does not bring it back). It returns how many events were
-// scrubbed. Erasing an unknown user scrubs nothing and is not an error.
+// DeleteUser erases a user (a privacy deletion): it destroys the data keys
+// of the user's identity record, events, the raw notifications those
+// events came from and the per-subscription states that remember the user,
+// so every copy of them (freed pages, backups) becomes unreadable; then it
+// rewrites the live records without their personal fields and drops the
+// user's index entries. It returns how many events were erased. Erasing an
+// unknown user erases nothing and is not an error.
 func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 	if err := checkUserID(appUserID); err != nil {
 		return 0, err
 	}
-	quoted, err := json.Marshal(appUserID)
-	if err != nil {
-		return 0, err
-	}
-	// Cheap pre-filter on the raw JSON before decoding a value.
-	needle := append([]byte(`"app_user_id":`), quoted...)
+	uk := db.seal.UserKey(appUserID)
+	needle := db.seal.StateUserNeedle(appUserID)
 	var n int
-	err = db.submit(ctx, func(tx *bolt.Tx) error {
+	err := db.submit(ctx, func(tx *bolt.Tx) error {
 		n = 0
-		if err := tx.Bucket(bUsers).Delete([]byte(appUserID)); err != nil {
-			return err
-		}
-		type upd struct {
-			k []byte
-			v any
-		}
-		var events, states []upd
-		var sources [][]byte // inbox keys of the user's events
+		users := tx.Bucket(bUsers)
+		var evs []eventHit
+		var sts []stateHit
 		// The user's events come from the user_events index, so an erasure
 		// reads only that user's events, not the whole store.
-		eb := tx.Bucket(bEvents)
-		prefix := userEventKey(appUserID, "")
-		c := tx.Bucket(bUserEvents).Cursor()
+		eb, ue := tx.Bucket(bEvents), tx.Bucket(bUserEvents)
+		prefix := userEventKey(uk, "")
+		var index [][]byte
+		c := ue.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			index = append(index, append([]byte(nil), k...))
 			id := k[len(prefix):]
-			v := eb.Get(id)
-			if v == nil {
-				continue
-			}
 			var e mapping.Event
-			if err := json.Unmarshal(v, &e); err != nil {
+			if ok, err := db.getEvent(eb, id, &e); err != nil || !ok || e.User.AppUserID != appUserID {
 				continue
 			}
-			if e.User.AppUserID != appUserID {
-				continue
-			}
-			sources = append(sources, inboxKey(e.Source, e.SourceEventID))
-			if len(e.User.Identifiers) > 0 {
-				e.User.Identifiers = nil
-				events = append(events, upd{append([]byte(nil), id...), &e})
-			}
+			evs = append(evs, eventHit{append([]byte(nil), id...), e})
 		}
 		err := tx.Bucket(bStates).ForEach(func(k, v []byte) error {
 			if !bytes.Contains(v, needle) {
 				return nil
 			}
 			var s mapping.State
-			if err := json.Unmarshal(v, &s); err != nil {
-				return nil
-			}
-			if s.AppUserID == appUserID {
-				s.Identifiers = nil
-				states = append(states, upd{append([]byte(nil), k...), &s})
+			if db.seal.DecodeState(v, &s) == nil && s.AppUserID == appUserID {
+				sts = append(sts, stateHit{append([]byte(nil), k...), s})
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, u := range events {
-			if err := putJSON(tx.Bucket(bEvents), u.k, u.v); err != nil {
-				return err
-			}
-			n++
+		kids := map[vault.KID]bool{}
+		kidOf(kids, users.Get([]byte(uk)))
+		if err := users.Delete([]byte(uk)); err != nil {
+			return err
 		}
-		// The raw notifications behind those events carry the same
-		// identifiers (metadata, note attributes, hashed emails): their
-		// bodies are erased too, keeping the inbox entry (the dedupe key and
-		// the event ids) so a store retry is still recognised.
-		inbox := tx.Bucket(bInbox)
-		for _, ik := range sources {
-			if err := eraseInboxBody(inbox, ik, ErasedReason); err != nil {
-				return err
-			}
+		if err := db.eraseRecords(tx, evs, sts, "", kids); err != nil {
+			return err
 		}
-		for _, u := range states {
-			if err := putJSON(tx.Bucket(bStates), u.k, u.v); err != nil {
+		if err := db.seal.Destroy(kidList(kids)); err != nil {
+			return err
+		}
+		for _, k := range index {
+			if err := ue.Delete(k); err != nil {
 				return err
 			}
 		}
+		n = len(evs)
 		return nil
 	}, nil)
 	return n, err
 }
 
-func userEventKey(user, eventID string) []byte { return []byte(user + "\x00" + eventID) }
+func userEventKey(userKey, eventID string) []byte { return []byte(userKey + "\x00" + eventID) }

@@ -77,8 +77,8 @@ var _ = register("DeleteUserScrubsEventsStatesAndInbox", func(t *testing.T, b Ba
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 1 {
-		t.Errorf("scrubbed %d events, want 1 (the other event of u-1 had no identifiers)", n)
+	if n != 2 {
+		t.Errorf("erased %d events, want both events of u-1", n)
 	}
 	if _, err := e.GetUser("u-1"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("the identity record survived the deletion: %v", err)
@@ -87,10 +87,10 @@ var _ = register("DeleteUserScrubsEventsStatesAndInbox", func(t *testing.T, b Ba
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.User.AppUserID != "u-1" || len(ev.User.Identifiers) != 0 {
-		t.Errorf("event of u-1 after deletion: user = %+v, want the app user without identifiers", ev.User)
+	if ev.User.AppUserID != "" || len(ev.User.Identifiers) != 0 || ev.Type != mapping.Purchase {
+		t.Errorf("event of u-1 after deletion: %+v, want it kept without its app user id and identifiers", ev)
 	}
-	if st, ok, err := e.State("test:u1_a"); err != nil || !ok || len(st.Identifiers) != 0 {
+	if st, ok, err := e.State("test:u1_a"); err != nil || !ok || len(st.Identifiers) != 0 || st.AppUserID != "" {
 		t.Errorf("state of u-1 = %+v, %v, %v; want it kept without identifiers", st, ok, err)
 	}
 	// A user whose id has u-1 as a prefix is not touched.

@@ -1,0 +1,305 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store/vault"
+)
+
+// Sealer encodes the records that carry personal data, for both stores:
+// personal fields (identifiers, app user ids, attributes, notification
+// bodies, headers and enrichments, a queued erasure's target) are sealed
+// with the data key of the record's subject (see package vault); the rest
+// stays clear so indexes, reports and revenue never need a key. It also
+// computes the keyed hashes that replace raw identifiers used as keys.
+type Sealer struct {
+	keys vault.Keyring
+	h    vault.Hasher
+}
+
+// NewSealer returns the sealer of a keyring.
+func NewSealer(keys vault.Keyring) *Sealer {
+	return &Sealer{keys: keys, h: vault.NewHasher(keys.Secret())}
+}
+
+// Keys is the keyring.
+func (s *Sealer) Keys() vault.Keyring { return s.keys }
+
+// UserKey is the stored form of an app user id wherever it is a key or an
+// indexed column.
+func (s *Sealer) UserKey(appUserID string) string { return s.h.Hash("user", appUserID) }
+
+// MemoryKey is the keyed hash of one part of a forwarder memory key.
+func (s *Sealer) MemoryKey(part string) string { return s.h.Hash("memory", part) }
+
+// HashMemoryKey is the stored form of a forwarder memory key such as
+// Adjust's "environment|kind:value|token": each "|"-separated part hashed
+// on its own, so an erasure finds a device's entries by its hashed
+// "kind:value" alone.
+func (s *Sealer) HashMemoryKey(key string) string {
+	parts := strings.Split(key, "|")
+	for i, p := range parts {
+		parts[i] = s.MemoryKey(p)
+	}
+	return strings.Join(parts, "|")
+}
+
+// OrderKey is the stored form of a forwarder's ordering key (device ids).
+func (s *Sealer) OrderKey(key string) string { return s.h.Hash("order", key) }
+
+// KID is the key id of a subject.
+func (s *Sealer) KID(subject string) vault.KID { return s.h.KID(subject) }
+
+// Subjects: whose data key seals a record. A subject is one person's
+// (a subscription, an app user) or one notification's, never shared by
+// two people, so destroying it erases nobody else.
+
+// EventSubject is the subject of an event: its subscription, else its app
+// user, else the event itself.
+func EventSubject(e *mapping.Event) string {
+	switch {
+	case e.SubscriptionID != "":
+		return "sub\x00" + e.Source + "\x00" + e.SubscriptionID
+	case e.User.AppUserID != "":
+		return UserSubject(e.User.AppUserID)
+	}
+	return "event\x00" + e.ID
+}
+
+// UserSubject is the subject of an app user.
+func UserSubject(appUserID string) string { return "user\x00" + appUserID }
+
+// StateSubject is the subject of a per-subscription state.
+func StateSubject(key string) string { return "state\x00" + key }
+
+// InboxSubject is the subject of one notification's own key: a
+// notification mapped later (enrichment) or one that asks for an erasure.
+func InboxSubject(source, key string) string { return "inbox\x00" + source + "\x00" + key }
+
+// DaySubject seals notifications that produced no event (ignored or
+// failed): one key per source and day, destroyed when retention prunes the
+// day.
+func DaySubject(source string, t time.Time) string {
+	return "day\x00" + source + "\x00" + t.UTC().Format(time.DateOnly)
+}
+
+// NotificationSubject is the subject a notification is first stored
+// under: its first event's, its own when it will be mapped later or asks
+// for an erasure, else its day's.
+func NotificationSubject(n *mapping.Notification, first *mapping.Event, erasure bool) string {
+	switch {
+	case erasure || n.Deferred:
+		return InboxSubject(n.Source, n.Key)
+	case first != nil:
+		return EventSubject(first)
+	}
+	return DaySubject(n.Source, n.ReceivedAt)
+}
+
+// KIDOf returns the key id a stored record is sealed with.
+func KIDOf(v []byte) (vault.KID, bool) {
+	p, err := vault.Split(v)
+	return p.KID, err == nil
+}
+
+// ClearPart is the clear JSON of a stored record (all of it when it is not
+// sealed), for readers that need no personal field.
+func ClearPart(v []byte) []byte {
+	if p, err := vault.Split(v); err == nil {
+		return p.Clear
+	}
+	return v
+}
+
+// ExpiredKID returns the key id of a notification stored under its own
+// or its day's key, which retention may destroy with it once the day is
+// wholly before cutoff; ok is false for a notification sealed under a
+// person's key (kept for that person's other records).
+func (s *Sealer) ExpiredKID(n *mapping.Notification, stored []byte, cutoff time.Time) (vault.KID, bool) {
+	kid, ok := KIDOf(stored)
+	if !ok {
+		return kid, false
+	}
+	if kid == s.KID(InboxSubject(n.Source, n.Key)) {
+		return kid, true
+	}
+	dayEnd := n.ReceivedAt.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
+	return kid, kid == s.KID(DaySubject(n.Source, n.ReceivedAt)) && !dayEnd.After(cutoff)
+}
+
+// seal encodes clear and, when personal is not empty, seals it with the
+// subject's key.
+func (s *Sealer) seal(kid vault.KID, clear any, personal any, empty bool) ([]byte, error) {
+	c, err := json.Marshal(clear)
+	if err != nil || empty {
+		return c, err
+	}
+	p, err := json.Marshal(personal)
+	if err != nil {
+		return nil, err
+	}
+	key, err := s.keys.DataKey(kid, true)
+	if err != nil {
+		return nil, err
+	}
+	return vault.Seal(kid, key, c, p)
+}
+
+// open decodes a stored record into v: the clear part, then the personal
+// part when its key still exists. A destroyed key leaves the personal
+// fields empty: the record was erased.
+func (s *Sealer) open(v []byte, rec any) error {
+	if !vault.IsSealed(v) {
+		return json.Unmarshal(v, rec)
+	}
+	p, err := vault.Split(v)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(p.Clear, rec); err != nil {
+		return err
+	}
+	key, err := s.keys.DataKey(p.KID, false)
+	if errors.Is(err, vault.ErrNoKey) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	plain, err := p.Open(key)
+	if errors.Is(err, vault.ErrNoKey) {
+		return nil // sealed with a key destroyed since (and made anew)
+	}
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(plain, rec)
+}
+
+type eventPersonal struct {
+	User       mapping.User      `json:"user"`
+	Attributes map[string]string `json:"attributes,omitempty"`
+}
+
+// EncodeEvent is the stored form of an event.
+func (s *Sealer) EncodeEvent(e *mapping.Event) ([]byte, error) {
+	c := *e
+	c.User, c.Attributes = mapping.User{}, nil
+	p := eventPersonal{User: e.User, Attributes: e.Attributes}
+	empty := e.User.AppUserID == "" && len(e.User.Identifiers) == 0 && len(e.Attributes) == 0
+	return s.seal(s.h.KID(EventSubject(e)), &c, &p, empty)
+}
+
+// DecodeEvent reads a stored event.
+func (s *Sealer) DecodeEvent(v []byte, e *mapping.Event) error { return s.open(v, e) }
+
+type stateClear struct {
+	*mapping.State
+	// UserKey lets a store find a user's states without a key.
+	UserKey string `json:"uk,omitempty"`
+}
+
+type statePersonal struct {
+	AppUserID   string            `json:"app_user_id,omitempty"`
+	Identifiers map[string]string `json:"identifiers,omitempty"`
+	Values      map[string]string `json:"values,omitempty"`
+}
+
+// EncodeState is the stored form of a per-subscription state.
+func (s *Sealer) EncodeState(st *mapping.State) ([]byte, error) {
+	c := *st
+	c.AppUserID, c.Identifiers, c.Values = "", nil, nil
+	p := statePersonal{AppUserID: st.AppUserID, Identifiers: st.Identifiers, Values: st.Values}
+	empty := st.AppUserID == "" && len(st.Identifiers) == 0 && len(st.Values) == 0
+	return s.seal(s.h.KID(StateSubject(st.Key)), stateClear{State: &c, UserKey: s.UserKey(st.AppUserID)}, &p, empty)
+}
+
+// DecodeState reads a stored state.
+func (s *Sealer) DecodeState(v []byte, st *mapping.State) error { return s.open(v, st) }
+
+// StateUserNeedle is the text a stored state of appUserID contains.
+func (s *Sealer) StateUserNeedle(appUserID string) []byte {
+	return []byte(`"uk":"` + s.UserKey(appUserID) + `"`)
+}
+
+type notificationPersonal struct {
+	Body     []byte            `json:"body,omitempty"`
+	Meta     map[string]string `json:"meta,omitempty"`
+	Enriched []byte            `json:"enriched,omitempty"`
+}
+
+// EncodeNotification is the stored form of a notification, sealed under
+// kid (see NotificationSubject; a rewrite keeps the kid it was stored
+// under).
+func (s *Sealer) EncodeNotification(n *mapping.Notification, kid vault.KID) ([]byte, error) {
+	c := *n
+	c.Body, c.Meta, c.Enriched = nil, nil, nil
+	p := notificationPersonal{Body: n.Body, Meta: n.Meta, Enriched: n.Enriched}
+	empty := len(n.Body) == 0 && len(n.Meta) == 0 && len(n.Enriched) == 0
+	return s.seal(kid, &c, &p, empty)
+}
+
+// ReencodeNotification stores a changed notification under the key its
+// previous version prev used (or subject's, when prev was not sealed).
+func (s *Sealer) ReencodeNotification(n *mapping.Notification, prev []byte, subject string) ([]byte, error) {
+	kid, ok := KIDOf(prev)
+	if !ok {
+		kid = s.h.KID(subject)
+	}
+	return s.EncodeNotification(n, kid)
+}
+
+// DecodeNotification reads a stored notification.
+func (s *Sealer) DecodeNotification(v []byte, n *mapping.Notification) error { return s.open(v, n) }
+
+type userPersonal struct {
+	AppUserID   string            `json:"app_user_id"`
+	Identifiers map[string]string `json:"identifiers"`
+}
+
+// EncodeUser is the stored form of a user's identifiers.
+func (s *Sealer) EncodeUser(u *User) ([]byte, error) {
+	c := User{UpdatedAt: u.UpdatedAt}
+	return s.seal(s.h.KID(UserSubject(u.AppUserID)), &c, &userPersonal{AppUserID: u.AppUserID, Identifiers: u.Identifiers}, false)
+}
+
+// DecodeUser reads a stored user.
+func (s *Sealer) DecodeUser(v []byte, u *User) error { return s.open(v, u) }
+
+type jobPersonal struct {
+	IDValue        string `json:"id_value,omitempty"`
+	EventAttrValue string `json:"event_attr_value,omitempty"`
+}
+
+// EncodeJob is the stored form of a queued erasure: the person it names is
+// sealed with the key of the notification that asked for it, destroyed
+// when the erasure is done.
+func (s *Sealer) EncodeJob(j *ErasureJob, source, key string) ([]byte, error) {
+	c := *j
+	c.IDValue, c.EventAttrValue = "", ""
+	return s.seal(s.h.KID(InboxSubject(source, key)), &c, &jobPersonal{IDValue: j.IDValue, EventAttrValue: j.EventAttrValue}, false)
+}
+
+// DecodeJob reads a queued erasure. A job whose key is gone cannot name
+// its target any more.
+func (s *Sealer) DecodeJob(v []byte) (ErasureJob, error) {
+	var job ErasureJob
+	if err := s.open(v, &job); err != nil {
+		return job, err
+	}
+	if err := checkJob(&job); err != nil {
+		return job, err
+	}
+	if job.IDValue == "" && job.EventAttrValue == "" {
+		return job, fmt.Errorf("store: erasure job names nobody (its key is gone)")
+	}
+	return job, nil
+}
+
+// Destroy destroys data keys (an erasure), durably.
+func (s *Sealer) Destroy(kids []vault.KID) error { return s.keys.Destroy(kids) }
