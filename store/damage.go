@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -221,4 +222,63 @@ func Compact(path string, keepOld bool) (before, after int64, err error) {
 		after = st.Size()
 	}
 	return before, after, nil
+}
+
+// CheckFile checks a database file no process holds, read-only: its pages
+// (as Open's walk does) and bbolt's consistency check. It needs no key
+// file, so it checks a backup as well as a live file.
+func CheckFile(path string) error {
+	if err := preflight(path); err != nil {
+		return err
+	}
+	o := Options{OpenTimeout: time.Second, Logger: slog.New(slog.DiscardHandler)}
+	if err := walkFile(path, &o); err != nil {
+		return err
+	}
+	ro, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: o.OpenTimeout})
+	if err != nil {
+		return damaged(path, err.Error())
+	}
+	defer ro.Close()
+	probe := &DB{bolt: ro, opts: o}
+	return probe.guard(func() error {
+		return ro.View(func(tx *bolt.Tx) error {
+			var errs []error
+			for err := range tx.Check() {
+				errs = append(errs, err)
+			}
+			if len(errs) > 0 {
+				return damaged(path, errors.Join(errs...).Error())
+			}
+			return nil
+		})
+	})
+}
+
+// BackupFile writes a consistent copy of a database file no process
+// holds, opened read-only (it needs no key file: the copy holds sealed
+// records, as the file does).
+func BackupFile(path string, w io.Writer) (int64, error) {
+	if err := preflight(path); err != nil {
+		return 0, err
+	}
+	o := Options{OpenTimeout: time.Second, Logger: slog.New(slog.DiscardHandler)}
+	if err := walkFile(path, &o); err != nil {
+		return 0, err
+	}
+	ro, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: o.OpenTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return 0, fmt.Errorf("%w: %s (stop the gateway, or back up through it with --addr)", ErrLocked, path)
+	}
+	if err != nil {
+		return 0, damaged(path, err.Error())
+	}
+	defer ro.Close()
+	var n int64
+	err = ro.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
 }

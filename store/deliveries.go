@@ -285,7 +285,11 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 			}
 			d.Apply(c, now)
 			if c.Attempt != nil {
-				if err := putJSON(tx.Bucket(bAttempts), attemptKey(d.Key, d.Attempts), c.Attempt); err != nil {
+				doc, err := db.seal.EncodeAttempt(c.Attempt, tx.Bucket(bEvents).Get([]byte(d.EventID)))
+				if err != nil {
+					return err
+				}
+				if err := tx.Bucket(bAttempts).Put(attemptKey(d.Key, d.Attempts), doc); err != nil {
 					return err
 				}
 			}
@@ -468,7 +472,7 @@ func (db *DB) Attempts(key string) ([]Attempt, error) {
 		prefix := []byte(key + "\x00")
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			var a Attempt
-			if err := jsonUnmarshal(v, &a); err != nil {
+			if err := db.seal.DecodeAttempt(v, &a); err != nil {
 				return err
 			}
 			out = append(out, a)

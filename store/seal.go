@@ -303,3 +303,26 @@ func (s *Sealer) DecodeJob(v []byte) (ErasureJob, error) {
 
 // Destroy destroys data keys (an erasure), durably.
 func (s *Sealer) Destroy(kids []vault.KID) error { return s.keys.Destroy(kids) }
+
+type attemptPersonal struct {
+	Request  string `json:"request,omitempty"`
+	Response string `json:"response,omitempty"`
+}
+
+// EncodeAttempt is the stored form of a delivery attempt: the request as
+// sent (which carries the event's identifiers) and the answer are sealed
+// with the key of the event's record, eventDoc as stored; an event with
+// nothing personal leaves the attempt plain.
+func (s *Sealer) EncodeAttempt(a *Attempt, eventDoc []byte) ([]byte, error) {
+	kid, sealed := KIDOf(eventDoc)
+	c := *a
+	c.Request, c.Response = "", ""
+	empty := !sealed || (a.Request == "" && a.Response == "")
+	if !sealed {
+		return json.Marshal(a)
+	}
+	return s.seal(kid, &c, &attemptPersonal{Request: a.Request, Response: a.Response}, empty)
+}
+
+// DecodeAttempt reads a stored attempt.
+func (s *Sealer) DecodeAttempt(v []byte, a *Attempt) error { return s.open(v, a) }

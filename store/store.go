@@ -42,7 +42,7 @@ var (
 	bStates     = []byte("states")      // state key -> mapping.State, sealed
 	bDeliveries = []byte("deliveries")  // event id | destination -> Delivery
 	bDue        = []byte("due")         // nested per destination: next_ms(8) delivery key -> nil
-	bAttempts   = []byte("attempts")    // delivery key 0 n(4) -> Attempt
+	bAttempts   = []byte("attempts")    // delivery key 0 n(4) -> Attempt, sealed with its event's key
 	bUsers      = []byte("users")       // user key (Sealer.UserKey) -> User, sealed
 	bWaiting    = []byte("waiting")     // user key 0 delivery key -> nil
 	bUserEvents = []byte("user_events") // user key 0 event id -> nil (privacy erasure)
@@ -460,7 +460,7 @@ func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
 // plainRecord refuses a record type that must be sealed.
 func plainRecord(v any) error {
 	switch v.(type) {
-	case *mapping.Event, *mapping.State, *mapping.Notification, *User, *erasureJob:
+	case *mapping.Event, *mapping.State, *mapping.Notification, *User, *erasureJob, *Attempt, Attempt:
 		return fmt.Errorf("store: %T must be stored through the Sealer", v)
 	}
 	return nil

@@ -37,7 +37,12 @@ func checkUserID(id string) error {
 	return nil
 }
 
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+func jsonUnmarshal(b []byte, v any) error {
+	if err := plainRecord(v); err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
 
 // mergeUser fills identifiers the event lacks from the identity store. Values
 // the event already carries (from the notification itself) win.

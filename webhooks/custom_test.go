@@ -500,9 +500,9 @@ func TestUsersAPIStoreFailure(t *testing.T) {
 }
 
 // Issue 16, item 15: events_scrubbed means what the README says: the
-// user's events whose identifiers this call cleared. Four events mapped
-// before any PUT carry none: 0, yet their notifications' bodies are erased.
-// Four mapped after a PUT: 4. A repeated DELETE: 0.
+// user's events this call erased. Four events mapped before any PUT carry
+// no identifier but name the user: 4, and their notifications' bodies are
+// erased. Four mapped after a PUT: 4. A repeated DELETE: 0.
 func TestDeleteUserEventsScrubbedMeaning(t *testing.T) {
 	h, db := newCustom(t, apiKeyA)
 	e := v1(h)
@@ -519,7 +519,7 @@ func TestDeleteUserEventsScrubbedMeaning(t *testing.T) {
 	for i := range 4 {
 		before = append(before, post("u-early", "early-"+strconv.Itoa(i)))
 	}
-	if rec := call(e, http.MethodDelete, "/v1/users/u-early", "", auth); !strings.Contains(rec.Body.String(), `"events_scrubbed":0`) {
+	if rec := call(e, http.MethodDelete, "/v1/users/u-early", "", auth); !strings.Contains(rec.Body.String(), `"events_scrubbed":4`) {
 		t.Errorf("events without identifiers: %s", rec.Body)
 	}
 	for _, id := range before {

@@ -163,15 +163,7 @@ func cmdBackup(ctx context.Context, env *Env, args []string) int {
 	defer os.Remove(tmp)
 	var n int64
 	if *dbPath != "" {
-		src, err := store.Open(*dbPath, &store.Options{Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			f.Close()
-			fmt.Fprintln(env.Stderr, "postback backup:", err)
-			return 1
-		}
-		n, err = src.Backup(f)
-		src.Close()
-		if err != nil {
+		if n, err = store.BackupFile(*dbPath, f); err != nil {
 			f.Close()
 			fmt.Fprintln(env.Stderr, "postback backup:", err)
 			return 1
@@ -193,13 +185,8 @@ func cmdBackup(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	f.Close()
-	// The copy must open and check out before it replaces anything.
-	b, err := store.Open(tmp, &store.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err == nil {
-		err = b.Check()
-		b.Close()
-	}
-	if err != nil {
+	// The copy must check out before it replaces anything.
+	if err := store.CheckFile(tmp); err != nil {
 		fmt.Fprintf(env.Stderr, "postback backup: the copy does not check out (%v); nothing written to %s\n", err, *out)
 		return 1
 	}
@@ -208,6 +195,7 @@ func cmdBackup(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	fmt.Fprintf(env.Stdout, "wrote %s (%d bytes), checked\n", *out, n)
+	fmt.Fprintln(env.Stdout, "the data keys are not in the backup: restore it beside the gateway's key file (storage.path + \".keys\"); see README, Backups")
 	return 0
 }
 
@@ -245,12 +233,7 @@ func storeCheck(ctx context.Context, env *Env, args []string) int {
 		return 2
 	}
 	if *file != "" {
-		db, err := store.Open(*file, &store.Options{Logger: slog.New(slog.DiscardHandler)})
-		if err == nil {
-			err = db.Check()
-			db.Close()
-		}
-		if err != nil {
+		if err := store.CheckFile(*file); err != nil {
 			fmt.Fprintln(env.Stderr, "postback store check:", err)
 			return 1
 		}

@@ -77,7 +77,7 @@ func importRecord(ctx context.Context, tx dbtx, r store.Record) (int, error) {
 		}
 		return exec(`INSERT INTO deliveries (key, event_id, destination, state, next_at_ms, order_key, order_at_ms, app_user_id, created_at, reason, doc)
 			VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, NULLIF($8, ''), $9, $10, $11) ON CONFLICT (key) DO NOTHING`,
-			d.Key, d.EventID, d.Destination, d.State, nullMs(&d), d.OrderKey, d.OrderAtMs, d.AppUserID, d.CreatedAt, reasonText(&d), r.Value)
+			d.Key, d.EventID, d.Destination, d.State, nullMs(&d), d.OrderKey, d.OrderAtMs, d.UserKey, d.CreatedAt, reasonText(&d), r.Value)
 	case store.KindAttempt:
 		// delivery key, NUL, n as 4 big-endian bytes
 		i := len(r.Key) - 5

@@ -324,11 +324,11 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 		for _, dest := range db.opts.Route(e) {
 			d := store.Delivery{
 				Key: e.ID + "|" + dest, EventID: e.ID, Destination: dest, State: store.StatePending,
-				CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), AppUserID: e.User.AppUserID,
+				CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), UserKey: e.User.AppUserID,
 			}
 			if db.opts.OrderKey != nil {
 				if k := db.opts.OrderKey(dest, e); k != "" {
-					d.OrderKey, d.OrderAtMs = store.OrderHash(k), e.OccurredAt.UnixMilli()
+					d.OrderKey, d.OrderAtMs = k, e.OccurredAt.UnixMilli()
 				}
 			}
 			if err := queueDelivery(w, &d); err != nil {
@@ -539,7 +539,7 @@ func queueDelivery(b *pgx.Batch, d *store.Delivery) error {
 	}
 	b.Queue(`INSERT INTO deliveries (key, event_id, destination, state, next_at_ms, order_key, order_at_ms, app_user_id, created_at, reason, doc)
 		VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, NULLIF($8, ''), $9, $10, $11)`,
-		d.Key, d.EventID, d.Destination, d.State, nullMs(d), d.OrderKey, d.OrderAtMs, d.AppUserID, d.CreatedAt, reasonText(d), doc)
+		d.Key, d.EventID, d.Destination, d.State, nullMs(d), d.OrderKey, d.OrderAtMs, d.UserKey, d.CreatedAt, reasonText(d), doc)
 	return nil
 }
 

@@ -178,10 +178,6 @@ func (db *DB) eraseChunk(ctx context.Context, tx dbtx, job *store.ErasureJob) (b
 		job.Phase, job.Cursor = store.ErasePhaseEvents, nil
 		return false, nil
 	case store.ErasePhaseEvents:
-		needle, err := job.EventNeedle()
-		if err != nil {
-			return false, err
-		}
 		rows, err := tx.Query(ctx, "SELECT id, doc FROM events WHERE id > $1 ORDER BY id LIMIT $2", string(job.Cursor), chunk)
 		if err != nil {
 			return false, err
@@ -197,7 +193,8 @@ func (db *DB) eraseChunk(ctx context.Context, tx dbtx, job *store.ErasureJob) (b
 			}
 			seen++
 			job.Cursor = []byte(id)
-			if e, ok := job.MatchEvent(doc, needle); ok {
+			var e mapping.Event
+			if json.Unmarshal(doc, &e) == nil && job.MatchEvent(&e) {
 				hits = append(hits, e)
 			}
 		}
@@ -232,7 +229,8 @@ func (db *DB) eraseChunk(ctx context.Context, tx dbtx, job *store.ErasureJob) (b
 			}
 			seen++
 			job.Cursor = []byte(key)
-			if s, ok := job.MatchState(doc); ok {
+			var s mapping.State
+			if json.Unmarshal(doc, &s) == nil && job.MatchState(&s) {
 				s.Key = key
 				hits = append(hits, s)
 			}
