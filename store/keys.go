@@ -155,7 +155,7 @@ func (db *DB) upgrade() error {
 	if schema == schemaSealed {
 		return nil
 	}
-	return db.guard(func() error {
+	err := db.guard(func() error {
 		return db.bolt.Update(func(tx *bolt.Tx) error {
 			if err := db.upgradeRecords(tx); err != nil {
 				return err
@@ -166,6 +166,10 @@ func (db *DB) upgrade() error {
 			return db.keys.Sync()
 		})
 	})
+	if err == nil {
+		db.opts.Logger.Warn("sealed the personal fields of a file written by an earlier version; its freed pages hold the old plain copies until they are reused: stop the gateway and run `postback store compact` to remove them", "file", db.bolt.Path())
+	}
+	return err
 }
 
 type kv struct{ k, v []byte }

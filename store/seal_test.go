@@ -1,0 +1,232 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store/vault"
+)
+
+// TestCryptoErasure: the data keys of an erased user are gone from the key
+// file and the database (not a byte of them is left), the records they
+// sealed stay in the file as ciphertext that no key opens, and another
+// user's records still open.
+func TestCryptoErasure(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "postback.db")
+	db := mustOpenAt(t, path)
+	ctx := context.Background()
+	for _, u := range []string{"victim", "bystander"} {
+		n := &mapping.Notification{Source: mapping.SourceCustom, Key: "k-" + u, ReceivedAt: time.Now(),
+			Body: []byte(`{"events":[{"type":"purchase","app_id":"a","app_user_id":"` + u + `","transaction_id":"t-` + u + `","identifiers":{"idfa":"IDFA-` + u + `"},"attributes":{"nick":"NICK-` + u + `"}}]}`)}
+		if _, err := db.Ingest(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.PutUser(ctx, u, map[string]string{"adid": "ADID-" + u}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The victim's keys: those its records are sealed with.
+	var victimKeys []*[32]byte
+	var sealed [][]byte
+	if err := db.bolt.View(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bEvents, bUsers} {
+			err := tx.Bucket(b).ForEach(func(k, v []byte) error {
+				var e mapping.Event
+				var u User
+				if bytes.Equal(b, bEvents) && (db.seal.DecodeEvent(v, &e) != nil || e.User.AppUserID != "victim") ||
+					bytes.Equal(b, bUsers) && (db.seal.DecodeUser(v, &u) != nil || u.AppUserID != "victim") {
+					return nil
+				}
+				if kid, ok := KIDOf(v); ok {
+					key, err := db.keys.DataKey(kid, false)
+					if err != nil {
+						return err
+					}
+					victimKeys = append(victimKeys, key)
+					sealed = append(sealed, append([]byte(nil), v...))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(victimKeys) < 2 {
+		t.Fatal("no sealed record of the victim: the test would prove nothing")
+	}
+	keyFile := path + ".keys"
+	if raw, _ := os.ReadFile(keyFile); !bytes.Contains(raw, victimKeys[0][:]) {
+		t.Fatal("the victim's key is not in the key file before the erasure")
+	}
+	if n, err := db.DeleteUser(ctx, "victim"); err != nil || n != 1 {
+		t.Fatalf("DeleteUser: %d %v", n, err)
+	}
+	db.Close()
+	for _, f := range []string{path, keyFile} {
+		raw, _ := os.ReadFile(f)
+		for _, k := range victimKeys {
+			if bytes.Contains(raw, k[:]) {
+				t.Errorf("%s still holds a destroyed data key", filepath.Base(f))
+			}
+		}
+		if bytes.Contains(raw, []byte("IDFA-victim")) || bytes.Contains(raw, []byte("NICK-victim")) {
+			t.Errorf("%s holds a planted value in clear", filepath.Base(f))
+		}
+	}
+	db = mustOpenAt(t, path)
+	for _, v := range sealed {
+		var e mapping.Event
+		if err := db.seal.DecodeEvent(v, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.User.AppUserID != "" || len(e.User.Identifiers) != 0 || len(e.Attributes) != 0 {
+			t.Errorf("an old copy of the victim's record still opens: %+v", e.User)
+		}
+	}
+	p, err := db.Events(EventFilter{AppUserID: "bystander"})
+	if err != nil || len(p.Events) != 1 || p.Events[0].Identifier("idfa") != "IDFA-bystander" || p.Events[0].Attributes["nick"] != "NICK-bystander" {
+		t.Fatalf("the bystander's event: %+v %v", p.Events, err)
+	}
+	if u, err := db.GetUser("bystander"); err != nil || u.Identifiers["adid"] != "ADID-bystander" {
+		t.Fatalf("the bystander's identity: %+v %v", u, err)
+	}
+}
+
+// TestKeyFileMustMatch: a database refuses to start without its key file,
+// or with another database's, naming the file and what to do.
+func TestKeyFileMustMatch(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.db"), filepath.Join(dir, "b.db")
+	mustOpenAt(t, a).Close()
+	mustOpenAt(t, b).Close()
+	if err := os.Rename(a+".keys", a+".keys.moved"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(a, nil)
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte(a+".keys is missing")) || !bytes.Contains([]byte(err.Error()), []byte("Restore")) {
+		t.Fatalf("missing key file: %v", err)
+	}
+	raw, _ := os.ReadFile(b + ".keys")
+	if err := os.WriteFile(a+".keys", raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(a, nil); err == nil || !bytes.Contains([]byte(err.Error()), []byte("belongs to another database")) {
+		t.Fatalf("another database's key file: %v", err)
+	}
+}
+
+// TestUpgradeSealsSchema1: a file written before sealing (plain records,
+// raw app user ids as keys) is sealed at open; every record reads back the
+// same and the user's index entries move to their keyed hashes.
+func TestUpgradeSealsSchema1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	bdb, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	ev := mapping.Event{ID: "evt_old", Type: mapping.Purchase, Source: mapping.SourceCustom, AppID: "a", SourceEventID: "n-old",
+		User: mapping.User{AppUserID: "u-old", Identifiers: map[string]string{"idfa": "IDFA-OLD"}}, ReceivedAt: at, OccurredAt: at}
+	put := func(tx *bolt.Tx, b []byte, k string, v any) {
+		data, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Bucket(b).Put([]byte(k), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := bdb.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		put(tx, bEvents, ev.ID, &ev)
+		put(tx, bInbox, "custom\x00n-old", &mapping.Notification{Source: "custom", Key: "n-old", ReceivedAt: at, Body: []byte(`{"idfa":"IDFA-OLD"}`), Status: mapping.StatusMapped, EventIDs: []string{ev.ID}})
+		put(tx, bStates, "custom:s", &mapping.State{Key: "custom:s", AppUserID: "u-old", Identifiers: map[string]string{"idfa": "IDFA-OLD"}})
+		put(tx, bUsers, "u-old", &User{AppUserID: "u-old", Identifiers: map[string]string{"adid": "ADID-OLD"}})
+		put(tx, bDeliveries, "evt_old|hook", map[string]any{"key": "evt_old|hook", "event_id": "evt_old", "destination": "hook", "state": StateWaiting, "app_user_id": "u-old"})
+		if err := tx.Bucket(bUserEvents).Put([]byte("u-old\x00evt_old"), nil); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bWaiting).Put([]byte("u-old\x00evt_old|hook"), nil); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bFwdMemory).Put([]byte("adjust\x00production|idfa:IDFA-OLD|tok"), msKey(at)); err != nil {
+			return err
+		}
+		return tx.Bucket(bMeta).Put([]byte("schema"), []byte("1"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	bdb.Close()
+
+	db := mustOpenAt(t, path)
+	if e, err := db.Event("evt_old"); err != nil || e.Identifier("idfa") != "IDFA-OLD" || e.User.AppUserID != "u-old" {
+		t.Fatalf("event after the upgrade: %+v %v", e, err)
+	}
+	if u, err := db.GetUser("u-old"); err != nil || u.Identifiers["adid"] != "ADID-OLD" {
+		t.Fatalf("user after the upgrade: %+v %v", u, err)
+	}
+	if at2, ok, err := db.ForwarderMemory("adjust").Get("production|idfa:IDFA-OLD|tok"); err != nil || !ok || !at2.Equal(at) {
+		t.Fatalf("forwarder memory after the upgrade: %v %v %v", at2, ok, err)
+	}
+	d, err := db.Delivery("evt_old|hook")
+	if err != nil || d.UserKey != db.seal.UserKey("u-old") {
+		t.Fatalf("delivery after the upgrade: %+v %v", d, err)
+	}
+	if err := db.bolt.View(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bEvents, bInbox, bStates, bUsers} {
+			if err := tx.Bucket(b).ForEach(func(k, v []byte) error {
+				if !vault.IsSealed(v) {
+					t.Errorf("%s %q not sealed", b, k)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		if tx.Bucket(bWaiting).Get([]byte(db.seal.UserKey("u-old")+"\x00evt_old|hook")) == nil {
+			t.Error("waiting index not moved to the user key")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := db.DeleteUser(context.Background(), "u-old"); err != nil || n != 1 {
+		t.Fatalf("DeleteUser after the upgrade: %d %v", n, err)
+	}
+	db.Close()
+	if _, _, err := Compact(path, false); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(path)
+	for _, s := range []string{"IDFA-OLD", "ADID-OLD", "u-old"} {
+		if bytes.Contains(raw, []byte(s)) {
+			t.Errorf("%q left in the upgraded, erased and compacted file", s)
+		}
+	}
+}
+
+func mustOpenAt(t *testing.T, path string) *DB {
+	t.Helper()
+	db, err := Open(path, &Options{Map: mapping.Map})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
