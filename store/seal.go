@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -154,6 +155,11 @@ func (s *Sealer) seal(kid vault.KID, clear any, personal any, empty bool) ([]byt
 // part when its key still exists. A destroyed key leaves the personal
 // fields empty: the record was erased.
 func (s *Sealer) open(v []byte, rec any) error {
+	return s.openWith(v, rec, func(p []byte) error { return json.Unmarshal(p, rec) })
+}
+
+// openWith is open with the personal part read by personal.
+func (s *Sealer) openWith(v []byte, rec any, personal func([]byte) error) error {
 	if !vault.IsSealed(v) {
 		return json.Unmarshal(v, rec)
 	}
@@ -178,7 +184,7 @@ func (s *Sealer) open(v []byte, rec any) error {
 	if err != nil {
 		return err
 	}
-	return json.Unmarshal(plain, rec)
+	return personal(plain)
 }
 
 type eventPersonal struct {
@@ -227,10 +233,64 @@ func (s *Sealer) StateUserNeedle(appUserID string) []byte {
 	return []byte(`"uk":"` + s.UserKey(appUserID) + `"`)
 }
 
-type notificationPersonal struct {
-	Body     []byte            `json:"body,omitempty"`
-	Meta     map[string]string `json:"meta,omitempty"`
-	Enriched []byte            `json:"enriched,omitempty"`
+// A notification's personal part is framed, not JSON, so its raw body and
+// enrichment (JSON documents themselves) are stored as they are, without a
+// base64 layer:
+//
+//	0x02 | uvarint len(meta JSON) | meta JSON | uvarint len(enriched) | enriched | body
+const framedNotification = 0x02
+
+func frameNotification(n *mapping.Notification) ([]byte, error) {
+	var meta []byte
+	if len(n.Meta) > 0 {
+		var err error
+		if meta, err = json.Marshal(n.Meta); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]byte, 0, 1+2*binary.MaxVarintLen32+len(meta)+len(n.Enriched)+len(n.Body))
+	out = append(out, framedNotification)
+	out = binary.AppendUvarint(out, uint64(len(meta)))
+	out = append(out, meta...)
+	out = binary.AppendUvarint(out, uint64(len(n.Enriched)))
+	out = append(out, n.Enriched...)
+	return append(out, n.Body...), nil
+}
+
+func unframeNotification(p []byte, n *mapping.Notification) error {
+	if len(p) == 0 || p[0] != framedNotification {
+		return json.Unmarshal(p, n) // written as JSON by an earlier build
+	}
+	p = p[1:]
+	field := func() ([]byte, error) {
+		l, w := binary.Uvarint(p)
+		if w <= 0 || l > uint64(len(p)-w) {
+			return nil, vault.ErrSealed
+		}
+		f := p[w : w+int(l)]
+		p = p[w+int(l):]
+		return f, nil
+	}
+	meta, err := field()
+	if err != nil {
+		return err
+	}
+	enriched, err := field()
+	if err != nil {
+		return err
+	}
+	if len(meta) > 0 {
+		if err := json.Unmarshal(meta, &n.Meta); err != nil {
+			return err
+		}
+	}
+	if len(enriched) > 0 {
+		n.Enriched = append([]byte(nil), enriched...)
+	}
+	if len(p) > 0 {
+		n.Body = append([]byte(nil), p...)
+	}
+	return nil
 }
 
 // EncodeNotification is the stored form of a notification, sealed under
@@ -239,9 +299,19 @@ type notificationPersonal struct {
 func (s *Sealer) EncodeNotification(n *mapping.Notification, kid vault.KID) ([]byte, error) {
 	c := *n
 	c.Body, c.Meta, c.Enriched = nil, nil, nil
-	p := notificationPersonal{Body: n.Body, Meta: n.Meta, Enriched: n.Enriched}
-	empty := len(n.Body) == 0 && len(n.Meta) == 0 && len(n.Enriched) == 0
-	return s.seal(kid, &c, &p, empty)
+	clear, err := json.Marshal(&c)
+	if err != nil || (len(n.Body) == 0 && len(n.Meta) == 0 && len(n.Enriched) == 0) {
+		return clear, err
+	}
+	p, err := frameNotification(n)
+	if err != nil {
+		return nil, err
+	}
+	key, err := s.keys.DataKey(kid, true)
+	if err != nil {
+		return nil, err
+	}
+	return vault.Seal(kid, key, clear, p)
 }
 
 // ReencodeNotification stores a changed notification under the key its
@@ -255,7 +325,9 @@ func (s *Sealer) ReencodeNotification(n *mapping.Notification, prev []byte, subj
 }
 
 // DecodeNotification reads a stored notification.
-func (s *Sealer) DecodeNotification(v []byte, n *mapping.Notification) error { return s.open(v, n) }
+func (s *Sealer) DecodeNotification(v []byte, n *mapping.Notification) error {
+	return s.openWith(v, n, func(p []byte) error { return unframeNotification(p, n) })
+}
 
 type userPersonal struct {
 	AppUserID   string            `json:"app_user_id"`

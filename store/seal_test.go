@@ -230,3 +230,45 @@ func mustOpenAt(t *testing.T, path string) *DB {
 	t.Cleanup(func() { db.Close() })
 	return db
 }
+
+// TestNotificationBodyNotBase64: a stored notification's body and
+// enrichment sit in its sealed part as they are (framed, not base64 inside
+// JSON), and read back byte-exact, also from the JSON form of earlier
+// builds.
+func TestNotificationBodyNotBase64(t *testing.T) {
+	db := mustOpenAt(t, filepath.Join(t.TempDir(), "n.db"))
+	n := &mapping.Notification{Source: "google", Key: "m-1", ReceivedAt: time.Now().UTC(), Deferred: true,
+		Body: []byte(`{"message":{"data":"eyJ2ZXJzaW9uIjoiMS4wIn0="}}`), Enriched: []byte(`{"kind":"androidpublisher#subscriptionPurchaseV2"}`),
+		Meta: map[string]string{"subscription": "projects/p/subscriptions/s"}}
+	kid := db.seal.KID(InboxSubject(n.Source, n.Key))
+	v, err := db.seal.EncodeNotification(n, kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := vault.Split(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := db.keys.DataKey(kid, false)
+	plain, err := p.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain[0] != framedNotification || !bytes.HasSuffix(plain, n.Body) || !bytes.Contains(plain, n.Enriched) || bytes.Contains(p.Clear, []byte(`"body":"`)) {
+		t.Fatalf("personal part %q, clear %s", plain, p.Clear)
+	}
+	var got mapping.Notification
+	if err := db.seal.DecodeNotification(v, &got); err != nil || !bytes.Equal(got.Body, n.Body) || !bytes.Equal(got.Enriched, n.Enriched) || got.Meta["subscription"] != n.Meta["subscription"] {
+		t.Fatalf("read back %+v, %v", got, err)
+	}
+	// The JSON personal part an earlier build wrote still reads.
+	old, _ := json.Marshal(map[string]any{"body": n.Body, "meta": n.Meta})
+	v2, err := vault.Seal(kid, key, p.Clear, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = mapping.Notification{}
+	if err := db.seal.DecodeNotification(v2, &got); err != nil || !bytes.Equal(got.Body, n.Body) {
+		t.Fatalf("JSON personal part: %+v, %v", got, err)
+	}
+}
