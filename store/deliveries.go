@@ -194,7 +194,7 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 		if b == nil {
 			return nil
 		}
-		deliveries, events, users := tx.Bucket(bDeliveries), tx.Bucket(bEvents), tx.Bucket(bUsers)
+		deliveries, users := tx.Bucket(bDeliveries), tx.Bucket(bUsers)
 		end := uint64(now.UnixMilli())
 		c := b.Cursor()
 		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
@@ -212,7 +212,7 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 			if !orderHead(tx, &d.Delivery, skip) {
 				continue // another delivery of its ordering key comes first
 			}
-			if ok, err := db.getEvent(events, []byte(d.Delivery.EventID), &d.Event); err != nil || !ok {
+			if ok, err := db.getEventByID(tx, d.Delivery.EventID, &d.Event); err != nil || !ok {
 				continue
 			}
 			db.mergeUser(users, &d.Event)
@@ -285,7 +285,7 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 			}
 			d.Apply(c, now)
 			if c.Attempt != nil {
-				doc, err := db.seal.EncodeAttempt(c.Attempt, tx.Bucket(bEvents).Get([]byte(d.EventID)))
+				doc, err := db.seal.EncodeAttempt(c.Attempt, eventDoc(tx, d.EventID))
 				if err != nil {
 					return err
 				}

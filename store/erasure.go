@@ -225,8 +225,10 @@ func (db *DB) eraseChunk(tx *bolt.Tx, job *erasureJob, kids map[vault.KID]bool) 
 	case erasePhaseNamed:
 		for _, id := range job.EventIDs {
 			var e mapping.Event
-			if ok, err := db.getEvent(events, []byte(id), &e); err == nil && ok {
-				evs = append(evs, eventHit{[]byte(id), e})
+			if k := eventKey(tx, id); k != nil {
+				if ok, err := db.getEvent(events, k, &e); err == nil && ok {
+					evs = append(evs, eventHit{k, e})
+				}
 			}
 		}
 		for _, key := range job.StateKeys {

@@ -351,14 +351,15 @@ func (db *DB) writePrepared(tx *bolt.Tx, p *prepared, res *IngestResult, writeSt
 	for i := range p.events {
 		pe := &p.events[i]
 		e := &pe.e
-		if events.Get([]byte(e.ID)) != nil {
+		ids := tx.Bucket(bEventIDs)
+		if ids.Get([]byte(e.ID)) != nil {
 			res.Repeats++
 			continue
 		}
-		if err := events.Put([]byte(e.ID), pe.doc); err != nil {
+		if err := events.Put(timeKey(e.ReceivedAt, e.ID), pe.doc); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bEventsTime).Put(timeKey(e.ReceivedAt, e.ID), nil); err != nil {
+		if err := ids.Put([]byte(e.ID), msKey(e.ReceivedAt)); err != nil {
 			return err
 		}
 		if e.User.AppUserID != "" {

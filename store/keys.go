@@ -61,6 +61,35 @@ func openKeys(tx *bolt.Tx, path, kp string) (*vault.KeyFile, error) {
 	return kf, nil
 }
 
+// eventKey is the events bucket key of event id ("" when it is not
+// stored): its receive time, found in the small id index, and the id.
+func eventKey(tx *bolt.Tx, id string) []byte {
+	ms := tx.Bucket(bEventIDs).Get([]byte(id))
+	if len(ms) != 8 {
+		return nil
+	}
+	return append(append(make([]byte, 0, 8+len(id)), ms...), id...)
+}
+
+// eventDoc is the stored form of event id, nil when it is not stored.
+func eventDoc(tx *bolt.Tx, id string) []byte {
+	k := eventKey(tx, id)
+	if k == nil {
+		return nil
+	}
+	return tx.Bucket(bEvents).Get(k)
+}
+
+// getEventByID reads event id.
+func (db *DB) getEventByID(tx *bolt.Tx, id string, e *mapping.Event) (bool, error) {
+	v := eventDoc(tx, id)
+	if v == nil {
+		return false, nil
+	}
+	return true, db.seal.DecodeEvent(v, e)
+}
+
+// getEvent reads the event stored under key k of b (the events bucket).
 func (db *DB) getEvent(b *bolt.Bucket, k []byte, e *mapping.Event) (bool, error) {
 	v := b.Get(k)
 	if v == nil {
@@ -175,6 +204,8 @@ func (db *DB) upgrade() error {
 type kv struct{ k, v []byte }
 
 // rewrite replaces every entry of b by what fn returns (nil key: dropped).
+// The new keys may differ from the old ones; all old entries are read
+// before any is written.
 func rewrite(b *bolt.Bucket, fn func(k, v []byte) ([]byte, []byte, error)) error {
 	var old []kv
 	if err := b.ForEach(func(k, v []byte) error {
@@ -222,16 +253,30 @@ func (db *DB) upgradeRecords(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
+	// Events move to time-ordered keys with the id index beside them; the
+	// old time index goes.
+	ids := tx.Bucket(bEventIDs)
 	err = rewrite(events, func(k, v []byte) ([]byte, []byte, error) {
 		var e mapping.Event
 		if err := json.Unmarshal(v, &e); err != nil {
 			return k, v, nil
 		}
 		nv, err := s.EncodeEvent(&e)
-		return k, nv, err
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := ids.Put([]byte(e.ID), msKey(e.ReceivedAt)); err != nil {
+			return nil, nil, err
+		}
+		return timeKey(e.ReceivedAt, e.ID), nv, nil
 	})
 	if err != nil {
 		return err
+	}
+	if tx.Bucket([]byte("events_time")) != nil {
+		if err := tx.DeleteBucket([]byte("events_time")); err != nil {
+			return err
+		}
 	}
 	err = rewrite(tx.Bucket(bStates), func(k, v []byte) ([]byte, []byte, error) {
 		var st mapping.State

@@ -142,7 +142,7 @@ func (db *DB) DeliveryLog(f LogFilter) (LogPage, error) {
 	p := LogPage{Entries: []LogEntry{}, Offset: f.Offset, Limit: f.Limit}
 	err := db.bolt.View(func(tx *bolt.Tx) error {
 		events, deliveries := tx.Bucket(bEvents), tx.Bucket(bDeliveries)
-		c := tx.Bucket(bEventsTime).Cursor()
+		c := events.Cursor()
 		var k []byte
 		if f.Until.IsZero() {
 			k, _ = c.Last()
@@ -165,7 +165,7 @@ func (db *DB) DeliveryLog(f LogFilter) (LogPage, error) {
 				break
 			}
 			var e mapping.Event
-			if ok, err := db.getEvent(events, k[8:], &e); err != nil || !ok || !f.MatchEvent(&e) {
+			if ok, err := db.getEvent(events, k, &e); err != nil || !ok || !f.MatchEvent(&e) {
 				continue
 			}
 			prefix := append(append([]byte(nil), k[8:]...), '|')

@@ -76,9 +76,8 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (PruneResult, 
 // It scans from the index key from (the oldest when nil) and skips (keeps)
 // unfinished ones. It returns the key to resume from, or nil when done.
 func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult) ([]byte, error) {
-	idx := tx.Bucket(bEventsTime)
 	events, deliveries, attempts := tx.Bucket(bEvents), tx.Bucket(bDeliveries), tx.Bucket(bAttempts)
-	drop, next := oldKeys(idx, cutoff, from, r, func(k []byte) bool {
+	drop, next := oldKeys(events, cutoff, from, r, func(k []byte) bool {
 		prefix := append(append([]byte(nil), k[8:]...), '|')
 		dc := deliveries.Cursor()
 		for dk, v := dc.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, v = dc.Next() {
@@ -114,15 +113,15 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResul
 			}
 		}
 		var ev mapping.Event
-		if v := events.Get(id); v != nil && db.seal.DecodeEvent(v, &ev) == nil && ev.User.AppUserID != "" {
+		if v := events.Get(k); v != nil && db.seal.DecodeEvent(v, &ev) == nil && ev.User.AppUserID != "" {
 			if err := tx.Bucket(bUserEvents).Delete(userEventKey(db.seal.UserKey(ev.User.AppUserID), string(id))); err != nil {
 				return nil, err
 			}
 		}
-		if err := events.Delete(id); err != nil {
+		if err := events.Delete(k); err != nil {
 			return nil, err
 		}
-		if err := idx.Delete(k); err != nil {
+		if err := tx.Bucket(bEventIDs).Delete(id); err != nil {
 			return nil, err
 		}
 		r.Events++

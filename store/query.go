@@ -54,7 +54,7 @@ func (db *DB) Events(f EventFilter) (EventPage, error) {
 	var p EventPage
 	err := db.view(func(tx *bolt.Tx) error {
 		events := tx.Bucket(bEvents)
-		c := tx.Bucket(bEventsTime).Cursor()
+		c := events.Cursor()
 		var k []byte
 		switch {
 		case f.Cursor != "":
@@ -91,7 +91,7 @@ func (db *DB) Events(f EventFilter) (EventPage, error) {
 			}
 			scanned++
 			var e mapping.Event
-			if ok, err := db.getEvent(events, k[8:], &e); err != nil || !ok {
+			if ok, err := db.getEvent(events, k, &e); err != nil || !ok {
 				continue
 			}
 			if f.match(&e) {
@@ -113,7 +113,7 @@ func (db *DB) Events(f EventFilter) (EventPage, error) {
 func (db *DB) Event(id string) (mapping.Event, error) {
 	var e mapping.Event
 	err := db.view(func(tx *bolt.Tx) error {
-		ok, err := db.getEvent(tx.Bucket(bEvents), []byte(id), &e)
+		ok, err := db.getEventByID(tx, id, &e)
 		if err == nil && !ok {
 			err = ErrNotFound
 		}
@@ -168,7 +168,7 @@ func (db *DB) Deliveries(f DeliveryFilter) ([]Delivery, error) {
 	var out []Delivery
 	err := db.view(func(tx *bolt.Tx) error {
 		deliveries := tx.Bucket(bDeliveries)
-		c := tx.Bucket(bEventsTime).Cursor()
+		c := tx.Bucket(bEvents).Cursor()
 		for k, _ := c.Last(); k != nil && len(out) < f.Limit; k, _ = c.Prev() {
 			if !f.Since.IsZero() && int64(binary.BigEndian.Uint64(k[:8])) < f.Since.UnixMilli() {
 				break

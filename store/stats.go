@@ -48,7 +48,7 @@ func (db *DB) Stats(since, until time.Time, bucket time.Duration) (Stats, error)
 	}
 	err := db.view(func(tx *bolt.Tx) error {
 		events, deliveries := tx.Bucket(bEvents), tx.Bucket(bDeliveries)
-		c := tx.Bucket(bEventsTime).Cursor()
+		c := events.Cursor()
 		end := uint64(until.UnixMilli())
 		// Newest first, so that a truncated window keeps the recent hours.
 		k, _ := c.Seek(msKey(until))
@@ -74,7 +74,7 @@ func (db *DB) Stats(since, until time.Time, bucket time.Duration) (Stats, error)
 			var e struct {
 				Type string `json:"type"`
 			}
-			if v := events.Get(id); v == nil || json.Unmarshal(ClearPart(v), &e) != nil {
+			if v := events.Get(k); v == nil || json.Unmarshal(ClearPart(v), &e) != nil {
 				continue
 			}
 			i := int(time.Duration(ms-start) * time.Millisecond / bucket)

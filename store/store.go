@@ -37,8 +37,8 @@ var (
 	bInbox      = []byte("inbox")       // source 0 key -> mapping.Notification, sealed (see Sealer)
 	bInboxTime  = []byte("inbox_time")  // received_ms(8) source 0 key -> nil
 	bAltKeys    = []byte("alt_keys")    // source 0 alt key -> inbox key
-	bEvents     = []byte("events")      // event id -> mapping.Event, sealed
-	bEventsTime = []byte("events_time") // received_ms(8) event id -> nil
+	bEvents     = []byte("events")      // received_ms(8) event id -> mapping.Event, sealed (time-ordered: a commit appends)
+	bEventIDs   = []byte("event_ids")   // event id -> received_ms(8): the small dedupe index
 	bStates     = []byte("states")      // state key -> mapping.State, sealed
 	bDeliveries = []byte("deliveries")  // event id | destination -> Delivery
 	bDue        = []byte("due")         // nested per destination: next_ms(8) delivery key -> nil
@@ -52,7 +52,7 @@ var (
 	bOrder      = []byte("order")       // destination 0 order key 0 event_ms(8) delivery key -> nil (unfinished ordered deliveries)
 )
 
-var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventsTime, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta, bErasures, bFwdMemory, bOrder}
+var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventIDs, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta, bErasures, bFwdMemory, bOrder}
 
 // Options configure a DB. The zero value is usable: nil fields get defaults.
 type Options struct {

@@ -179,12 +179,15 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 		c := ue.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			index = append(index, append([]byte(nil), k...))
-			id := k[len(prefix):]
+			ek := eventKey(tx, string(k[len(prefix):]))
 			var e mapping.Event
-			if ok, err := db.getEvent(eb, id, &e); err != nil || !ok || e.User.AppUserID != appUserID {
+			if ek == nil {
 				continue
 			}
-			evs = append(evs, eventHit{append([]byte(nil), id...), e})
+			if ok, err := db.getEvent(eb, ek, &e); err != nil || !ok || e.User.AppUserID != appUserID {
+				continue
+			}
+			evs = append(evs, eventHit{ek, e})
 		}
 		err := tx.Bucket(bStates).ForEach(func(k, v []byte) error {
 			if !bytes.Contains(v, needle) {
