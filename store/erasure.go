@@ -175,7 +175,7 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err 
 		// itself names the person: its body goes too, and the key it and
 		// the job were sealed with.
 		reason := fmt.Sprintf("erasure done: %d events, %d states", job.Events, job.States)
-		if err := db.eraseInboxBody(tx.Bucket(bInbox), ik, reason, kids); err != nil {
+		if err := db.eraseInboxBody(tx, ik, reason, kids); err != nil {
 			return err
 		}
 		kids[db.seal.KID(InboxSubject(string(src), string(key)))] = true
@@ -289,7 +289,7 @@ func (db *DB) eraseRecords(tx *bolt.Tx, evs []eventHit, sts []stateHit, valueKey
 	if len(evs) == 0 && len(sts) == 0 {
 		return nil
 	}
-	events, states, inbox := tx.Bucket(bEvents), tx.Bucket(bStates), tx.Bucket(bInbox)
+	events, states := tx.Bucket(bEvents), tx.Bucket(bStates)
 	var sources [][]byte
 	for i := range evs {
 		kidOf(kids, events.Get(evs[i].k))
@@ -309,7 +309,7 @@ func (db *DB) eraseRecords(tx *bolt.Tx, evs []eventHit, sts []stateHit, valueKey
 		}
 	}
 	for _, ik := range sources {
-		if err := db.eraseInboxBody(inbox, ik, ErasedReason, kids); err != nil {
+		if err := db.eraseInboxBody(tx, ik, ErasedReason, kids); err != nil {
 			return err
 		}
 	}
@@ -373,8 +373,13 @@ func seekAfter(c *bolt.Cursor, last []byte) ([]byte, []byte) {
 // metadata, keeping the entry (its dedupe key and event ids) so that a
 // retry of it is still recognised. The key it was sealed with joins kids,
 // for the caller to destroy.
-func (db *DB) eraseInboxBody(inbox *bolt.Bucket, ik []byte, reason string, kids map[vault.KID]bool) error {
-	v := inbox.Get(ik)
+func (db *DB) eraseInboxBody(tx *bolt.Tx, ik []byte, reason string, kids map[vault.KID]bool) error {
+	k := inboxKeyOf(tx, ik)
+	if k == nil {
+		return nil
+	}
+	inbox := tx.Bucket(bInbox)
+	v := inbox.Get(k)
 	if v == nil {
 		return nil
 	}
@@ -393,5 +398,5 @@ func (db *DB) eraseInboxBody(inbox *bolt.Bucket, ik []byte, reason string, kids 
 	if err != nil {
 		return err
 	}
-	return inbox.Put(ik, nv)
+	return inbox.Put(k, nv)
 }

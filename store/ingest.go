@@ -269,9 +269,8 @@ func (db *DB) ingest(tx *bolt.Tx, n *mapping.Notification, res *IngestResult) er
 // duplicate reports whether the notification is already known by its key or
 // one of its alt keys.
 func (db *DB) duplicate(tx *bolt.Tx, ik []byte, n *mapping.Notification, res *IngestResult) (bool, error) {
-	inbox := tx.Bucket(bInbox)
 	key := ik
-	if inbox.Get(ik) == nil {
+	if tx.Bucket(bInboxIDs).Get(ik) == nil {
 		key = nil
 		alt := tx.Bucket(bAltKeys)
 		for _, a := range n.AltKeys {
@@ -285,7 +284,7 @@ func (db *DB) duplicate(tx *bolt.Tx, ik []byte, n *mapping.Notification, res *In
 		return false, nil
 	}
 	var existing mapping.Notification
-	if _, err := db.getNote(inbox, key, &existing); err != nil {
+	if _, err := db.getNoteByID(tx, key, &existing); err != nil {
 		return true, err
 	}
 	res.Duplicate, res.Existing, res.Status = true, &existing, existing.Status
@@ -295,19 +294,24 @@ func (db *DB) duplicate(tx *bolt.Tx, ik []byte, n *mapping.Notification, res *In
 // putInbox stores an inbox item under the key it already has, else
 // subject's.
 func (db *DB) putInbox(tx *bolt.Tx, ik []byte, n *mapping.Notification, subject string) error {
-	doc, err := db.seal.ReencodeNotification(n, tx.Bucket(bInbox).Get(ik), subject)
+	doc, err := db.seal.ReencodeNotification(n, inboxDoc(tx, ik), subject)
 	if err != nil {
 		return err
 	}
 	return db.putInboxDoc(tx, ik, n, doc)
 }
 
-// putInboxDoc stores an inbox item already encoded as doc.
+// putInboxDoc stores an inbox item already encoded as doc, under the key
+// it already has, else its receive time.
 func (db *DB) putInboxDoc(tx *bolt.Tx, ik []byte, n *mapping.Notification, doc []byte) error {
-	if err := tx.Bucket(bInbox).Put(ik, doc); err != nil {
-		return err
+	k := inboxKeyOf(tx, ik)
+	if k == nil {
+		k = timeKey(n.ReceivedAt, string(ik))
+		if err := tx.Bucket(bInboxIDs).Put(ik, k[:8]); err != nil {
+			return err
+		}
 	}
-	if err := tx.Bucket(bInboxTime).Put(timeKey(n.ReceivedAt, string(ik)), nil); err != nil {
+	if err := tx.Bucket(bInbox).Put(k, doc); err != nil {
 		return err
 	}
 	alt := tx.Bucket(bAltKeys)
@@ -423,7 +427,7 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 		res = IngestResult{}
 		ik := inboxKey(source, key)
 		var n mapping.Notification
-		ok, err := db.getNote(tx.Bucket(bInbox), ik, &n)
+		ok, err := db.getNoteByID(tx, ik, &n)
 		if err != nil {
 			return softError{err}
 		}
@@ -448,16 +452,15 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 func (db *DB) Pending(source string, limit int) ([]mapping.Notification, error) {
 	var out []mapping.Notification
 	err := db.view(func(tx *bolt.Tx) error {
-		inbox := tx.Bucket(bInbox)
-		c := tx.Bucket(bInboxTime).Cursor()
+		c := tx.Bucket(bInbox).Cursor()
 		prefix := source + "\x00"
-		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
 			ik := k[8:]
 			if len(ik) < len(prefix) || string(ik[:len(prefix)]) != prefix {
 				continue
 			}
 			var n mapping.Notification
-			if ok, err := db.getNote(inbox, ik, &n); err != nil || !ok {
+			if db.seal.DecodeNotification(v, &n) != nil {
 				continue
 			}
 			if n.Status == mapping.StatusEnriching {
@@ -500,22 +503,21 @@ func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult
 	}
 	var keys [][]byte
 	err := db.view(func(tx *bolt.Tx) error {
-		inbox := tx.Bucket(bInbox)
-		c := tx.Bucket(bInboxTime).Cursor()
+		c := tx.Bucket(bInbox).Cursor()
 		// A zero Since means from the start: msKey of the zero time is a
 		// huge unsigned key that would seek past everything.
-		k, _ := c.First()
+		k, v := c.First()
 		if !f.Since.IsZero() {
-			k, _ = c.Seek(msKey(f.Since))
+			k, v = c.Seek(msKey(f.Since))
 		}
-		for ; k != nil; k, _ = c.Next() {
+		for ; k != nil; k, v = c.Next() {
 			if !f.Until.IsZero() && string(k[:8]) > string(msKey(f.Until)) {
 				break
 			}
 			r.Scanned++
 			ik := append([]byte(nil), k[8:]...)
 			var n mapping.Notification
-			if ok, err := db.getNote(inbox, ik, &n); err != nil || !ok {
+			if db.seal.DecodeNotification(v, &n) != nil {
 				continue
 			}
 			if f.Source != "" && n.Source != f.Source {
@@ -540,7 +542,7 @@ func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult
 		err := db.submit(ctx, func(tx *bolt.Tx) error {
 			res = IngestResult{}
 			var n mapping.Notification
-			if ok, err := db.getNote(tx.Bucket(bInbox), ik, &n); err != nil || !ok {
+			if ok, err := db.getNoteByID(tx, ik, &n); err != nil || !ok {
 				return softError{ErrNotFound}
 			}
 			writeStates := n.Status == mapping.StatusFailed
@@ -566,7 +568,7 @@ func (db *DB) Reprocess(ctx context.Context, f ReprocessFilter) (ReprocessResult
 func (db *DB) Notification(source, key string) (*mapping.Notification, error) {
 	var n mapping.Notification
 	err := db.view(func(tx *bolt.Tx) error {
-		ok, err := db.getNote(tx.Bucket(bInbox), inboxKey(source, key), &n)
+		ok, err := db.getNoteByID(tx, inboxKey(source, key), &n)
 		if err == nil && !ok {
 			err = ErrNotFound
 		}

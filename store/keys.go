@@ -61,6 +61,34 @@ func openKeys(tx *bolt.Tx, path, kp string) (*vault.KeyFile, error) {
 	return kf, nil
 }
 
+// inboxKeyOf is the inbox bucket key of inbox item ik (nil when it is not
+// stored): its receive time, from the small id index, and ik.
+func inboxKeyOf(tx *bolt.Tx, ik []byte) []byte {
+	ms := tx.Bucket(bInboxIDs).Get(ik)
+	if len(ms) != 8 {
+		return nil
+	}
+	return append(append(make([]byte, 0, 8+len(ik)), ms...), ik...)
+}
+
+// inboxDoc is the stored form of inbox item ik, nil when it is not stored.
+func inboxDoc(tx *bolt.Tx, ik []byte) []byte {
+	k := inboxKeyOf(tx, ik)
+	if k == nil {
+		return nil
+	}
+	return tx.Bucket(bInbox).Get(k)
+}
+
+// getNoteByID reads inbox item ik.
+func (db *DB) getNoteByID(tx *bolt.Tx, ik []byte, n *mapping.Notification) (bool, error) {
+	v := inboxDoc(tx, ik)
+	if v == nil {
+		return false, nil
+	}
+	return true, db.seal.DecodeNotification(v, n)
+}
+
 // eventKey is the events bucket key of event id ("" when it is not
 // stored): its receive time, found in the small id index, and the id.
 func eventKey(tx *bolt.Tx, id string) []byte {
@@ -248,10 +276,22 @@ func (db *DB) upgradeRecords(tx *bolt.Tx) error {
 			}
 		}
 		nv, err := s.EncodeNotification(&n, s.KID(NotificationSubject(&n, first, erasures.Get(k) != nil)))
-		return k, nv, err
+		if err != nil {
+			return nil, nil, err
+		}
+		// Time-ordered, with the id index beside it.
+		if err := tx.Bucket(bInboxIDs).Put(k, msKey(n.ReceivedAt)); err != nil {
+			return nil, nil, err
+		}
+		return timeKey(n.ReceivedAt, string(k)), nv, nil
 	})
 	if err != nil {
 		return err
+	}
+	if tx.Bucket([]byte("inbox_time")) != nil {
+		if err := tx.DeleteBucket([]byte("inbox_time")); err != nil {
+			return err
+		}
 	}
 	// Events move to time-ordered keys with the id index beside them; the
 	// old time index goes.

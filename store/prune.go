@@ -133,30 +133,30 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResul
 // waiting for enrichment, from the index key from (the oldest when nil). It
 // returns the key to resume from, or nil when done.
 func (db *DB) pruneInbox(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult) ([]byte, error) {
-	idx, inbox, alt := tx.Bucket(bInboxTime), tx.Bucket(bInbox), tx.Bucket(bAltKeys)
-	drop, next := oldKeys(idx, cutoff, from, r, func(k []byte) bool {
+	ids, inbox, alt := tx.Bucket(bInboxIDs), tx.Bucket(bInbox), tx.Bucket(bAltKeys)
+	drop, next := oldKeys(inbox, cutoff, from, r, func(k []byte) bool {
 		var n mapping.Notification
-		ok, _ := db.getNote(inbox, k[8:], &n)
+		ok, _ := db.getNote(inbox, k, &n)
 		return ok && n.Status == mapping.StatusEnriching
 	})
 	var kids []vault.KID
 	for _, k := range drop {
 		ik := k[8:]
 		var n mapping.Notification
-		if ok, _ := db.getNote(inbox, ik, &n); ok {
+		if ok, _ := db.getNote(inbox, k, &n); ok {
 			for _, a := range n.AltKeys {
 				if err := alt.Delete(inboxKey(n.Source, a)); err != nil {
 					return nil, err
 				}
 			}
-			if kid, ok := db.seal.ExpiredKID(&n, inbox.Get(ik), time.UnixMilli(int64(cutoff))); ok {
+			if kid, ok := db.seal.ExpiredKID(&n, inbox.Get(k), time.UnixMilli(int64(cutoff))); ok {
 				kids = append(kids, kid)
 			}
 		}
-		if err := inbox.Delete(ik); err != nil {
+		if err := inbox.Delete(k); err != nil {
 			return nil, err
 		}
-		if err := idx.Delete(k); err != nil {
+		if err := ids.Delete(ik); err != nil {
 			return nil, err
 		}
 		r.Notifications++

@@ -34,8 +34,8 @@ var ErrConflict = errors.New("store: conflict")
 
 // Bucket names. Keys are documented where each bucket is written.
 var (
-	bInbox      = []byte("inbox")       // source 0 key -> mapping.Notification, sealed (see Sealer)
-	bInboxTime  = []byte("inbox_time")  // received_ms(8) source 0 key -> nil
+	bInbox      = []byte("inbox")       // received_ms(8) source 0 key -> mapping.Notification, sealed (see Sealer; time-ordered)
+	bInboxIDs   = []byte("inbox_ids")   // source 0 key -> received_ms(8): the small dedupe index
 	bAltKeys    = []byte("alt_keys")    // source 0 alt key -> inbox key
 	bEvents     = []byte("events")      // received_ms(8) event id -> mapping.Event, sealed (time-ordered: a commit appends)
 	bEventIDs   = []byte("event_ids")   // event id -> received_ms(8): the small dedupe index
@@ -52,7 +52,7 @@ var (
 	bOrder      = []byte("order")       // destination 0 order key 0 event_ms(8) delivery key -> nil (unfinished ordered deliveries)
 )
 
-var allBuckets = [][]byte{bInbox, bInboxTime, bAltKeys, bEvents, bEventIDs, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta, bErasures, bFwdMemory, bOrder}
+var allBuckets = [][]byte{bInbox, bInboxIDs, bAltKeys, bEvents, bEventIDs, bStates, bDeliveries, bDue, bAttempts, bUsers, bWaiting, bUserEvents, bMeta, bErasures, bFwdMemory, bOrder}
 
 // Options configure a DB. The zero value is usable: nil fields get defaults.
 type Options struct {
