@@ -123,6 +123,10 @@ func TestBenchFlags(t *testing.T) {
 		{"unknown flag", []string{"--nope"}, 2},
 		{"bare and self", []string{"--bare", "--self"}, 2},
 		{"bare with apple", []string{"--bare", "--mix", "apple=1"}, 2},
+		{"retention without --self", []string{"--retention", "2m", "--stripe-secret", "whsec_x"}, 2},
+		{"retention with --dsn", []string{"--self", "--dsn", "postgres://x/y", "--retention", "2m"}, 2},
+		{"retention below a second", []string{"--self", "--retention", "500ms"}, 2},
+		{"negative retention", []string{"--self", "--retention", "-2m"}, 2},
 		{"gateway not reachable", []string{"--addr", "127.0.0.1:9", "--stripe-secret", "whsec_x", "--duration", "200ms", "--concurrency", "1"}, 1},
 	}
 	for _, tc := range tests {
@@ -310,5 +314,69 @@ func TestBenchGoogleDuplicates(t *testing.T) {
 	}
 	if rep.Accepted < 10 || rep.Duplicates == 0 || rep.Duplicates >= rep.Accepted {
 		t.Fatalf("accepted %d, duplicates %d: want some Google duplicates counted", rep.Accepted, rep.Duplicates)
+	}
+}
+
+// TestSteadyMemory: the warm-up is the retention plus one prune interval;
+// the medians of the minute after it and of the last minute are compared.
+func TestSteadyMemory(t *testing.T) {
+	const n = 120 // 10 minutes of 5 s samples
+	heap, file := make([]int64, n), make([]int64, n)
+	for i := range heap {
+		heap[i], file[i] = int64(100+10*i), 4096 // grows during the warm-up
+	}
+	first := int((2*time.Minute + 12*time.Second) / benchSampleEvery) // 2m retention, 12s prune interval
+	for i := first; i < n; i++ {
+		heap[i] = 1000
+	}
+	for i := n - 12; i < n; i++ {
+		heap[i] = 1050
+	}
+	heap[n-1] = 99999 // one outlier moves no median
+	var r BenchReport
+	r.steadyMemory(2*time.Minute, heap, file)
+	if r.WarmupS != 132 || r.RetentionS != 120 {
+		t.Errorf("warm-up %v s, retention %v s; want 132, 120", r.WarmupS, r.RetentionS)
+	}
+	if r.HeapSteadyFirstKiB != 1000 || r.HeapSteadyLastKiB != 1050 || r.HeapSteadyGrowthPct == nil || *r.HeapSteadyGrowthPct != 5 {
+		t.Errorf("steady heap %d → %d (%v), want 1000 → 1050 (+5 %%)", r.HeapSteadyFirstKiB, r.HeapSteadyLastKiB, r.HeapSteadyGrowthPct)
+	}
+	if r.DBFileSteadyFirstKiB != 4096 || r.DBFileSteadyLastKiB != 4096 {
+		t.Errorf("steady file %d → %d, want 4096 → 4096", r.DBFileSteadyFirstKiB, r.DBFileSteadyLastKiB)
+	}
+
+	// Too short for a minute after the warm-up and a last minute apart.
+	var short BenchReport
+	short.steadyMemory(2*time.Minute, heap[:40], file[:40])
+	if short.HeapSteadyGrowthPct != nil || short.HeapSteadyFirstKiB != 0 || short.WarmupS != 132 {
+		t.Errorf("short run: %+v, want no steady figures", short)
+	}
+}
+
+// TestBenchRetention: --retention reaches the in-process gateway, which
+// prunes within the run.
+func TestBenchRetention(t *testing.T) {
+	var out, errOut bytes.Buffer
+	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+	code := Main(context.Background(), []string{"bench", "--self", "--destinations", "webhook", "--retention", "1s", "--duration", "3s",
+		"--concurrency", "2", "--rate", "100", "--json"}, env)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var rep BenchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if rep.RetentionS != 1 || rep.WarmupS != 2 {
+		t.Errorf("retention %v s, warm-up %v s; want 1, 2", rep.RetentionS, rep.WarmupS)
+	}
+	// Events older than a second are pruned (every second) once delivered,
+	// so the store keeps fewer than were accepted.
+	kept := 0
+	for _, n := range rep.DeliveryStates["bench-webhook"] {
+		kept += n
+	}
+	if rep.Accepted == 0 || kept >= int(rep.Accepted) {
+		t.Errorf("%d deliveries kept of %d accepted: nothing pruned", kept, rep.Accepted)
 	}
 }
