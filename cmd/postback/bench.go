@@ -78,6 +78,9 @@ type benchOptions struct {
 	// gateway (below the configuration's 1 h minimum, which only bench may
 	// do): a short retention is pruned as fast as events arrive.
 	Retention time.Duration
+	// Floors, with Self, measures the bare handler (same load) and the
+	// P-256 verification rate before the run and reports the ratios.
+	Floors bool
 }
 
 // benchSources are the sources bench can sign for, in report order.
@@ -148,6 +151,8 @@ type BenchReport struct {
 	DBFileSteadyLastKiB  int64    `json:"db_file_steady_last_kib,omitempty"`
 	// The BoltDB file's size, sampled with the RSS (--self on BoltDB).
 	DBFileSamplesKiB []int64 `json:"db_file_samples_kib,omitempty"`
+	// Floors: --floors, measured in the same invocation before the run.
+	Floors *BenchFloors `json:"floors,omitempty"`
 }
 
 // BenchLatency holds latency percentiles in milliseconds.
@@ -188,6 +193,7 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.IntVar(&o.PoolSize, "pool-size", 10, "--self --dsn: storage.pool_size of each replica")
 	fs.IntVar(&o.Replicas, "replicas", 1, "--self with --dsn: gateway replicas sharing the database; requests go to them in turn")
 	fs.DurationVar(&o.Retention, "retention", 0, "--self on BoltDB: storage.retention of the in-process gateway (default the configuration's 720h; bench alone may go below its 1h minimum, e.g. 2m, so pruning keeps up with arrivals within the run); the gateway prunes every tenth of it, and the report adds the live heap's growth after the warm-up")
+	fs.BoolVar(&o.Floors, "floors", false, "--self, flat out: first measure the bare handler with the same mix, concurrency and duration, and ECDSA P-256 verifications per second on all cores (2 s), then run, and report accepted/s over each floor against its target (stripe, shopify, custom: ≥ 0.5 of the bare handler; apple alone: ≥ 0.7 of P-256/s ÷ 3)")
 	fs.StringVar(&o.Destinations, "destinations", "", "--self: comma-separated destination types to configure (default every type; \"none\" measures ingest alone)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -205,6 +211,13 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	if err := o.check(); err != nil {
 		fmt.Fprintln(env.Stderr, "postback bench:", err)
 		return 2
+	}
+	var floors *BenchFloors
+	if o.Floors { // before the profile starts: it covers the run alone
+		if floors, err = measureFloors(ctx, o); err != nil {
+			fmt.Fprintln(env.Stderr, "postback bench:", err)
+			return 1
+		}
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -226,6 +239,9 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	if err != nil {
 		fmt.Fprintln(env.Stderr, "postback bench:", err)
 		return 1
+	}
+	if floors != nil {
+		rep.applyFloors(floors, o.Mix)
 	}
 	if o.JSON {
 		enc := json.NewEncoder(env.Stdout)
@@ -296,6 +312,17 @@ func (o *benchOptions) check() error {
 	}
 	if o.Retention != 0 && (!o.Self || o.DSN != "" || o.Retention < time.Second) {
 		return fmt.Errorf("%w: --retention needs --self on BoltDB (no --dsn) and must be at least 1s", errBenchUsage)
+	}
+	if o.Floors {
+		if !o.Self || o.Bare {
+			return fmt.Errorf("%w: --floors needs --self (and not --bare): it measures the floors, then the in-process gateway", errBenchUsage)
+		}
+		if o.Rate > 0 {
+			return fmt.Errorf("%w: --floors compares flat-out rates: leave out --rate", errBenchUsage)
+		}
+		if _, err := floorKind(o.Mix); err != nil {
+			return err
+		}
 	}
 	if o.Bare && o.Self {
 		return fmt.Errorf("%w: --bare and --self exclude each other", errBenchUsage)
@@ -806,6 +833,9 @@ func printBench(w io.Writer, r *BenchReport) {
 		fmt.Fprintf(t, "database file after warm-up\t%.1f → %.1f MiB\n", float64(r.DBFileSteadyFirstKiB)/1024, float64(r.DBFileSteadyLastKiB)/1024)
 	}
 	t.Flush()
+	if r.Floors != nil {
+		printFloors(w, r.Floors)
+	}
 }
 
 // statesText renders a destination's delivery states other than delivered

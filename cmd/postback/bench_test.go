@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -123,6 +124,12 @@ func TestBenchFlags(t *testing.T) {
 		{"unknown flag", []string{"--nope"}, 2},
 		{"bare and self", []string{"--bare", "--self"}, 2},
 		{"bare with apple", []string{"--bare", "--mix", "apple=1"}, 2},
+		{"floors with --bare", []string{"--bare", "--floors", "--stripe-secret", "whsec_x"}, 2},
+		{"floors and self and bare", []string{"--self", "--bare", "--floors"}, 2},
+		{"floors without --self", []string{"--floors", "--stripe-secret", "whsec_x"}, 2},
+		{"floors with a rate", []string{"--self", "--floors", "--rate", "100"}, 2},
+		{"floors with apple and stripe", []string{"--self", "--floors", "--mix", "apple=1,stripe=1"}, 2},
+		{"floors with google", []string{"--self", "--floors", "--mix", "google=1"}, 2},
 		{"retention without --self", []string{"--retention", "2m", "--stripe-secret", "whsec_x"}, 2},
 		{"retention with --dsn", []string{"--self", "--dsn", "postgres://x/y", "--retention", "2m"}, 2},
 		{"retention below a second", []string{"--self", "--retention", "500ms"}, 2},
@@ -378,5 +385,74 @@ func TestBenchRetention(t *testing.T) {
 	}
 	if rep.Accepted == 0 || kept >= int(rep.Accepted) {
 		t.Errorf("%d deliveries kept of %d accepted: nothing pruned", kept, rep.Accepted)
+	}
+}
+
+// TestBenchFloors: --floors reports the bare handler's rate (stripe,
+// shopify, custom) or the Apple floor (apple), the P-256 rate, and a ratio
+// consistent with them, measured in the same invocation.
+func TestBenchFloors(t *testing.T) {
+	defer func(w time.Duration) { p256Window = w }(p256Window)
+	p256Window = 100 * time.Millisecond
+	for _, tc := range []struct {
+		mix    string
+		bare   bool
+		target float64
+	}{
+		{"stripe=1,shopify=1,custom=1", true, 0.5},
+		{"apple=1", false, 0.7},
+	} {
+		t.Run(tc.mix, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+			code := Main(context.Background(), []string{"bench", "--self", "--floors", "--destinations", "none", "--mix", tc.mix,
+				"--duration", "300ms", "--concurrency", "2", "--json"}, env)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut.String())
+			}
+			var rep BenchReport
+			if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+				t.Fatalf("not JSON: %v\n%s", err, out.String())
+			}
+			f := rep.Floors
+			if f == nil {
+				t.Fatalf("no floors in %s", out.String())
+			}
+			if f.P256PS <= 0 || f.P256Goroutines < 1 || f.P256WindowS <= 0 {
+				t.Errorf("P-256 %.0f/s on %d goroutines over %.2f s", f.P256PS, f.P256Goroutines, f.P256WindowS)
+			}
+			if math.Abs(f.AppleFloorPS-f.P256PS/3) > 1e-9*f.P256PS {
+				t.Errorf("Apple floor %.3f, want P-256/s ÷ 3 = %.3f", f.AppleFloorPS, f.P256PS/3)
+			}
+			if (f.BarePS > 0) != tc.bare {
+				t.Errorf("bare handler %.0f/s, want measured: %v", f.BarePS, tc.bare)
+			}
+			if len(f.Ratios) != 1 {
+				t.Fatalf("ratios %+v, want one", f.Ratios)
+			}
+			r := f.Ratios[0]
+			floor := f.AppleFloorPS
+			if tc.bare {
+				floor = f.BarePS
+			}
+			if r.FloorPS != floor || r.AcceptedPS != rep.AcceptedPS || r.Target != tc.target || rep.AcceptedPS <= 0 {
+				t.Errorf("ratio %+v, want floor %.1f, accepted %.1f, target %.1f", r, floor, rep.AcceptedPS, tc.target)
+			}
+			if want := rep.AcceptedPS / floor; math.Abs(r.Ratio-want) > 0.5e-4 || r.Met != (want >= tc.target) {
+				t.Errorf("ratio %.4f met %v, want %.4f met %v", r.Ratio, r.Met, want, want >= tc.target)
+			}
+		})
+	}
+}
+
+func TestPrintFloors(t *testing.T) {
+	var out bytes.Buffer
+	printBench(&out, &BenchReport{Target: "http://x", Floors: &BenchFloors{BarePS: 20000, P256PS: 27000, P256Goroutines: 2, P256WindowS: 2, AppleFloorPS: 9000,
+		Ratios: []BenchRatio{{Name: "stripe ingest / bare handler", AcceptedPS: 11000, FloorPS: 20000, Ratio: 0.55, Target: 0.5, Met: true}}}})
+	for _, want := range []string{"floor: bare handler", "20000/s", "floor: P-256 verifications", "27000/s", "floor: Apple (P-256 ÷ 3)", "9000 notifications/s",
+		"ratio: stripe ingest / bare handler", "11000 / 20000 = 0.550", "target ≥ 0.5: met"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
 	}
 }
