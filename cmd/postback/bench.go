@@ -149,8 +149,14 @@ type BenchReport struct {
 	HeapSteadyGrowthPct  *float64 `json:"heap_live_steady_growth_pct,omitempty"`
 	DBFileSteadyFirstKiB int64    `json:"db_file_steady_first_kib,omitempty"`
 	DBFileSteadyLastKiB  int64    `json:"db_file_steady_last_kib,omitempty"`
-	// The BoltDB file's size, sampled with the RSS (--self on BoltDB).
-	DBFileSamplesKiB []int64 `json:"db_file_samples_kib,omitempty"`
+	// The BoltDB file's size, and the part of it in use (not free, not
+	// pending), sampled with the RSS (--self on BoltDB); and its page
+	// accounting with every bucket's key count after the load.
+	DBFileSamplesKiB      []int64          `json:"db_file_samples_kib,omitempty"`
+	DBInUseSamplesKiB     []int64          `json:"db_in_use_samples_kib,omitempty"`
+	DBInUseSteadyFirstKiB int64            `json:"db_in_use_steady_first_kib,omitempty"`
+	DBInUseSteadyLastKiB  int64            `json:"db_in_use_steady_last_kib,omitempty"`
+	DBEnd                 *store.FileStats `json:"db_end,omitempty"`
 	// Floors: --floors, measured in the same invocation before the run.
 	Floors *BenchFloors `json:"floors,omitempty"`
 }
@@ -433,19 +439,24 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 		r.presign(o.Presign)
 	}
 	start := time.Now()
-	dbPath := ""
-	if self != nil && o.DSN == "" {
-		dbPath = filepath.Join(self.dir, "postback.db")
+	var bdb *store.DB
+	if self != nil {
+		bdb, _ = self.g.Store.(*store.DB) // nil on PostgreSQL
 	}
-	samples := sampleRSS(ctx, benchSampleEvery, o.PID, dbPath)
+	samples := sampleRSS(ctx, benchSampleEvery, o.PID, bdb)
 	r.load(ctx)
 	elapsed := time.Since(start)
 	rep := r.report(elapsed)
-	rss, heap, file := samples()
-	rep.rssFlatness(rss, heap)
-	rep.DBFileSamplesKiB = file
+	sm := samples()
+	rep.rssFlatness(sm.rss, sm.heap)
+	rep.DBFileSamplesKiB, rep.DBInUseSamplesKiB = sm.file, sm.inUse
 	if o.Retention > 0 {
-		rep.steadyMemory(o.Retention, heap, file)
+		rep.steadyMemory(o.Retention, sm.heap, sm.file, sm.inUse)
+	}
+	if bdb != nil {
+		if fs, err := bdb.FileStats(true); err == nil {
+			rep.DBEnd = &fs
+		}
 	}
 	if o.PID > 0 {
 		if kib, err := procStatusKiB(o.PID, "VmHWM:"); err == nil {
@@ -830,7 +841,8 @@ func printBench(w io.Writer, r *BenchReport) {
 			float64(r.HeapSteadyFirstKiB)/1024, float64(r.HeapSteadyLastKiB)/1024, *r.HeapSteadyGrowthPct, r.WarmupS, r.RetentionS)
 	}
 	if r.DBFileSteadyLastKiB > 0 {
-		fmt.Fprintf(t, "database file after warm-up\t%.1f → %.1f MiB\n", float64(r.DBFileSteadyFirstKiB)/1024, float64(r.DBFileSteadyLastKiB)/1024)
+		fmt.Fprintf(t, "database file after warm-up\t%.1f → %.1f MiB\t(in use %.1f → %.1f MiB)\n", float64(r.DBFileSteadyFirstKiB)/1024, float64(r.DBFileSteadyLastKiB)/1024,
+			float64(r.DBInUseSteadyFirstKiB)/1024, float64(r.DBInUseSteadyLastKiB)/1024)
 	}
 	t.Flush()
 	if r.Floors != nil {
@@ -1188,12 +1200,18 @@ func (s *benchSelf) stop() {
 // benchSampleEvery is how often bench samples memory during the load.
 const benchSampleEvery = 5 * time.Second
 
+// memSamples are what sampleRSS recorded, in KiB.
+type memSamples struct {
+	rss, heap   []int64
+	file, inUse []int64 // the BoltDB file's size and the part in use
+}
+
 // sampleRSS records the process's resident size every interval until the
 // returned function is called, which stops and returns the samples (and,
-// with a dbPath, the database file's size in KiB).
-func sampleRSS(ctx context.Context, every time.Duration, pid int, dbPath string) func() (rss, heap, file []int64) {
+// with a BoltDB store, its file's size and the part in use).
+func sampleRSS(ctx context.Context, every time.Duration, pid int, db *store.DB) func() memSamples {
 	var mu sync.Mutex
-	var out, heap, file []int64
+	var out, heap, file, inUse []int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -1217,24 +1235,25 @@ func sampleRSS(ctx context.Context, every time.Duration, pid int, dbPath string)
 					if pid == 0 { // the live heap is only known in-process
 						heap = append(heap, int64(live[0].Value.Uint64()/1024))
 					}
-					if dbPath != "" {
+					if db != nil {
 						var size int64
-						if fi, err := os.Stat(dbPath); err == nil {
+						if fi, err := os.Stat(db.Path()); err == nil {
 							size = fi.Size() / 1024
 						}
-						file = append(file, size)
+						fs, _ := db.FileStats(false)
+						file, inUse = append(file, size), append(inUse, fs.InUseKiB)
 					}
 					mu.Unlock()
 				}
 			}
 		}
 	}()
-	return func() ([]int64, []int64, []int64) {
+	return func() memSamples {
 		close(stop)
 		<-done
 		mu.Lock()
 		defer mu.Unlock()
-		return out, heap, file
+		return memSamples{rss: out, heap: heap, file: file, inUse: inUse}
 	}
 }
 
@@ -1244,7 +1263,7 @@ func sampleRSS(ctx context.Context, every time.Duration, pid int, dbPath string)
 // minute (sample i was taken (i+1)·benchSampleEvery after the start). It
 // says nothing (leaves the fields out) when the run is too short for the
 // two minutes not to overlap.
-func (r *BenchReport) steadyMemory(retention time.Duration, heap, file []int64) {
+func (r *BenchReport) steadyMemory(retention time.Duration, heap, file, inUse []int64) {
 	warmup := retention + server.PruneInterval(retention)
 	r.RetentionS, r.WarmupS = retention.Seconds(), warmup.Seconds()
 	n := max(len(heap), len(file))
@@ -1263,6 +1282,10 @@ func (r *BenchReport) steadyMemory(retention time.Duration, heap, file []int64) 
 	if len(file) == n {
 		r.DBFileSteadyFirstKiB = median(file[first : first+perMinute])
 		r.DBFileSteadyLastKiB = median(file[last:])
+	}
+	if len(inUse) == n {
+		r.DBInUseSteadyFirstKiB = median(inUse[first : first+perMinute])
+		r.DBInUseSteadyLastKiB = median(inUse[last:])
 	}
 }
 

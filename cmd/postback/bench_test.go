@@ -341,20 +341,20 @@ func TestSteadyMemory(t *testing.T) {
 	}
 	heap[n-1] = 99999 // one outlier moves no median
 	var r BenchReport
-	r.steadyMemory(2*time.Minute, heap, file)
+	r.steadyMemory(2*time.Minute, heap, file, file)
 	if r.WarmupS != 132 || r.RetentionS != 120 {
 		t.Errorf("warm-up %v s, retention %v s; want 132, 120", r.WarmupS, r.RetentionS)
 	}
 	if r.HeapSteadyFirstKiB != 1000 || r.HeapSteadyLastKiB != 1050 || r.HeapSteadyGrowthPct == nil || *r.HeapSteadyGrowthPct != 5 {
 		t.Errorf("steady heap %d → %d (%v), want 1000 → 1050 (+5 %%)", r.HeapSteadyFirstKiB, r.HeapSteadyLastKiB, r.HeapSteadyGrowthPct)
 	}
-	if r.DBFileSteadyFirstKiB != 4096 || r.DBFileSteadyLastKiB != 4096 {
+	if r.DBFileSteadyFirstKiB != 4096 || r.DBFileSteadyLastKiB != 4096 || r.DBInUseSteadyLastKiB != 4096 {
 		t.Errorf("steady file %d → %d, want 4096 → 4096", r.DBFileSteadyFirstKiB, r.DBFileSteadyLastKiB)
 	}
 
 	// Too short for a minute after the warm-up and a last minute apart.
 	var short BenchReport
-	short.steadyMemory(2*time.Minute, heap[:40], file[:40])
+	short.steadyMemory(2*time.Minute, heap[:40], file[:40], nil)
 	if short.HeapSteadyGrowthPct != nil || short.HeapSteadyFirstKiB != 0 || short.WarmupS != 132 {
 		t.Errorf("short run: %+v, want no steady figures", short)
 	}
@@ -373,6 +373,9 @@ func TestBenchRetention(t *testing.T) {
 	var rep BenchReport
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if rep.DBEnd == nil || rep.DBEnd.FileKiB <= 0 || rep.DBEnd.InUseKiB <= 0 || rep.DBEnd.Keys["events"] == 0 || len(rep.DBInUseSamplesKiB) != len(rep.DBFileSamplesKiB) {
+		t.Errorf("database figures %+v, %d in-use samples for %d file samples", rep.DBEnd, len(rep.DBInUseSamplesKiB), len(rep.DBFileSamplesKiB))
 	}
 	if rep.RetentionS != 1 || rep.WarmupS != 2 {
 		t.Errorf("retention %v s, warm-up %v s; want 1, 2", rep.RetentionS, rep.WarmupS)
