@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces every figure in docs/PERFORMANCE.md on this machine. Run it on an
 # otherwise idle machine: each figure is a ratio to a limit measured in the
-# same run, but absolute numbers move with load. Takes about 4 minutes
+# same run, but absolute numbers move with load. Takes about 5 minutes
 # (add LONG=1 for the 10-minute memory run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
