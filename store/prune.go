@@ -21,8 +21,13 @@ type PruneResult struct {
 }
 
 // pruneChunk bounds keys deleted per transaction (bbolt: mass deletes in one
-// transaction create huge freelists).
-const pruneChunk = 2000
+// transaction create huge freelists). Event ids and inbox keys are hashes,
+// so each deleted key dirties its own leaf page in several buckets, and
+// bbolt keeps every dirty page's node in memory until the commit: at 2000
+// keys a chunk held about 14 MB of nodes, which showed as spikes of 20-37
+// MiB of live heap while a short retention pruned (docs/PERFORMANCE.md,
+// "Memory over 10 minutes"). 256 keys bound that to about 2 MB.
+const pruneChunk = 256
 
 // Prune removes events, deliveries, attempts and inbox items received before
 // now-retention. It never removes undelivered work: an event with a delivery

@@ -125,3 +125,37 @@ func (db *DB) DeadCounts() (map[string]int, error) {
 	})
 	return out, err
 }
+
+// FileStats is the BoltDB file's page accounting, in KiB, and optionally
+// the number of keys in each top-level bucket: what a long run's file size
+// and bbolt's free-list bookkeeping follow.
+type FileStats struct {
+	FileKiB    int64          `json:"file_kib"`    // the data file's size as bbolt sees it
+	FreeKiB    int64          `json:"free_kib"`    // free pages, reusable now
+	PendingKiB int64          `json:"pending_kib"` // freed by recent commits, reusable once older readers finish
+	InUseKiB   int64          `json:"in_use_kib"`  // the rest: live data and its tree
+	Keys       map[string]int `json:"keys,omitempty"`
+}
+
+// FileStats reads the page accounting; with keys it also counts every
+// top-level bucket's keys (a walk of the whole file).
+func (db *DB) FileStats(keys bool) (FileStats, error) {
+	var fs FileStats
+	kib := int64(db.bolt.Info().PageSize) / 1024
+	st := db.bolt.Stats()
+	fs.FreeKiB, fs.PendingKiB = int64(st.FreePageN)*kib, int64(st.PendingPageN)*kib
+	err := db.view(func(tx *bolt.Tx) error {
+		fs.FileKiB = tx.Size() / 1024
+		if keys {
+			fs.Keys = map[string]int{}
+			for _, name := range allBuckets {
+				if b := tx.Bucket(name); b != nil {
+					fs.Keys[string(name)] = b.Stats().KeyN
+				}
+			}
+		}
+		return nil
+	})
+	fs.InUseKiB = fs.FileKiB - fs.FreeKiB - fs.PendingKiB
+	return fs, err
+}

@@ -74,6 +74,13 @@ type benchOptions struct {
 	DSN      string
 	Replicas int
 	PoolSize int
+	// Retention, with Self, overrides storage.retention of the in-process
+	// gateway (below the configuration's 1 h minimum, which only bench may
+	// do): a short retention is pruned as fast as events arrive.
+	Retention time.Duration
+	// Floors, with Self, measures the bare handler (same load) and the
+	// P-256 verification rate before the run and reports the ratios.
+	Floors bool
 }
 
 // benchSources are the sources bench can sign for, in report order.
@@ -130,6 +137,28 @@ type BenchReport struct {
 	HeapLateKiB    int64   `json:"heap_live_late_kib,omitempty"`
 	HeapGrowthPct  float64 `json:"heap_live_growth_pct,omitempty"`
 	HeapSamplesKiB []int64 `json:"heap_live_samples_kib,omitempty"`
+	// With --retention: the in-process gateway's retention, the warm-up
+	// (retention plus one prune interval: until then nothing is old enough
+	// to prune, so the database fills by design), and the median live heap
+	// and database file size in the first minute after the warm-up and in
+	// the last minute of the load, with the heap's growth between them.
+	RetentionS           float64  `json:"retention_s,omitempty"`
+	WarmupS              float64  `json:"warmup_s,omitempty"`
+	HeapSteadyFirstKiB   int64    `json:"heap_live_steady_first_kib,omitempty"`
+	HeapSteadyLastKiB    int64    `json:"heap_live_steady_last_kib,omitempty"`
+	HeapSteadyGrowthPct  *float64 `json:"heap_live_steady_growth_pct,omitempty"`
+	DBFileSteadyFirstKiB int64    `json:"db_file_steady_first_kib,omitempty"`
+	DBFileSteadyLastKiB  int64    `json:"db_file_steady_last_kib,omitempty"`
+	// The BoltDB file's size, and the part of it in use (not free, not
+	// pending), sampled with the RSS (--self on BoltDB); and its page
+	// accounting with every bucket's key count after the load.
+	DBFileSamplesKiB      []int64          `json:"db_file_samples_kib,omitempty"`
+	DBInUseSamplesKiB     []int64          `json:"db_in_use_samples_kib,omitempty"`
+	DBInUseSteadyFirstKiB int64            `json:"db_in_use_steady_first_kib,omitempty"`
+	DBInUseSteadyLastKiB  int64            `json:"db_in_use_steady_last_kib,omitempty"`
+	DBEnd                 *store.FileStats `json:"db_end,omitempty"`
+	// Floors: --floors, measured in the same invocation before the run.
+	Floors *BenchFloors `json:"floors,omitempty"`
 }
 
 // BenchLatency holds latency percentiles in milliseconds.
@@ -169,6 +198,8 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.StringVar(&o.DSN, "dsn", "", "--self: run the gateway on this PostgreSQL database (storage.driver postgres) instead of a temporary BoltDB file; use an empty database")
 	fs.IntVar(&o.PoolSize, "pool-size", 10, "--self --dsn: storage.pool_size of each replica")
 	fs.IntVar(&o.Replicas, "replicas", 1, "--self with --dsn: gateway replicas sharing the database; requests go to them in turn")
+	fs.DurationVar(&o.Retention, "retention", 0, "--self on BoltDB: storage.retention of the in-process gateway (default the configuration's 720h; bench alone may go below its 1h minimum, e.g. 2m, so pruning keeps up with arrivals within the run); the gateway prunes every tenth of it, and the report adds the live heap's growth after the warm-up")
+	fs.BoolVar(&o.Floors, "floors", false, "--self, flat out: first measure the bare handler with the same mix, concurrency and duration, and ECDSA P-256 verifications per second on all cores (2 s), then run, and report accepted/s over each floor against its target (stripe, shopify, custom: ≥ 0.5 of the bare handler; apple alone: ≥ 0.7 of P-256/s ÷ 3)")
 	fs.StringVar(&o.Destinations, "destinations", "", "--self: comma-separated destination types to configure (default every type; \"none\" measures ingest alone)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -186,6 +217,13 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	if err := o.check(); err != nil {
 		fmt.Fprintln(env.Stderr, "postback bench:", err)
 		return 2
+	}
+	var floors *BenchFloors
+	if o.Floors { // before the profile starts: it covers the run alone
+		if floors, err = measureFloors(ctx, o); err != nil {
+			fmt.Fprintln(env.Stderr, "postback bench:", err)
+			return 1
+		}
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -207,6 +245,9 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	if err != nil {
 		fmt.Fprintln(env.Stderr, "postback bench:", err)
 		return 1
+	}
+	if floors != nil {
+		rep.applyFloors(floors, o.Mix)
 	}
 	if o.JSON {
 		enc := json.NewEncoder(env.Stdout)
@@ -274,6 +315,20 @@ func (o *benchOptions) check() error {
 	}
 	if o.DSN != "" && !o.Self {
 		return fmt.Errorf("%w: --dsn needs --self (a gateway started elsewhere has its own storage settings)", errBenchUsage)
+	}
+	if o.Retention != 0 && (!o.Self || o.DSN != "" || o.Retention < time.Second) {
+		return fmt.Errorf("%w: --retention needs --self on BoltDB (no --dsn) and must be at least 1s", errBenchUsage)
+	}
+	if o.Floors {
+		if !o.Self || o.Bare {
+			return fmt.Errorf("%w: --floors needs --self (and not --bare): it measures the floors, then the in-process gateway", errBenchUsage)
+		}
+		if o.Rate > 0 {
+			return fmt.Errorf("%w: --floors compares flat-out rates: leave out --rate", errBenchUsage)
+		}
+		if _, err := floorKind(o.Mix); err != nil {
+			return err
+		}
 	}
 	if o.Bare && o.Self {
 		return fmt.Errorf("%w: --bare and --self exclude each other", errBenchUsage)
@@ -384,11 +439,25 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 		r.presign(o.Presign)
 	}
 	start := time.Now()
-	samples := sampleRSS(ctx, 5*time.Second, o.PID)
+	var bdb *store.DB
+	if self != nil {
+		bdb, _ = self.g.Store.(*store.DB) // nil on PostgreSQL
+	}
+	samples := sampleRSS(ctx, benchSampleEvery, o.PID, bdb)
 	r.load(ctx)
 	elapsed := time.Since(start)
 	rep := r.report(elapsed)
-	rep.rssFlatness(samples())
+	sm := samples()
+	rep.rssFlatness(sm.rss, sm.heap)
+	rep.DBFileSamplesKiB, rep.DBInUseSamplesKiB = sm.file, sm.inUse
+	if o.Retention > 0 {
+		rep.steadyMemory(o.Retention, sm.heap, sm.file, sm.inUse)
+	}
+	if bdb != nil {
+		if fs, err := bdb.FileStats(true); err == nil {
+			rep.DBEnd = &fs
+		}
+	}
 	if o.PID > 0 {
 		if kib, err := procStatusKiB(o.PID, "VmHWM:"); err == nil {
 			rep.PeakRSSKiB = kib
@@ -767,7 +836,18 @@ func printBench(w io.Writer, r *BenchReport) {
 			fmt.Fprintf(t, "live heap early / late\t%.1f / %.1f MiB\t%+.1f%%\n", float64(r.HeapEarlyKiB)/1024, float64(r.HeapLateKiB)/1024, r.HeapGrowthPct)
 		}
 	}
+	if r.HeapSteadyGrowthPct != nil {
+		fmt.Fprintf(t, "live heap after warm-up\t%.1f → %.1f MiB\t%+.1f%%\t(median of the first minute after %.0fs (retention %.0fs + one prune interval) vs the last minute; target ≤ 10%%)\n",
+			float64(r.HeapSteadyFirstKiB)/1024, float64(r.HeapSteadyLastKiB)/1024, *r.HeapSteadyGrowthPct, r.WarmupS, r.RetentionS)
+	}
+	if r.DBFileSteadyLastKiB > 0 {
+		fmt.Fprintf(t, "database file after warm-up\t%.1f → %.1f MiB\t(in use %.1f → %.1f MiB)\n", float64(r.DBFileSteadyFirstKiB)/1024, float64(r.DBFileSteadyLastKiB)/1024,
+			float64(r.DBInUseSteadyFirstKiB)/1024, float64(r.DBInUseSteadyLastKiB)/1024)
+	}
 	t.Flush()
+	if r.Floors != nil {
+		printFloors(w, r.Floors)
+	}
 }
 
 // statesText renders a destination's delivery states other than delivered
@@ -990,6 +1070,9 @@ destinations:
 	if err != nil {
 		return nil, err
 	}
+	if o.Retention > 0 {
+		cfg.Storage.Retention = config.Duration(o.Retention)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -1114,11 +1197,21 @@ func (s *benchSelf) stop() {
 	s.closeParts()
 }
 
+// benchSampleEvery is how often bench samples memory during the load.
+const benchSampleEvery = 5 * time.Second
+
+// memSamples are what sampleRSS recorded, in KiB.
+type memSamples struct {
+	rss, heap   []int64
+	file, inUse []int64 // the BoltDB file's size and the part in use
+}
+
 // sampleRSS records the process's resident size every interval until the
-// returned function is called, which stops and returns the samples.
-func sampleRSS(ctx context.Context, every time.Duration, pid int) func() (rss, heap []int64) {
+// returned function is called, which stops and returns the samples (and,
+// with a BoltDB store, its file's size and the part in use).
+func sampleRSS(ctx context.Context, every time.Duration, pid int, db *store.DB) func() memSamples {
 	var mu sync.Mutex
-	var out, heap []int64
+	var out, heap, file, inUse []int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -1142,18 +1235,65 @@ func sampleRSS(ctx context.Context, every time.Duration, pid int) func() (rss, h
 					if pid == 0 { // the live heap is only known in-process
 						heap = append(heap, int64(live[0].Value.Uint64()/1024))
 					}
+					if db != nil {
+						var size int64
+						if fi, err := os.Stat(db.Path()); err == nil {
+							size = fi.Size() / 1024
+						}
+						fs, _ := db.FileStats(false)
+						file, inUse = append(file, size), append(inUse, fs.InUseKiB)
+					}
 					mu.Unlock()
 				}
 			}
 		}
 	}()
-	return func() ([]int64, []int64) {
+	return func() memSamples {
 		close(stop)
 		<-done
 		mu.Lock()
 		defer mu.Unlock()
-		return out, heap
+		return memSamples{rss: out, heap: heap, file: file, inUse: inUse}
 	}
+}
+
+// steadyMemory compares the first minute after the warm-up (retention plus
+// one prune interval of the gateway) with the last minute of the load:
+// the median live heap and database file size of the samples in each
+// minute (sample i was taken (i+1)·benchSampleEvery after the start). It
+// says nothing (leaves the fields out) when the run is too short for the
+// two minutes not to overlap.
+func (r *BenchReport) steadyMemory(retention time.Duration, heap, file, inUse []int64) {
+	warmup := retention + server.PruneInterval(retention)
+	r.RetentionS, r.WarmupS = retention.Seconds(), warmup.Seconds()
+	n := max(len(heap), len(file))
+	perMinute := int(time.Minute / benchSampleEvery)
+	first := int(warmup / benchSampleEvery) // samples taken after the warm-up
+	last := n - perMinute
+	if first+perMinute > last {
+		return
+	}
+	if len(heap) == n {
+		r.HeapSteadyFirstKiB = median(heap[first : first+perMinute])
+		r.HeapSteadyLastKiB = median(heap[last:])
+		g := 100 * float64(r.HeapSteadyLastKiB-r.HeapSteadyFirstKiB) / float64(r.HeapSteadyFirstKiB)
+		r.HeapSteadyGrowthPct = &g
+	}
+	if len(file) == n {
+		r.DBFileSteadyFirstKiB = median(file[first : first+perMinute])
+		r.DBFileSteadyLastKiB = median(file[last:])
+	}
+	if len(inUse) == n {
+		r.DBInUseSteadyFirstKiB = median(inUse[first : first+perMinute])
+		r.DBInUseSteadyLastKiB = median(inUse[last:])
+	}
+}
+
+// median of xs (the lower middle of an even count); xs is not modified.
+func median(xs []int64) int64 {
+	s := append([]int64(nil), xs...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[(len(s)-1)/2]
 }
 
 // rssFlatness compares the first and last tenth of the samples (at least

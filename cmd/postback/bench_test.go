@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -123,6 +124,16 @@ func TestBenchFlags(t *testing.T) {
 		{"unknown flag", []string{"--nope"}, 2},
 		{"bare and self", []string{"--bare", "--self"}, 2},
 		{"bare with apple", []string{"--bare", "--mix", "apple=1"}, 2},
+		{"floors with --bare", []string{"--bare", "--floors", "--stripe-secret", "whsec_x"}, 2},
+		{"floors and self and bare", []string{"--self", "--bare", "--floors"}, 2},
+		{"floors without --self", []string{"--floors", "--stripe-secret", "whsec_x"}, 2},
+		{"floors with a rate", []string{"--self", "--floors", "--rate", "100"}, 2},
+		{"floors with apple and stripe", []string{"--self", "--floors", "--mix", "apple=1,stripe=1"}, 2},
+		{"floors with google", []string{"--self", "--floors", "--mix", "google=1"}, 2},
+		{"retention without --self", []string{"--retention", "2m", "--stripe-secret", "whsec_x"}, 2},
+		{"retention with --dsn", []string{"--self", "--dsn", "postgres://x/y", "--retention", "2m"}, 2},
+		{"retention below a second", []string{"--self", "--retention", "500ms"}, 2},
+		{"negative retention", []string{"--self", "--retention", "-2m"}, 2},
 		{"gateway not reachable", []string{"--addr", "127.0.0.1:9", "--stripe-secret", "whsec_x", "--duration", "200ms", "--concurrency", "1"}, 1},
 	}
 	for _, tc := range tests {
@@ -310,5 +321,141 @@ func TestBenchGoogleDuplicates(t *testing.T) {
 	}
 	if rep.Accepted < 10 || rep.Duplicates == 0 || rep.Duplicates >= rep.Accepted {
 		t.Fatalf("accepted %d, duplicates %d: want some Google duplicates counted", rep.Accepted, rep.Duplicates)
+	}
+}
+
+// TestSteadyMemory: the warm-up is the retention plus one prune interval;
+// the medians of the minute after it and of the last minute are compared.
+func TestSteadyMemory(t *testing.T) {
+	const n = 120 // 10 minutes of 5 s samples
+	heap, file := make([]int64, n), make([]int64, n)
+	for i := range heap {
+		heap[i], file[i] = int64(100+10*i), 4096 // grows during the warm-up
+	}
+	first := int((2*time.Minute + 12*time.Second) / benchSampleEvery) // 2m retention, 12s prune interval
+	for i := first; i < n; i++ {
+		heap[i] = 1000
+	}
+	for i := n - 12; i < n; i++ {
+		heap[i] = 1050
+	}
+	heap[n-1] = 99999 // one outlier moves no median
+	var r BenchReport
+	r.steadyMemory(2*time.Minute, heap, file, file)
+	if r.WarmupS != 132 || r.RetentionS != 120 {
+		t.Errorf("warm-up %v s, retention %v s; want 132, 120", r.WarmupS, r.RetentionS)
+	}
+	if r.HeapSteadyFirstKiB != 1000 || r.HeapSteadyLastKiB != 1050 || r.HeapSteadyGrowthPct == nil || *r.HeapSteadyGrowthPct != 5 {
+		t.Errorf("steady heap %d → %d (%v), want 1000 → 1050 (+5 %%)", r.HeapSteadyFirstKiB, r.HeapSteadyLastKiB, r.HeapSteadyGrowthPct)
+	}
+	if r.DBFileSteadyFirstKiB != 4096 || r.DBFileSteadyLastKiB != 4096 || r.DBInUseSteadyLastKiB != 4096 {
+		t.Errorf("steady file %d → %d, want 4096 → 4096", r.DBFileSteadyFirstKiB, r.DBFileSteadyLastKiB)
+	}
+
+	// Too short for a minute after the warm-up and a last minute apart.
+	var short BenchReport
+	short.steadyMemory(2*time.Minute, heap[:40], file[:40], nil)
+	if short.HeapSteadyGrowthPct != nil || short.HeapSteadyFirstKiB != 0 || short.WarmupS != 132 {
+		t.Errorf("short run: %+v, want no steady figures", short)
+	}
+}
+
+// TestBenchRetention: --retention reaches the in-process gateway, which
+// prunes within the run.
+func TestBenchRetention(t *testing.T) {
+	var out, errOut bytes.Buffer
+	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+	code := Main(context.Background(), []string{"bench", "--self", "--destinations", "webhook", "--retention", "1s", "--duration", "3s",
+		"--concurrency", "2", "--rate", "100", "--json"}, env)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var rep BenchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if rep.DBEnd == nil || rep.DBEnd.FileKiB <= 0 || rep.DBEnd.InUseKiB <= 0 || rep.DBEnd.Keys["events"] == 0 || len(rep.DBInUseSamplesKiB) != len(rep.DBFileSamplesKiB) {
+		t.Errorf("database figures %+v, %d in-use samples for %d file samples", rep.DBEnd, len(rep.DBInUseSamplesKiB), len(rep.DBFileSamplesKiB))
+	}
+	if rep.RetentionS != 1 || rep.WarmupS != 2 {
+		t.Errorf("retention %v s, warm-up %v s; want 1, 2", rep.RetentionS, rep.WarmupS)
+	}
+	// Events older than a second are pruned (every second) once delivered,
+	// so the store keeps fewer than were accepted.
+	kept := 0
+	for _, n := range rep.DeliveryStates["bench-webhook"] {
+		kept += n
+	}
+	if rep.Accepted == 0 || kept >= int(rep.Accepted) {
+		t.Errorf("%d deliveries kept of %d accepted: nothing pruned", kept, rep.Accepted)
+	}
+}
+
+// TestBenchFloors: --floors reports the bare handler's rate (stripe,
+// shopify, custom) or the Apple floor (apple), the P-256 rate, and a ratio
+// consistent with them, measured in the same invocation.
+func TestBenchFloors(t *testing.T) {
+	defer func(w time.Duration) { p256Window = w }(p256Window)
+	p256Window = 100 * time.Millisecond
+	for _, tc := range []struct {
+		mix    string
+		bare   bool
+		target float64
+	}{
+		{"stripe=1,shopify=1,custom=1", true, 0.5},
+		{"apple=1", false, 0.7},
+	} {
+		t.Run(tc.mix, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+			code := Main(context.Background(), []string{"bench", "--self", "--floors", "--destinations", "none", "--mix", tc.mix,
+				"--duration", "300ms", "--concurrency", "2", "--json"}, env)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut.String())
+			}
+			var rep BenchReport
+			if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+				t.Fatalf("not JSON: %v\n%s", err, out.String())
+			}
+			f := rep.Floors
+			if f == nil {
+				t.Fatalf("no floors in %s", out.String())
+			}
+			if f.P256PS <= 0 || f.P256Goroutines < 1 || f.P256WindowS <= 0 {
+				t.Errorf("P-256 %.0f/s on %d goroutines over %.2f s", f.P256PS, f.P256Goroutines, f.P256WindowS)
+			}
+			if math.Abs(f.AppleFloorPS-f.P256PS/3) > 1e-9*f.P256PS {
+				t.Errorf("Apple floor %.3f, want P-256/s ÷ 3 = %.3f", f.AppleFloorPS, f.P256PS/3)
+			}
+			if (f.BarePS > 0) != tc.bare {
+				t.Errorf("bare handler %.0f/s, want measured: %v", f.BarePS, tc.bare)
+			}
+			if len(f.Ratios) != 1 {
+				t.Fatalf("ratios %+v, want one", f.Ratios)
+			}
+			r := f.Ratios[0]
+			floor := f.AppleFloorPS
+			if tc.bare {
+				floor = f.BarePS
+			}
+			if r.FloorPS != floor || r.AcceptedPS != rep.AcceptedPS || r.Target != tc.target || rep.AcceptedPS <= 0 {
+				t.Errorf("ratio %+v, want floor %.1f, accepted %.1f, target %.1f", r, floor, rep.AcceptedPS, tc.target)
+			}
+			if want := rep.AcceptedPS / floor; math.Abs(r.Ratio-want) > 0.5e-4 || r.Met != (want >= tc.target) {
+				t.Errorf("ratio %.4f met %v, want %.4f met %v", r.Ratio, r.Met, want, want >= tc.target)
+			}
+		})
+	}
+}
+
+func TestPrintFloors(t *testing.T) {
+	var out bytes.Buffer
+	printBench(&out, &BenchReport{Target: "http://x", Floors: &BenchFloors{BarePS: 20000, P256PS: 27000, P256Goroutines: 2, P256WindowS: 2, AppleFloorPS: 9000,
+		Ratios: []BenchRatio{{Name: "stripe ingest / bare handler", AcceptedPS: 11000, FloorPS: 20000, Ratio: 0.55, Target: 0.5, Met: true}}}})
+	for _, want := range []string{"floor: bare handler", "20000/s", "floor: P-256 verifications", "27000/s", "floor: Apple (P-256 ÷ 3)", "9000 notifications/s",
+		"ratio: stripe ingest / bare handler", "11000 / 20000 = 0.550", "target ≥ 0.5: met"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
 	}
 }

@@ -90,7 +90,7 @@ var _ = register("Prune", func(t *testing.T, b Backend) {
 })
 
 // bulk is the number of events the chunked prune cases write: more than two
-// of either backend's prune chunks (2000).
+// of either backend's prune chunks (BoltDB 256, PostgreSQL 2000).
 const bulk = 4500
 
 var _ = register("PruneInChunks", func(t *testing.T, b Backend) {
