@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"math/big"
 	"net/http"
 	"os"
 	"runtime"
@@ -419,17 +418,54 @@ func signingDigest(prefix hash.Cloner, header, payload []byte) []byte {
 }
 
 // verifyES256 checks a JWS ES256 signature, R || S of 32 bytes each
-// (RFC 7518 section 3.4), over digest.
+// (RFC 7518 section 3.4), over digest. R and S are re-encoded as the DER
+// SEQUENCE of two INTEGERs that crypto/ecdsa.VerifyASN1 reads (what
+// ecdsa.Verify does too, through big.Int and a builder).
 func verifyES256(pub *ecdsa.PublicKey, digest, sig []byte) error {
 	if len(sig) != 64 {
 		return fmt.Errorf("%w: %d signature bytes, want 64", ErrAppleSignature, len(sig))
 	}
-	r := new(big.Int).SetBytes(sig[:32])
-	s := new(big.Int).SetBytes(sig[32:])
-	if !ecdsa.Verify(pub, digest, r, s) {
+	r, s := sig[:32], sig[32:]
+	if allZero(r) || allZero(s) {
+		return fmt.Errorf("%w: zero R or S", ErrAppleSignature)
+	}
+	var buf [2 + 2*(2+1+32)]byte
+	der := append(buf[:0], 0x30, 0)
+	der = appendDERInt(der, r)
+	der = appendDERInt(der, s)
+	der[1] = byte(len(der) - 2)
+	if !ecdsa.VerifyASN1(pub, digest, der) {
 		return fmt.Errorf("%w: ECDSA P-256 verification failed", ErrAppleSignature)
 	}
 	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// appendDERInt appends the DER INTEGER of the positive big-endian b (at
+// most 32 bytes, not zero): leading zeros dropped, a zero byte added when
+// the top bit is set.
+func appendDERInt(der, b []byte) []byte {
+	for len(b) > 1 && b[0] == 0 {
+		b = b[1:]
+	}
+	pad := b[0]&0x80 != 0
+	n := len(b)
+	if pad {
+		n++
+	}
+	der = append(der, 0x02, byte(n))
+	if pad {
+		der = append(der, 0)
+	}
+	return append(der, b...)
 }
 
 // cachedChain checks a cached chain's validity window at time at (and,
@@ -872,10 +908,13 @@ type nestedJWS struct {
 // its own certificates), so they are not run through the JSON decoder: in
 // compact JSON each sits between `"signedKey":"` and the next quote (a
 // JWS has no quote or backslash), and the rest of the payload is decoded
-// with a placeholder in its place. The placeholder must come back in
-// exactly the field it stands for, which proves the JSON decoder would have
-// read this JWS for that field; anything else falls back to decoding the
-// whole payload.
+// with a placeholder in place of the first such value. The placeholder
+// must come back in exactly the field it stands for, which proves that the
+// JSON decoder reads this very value for that field (the rest of the
+// document is unchanged, and no other string in it can decode to the
+// placeholder); the same key elsewhere, a duplicate, another spelling of
+// the key or an escape inside the value all make the field read something
+// else, and then the whole payload is decoded as before.
 func decodeNotification(raw []byte, p *mapping.AppleNotification, nested *[len(nestedFields)]nestedJWS) error {
 	if decodeAroundNested(raw, p, nested) {
 		return nil
@@ -910,11 +949,11 @@ func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(n
 		}
 		start := at + len(f.pattern)
 		q := bytes.IndexByte(raw[start:], '"')
-		if q < 0 || bytes.Contains(raw[start:], f.pattern) {
+		if q < 0 {
 			return false
 		}
 		end := start + q
-		if bytes.IndexByte(raw[start:end], '\\') >= 0 {
+		if bytes.IndexByte(raw[start:end], '\\') >= 0 || !plainJSONText(raw[start:end]) {
 			return false
 		}
 		spans[i].at, spans[i].start, spans[i].end = at, start, end
@@ -959,6 +998,29 @@ func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(n
 		*s = ""
 		if sp := spans[i]; sp.end > sp.start {
 			nested[i] = nestedJWS{object: f.object, signedKey: f.signedKey, decodedKey: f.decodedKey, jws: raw[sp.start:sp.end:sp.end], at: sp.at, end: sp.end}
+		}
+	}
+	return true
+}
+
+// plainJSONText reports whether b, inside a JSON string without
+// backslashes, decodes to itself: no control characters (invalid JSON) and
+// no bytes from 0x80 (the decoder replaces invalid UTF-8). A JWS is
+// base64url and dots, so this holds for every real one.
+func plainJSONText(b []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(b) >= 8 {
+		w := binary.LittleEndian.Uint64(b)
+		// A byte under 0x20 borrows through its high bit (a byte of 0x80
+		// or more is caught by the first term anyway).
+		if w&highs != 0 || (w-0x20*ones)&^w&highs != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c < 0x20 || c >= 0x80 {
+			return false
 		}
 	}
 	return true
@@ -1030,8 +1092,14 @@ func decodedBodySlow(_ []byte, nested []nestedJWS, body []byte) ([]byte, error) 
 		if err := json.Unmarshal(top[n.object], &fields); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrAppleMalformed, n.object, err)
 		}
+		// encoding/json reads a key in any case into the field, so every
+		// spelling of the signed key held (at most) this JWS.
+		for k := range fields {
+			if strings.EqualFold(k, n.signedKey) {
+				delete(fields, k)
+			}
+		}
 		fields[n.decodedKey] = n.payload
-		delete(fields, n.signedKey)
 		b, err := json.Marshal(fields)
 		if err != nil {
 			return nil, err

@@ -1,6 +1,7 @@
 package webhooks
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -315,3 +317,41 @@ func FuzzCustomEvents(f *testing.F) {
 type emptyStates struct{}
 
 func (emptyStates) State(string) (mapping.State, bool) { return mapping.State{}, false }
+
+// FuzzAppleDecodeAroundNested: whenever a notification payload is decoded
+// with its nested JWS cut out, decoding it whole must succeed and read the
+// same values, the nested JWS included.
+func FuzzAppleDecodeAroundNested(f *testing.F) {
+	jws := "eyJhbGciOiJFUzI1NiJ9.eyJzaWduZWREYXRlIjoxfQ.c2ln"
+	f.Add(`{"notificationType":"DID_RENEW","notificationUUID":"u","signedDate":1,"data":{"bundleId":"b","environment":"Production","signedTransactionInfo":"` + jws + `","signedRenewalInfo":"` + jws + `"}}`)
+	f.Add(`{"data":{"signedRenewalInfo":"a.b.c","signedTransactionInfo":""},"appData":{"signedAppTransactionInfo":"` + jws + `"}}`)
+	f.Add(`{"x":{"signedTransactionInfo":"a.b.c"},"data":{"signedTransactionInfo":"d.e.f","SignedTransactionInfo":"g.h.i"}}`)
+	f.Add(`{"data":{"signedTransactionInfo":"a\u002eb.c","signedRenewalInfo":"\u0000"}}`)
+	f.Fuzz(func(t *testing.T, payload string) {
+		raw := []byte(payload)
+		var fast mapping.AppleNotification
+		var nested [len(nestedFields)]nestedJWS
+		if !decodeAroundNested(raw, &fast, &nested) {
+			return
+		}
+		var full mapping.AppleNotification
+		if err := json.Unmarshal(raw, &full); err != nil {
+			t.Fatalf("cut-out decode accepted what the whole decode refuses: %v", err)
+		}
+		for i := range nestedFields {
+			want := ""
+			if s := nestedSlot(&full, i); s != nil {
+				want, *s = *s, ""
+			}
+			if got := string(nested[i].jws); got != want {
+				t.Fatalf("nested %d: %q, want %q", i, got, want)
+			}
+			if n := nested[i]; n.jws != nil && (n.at < 0 || !bytes.HasPrefix(raw[n.at:], nestedFields[i].pattern) || raw[n.end] != '"') {
+				t.Fatalf("nested %d: span %d..%d is not the key and its value", i, n.at, n.end)
+			}
+		}
+		if !reflect.DeepEqual(fast, full) {
+			t.Fatalf("decoded\n%+v\nwant\n%+v", fast, full)
+		}
+	})
+}
