@@ -192,6 +192,7 @@ type AppleVerifierConfig struct {
 // normally costs only its signature checks.
 type AppleVerifier struct {
 	cores    coreGate
+	bufs     sync.Pool // *[]byte scratch for notification tokens and payloads
 	roots    *x509.CertPool
 	apps     map[string]config.AppleApp
 	envs     map[string]bool
@@ -277,6 +278,23 @@ type jwsDates struct {
 	ReceiptCreationDate mapping.AppleMillis `json:"receiptCreationDate"`
 }
 
+// scratch returns a pooled buffer, empty, of any capacity.
+func (v *AppleVerifier) scratch() *[]byte {
+	if b, ok := v.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	return new([]byte)
+}
+
+// release pools b again unless it grew past 64 KiB (an App Store
+// notification is about 10 KiB; a rare big one is left to the collector).
+func (v *AppleVerifier) release(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		*b = (*b)[:0]
+		v.bufs.Put(b)
+	}
+}
+
 // jsonInto decodes a payload into dst.
 func jsonInto(dst any) func([]byte) error {
 	return func(b []byte) error { return json.Unmarshal(b, dst) }
@@ -288,15 +306,16 @@ func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, er
 	v.cores.enter()
 	defer v.cores.leave()
 	var d jwsDates
-	return v.verify(ctx, []byte(token), jsonInto(&d), func() (mapping.AppleMillis, mapping.AppleMillis) { return d.SignedDate, d.ReceiptCreationDate })
+	return v.verify(ctx, []byte(token), nil, jsonInto(&d), func() (mapping.AppleMillis, mapping.AppleMillis) { return d.SignedDate, d.ReceiptCreationDate })
 }
 
 // verify verifies token, decoding each segment once: the header only when
-// its exact bytes are not in the cache, the payload with decode (which
-// fills the caller's typed value), the signature. dates reads the
+// its exact bytes are not in the cache, the payload (into scratch when it
+// is large enough) with decode (which fills the caller's typed value), the
+// signature. dates reads the
 // signedDate and receiptCreationDate decode found, to choose the
 // certificate check date. It returns the payload bytes.
-func (v *AppleVerifier) verify(ctx context.Context, token []byte, decode func(payload []byte) error, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
+func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decode func(payload []byte) error, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
 	first := bytes.IndexByte(token, '.')
 	second := -1
 	if first > 0 {
@@ -336,7 +355,12 @@ func (v *AppleVerifier) verify(ctx context.Context, token []byte, decode func(pa
 			return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
 		}
 	}
-	payload := make([]byte, jwsBase64.DecodedLen(len(body)))
+	payload := scratch
+	if l := jwsBase64.DecodedLen(len(body)); cap(payload) >= l {
+		payload = payload[:l]
+	} else {
+		payload = make([]byte, l)
+	}
 	n, err := jwsBase64.Decode(payload, body)
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
@@ -762,8 +786,18 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 	out := &AppleVerified{}
 	p := &out.Payload
 	var nested [len(nestedFields)]nestedJWS
-	raw, err := v.verify(ctx, []byte(signedPayload), func(b []byte) error { return decodeNotification(b, p, &nested) },
+	// The token and its decoded payload are scratch: the nested JWS are
+	// verified from the payload and the body is built anew, so neither is
+	// kept beyond this call and both buffers go back to the pool.
+	token, scratch := v.scratch(), v.scratch()
+	defer v.release(token)
+	defer v.release(scratch)
+	*token = append(*token, signedPayload...)
+	raw, err := v.verify(ctx, *token, *scratch, func(b []byte) error { return decodeNotification(b, p, &nested) },
 		func() (mapping.AppleMillis, mapping.AppleMillis) { return p.SignedDate, 0 })
+	if cap(raw) > cap(*scratch) {
+		*scratch = raw[:0]
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -811,7 +845,7 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 		if ren.jws == nil {
 			return nil
 		}
-		b, err := v.verify(ctx, ren.jws, jsonInto(&renewal), func() (mapping.AppleMillis, mapping.AppleMillis) { return renewal.SignedDate, 0 })
+		b, err := v.verify(ctx, ren.jws, nil, func(b []byte) error { return decodeJSON(appleRenewalPlan, b, &renewal) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return renewal.SignedDate, 0 })
 		if err != nil {
 			return fmt.Errorf("signedRenewalInfo: %w", err)
 		}
@@ -836,7 +870,7 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 			SignedDate          mapping.AppleMillis `json:"signedDate"`
 			ReceiptCreationDate mapping.AppleMillis `json:"receiptCreationDate"`
 		}
-		b, err := v.verify(ctx, appTxn.jws, jsonInto(&at), func() (mapping.AppleMillis, mapping.AppleMillis) { return at.SignedDate, at.ReceiptCreationDate })
+		b, err := v.verify(ctx, appTxn.jws, nil, jsonInto(&at), func() (mapping.AppleMillis, mapping.AppleMillis) { return at.SignedDate, at.ReceiptCreationDate })
 		if err != nil {
 			return nil, fmt.Errorf("signedAppTransactionInfo: %w", err)
 		}
@@ -981,7 +1015,7 @@ func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(n
 		prev = spans[next].end
 	}
 	stripped = append(stripped, raw[prev:]...)
-	if json.Unmarshal(stripped, p) != nil {
+	if decodeJSON(appleNotificationPlan, stripped, p) != nil {
 		return false
 	}
 	for i, f := range nestedFields {
@@ -1119,7 +1153,7 @@ func (v *AppleVerifier) VerifyTransaction(ctx context.Context, jws, bundleID, ap
 
 func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws []byte, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
 	var txn mapping.AppleTransaction
-	b, err := v.verify(ctx, jws, jsonInto(&txn), func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
+	b, err := v.verify(ctx, jws, nil, func(b []byte) error { return decodeJSON(appleTransactionPlan, b, &txn) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
 	if err != nil {
 		return nil, nil, err
 	}

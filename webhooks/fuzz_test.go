@@ -355,3 +355,29 @@ func FuzzAppleDecodeAroundNested(f *testing.F) {
 		}
 	})
 }
+
+// FuzzAppleJSON: whatever the App Store decoding plans accept, encoding/json
+// accepts too and decodes to the same value.
+func FuzzAppleJSON(f *testing.F) {
+	for _, tc := range appleJSONCases {
+		f.Add(tc.in)
+	}
+	f.Add(`{"notificationType":"DID_RENEW","data":{"bundleId":"b","signedTransactionInfo":"\u0000"},"summary":{"storefrontCountryCodes":["USA"]}}`)
+	f.Add(`{"autoRenewStatus":1,"isInBillingRetryPeriod":true,"eligibleWinBackOfferIds":["a","b"],"renewalPrice":4990}`)
+	check := func(t *testing.T, plan *jsonPlan, in string, fast, want any) {
+		if !plan.decode([]byte(in), reflect.ValueOf(fast).Elem()) {
+			return
+		}
+		if err := json.Unmarshal([]byte(in), want); err != nil {
+			t.Fatalf("the plan decoded what encoding/json refuses (%v): %q", err, in)
+		}
+		if !reflect.DeepEqual(fast, want) {
+			t.Fatalf("%q:\nplan %+v\nencoding/json %+v", in, fast, want)
+		}
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		check(t, appleTransactionPlan, in, &mapping.AppleTransaction{}, &mapping.AppleTransaction{})
+		check(t, appleRenewalPlan, in, &mapping.AppleRenewalInfo{}, &mapping.AppleRenewalInfo{})
+		check(t, appleNotificationPlan, in, &mapping.AppleNotification{}, &mapping.AppleNotification{})
+	})
+}
