@@ -361,7 +361,7 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decod
 	} else {
 		payload = make([]byte, l)
 	}
-	n, err := jwsBase64.Decode(payload, body)
+	n, err := decodeJWSSegment(payload, body)
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
 	}

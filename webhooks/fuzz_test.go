@@ -381,3 +381,24 @@ func FuzzAppleJSON(f *testing.F) {
 		check(t, appleNotificationPlan, in, &mapping.AppleNotification{}, &mapping.AppleNotification{})
 	})
 }
+
+// FuzzDecodeJWSSegment: the table decoder gives exactly what the strict
+// base64url decoder gives: the bytes, their count and the error.
+func FuzzDecodeJWSSegment(f *testing.F) {
+	f.Add("eyJhbGciOiJFUzI1NiJ9")
+	f.Add("eyJhbGciOiJFUzI1NiJ9e30")
+	f.Add("abcdefgh-_AZaz09x")
+	f.Add("abcdefg=")
+	f.Add("abcd\nefghijkl")
+	f.Add("abcdefghijklmnoA")
+	f.Add("abcdefghijklmnopB")
+	f.Fuzz(func(t *testing.T, in string) {
+		want := make([]byte, jwsBase64.DecodedLen(len(in)))
+		got := make([]byte, len(want))
+		wn, werr := jwsBase64.Decode(want, []byte(in))
+		gn, gerr := decodeJWSSegment(got, []byte(in))
+		if gn != wn || !bytes.Equal(got[:gn], want[:wn]) || fmt.Sprint(gerr) != fmt.Sprint(werr) {
+			t.Fatalf("%q: %d %x %v, want %d %x %v", in, gn, got[:gn], gerr, wn, want[:wn], werr)
+		}
+	})
+}
