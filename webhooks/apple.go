@@ -970,11 +970,8 @@ func decodeNotification(raw []byte, p *mapping.AppleNotification, nested *[len(n
 // decodeAroundNested is the fast path of decodeNotification; false means
 // the payload needs the full decode.
 func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(nestedFields)]nestedJWS) bool {
-	if bytes.Contains(raw, []byte(`\u0000`)) {
-		return false
-	}
 	var spans [len(nestedFields)]struct{ at, start, end int }
-	size, found := len(raw), 0
+	size, found, nuls := len(raw), 0, 0
 	for i, f := range nestedFields {
 		spans[i].at = -1
 		at := bytes.Index(raw, f.pattern)
@@ -987,12 +984,13 @@ func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(n
 			return false
 		}
 		end := start + q
-		if bytes.IndexByte(raw[start:end], '\\') >= 0 || !plainJSONText(raw[start:end]) {
+		if !plainJSONText(raw[start:end]) {
 			return false
 		}
 		spans[i].at, spans[i].start, spans[i].end = at, start, end
 		size += len(f.placeholder) - q
 		found++
+		nuls += len(f.placeholder) / len(`\u0000`)
 	}
 	if found == 0 {
 		return false
@@ -1015,6 +1013,10 @@ func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(n
 		prev = spans[next].end
 	}
 	stripped = append(stripped, raw[prev:]...)
+	// No \u0000 but the placeholders' (none can be inside a cut-out value).
+	if bytes.Count(stripped, []byte(`\u0000`)) != nuls {
+		return false
+	}
 	if decodeJSON(appleNotificationPlan, stripped, p) != nil {
 		return false
 	}
@@ -1037,23 +1039,24 @@ func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(n
 	return true
 }
 
-// plainJSONText reports whether b, inside a JSON string without
-// backslashes, decodes to itself: no control characters (invalid JSON) and
-// no bytes from 0x80 (the decoder replaces invalid UTF-8). A JWS is
+// plainJSONText reports whether b, inside a JSON string, decodes to
+// itself: no backslash (an escape), no control characters (invalid JSON)
+// and no bytes from 0x80 (the decoder replaces invalid UTF-8). A JWS is
 // base64url and dots, so this holds for every real one.
 func plainJSONText(b []byte) bool {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	for len(b) >= 8 {
 		w := binary.LittleEndian.Uint64(b)
-		// A byte under 0x20 borrows through its high bit (a byte of 0x80
-		// or more is caught by the first term anyway).
-		if w&highs != 0 || (w-0x20*ones)&^w&highs != 0 {
+		// With no byte of 0x80 or more, a byte under 0x20 borrows through
+		// its high bit, and so does a zero byte of w ^ '\\'s.
+		bs := w ^ '\\'*ones
+		if (w|(w-0x20*ones)&^w|(bs-ones)&^bs)&highs != 0 {
 			return false
 		}
 		b = b[8:]
 	}
 	for _, c := range b {
-		if c < 0x20 || c >= 0x80 {
+		if c < 0x20 || c >= 0x80 || c == '\\' {
 			return false
 		}
 	}

@@ -413,11 +413,12 @@ func TestAppleDecodeAroundNested(t *testing.T) {
 func fmtInt(n int64) string { return big.NewInt(n).String() }
 
 // TestPlainJSONText compares the word-at-a-time check with a byte loop for
-// every byte value at every position of a word and of the tail.
+// every byte value at every position of a word and of the tail, and for
+// every pair of byte values in one word.
 func TestPlainJSONText(t *testing.T) {
 	naive := func(b []byte) bool {
 		for _, c := range b {
-			if c < 0x20 || c >= 0x80 {
+			if c < 0x20 || c >= 0x80 || c == '\\' {
 				return false
 			}
 		}
@@ -431,6 +432,15 @@ func TestPlainJSONText(t *testing.T) {
 				if got, want := plainJSONText(b), naive(b); got != want {
 					t.Fatalf("len %d, byte %#x at %d: %v, want %v", n, c, pos, got, want)
 				}
+			}
+		}
+	}
+	for c1 := range 256 {
+		for c2 := range 256 {
+			b := []byte("AAAAAAAA")
+			b[2], b[5] = byte(c1), byte(c2)
+			if got, want := plainJSONText(b), naive(b); got != want {
+				t.Fatalf("bytes %#x, %#x: %v, want %v", c1, c2, got, want)
 			}
 		}
 	}
