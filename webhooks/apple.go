@@ -1435,9 +1435,11 @@ func (g *coreGate) tryExtra() bool {
 }
 
 // pair runs first and second and returns the first error in that order.
-// With a free slot second runs on a helper goroutine at the same time as
-// first; otherwise second runs after first, and not at all if first
-// failed. Either way the error returned is the same.
+// With a free slot a helper goroutine takes second while first runs here;
+// if first is done before the helper has started (its core was busy after
+// all), second runs here too. Without a free slot second runs after first,
+// and not at all if first failed. Either way the error returned is the
+// same.
 func (g *coreGate) pair(first, second func() error) error {
 	if !g.tryExtra() {
 		if err := first(); err != nil {
@@ -1445,12 +1447,22 @@ func (g *coreGate) pair(first, second func() error) error {
 		}
 		return second()
 	}
+	var claimed atomic.Bool
 	done := make(chan error, 1)
 	go func() {
 		defer g.leave()
-		done <- second()
+		if claimed.CompareAndSwap(false, true) {
+			done <- second()
+		}
 	}()
 	err1 := first()
+	if claimed.CompareAndSwap(false, true) {
+		if err1 != nil {
+			return err1
+		}
+		return second()
+	}
+	// The helper has second, which reads buffers this call owns: wait.
 	err2 := <-done
 	if err1 != nil {
 		return err1

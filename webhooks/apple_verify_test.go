@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,9 +218,29 @@ func TestCoreGate(t *testing.T) {
 			t.Errorf("limit %d: %v", limit, err)
 		}
 		g.leave()
+		// A helper that found its task taken leaves when it gets to run.
+		for deadline := time.Now().Add(5 * time.Second); g.busy.Load() != 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
 		if g.busy.Load() != 0 {
 			t.Errorf("limit %d: busy %d after the pairs", limit, g.busy.Load())
 		}
+	}
+
+	// A helper that has not started when first is done: second runs in
+	// the caller, once, and the helper does nothing.
+	g = &coreGate{limit: 2}
+	g.enter()
+	var runs atomic.Int32
+	if err := g.pair(func() error { return nil }, func() error { runs.Add(1); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	g.leave()
+	for deadline := time.Now().Add(5 * time.Second); g.busy.Load() != 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if runs.Load() != 1 || g.busy.Load() != 0 {
+		t.Errorf("second ran %d times, busy %d", runs.Load(), g.busy.Load())
 	}
 }
 
