@@ -395,10 +395,6 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decod
 		e, err = v.cachedChain(ctx, header, hit, at)
 	} else {
 		e, err = v.chain(ctx, h.X5C, at)
-		if err == nil && v.cache != nil {
-			e.prefix = signingPrefix(header)
-			v.cache.put(string(header), e)
-		}
 	}
 	if err != nil {
 		return nil, err
@@ -406,8 +402,17 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decod
 	if err := verifyES256(e.pub, signingDigest(e.prefix, header, body), sig); err != nil {
 		return nil, err
 	}
+	// A header is cached once a JWS under it has verified, and only at a
+	// size Apple's headers have (about 5 KB): the key is the header itself.
+	if !cached && v.cache != nil && len(header) <= maxCachedHeader {
+		e.prefix = signingPrefix(header)
+		v.cache.put(string(header), e)
+	}
 	return payload, nil
 }
+
+// maxCachedHeader bounds the header bytes one cache entry keeps.
+const maxCachedHeader = 16 << 10
 
 // signingPrefix is the SHA-256 state after the first part of every
 // signing input under this header, "header.": a cached header is hashed

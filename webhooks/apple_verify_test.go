@@ -86,6 +86,19 @@ func TestAppleHeaderCache(t *testing.T) {
 	if v.Len() != before+1 {
 		t.Errorf("cache holds %d entries after a new header with a known chain, want %d", v.Len(), before+1)
 	}
+	// Only a header under which a JWS verified is cached, and only up to
+	// maxCachedHeader bytes.
+	before = v.Len()
+	if _, err := v.VerifyJWS(ctx, good.Sign(testTxn(nil), appletest.JWS{Key: otherKey, Header: map[string]any{"kid": "forged"}})); !errors.Is(err, ErrAppleSignature) {
+		t.Fatalf("forged signature under a new header: %v", err)
+	}
+	big := good.Sign(testTxn(nil), appletest.JWS{Header: map[string]any{"pad": strings.Repeat("x", maxCachedHeader)}})
+	if _, err := v.VerifyJWS(ctx, big); err != nil {
+		t.Fatal(err)
+	}
+	if v.Len() != before {
+		t.Errorf("cache holds %d entries after a forged and an oversize header, want %d", v.Len(), before)
+	}
 	// A cached header still verifies afterwards.
 	if _, err := v.VerifyJWS(ctx, valid); err != nil {
 		t.Fatal(err)
@@ -218,11 +231,7 @@ func TestCoreGate(t *testing.T) {
 			t.Errorf("limit %d: %v", limit, err)
 		}
 		g.leave()
-		// A helper that found its task taken leaves when it gets to run.
-		for deadline := time.Now().Add(5 * time.Second); g.busy.Load() != 0 && time.Now().Before(deadline); {
-			time.Sleep(time.Millisecond)
-		}
-		if g.busy.Load() != 0 {
+		if !settled(g) {
 			t.Errorf("limit %d: busy %d after the pairs", limit, g.busy.Load())
 		}
 	}
@@ -236,12 +245,20 @@ func TestCoreGate(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.leave()
-	for deadline := time.Now().Add(5 * time.Second); g.busy.Load() != 0 && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
-	}
-	if runs.Load() != 1 || g.busy.Load() != 0 {
+	if !settled(g) || runs.Load() != 1 {
 		t.Errorf("second ran %d times, busy %d", runs.Load(), g.busy.Load())
 	}
+}
+
+// settled waits up to 5 s for every slot of g to be released: a helper
+// that found its task taken by the caller leaves when it gets to run.
+func settled(g *coreGate) bool {
+	for deadline := time.Now().Add(5 * time.Second); g.busy.Load() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }
 
 // TestAppleNestedSerialAndParallel: the same notifications verified with
@@ -313,7 +330,7 @@ func TestAppleNestedSerialAndParallel(t *testing.T) {
 			}
 		})
 	}
-	if serial.cores.busy.Load() != 0 || parallel.cores.busy.Load() != 0 {
+	if !settled(&serial.cores) || !settled(&parallel.cores) {
 		t.Error("core slots left held")
 	}
 	for _, name := range []string{"transaction bad signature", "both bad"} {
