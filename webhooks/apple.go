@@ -16,14 +16,17 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"os"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/labstack/echo/v4"
 	"golang.org/x/crypto/ocsp"
 
@@ -183,10 +186,13 @@ type AppleVerifierConfig struct {
 //     online checks, now with OCSP (an unreachable responder is retryable);
 //   - the signature verifies with the leaf key.
 //
-// Verified chains are cached, keyed by the SHA-256 of the leaf and
-// intermediate bytes and bounded in size, with the validity window they
-// hold in, so a notification normally costs only its signature checks.
+// Verified chains are cached, bounded in size, with the validity window
+// they hold in, keyed by the exact header bytes of the JWS they came in and
+// by the SHA-256 of the leaf and intermediate bytes, so a notification
+// normally costs only its signature checks.
 type AppleVerifier struct {
+	cores    coreGate
+	bufs     sync.Pool // *[]byte scratch for notification tokens and payloads
 	roots    *x509.CertPool
 	apps     map[string]config.AppleApp
 	envs     map[string]bool
@@ -243,7 +249,7 @@ func NewAppleVerifier(cfg AppleVerifierConfig) (*AppleVerifier, error) {
 		size = 64
 	}
 	if size > 0 {
-		v.cache = &chainCache{max: size, ll: list.New(), m: map[[32]byte]*list.Element{}}
+		v.cache = &chainCache{max: size, ll: list.New(), m: map[string]*list.Element{}}
 	}
 	return v, nil
 }
@@ -272,44 +278,71 @@ type jwsDates struct {
 	ReceiptCreationDate mapping.AppleMillis `json:"receiptCreationDate"`
 }
 
+// scratch returns a pooled buffer, empty, of any capacity.
+func (v *AppleVerifier) scratch() *[]byte {
+	if b, ok := v.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	return new([]byte)
+}
+
+// release pools b again unless it grew past 64 KiB (an App Store
+// notification is about 10 KiB; a rare big one is left to the collector).
+func (v *AppleVerifier) release(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		*b = (*b)[:0]
+		v.bufs.Put(b)
+	}
+}
+
+// jsonInto decodes a payload into dst.
+func jsonInto(dst any) func([]byte) error {
+	return func(b []byte) error { return json.Unmarshal(b, dst) }
+}
+
 // VerifyJWS verifies one App Store compact JWS (a signedPayload, a signed
 // transaction, renewal info or app transaction) and returns its payload.
 func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, error) {
+	v.cores.enter()
+	defer v.cores.leave()
 	var d jwsDates
-	return v.verify(ctx, token, &d, func() (mapping.AppleMillis, mapping.AppleMillis) { return d.SignedDate, d.ReceiptCreationDate })
+	return v.verify(ctx, []byte(token), nil, jsonInto(&d), func() (mapping.AppleMillis, mapping.AppleMillis) { return d.SignedDate, d.ReceiptCreationDate })
 }
 
-// verify verifies token, decoding its payload once into dst; dates reads
-// the signedDate and receiptCreationDate from dst to choose the
+// verify verifies token, decoding each segment once: the header only when
+// its exact bytes are not in the cache, the payload (into scratch when it
+// is large enough) with decode (which fills the caller's typed value), the
+// signature. dates reads the
+// signedDate and receiptCreationDate decode found, to choose the
 // certificate check date. It returns the payload bytes.
-func (v *AppleVerifier) verify(ctx context.Context, token string, dst any, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
-	first := strings.IndexByte(token, '.')
-	last := strings.LastIndexByte(token, '.')
-	if first <= 0 || last == first || strings.Count(token, ".") != 2 {
+func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decode func(payload []byte) error, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
+	first := bytes.IndexByte(token, '.')
+	second := -1
+	if first > 0 {
+		second = bytes.IndexByte(token[first+1:], '.')
+	}
+	if second < 0 || bytes.IndexByte(token[first+1+second+1:], '.') >= 0 {
 		return nil, fmt.Errorf("%w: not three dot-separated parts", ErrAppleMalformed)
 	}
+	last := first + 1 + second
 	// Strict decoding still skips CR and LF; a JWS never contains them.
-	if strings.ContainsAny(token, "\r\n") {
+	if bytes.IndexByte(token, '\n') >= 0 || bytes.IndexByte(token, '\r') >= 0 {
 		return nil, fmt.Errorf("%w: line break in the JWS", ErrAppleMalformed)
 	}
+	header, body, sigSeg := token[:first], token[first+1:last], token[last+1:]
 	// Every JWS signed with one chain carries the same header bytes: a
-	// header already verified (alg ES256, three certificates, chain to a
-	// root) is found in the cache by its hash without decoding its ~3 KB of
-	// certificates again.
+	// header already verified (alg ES256, no crit, three certificates,
+	// chain to a root) is found in the cache by its exact bytes, without
+	// decoding its ~3 KB of certificates again.
 	var h jwsHeader
-	var hk [32]byte
-	var hit chainEntry
-	cached := false
-	if v.cache != nil {
-		hk = sha256.Sum256([]byte(token[:first]))
-		hit, cached = v.cache.get(hk)
-	}
+	hit, cached := v.cache.get(header)
 	if !cached {
-		hb, err := jwsBase64.DecodeString(token[:first])
+		hb := make([]byte, jwsBase64.DecodedLen(len(header)))
+		n, err := jwsBase64.Decode(hb, header)
 		if err != nil {
 			return nil, fmt.Errorf("%w: header base64: %v", ErrAppleMalformed, err)
 		}
-		if err := json.Unmarshal(hb, &h); err != nil {
+		if err := json.Unmarshal(hb[:n], &h); err != nil {
 			return nil, fmt.Errorf("%w: header JSON: %v", ErrAppleMalformed, err)
 		}
 		if h.Alg != "ES256" {
@@ -322,17 +355,32 @@ func (v *AppleVerifier) verify(ctx context.Context, token string, dst any, dates
 			return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
 		}
 	}
-	payload, err := jwsBase64.DecodeString(token[first+1 : last])
+	payload := scratch
+	if l := jwsBase64.DecodedLen(len(body)); cap(payload) >= l {
+		payload = payload[:l]
+	} else {
+		payload = make([]byte, l)
+	}
+	n, err := decodeJWSSegment(payload, body)
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
 	}
-	if err := json.Unmarshal(payload, dst); err != nil {
+	payload = payload[:n]
+	if err := decode(payload); err != nil {
 		return nil, fmt.Errorf("%w: payload JSON: %v", ErrAppleMalformed, err)
 	}
-	sig, err := jwsBase64.DecodeString(token[last+1:])
+	var sigBuf [96]byte
+	var sig []byte
+	if l := jwsBase64.DecodedLen(len(sigSeg)); l <= len(sigBuf) {
+		sig = sigBuf[:l]
+	} else {
+		sig = make([]byte, l)
+	}
+	n, err = jwsBase64.Decode(sig, sigSeg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: signature base64: %v", ErrAppleMalformed, err)
 	}
+	sig = sig[:n]
 	at := v.now()
 	if signed, receipt := dates(); !v.online {
 		switch {
@@ -342,30 +390,116 @@ func (v *AppleVerifier) verify(ctx context.Context, token string, dst any, dates
 			at = receipt.Time()
 		}
 	}
-	var pub *ecdsa.PublicKey
+	var e chainEntry
 	if cached {
-		hit, err = v.cachedChain(ctx, hk, hit, at)
-		pub = hit.pub
+		e, err = v.cachedChain(ctx, header, hit, at)
 	} else {
-		var e chainEntry
 		e, err = v.chain(ctx, h.X5C, at)
-		if err == nil && v.cache != nil {
-			v.cache.put(hk, e)
-		}
-		pub = e.pub
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := jwt.SigningMethodES256.Verify(token[:last], sig, pub); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrAppleSignature, err)
+	if err := verifyES256(e.pub, signingDigest(e.prefix, header, body), sig); err != nil {
+		return nil, err
+	}
+	// A header is cached once a JWS under it has verified, and only at a
+	// size Apple's headers have (about 5 KB): the key is the header itself.
+	if !cached && v.cache != nil && len(header) <= maxCachedHeader {
+		e.prefix = signingPrefix(header)
+		v.cache.put(string(header), e)
 	}
 	return payload, nil
 }
 
+// maxCachedHeader bounds the header bytes one cache entry keeps.
+const maxCachedHeader = 16 << 10
+
+// signingPrefix is the SHA-256 state after the first part of every
+// signing input under this header, "header.": a cached header is hashed
+// once, and each JWS then hashes only its payload segment.
+func signingPrefix(header []byte) hash.Cloner {
+	h := sha256.New()
+	h.Write(header)
+	h.Write([]byte{'.'})
+	c, ok := h.(hash.Cloner)
+	if !ok {
+		return nil
+	}
+	return c
+}
+
+// signingDigest is the SHA-256 of the signing input "header.payload",
+// continued from prefix when there is one.
+func signingDigest(prefix hash.Cloner, header, payload []byte) []byte {
+	var h hash.Hash
+	if prefix != nil {
+		if c, err := prefix.Clone(); err == nil {
+			h = c
+		}
+	}
+	if h == nil {
+		h = sha256.New()
+		h.Write(header)
+		h.Write([]byte{'.'})
+	}
+	h.Write(payload)
+	return h.Sum(make([]byte, 0, sha256.Size))
+}
+
+// verifyES256 checks a JWS ES256 signature, R || S of 32 bytes each
+// (RFC 7518 section 3.4), over digest. R and S are re-encoded as the DER
+// SEQUENCE of two INTEGERs that crypto/ecdsa.VerifyASN1 reads (what
+// ecdsa.Verify does too, through big.Int and a builder).
+func verifyES256(pub *ecdsa.PublicKey, digest, sig []byte) error {
+	if len(sig) != 64 {
+		return fmt.Errorf("%w: %d signature bytes, want 64", ErrAppleSignature, len(sig))
+	}
+	r, s := sig[:32], sig[32:]
+	if allZero(r) || allZero(s) {
+		return fmt.Errorf("%w: zero R or S", ErrAppleSignature)
+	}
+	var buf [2 + 2*(2+1+32)]byte
+	der := append(buf[:0], 0x30, 0)
+	der = appendDERInt(der, r)
+	der = appendDERInt(der, s)
+	der[1] = byte(len(der) - 2)
+	if !ecdsa.VerifyASN1(pub, digest, der) {
+		return fmt.Errorf("%w: ECDSA P-256 verification failed", ErrAppleSignature)
+	}
+	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// appendDERInt appends the DER INTEGER of the positive big-endian b (at
+// most 32 bytes, not zero): leading zeros dropped, a zero byte added when
+// the top bit is set.
+func appendDERInt(der, b []byte) []byte {
+	for len(b) > 1 && b[0] == 0 {
+		b = b[1:]
+	}
+	pad := b[0]&0x80 != 0
+	n := len(b)
+	if pad {
+		n++
+	}
+	der = append(der, 0x02, byte(n))
+	if pad {
+		der = append(der, 0)
+	}
+	return append(der, b...)
+}
+
 // cachedChain checks a cached chain's validity window at time at (and,
 // online, renews a stale OCSP answer) and returns the entry to use.
-func (v *AppleVerifier) cachedChain(ctx context.Context, key [32]byte, e chainEntry, at time.Time) (chainEntry, error) {
+func (v *AppleVerifier) cachedChain(ctx context.Context, key []byte, e chainEntry, at time.Time) (chainEntry, error) {
 	if err := e.validAt(at); err != nil {
 		return chainEntry{}, err
 	}
@@ -374,7 +508,7 @@ func (v *AppleVerifier) cachedChain(ctx context.Context, key [32]byte, e chainEn
 			return chainEntry{}, err
 		}
 		e.ocspAt = v.now()
-		v.cache.put(key, e)
+		v.cache.put(string(key), e)
 	}
 	return e, nil
 }
@@ -389,17 +523,15 @@ func (v *AppleVerifier) chain(ctx context.Context, x5c []string, at time.Time) (
 		return chainEntry{}, fmt.Errorf("%w: base64: %v", ErrAppleCertificate, err)
 	}
 	key := chainKey(leafDER, interDER)
-	if v.cache != nil {
-		if e, ok := v.cache.get(key); ok {
-			return v.cachedChain(ctx, key, e, at)
-		}
+	if e, ok := v.cache.get(key); ok {
+		return v.cachedChain(ctx, key, e, at)
 	}
 	e, err := v.verifyChain(ctx, leafDER, interDER, at)
 	if err != nil {
 		return chainEntry{}, err
 	}
 	if v.cache != nil {
-		v.cache.put(key, e)
+		v.cache.put(string(key), e)
 	}
 	return e, nil
 }
@@ -481,17 +613,17 @@ func hasExtension(c *x509.Certificate, oid asn1.ObjectIdentifier) bool {
 	return false
 }
 
-// chainKey is the SHA-256 of the length-prefixed leaf and intermediate.
-func chainKey(leaf, inter []byte) [32]byte {
+// chainKey is the cache key of a leaf and intermediate: "chain:" and the
+// SHA-256 of the length-prefixed leaf and the intermediate. Header keys
+// are base64url and never contain ':'.
+func chainKey(leaf, inter []byte) []byte {
 	h := sha256.New()
 	var n [8]byte
 	binary.BigEndian.PutUint64(n[:], uint64(len(leaf)))
 	h.Write(n[:])
 	h.Write(leaf)
 	h.Write(inter)
-	var k [32]byte
-	h.Sum(k[:0])
-	return k
+	return h.Sum([]byte("chain:"))
 }
 
 // revocation asks OCSP about the leaf (issued by the intermediate) and the
@@ -559,6 +691,9 @@ type chainEntry struct {
 	leaf, inter, root *x509.Certificate
 	from, until       time.Time
 	ocspAt            time.Time
+	// prefix, in entries keyed by a JWS header, is the SHA-256 state after
+	// "header." (see signingPrefix); it is only ever cloned, never written.
+	prefix hash.Cloner
 }
 
 func (e *chainEntry) validAt(at time.Time) error {
@@ -571,23 +706,29 @@ func (e *chainEntry) validAt(at time.Time) error {
 	return nil
 }
 
-// chainCache is a bounded LRU of verified chains.
+// chainCache is a bounded LRU of verified chains under two kinds of key:
+// the exact header segment of a JWS (its alg, crit and x5c were checked
+// when it was added) and chainKey of a leaf and intermediate. A nil
+// *chainCache is an empty, disabled cache.
 type chainCache struct {
 	mu  sync.Mutex
 	max int
 	ll  *list.List
-	m   map[[32]byte]*list.Element
+	m   map[string]*list.Element
 }
 
 type cacheItem struct {
-	key [32]byte
+	key string
 	e   chainEntry
 }
 
-func (c *chainCache) get(k [32]byte) (chainEntry, bool) {
+func (c *chainCache) get(k []byte) (chainEntry, bool) {
+	if c == nil {
+		return chainEntry{}, false
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.m[k]
+	el, ok := c.m[string(k)]
 	if !ok {
 		return chainEntry{}, false
 	}
@@ -595,7 +736,7 @@ func (c *chainCache) get(k [32]byte) (chainEntry, bool) {
 	return el.Value.(*cacheItem).e, true
 }
 
-func (c *chainCache) put(k [32]byte, e chainEntry) {
+func (c *chainCache) put(k string, e chainEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.m[k]; ok {
@@ -611,7 +752,8 @@ func (c *chainCache) put(k [32]byte, e chainEntry) {
 	}
 }
 
-// Len reports how many verified chains are cached (tests, metrics).
+// Len reports how many cache entries (headers and chains) are held
+// (tests, metrics).
 func (v *AppleVerifier) Len() int {
 	if v.cache == nil {
 		return 0
@@ -639,10 +781,28 @@ type AppleVerified struct {
 // then applies the semantic checks: configured bundleId, accepted
 // environment, appAppleId in Production, nested bundleId and environment
 // equal to the notification's, and signedDate within the dedupe window.
+//
+// The signedTransactionInfo and signedRenewalInfo of one notification are
+// verified in parallel when a core is idle (see coreGate), else one after
+// the other; the result and the error are the same either way.
 func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload string) (*AppleVerified, error) {
+	v.cores.enter()
+	defer v.cores.leave()
 	out := &AppleVerified{}
 	p := &out.Payload
-	raw, err := v.verify(ctx, signedPayload, p, func() (mapping.AppleMillis, mapping.AppleMillis) { return p.SignedDate, 0 })
+	var nested [len(nestedFields)]nestedJWS
+	// The token and its decoded payload are scratch: the nested JWS are
+	// verified from the payload and the body is built anew, so neither is
+	// kept beyond this call and both buffers go back to the pool.
+	token, scratch := v.scratch(), v.scratch()
+	defer v.release(token)
+	defer v.release(scratch)
+	*token = append(*token, signedPayload...)
+	raw, err := v.verify(ctx, *token, *scratch, func(b []byte) error { return decodeNotification(b, p, &nested) },
+		func() (mapping.AppleMillis, mapping.AppleMillis) { return p.SignedDate, 0 })
+	if cap(raw) > cap(*scratch) {
+		*scratch = raw[:0]
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -673,38 +833,49 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 	out.Environment = mapping.AppleCanonicalEnvironment(appleEnv)
 	// The stored body is the payload with each nested JWS replaced by its
 	// verified, decoded payload; every other byte is kept as Apple sent it.
-	var nested []nestedJWS
-	if d := p.Data; d != nil {
-		if d.SignedTransactionInfo != "" {
-			txn, b, err := v.verifyTransaction(ctx, d.SignedTransactionInfo, out.BundleID, appleEnv)
-			if err != nil {
-				return nil, fmt.Errorf("signedTransactionInfo: %w", err)
-			}
-			d.TransactionInfo = txn
-			nested = append(nested, nestedJWS{"data", "signedTransactionInfo", "transactionInfo", d.SignedTransactionInfo, b})
+	txn, ren, appTxn := &nested[0], &nested[1], &nested[2]
+	var renewal mapping.AppleRenewalInfo
+	verifyTxn := func() error {
+		if txn.jws == nil {
+			return nil
 		}
-		if d.SignedRenewalInfo != "" {
-			var ren mapping.AppleRenewalInfo
-			b, err := v.verify(ctx, d.SignedRenewalInfo, &ren, func() (mapping.AppleMillis, mapping.AppleMillis) { return ren.SignedDate, 0 })
-			if err != nil {
-				return nil, fmt.Errorf("signedRenewalInfo: %w", err)
-			}
-			if ren.Environment != appleEnv {
-				return nil, fmt.Errorf("signedRenewalInfo: %w: %q", ErrAppleNestedEnvironment, ren.Environment)
-			}
-			d.RenewalInfo = &ren
-			nested = append(nested, nestedJWS{"data", "signedRenewalInfo", "renewalInfo", d.SignedRenewalInfo, b})
+		t, b, err := v.verifyTransaction(ctx, txn.jws, out.BundleID, appleEnv)
+		if err != nil {
+			return fmt.Errorf("signedTransactionInfo: %w", err)
 		}
-		d.SignedTransactionInfo, d.SignedRenewalInfo = "", ""
+		p.Data.TransactionInfo, txn.payload = t, b
+		return nil
 	}
-	if a := p.AppData; a != nil && a.SignedAppTransactionInfo != "" {
+	verifyRenewal := func() error {
+		if ren.jws == nil {
+			return nil
+		}
+		b, err := v.verify(ctx, ren.jws, nil, func(b []byte) error { return decodeJSON(appleRenewalPlan, b, &renewal) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return renewal.SignedDate, 0 })
+		if err != nil {
+			return fmt.Errorf("signedRenewalInfo: %w", err)
+		}
+		if renewal.Environment != appleEnv {
+			return fmt.Errorf("signedRenewalInfo: %w: %q", ErrAppleNestedEnvironment, renewal.Environment)
+		}
+		p.Data.RenewalInfo, ren.payload = &renewal, b
+		return nil
+	}
+	if txn.jws != nil && ren.jws != nil {
+		err = v.cores.pair(verifyTxn, verifyRenewal)
+	} else if err = verifyTxn(); err == nil {
+		err = verifyRenewal()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if appTxn.jws != nil {
 		var at struct {
 			BundleID            string              `json:"bundleId"`
 			ReceiptType         string              `json:"receiptType"`
 			SignedDate          mapping.AppleMillis `json:"signedDate"`
 			ReceiptCreationDate mapping.AppleMillis `json:"receiptCreationDate"`
 		}
-		b, err := v.verify(ctx, a.SignedAppTransactionInfo, &at, func() (mapping.AppleMillis, mapping.AppleMillis) { return at.SignedDate, at.ReceiptCreationDate })
+		b, err := v.verify(ctx, appTxn.jws, nil, jsonInto(&at), func() (mapping.AppleMillis, mapping.AppleMillis) { return at.SignedDate, at.ReceiptCreationDate })
 		if err != nil {
 			return nil, fmt.Errorf("signedAppTransactionInfo: %w", err)
 		}
@@ -714,28 +885,221 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 		if at.ReceiptType != appleEnv {
 			return nil, fmt.Errorf("signedAppTransactionInfo: %w: %q", ErrAppleNestedEnvironment, at.ReceiptType)
 		}
-		nested = append(nested, nestedJWS{"appData", "signedAppTransactionInfo", "appTransactionInfo", a.SignedAppTransactionInfo, b})
-		a.AppTransactionInfo = b
-		a.SignedAppTransactionInfo = ""
+		p.AppData.AppTransactionInfo, appTxn.payload = b, b
 	}
-	if out.Body, err = decodedBody(raw, nested); err != nil {
+	if out.Body, err = decodedBody(raw, nested[:]); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// nestedJWS is one verified JWS inside a notification payload.
-type nestedJWS struct {
-	object, signedKey, decodedKey, jws string
-	payload                            []byte
+// nestedField is one place a notification carries a nested JWS, and the
+// key its decoded payload takes in the stored body.
+type nestedField struct {
+	object, signedKey, decodedKey string
+	// pattern is `"signedKey":"`, how the key and the start of its value
+	// read in compact JSON.
+	pattern []byte
+	// placeholder (a JSON string body) stands for the JWS while the rest of
+	// the payload is decoded; placeholderValue is what it decodes to.
+	placeholder, placeholderValue string
 }
 
-// decodedBody replaces each nested JWS in raw by its decoded payload. In
-// compact JSON (what Apple sends) this is an exact byte replacement of
-// `"signedKey":"<jws>"` by `"decodedKey":<payload>`: such bytes cannot occur
-// inside a JSON string (its quotes would be escaped) and the JWS is unique.
-// Anything else goes through a JSON round trip that keeps unknown fields.
-func decodedBody(raw []byte, nested []nestedJWS) ([]byte, error) {
+// nestedFields are the nested JWS of a notification, in the order they are
+// verified. The placeholders are runs of \u0000: NUL can only be spelled
+// \u0000 in JSON, so a payload without that escape has no other string that
+// decodes to a placeholder value.
+var nestedFields = [...]nestedField{
+	{"data", "signedTransactionInfo", "transactionInfo", []byte(`"signedTransactionInfo":"`), `\u0000`, "\x00"},
+	{"data", "signedRenewalInfo", "renewalInfo", []byte(`"signedRenewalInfo":"`), `\u0000\u0000`, "\x00\x00"},
+	{"appData", "signedAppTransactionInfo", "appTransactionInfo", []byte(`"signedAppTransactionInfo":"`), `\u0000\u0000\u0000`, "\x00\x00\x00"},
+}
+
+// nestedSlot is where the typed payload holds nested field i, nil when its
+// object is absent.
+func nestedSlot(p *mapping.AppleNotification, i int) *string {
+	switch {
+	case i == 0 && p.Data != nil:
+		return &p.Data.SignedTransactionInfo
+	case i == 1 && p.Data != nil:
+		return &p.Data.SignedRenewalInfo
+	case i == 2 && p.AppData != nil:
+		return &p.AppData.SignedAppTransactionInfo
+	}
+	return nil
+}
+
+// nestedJWS is one nested JWS of a notification payload.
+type nestedJWS struct {
+	object, signedKey, decodedKey string
+	// jws is the compact JWS, nil when the notification has none here.
+	jws []byte
+	// payload is its verified, decoded payload.
+	payload []byte
+	// at is where `"signedKey":"` starts in the payload and end where the
+	// JWS's closing quote is, or at is -1 when the JWS was found by a full
+	// JSON decode.
+	at, end int
+}
+
+// decodeNotification decodes a notification payload into p and finds its
+// nested JWS. The nested JWS are most of a payload's bytes (each carries
+// its own certificates), so they are not run through the JSON decoder: in
+// compact JSON each sits between `"signedKey":"` and the next quote (a
+// JWS has no quote or backslash), and the rest of the payload is decoded
+// with a placeholder in place of the first such value. The placeholder
+// must come back in exactly the field it stands for, which proves that the
+// JSON decoder reads this very value for that field (the rest of the
+// document is unchanged, and no other string in it can decode to the
+// placeholder); the same key elsewhere, a duplicate, another spelling of
+// the key or an escape inside the value all make the field read something
+// else, and then the whole payload is decoded as before.
+func decodeNotification(raw []byte, p *mapping.AppleNotification, nested *[len(nestedFields)]nestedJWS) error {
+	if decodeAroundNested(raw, p, nested) {
+		return nil
+	}
+	*p = mapping.AppleNotification{}
+	*nested = [len(nestedFields)]nestedJWS{}
+	if err := json.Unmarshal(raw, p); err != nil {
+		return err
+	}
+	for i, f := range nestedFields {
+		if s := nestedSlot(p, i); s != nil && *s != "" {
+			nested[i] = nestedJWS{object: f.object, signedKey: f.signedKey, decodedKey: f.decodedKey, jws: []byte(*s), at: -1}
+			*s = ""
+		}
+	}
+	return nil
+}
+
+// decodeAroundNested is the fast path of decodeNotification; false means
+// the payload needs the full decode.
+func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(nestedFields)]nestedJWS) bool {
+	var spans [len(nestedFields)]struct{ at, start, end int }
+	size, found, nuls := len(raw), 0, 0
+	for i, f := range nestedFields {
+		spans[i].at = -1
+		at := bytes.Index(raw, f.pattern)
+		if at < 0 {
+			continue
+		}
+		start := at + len(f.pattern)
+		q := bytes.IndexByte(raw[start:], '"')
+		if q < 0 {
+			return false
+		}
+		end := start + q
+		if !plainJSONText(raw[start:end]) {
+			return false
+		}
+		spans[i].at, spans[i].start, spans[i].end = at, start, end
+		size += len(f.placeholder) - q
+		found++
+		nuls += len(f.placeholder) / len(`\u0000`)
+	}
+	if found == 0 {
+		return false
+	}
+	// Cut the JWS out, in the order they appear.
+	stripped := make([]byte, 0, size)
+	prev := 0
+	for range found {
+		next := -1
+		for i := range spans {
+			if spans[i].at >= prev && (next < 0 || spans[i].at < spans[next].at) {
+				next = i
+			}
+		}
+		if next < 0 {
+			return false // overlapping matches: not compact JSON as Apple writes it
+		}
+		stripped = append(stripped, raw[prev:spans[next].start]...)
+		stripped = append(stripped, nestedFields[next].placeholder...)
+		prev = spans[next].end
+	}
+	stripped = append(stripped, raw[prev:]...)
+	// No \u0000 but the placeholders' (none can be inside a cut-out value).
+	if bytes.Count(stripped, []byte(`\u0000`)) != nuls {
+		return false
+	}
+	if decodeJSON(appleNotificationPlan, stripped, p) != nil {
+		return false
+	}
+	for i, f := range nestedFields {
+		s := nestedSlot(p, i)
+		if spans[i].at < 0 {
+			if s != nil && *s != "" {
+				return false // spelled otherwise (escapes, spaces): full decode
+			}
+			continue
+		}
+		if s == nil || *s != f.placeholderValue {
+			return false
+		}
+		*s = ""
+		if sp := spans[i]; sp.end > sp.start {
+			nested[i] = nestedJWS{object: f.object, signedKey: f.signedKey, decodedKey: f.decodedKey, jws: raw[sp.start:sp.end:sp.end], at: sp.at, end: sp.end}
+		}
+	}
+	return true
+}
+
+// plainJSONText reports whether b, inside a JSON string, decodes to
+// itself: no backslash (an escape), no control characters (invalid JSON)
+// and no bytes from 0x80 (the decoder replaces invalid UTF-8). A JWS is
+// base64url and dots, so this holds for every real one.
+func plainJSONText(b []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(b) >= 8 {
+		w := binary.LittleEndian.Uint64(b)
+		// With no byte of 0x80 or more, a byte under 0x20 borrows through
+		// its high bit, and so does a zero byte of w ^ '\\'s.
+		bs := w ^ '\\'*ones
+		if (w|(w-0x20*ones)&^w|(bs-ones)&^bs)&highs != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c < 0x20 || c >= 0x80 || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// decodedBody replaces each nested JWS in raw by its decoded payload: the
+// bytes `"signedKey":"<jws>"` become `"decodedKey":<payload>`. When
+// decodeNotification cut the JWS out it knows where they are; otherwise,
+// in compact JSON (what Apple sends) each key is found once, with exactly
+// this JWS, as such bytes cannot occur inside a JSON string (its quotes
+// would be escaped). Anything else goes through a JSON round trip that
+// keeps unknown fields.
+func decodedBody(raw []byte, all []nestedJWS) ([]byte, error) {
+	var nested []nestedJWS
+	spans := true
+	size := len(raw)
+	for _, n := range all {
+		if n.jws != nil {
+			nested = append(nested, n)
+			spans = spans && n.at >= 0
+			size += len(n.decodedKey) + 3 + len(n.payload) - (n.end + 1 - n.at)
+		}
+	}
+	if spans {
+		slices.SortFunc(nested, func(a, b nestedJWS) int { return a.at - b.at })
+		out := make([]byte, 0, size)
+		prev := 0
+		for _, n := range nested {
+			out = append(out, raw[prev:n.at]...)
+			out = append(out, '"')
+			out = append(out, n.decodedKey...)
+			out = append(out, '"', ':')
+			out = append(out, bytes.TrimSpace(n.payload)...)
+			prev = n.end + 1
+		}
+		return append(out, raw[prev:]...), nil
+	}
 	body := raw
 	for i, n := range nested {
 		// Find the key with a short-pattern search (fast), check it occurs
@@ -746,7 +1110,7 @@ func decodedBody(raw []byte, nested []nestedJWS) ([]byte, error) {
 		start := at + len(prefix)
 		end := start + len(n.jws)
 		if at < 0 || bytes.Contains(body[start:], prefix) || end >= len(body) ||
-			string(body[start:end]) != n.jws || body[end] != '"' {
+			!bytes.Equal(body[start:end], n.jws) || body[end] != '"' {
 			return decodedBodySlow(raw, nested[i:], body)
 		}
 		payload := bytes.TrimSpace(n.payload)
@@ -770,8 +1134,14 @@ func decodedBodySlow(_ []byte, nested []nestedJWS, body []byte) ([]byte, error) 
 		if err := json.Unmarshal(top[n.object], &fields); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrAppleMalformed, n.object, err)
 		}
+		// encoding/json reads a key in any case into the field, so every
+		// spelling of the signed key held (at most) this JWS.
+		for k := range fields {
+			if strings.EqualFold(k, n.signedKey) {
+				delete(fields, k)
+			}
+		}
 		fields[n.decodedKey] = n.payload
-		delete(fields, n.signedKey)
 		b, err := json.Marshal(fields)
 		if err != nil {
 			return nil, err
@@ -784,12 +1154,14 @@ func decodedBodySlow(_ []byte, nested []nestedJWS, body []byte) ([]byte, error) 
 // VerifyTransaction verifies a signed transaction and checks that it
 // belongs to bundleID in appleEnv (Apple's environment name).
 func (v *AppleVerifier) VerifyTransaction(ctx context.Context, jws, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
-	return v.verifyTransaction(ctx, jws, bundleID, appleEnv)
+	v.cores.enter()
+	defer v.cores.leave()
+	return v.verifyTransaction(ctx, []byte(jws), bundleID, appleEnv)
 }
 
-func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
+func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws []byte, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
 	var txn mapping.AppleTransaction
-	b, err := v.verify(ctx, jws, &txn, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
+	b, err := v.verify(ctx, jws, nil, func(b []byte) error { return decodeJSON(appleTransactionPlan, b, &txn) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
 	if err != nil {
 		return nil, nil, err
 	}
@@ -1032,4 +1404,73 @@ func (a *Apple) lookupPrevious(ctx context.Context, v *AppleVerified, txn *mappi
 		q.Revision = page.Revision
 	}
 	return "", nil
+}
+
+// coreGate lets one notification use a second core for its nested JWS only
+// while a core would otherwise idle. Every verification in progress holds
+// one slot (enter, leave); a helper goroutine takes a further slot only if
+// fewer than limit are held (GOMAXPROCS by default). Under load every
+// slot is held by a notification of its own, so each verifies serially,
+// without goroutine overhead; a lone notification on an idle machine
+// checks its transaction and renewal info side by side.
+type coreGate struct {
+	busy atomic.Int64
+	// limit overrides GOMAXPROCS; 1 keeps every verification serial.
+	limit int
+}
+
+func (g *coreGate) enter() { g.busy.Add(1) }
+func (g *coreGate) leave() { g.busy.Add(-1) }
+
+// tryExtra takes a slot for a helper if one is free.
+func (g *coreGate) tryExtra() bool {
+	limit := int64(g.limit)
+	if limit <= 0 {
+		limit = int64(runtime.GOMAXPROCS(0))
+	}
+	for {
+		n := g.busy.Load()
+		if n >= limit {
+			return false
+		}
+		if g.busy.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// pair runs first and second and returns the first error in that order.
+// With a free slot a helper goroutine takes second while first runs here;
+// if first is done before the helper has started (its core was busy after
+// all), second runs here too. Without a free slot second runs after first,
+// and not at all if first failed. Either way the error returned is the
+// same.
+func (g *coreGate) pair(first, second func() error) error {
+	if !g.tryExtra() {
+		if err := first(); err != nil {
+			return err
+		}
+		return second()
+	}
+	var claimed atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		defer g.leave()
+		if claimed.CompareAndSwap(false, true) {
+			done <- second()
+		}
+	}()
+	err1 := first()
+	if claimed.CompareAndSwap(false, true) {
+		if err1 != nil {
+			return err1
+		}
+		return second()
+	}
+	// The helper has second, which reads buffers this call owns: wait.
+	err2 := <-done
+	if err1 != nil {
+		return err1
+	}
+	return err2
 }

@@ -1,6 +1,7 @@
 package webhooks
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -315,3 +317,88 @@ func FuzzCustomEvents(f *testing.F) {
 type emptyStates struct{}
 
 func (emptyStates) State(string) (mapping.State, bool) { return mapping.State{}, false }
+
+// FuzzAppleDecodeAroundNested: whenever a notification payload is decoded
+// with its nested JWS cut out, decoding it whole must succeed and read the
+// same values, the nested JWS included.
+func FuzzAppleDecodeAroundNested(f *testing.F) {
+	jws := "eyJhbGciOiJFUzI1NiJ9.eyJzaWduZWREYXRlIjoxfQ.c2ln"
+	f.Add(`{"notificationType":"DID_RENEW","notificationUUID":"u","signedDate":1,"data":{"bundleId":"b","environment":"Production","signedTransactionInfo":"` + jws + `","signedRenewalInfo":"` + jws + `"}}`)
+	f.Add(`{"data":{"signedRenewalInfo":"a.b.c","signedTransactionInfo":""},"appData":{"signedAppTransactionInfo":"` + jws + `"}}`)
+	f.Add(`{"x":{"signedTransactionInfo":"a.b.c"},"data":{"signedTransactionInfo":"d.e.f","SignedTransactionInfo":"g.h.i"}}`)
+	f.Add(`{"data":{"signedTransactionInfo":"a\u002eb.c","signedRenewalInfo":"\u0000"}}`)
+	f.Fuzz(func(t *testing.T, payload string) {
+		raw := []byte(payload)
+		var fast mapping.AppleNotification
+		var nested [len(nestedFields)]nestedJWS
+		if !decodeAroundNested(raw, &fast, &nested) {
+			return
+		}
+		var full mapping.AppleNotification
+		if err := json.Unmarshal(raw, &full); err != nil {
+			t.Fatalf("cut-out decode accepted what the whole decode refuses: %v", err)
+		}
+		for i := range nestedFields {
+			want := ""
+			if s := nestedSlot(&full, i); s != nil {
+				want, *s = *s, ""
+			}
+			if got := string(nested[i].jws); got != want {
+				t.Fatalf("nested %d: %q, want %q", i, got, want)
+			}
+			if n := nested[i]; n.jws != nil && (n.at < 0 || !bytes.HasPrefix(raw[n.at:], nestedFields[i].pattern) || raw[n.end] != '"') {
+				t.Fatalf("nested %d: span %d..%d is not the key and its value", i, n.at, n.end)
+			}
+		}
+		if !reflect.DeepEqual(fast, full) {
+			t.Fatalf("decoded\n%+v\nwant\n%+v", fast, full)
+		}
+	})
+}
+
+// FuzzAppleJSON: whatever the App Store decoding plans accept, encoding/json
+// accepts too and decodes to the same value.
+func FuzzAppleJSON(f *testing.F) {
+	for _, tc := range appleJSONCases {
+		f.Add(tc.in)
+	}
+	f.Add(`{"notificationType":"DID_RENEW","data":{"bundleId":"b","signedTransactionInfo":"\u0000"},"summary":{"storefrontCountryCodes":["USA"]}}`)
+	f.Add(`{"autoRenewStatus":1,"isInBillingRetryPeriod":true,"eligibleWinBackOfferIds":["a","b"],"renewalPrice":4990}`)
+	check := func(t *testing.T, plan *jsonPlan, in string, fast, want any) {
+		if !plan.decode([]byte(in), reflect.ValueOf(fast).Elem()) {
+			return
+		}
+		if err := json.Unmarshal([]byte(in), want); err != nil {
+			t.Fatalf("the plan decoded what encoding/json refuses (%v): %q", err, in)
+		}
+		if !reflect.DeepEqual(fast, want) {
+			t.Fatalf("%q:\nplan %+v\nencoding/json %+v", in, fast, want)
+		}
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		check(t, appleTransactionPlan, in, &mapping.AppleTransaction{}, &mapping.AppleTransaction{})
+		check(t, appleRenewalPlan, in, &mapping.AppleRenewalInfo{}, &mapping.AppleRenewalInfo{})
+		check(t, appleNotificationPlan, in, &mapping.AppleNotification{}, &mapping.AppleNotification{})
+	})
+}
+
+// FuzzDecodeJWSSegment: the table decoder gives exactly what the strict
+// base64url decoder gives: the bytes, their count and the error.
+func FuzzDecodeJWSSegment(f *testing.F) {
+	f.Add("eyJhbGciOiJFUzI1NiJ9")
+	f.Add("eyJhbGciOiJFUzI1NiJ9e30")
+	f.Add("abcdefgh-_AZaz09x")
+	f.Add("abcdefg=")
+	f.Add("abcd\nefghijkl")
+	f.Add("abcdefghijklmnoA")
+	f.Add("abcdefghijklmnopB")
+	f.Fuzz(func(t *testing.T, in string) {
+		want := make([]byte, jwsBase64.DecodedLen(len(in)))
+		got := make([]byte, len(want))
+		wn, werr := jwsBase64.Decode(want, []byte(in))
+		gn, gerr := decodeJWSSegment(got, []byte(in))
+		if gn != wn || !bytes.Equal(got[:gn], want[:wn]) || fmt.Sprint(gerr) != fmt.Sprint(werr) {
+			t.Fatalf("%q: %d %x %v, want %d %x %v", in, gn, got[:gn], gerr, wn, want[:wn], werr)
+		}
+	})
+}
