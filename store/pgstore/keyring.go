@@ -205,9 +205,17 @@ func (kr *keyring) DataKey(kid vault.KID, create bool) (*[32]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		err = kr.pool.QueryRow(ctx, `WITH ins AS (
-				INSERT INTO data_keys (kid, wrapped) VALUES ($1, $2) ON CONFLICT (kid) DO NOTHING RETURNING wrapped)
-			SELECT wrapped FROM ins UNION ALL SELECT wrapped FROM data_keys WHERE kid = $1 LIMIT 1`, kid[:], w).Scan(&wrapped)
+		// Another replica may insert the same kid meanwhile: its key wins,
+		// read back in a statement of its own (whose snapshot sees it).
+		for attempt := 0; ; attempt++ {
+			err = kr.pool.QueryRow(ctx, `INSERT INTO data_keys (kid, wrapped) VALUES ($1, $2) ON CONFLICT (kid) DO NOTHING RETURNING wrapped`, kid[:], w).Scan(&wrapped)
+			if errors.Is(err, pgx.ErrNoRows) {
+				err = kr.pool.QueryRow(ctx, "SELECT wrapped FROM data_keys WHERE kid = $1", kid[:]).Scan(&wrapped)
+			}
+			if err == nil || !errors.Is(err, pgx.ErrNoRows) || attempt >= 3 {
+				break
+			}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("pgstore: create data key: %w", err)
 		}
