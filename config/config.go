@@ -674,7 +674,7 @@ func rejectUnknown(root *yaml.Node) []string {
 		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies", "tls"},
 		"server.tls":      {"cert_file", "key_file", "acme"},
 		"server.tls.acme": {"domains", "email", "cache_dir", "directory_url"},
-		"storage":         {"driver", "path", "dsn", "pool_size", "retention"},
+		"storage":         {"driver", "path", "dsn", "pool_size", "retention", "encryption_key"},
 		"admin":           {"token", "listen", "public_metrics"},
 		"log":             {"level", "format"},
 		"dispatch":        {"poll_interval", "linger", "lease"},
