@@ -222,3 +222,67 @@ func Compact(path string, keepOld bool) (before, after int64, err error) {
 	}
 	return before, after, nil
 }
+
+// openFileRO opens a BoltDB file that must exist read-only, after the
+// checks Open makes (damage, a lock held by another process), without its
+// data key file: a backup holds none (see package vault).
+func openFileRO(path string) (*bolt.DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := preflight(path); err != nil {
+		return nil, err
+	}
+	o := &Options{OpenTimeout: 2 * time.Second}
+	if err := walkFile(path, o); err != nil {
+		return nil, err
+	}
+	ro, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: o.OpenTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s (stop the other postback first)", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	return ro, nil
+}
+
+// CheckFile checks a BoltDB file no process holds (a backup, or a stopped
+// gateway's file): every reachable page is read and bbolt's consistency
+// check runs. It needs no data key file, so it checks backups, which hold
+// none.
+func CheckFile(path string) error {
+	ro, err := openFileRO(path)
+	if err != nil {
+		return err
+	}
+	defer ro.Close()
+	return ro.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		if len(errs) > 0 {
+			return damaged(path, errors.Join(errs...).Error())
+		}
+		return nil
+	})
+}
+
+// BackupFile writes a consistent copy of a BoltDB file no process holds.
+// The copy holds no data keys: the key file beside path is backed up on
+// its own (see package vault).
+func BackupFile(path string, w io.Writer) (int64, error) {
+	ro, err := openFileRO(path)
+	if err != nil {
+		return 0, err
+	}
+	defer ro.Close()
+	var n int64
+	err = ro.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
+}

@@ -187,14 +187,8 @@ func cmdBackup(ctx context.Context, env *Env, args []string) int {
 	defer os.Remove(tmp)
 	var n int64
 	if *dbPath != "" {
-		src, err := store.Open(*dbPath, &store.Options{Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			f.Close()
-			fmt.Fprintln(env.Stderr, "postback backup:", err)
-			return 1
-		}
-		n, err = src.Backup(f)
-		src.Close()
+		// The copy holds no data keys: the key file is backed up on its own.
+		n, err = store.BackupFile(*dbPath, f)
 		if err != nil {
 			f.Close()
 			fmt.Fprintln(env.Stderr, "postback backup:", err)
@@ -217,13 +211,9 @@ func cmdBackup(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	f.Close()
-	// The copy must open and check out before it replaces anything.
-	b, err := store.Open(tmp, &store.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err == nil {
-		err = b.Check()
-		b.Close()
-	}
-	if err != nil {
+	// The copy must check out before it replaces anything (it holds no
+	// data keys, so it is checked without them).
+	if err := store.CheckFile(tmp); err != nil {
 		fmt.Fprintf(env.Stderr, "postback backup: the copy does not check out (%v); nothing written to %s\n", err, *out)
 		return 1
 	}
@@ -269,12 +259,8 @@ func storeCheck(ctx context.Context, env *Env, args []string) int {
 		return 2
 	}
 	if *file != "" {
-		db, err := store.Open(*file, &store.Options{Logger: slog.New(slog.DiscardHandler)})
-		if err == nil {
-			err = db.Check()
-			db.Close()
-		}
-		if err != nil {
+		// Without the data key file: a backup holds none.
+		if err := store.CheckFile(*file); err != nil {
 			fmt.Fprintln(env.Stderr, "postback store check:", err)
 			return 1
 		}
