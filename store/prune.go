@@ -113,12 +113,10 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResul
 				return nil, err
 			}
 		}
-		var ev struct {
-			User struct {
-				AppUserID string `json:"app_user_id"`
-			} `json:"user"`
-		}
-		if v := events.Get(id); v != nil && jsonUnmarshal(v, &ev) == nil && ev.User.AppUserID != "" {
+		// The app user id is sealed: decoded (an erased event's index
+		// entry went with its erasure).
+		var ev mapping.Event
+		if v := events.Get(id); v != nil && db.seal.DecodeEvent(v, &ev) == nil && ev.User.AppUserID != "" {
 			if err := tx.Bucket(bUserEvents).Delete(userEventKey(db.seal.UserKey(ev.User.AppUserID), string(id))); err != nil {
 				return nil, err
 			}
