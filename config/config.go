@@ -9,6 +9,7 @@ package config
 
 import (
 	_ "embed"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -152,6 +153,28 @@ type Storage struct {
 	DSN       string   `yaml:"dsn"`    // postgres: URL or key=value form
 	PoolSize  int      `yaml:"pool_size"`
 	Retention Duration `yaml:"retention"`
+	// EncryptionKey (postgres) is the base64 of the 32-byte key that wraps
+	// the data keys sealing personal fields, normally
+	// ${POSTBACK_ENCRYPTION_KEY}; unset, a random key kept in the database
+	// does (see README "Storage").
+	EncryptionKey string `yaml:"encryption_key"`
+}
+
+// EncryptionKeyBytes decodes storage.encryption_key (nil when unset).
+func (s *Storage) EncryptionKeyBytes() ([]byte, error) {
+	if s.EncryptionKey == "" {
+		return nil, nil
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s.EncryptionKey))
+	if err != nil {
+		if b, err = base64.RawURLEncoding.DecodeString(strings.TrimSpace(s.EncryptionKey)); err != nil {
+			return nil, fmt.Errorf("not base64: make one with: openssl rand -base64 32")
+		}
+	}
+	if len(b) != 32 {
+		return nil, fmt.Errorf("is %d bytes, must be 32 (openssl rand -base64 32)", len(b))
+	}
+	return b, nil
 }
 
 // Storage drivers.
@@ -651,7 +674,7 @@ func rejectUnknown(root *yaml.Node) []string {
 		"server":          {"listen", "max_body_bytes", "read_timeout", "shutdown_timeout", "trusted_proxies", "tls"},
 		"server.tls":      {"cert_file", "key_file", "acme"},
 		"server.tls.acme": {"domains", "email", "cache_dir", "directory_url"},
-		"storage":         {"driver", "path", "dsn", "pool_size", "retention"},
+		"storage":         {"driver", "path", "dsn", "pool_size", "retention", "encryption_key"},
 		"admin":           {"token", "listen", "public_metrics"},
 		"log":             {"level", "format"},
 		"dispatch":        {"poll_interval", "linger", "lease"},
@@ -923,6 +946,12 @@ func (c *Config) Validate() error {
 	default:
 		bad("storage.driver", "%q is not one of bolt, postgres", c.Storage.Driver)
 	}
+	if _, err := c.Storage.EncryptionKeyBytes(); err != nil {
+		bad("storage.encryption_key", "%v", err)
+	}
+	if c.Storage.EncryptionKey != "" && c.Storage.Driver == DriverBolt {
+		bad("storage.encryption_key", "is for driver postgres (BoltDB keeps its data keys in a file beside the database)")
+	}
 	if c.Storage.PoolSize < 2 || c.Storage.PoolSize > 1000 {
 		bad("storage.pool_size", "must be between 2 and 1000 (default 10)")
 	}
@@ -1035,7 +1064,7 @@ func (c *Config) Validate() error {
 }
 
 // secretKey matches key names whose values are redacted.
-var secretKey = regexp.MustCompile(`(?i)(secret|token|password|^dsn$|api_key|dev_key|private_key|access_key|^key$|^sdk_key$|^branch_key$|credentials)`)
+var secretKey = regexp.MustCompile(`(?i)(secret|token|password|^dsn$|api_key|dev_key|private_key|encryption_key|access_key|^key$|^sdk_key$|^branch_key$|credentials)`)
 
 // Redacted renders the resolved configuration as YAML with every secret
 // replaced by "[redacted]" (or "" when it is empty).

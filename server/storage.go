@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -18,7 +19,11 @@ import (
 // an advisory lock first).
 func OpenStore(ctx context.Context, cfg *config.Config, o store.Options) (store.Store, error) {
 	if cfg.Storage.Driver == config.DriverPostgres {
-		return pgstore.Open(ctx, cfg.Storage.DSN, &pgstore.Options{Options: o, PoolSize: cfg.Storage.PoolSize})
+		kek, err := cfg.Storage.EncryptionKeyBytes()
+		if err != nil {
+			return nil, fmt.Errorf("storage.encryption_key: %w", err)
+		}
+		return pgstore.Open(ctx, cfg.Storage.DSN, &pgstore.Options{Options: o, PoolSize: cfg.Storage.PoolSize, EncryptionKey: kek})
 	}
 	return store.Open(cfg.Storage.Path, &o)
 }

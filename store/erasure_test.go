@@ -183,3 +183,37 @@ func TestErasureUnreadableJobDropped(t *testing.T) {
 		t.Fatalf("log: %s", logs.String())
 	}
 }
+
+// TestPruneDropsUserIndex: pruning a user's event drops its user_events
+// entry (the app user id is read from the sealed event).
+func TestPruneDropsUserIndex(t *testing.T) {
+	clock := &testClock{t: storeT0}
+	db := mustOpen(t, &Options{
+		Now: clock.Now,
+		Map: func(n *mapping.Notification, _ mapping.States) (mapping.Result, error) {
+			return mapping.Result{Events: []mapping.Event{{ID: "evt_" + n.Key, Type: mapping.Purchase, Source: n.Source, SourceEventID: n.Key,
+				User: mapping.User{AppUserID: "u-prune", Identifiers: map[string]string{mapping.IDIDFA: "IDFA-prune"}}}}}, nil
+		},
+	})
+	if _, err := db.Ingest(context.Background(), &mapping.Notification{Source: mapping.SourceStripe, Key: "p1", Body: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		n := 0
+		_ = db.bolt.View(func(tx *bolt.Tx) error {
+			n = tx.Bucket(bUserEvents).Stats().KeyN
+			return nil
+		})
+		return n
+	}
+	if count() != 1 {
+		t.Fatalf("user_events holds %d entries before the prune, want 1", count())
+	}
+	clock.Add(48 * time.Hour)
+	if r, err := db.Prune(context.Background(), time.Hour); err != nil || r.Events != 1 {
+		t.Fatalf("prune: %+v %v", r, err)
+	}
+	if count() != 0 {
+		t.Fatalf("user_events holds %d entries after the prune", count())
+	}
+}

@@ -158,16 +158,6 @@ func (db *DB) getNote(b *bolt.Bucket, k []byte, n *mapping.Notification) (bool, 
 	return true, db.seal.DecodeNotification(v, n)
 }
 
-// putNote rewrites a stored notification under the key it was stored
-// with (subject's for one not stored yet).
-func (db *DB) putNote(b *bolt.Bucket, k []byte, n *mapping.Notification, subject string) error {
-	v, err := db.seal.ReencodeNotification(n, b.Get(k), subject)
-	if err != nil {
-		return err
-	}
-	return b.Put(k, v)
-}
-
 func (db *DB) getUser(b *bolt.Bucket, appUserID string, u *User) (bool, error) {
 	v := b.Get([]byte(db.seal.UserKey(appUserID)))
 	if v == nil {

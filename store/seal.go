@@ -50,6 +50,10 @@ func (s *Sealer) HashMemoryKey(key string) string {
 	return strings.Join(parts, "|")
 }
 
+// SearchKey is the stored form of a value a store indexes for search
+// only (the PostgreSQL store's purchase token column).
+func (s *Sealer) SearchKey(v string) string { return s.h.Hash("search", v) }
+
 // OrderKey is the stored form of a forwarder's ordering key (device ids).
 func (s *Sealer) OrderKey(key string) string { return s.h.Hash("order", key) }
 

@@ -450,8 +450,10 @@ destinations:
 		if err := rows.Scan(&src, &key, &doc); err != nil {
 			t.Fatal(err)
 		}
+		// The event ids are in the clear part of the sealed document.
 		var n mapping.Notification
-		if err := json.Unmarshal(doc, &n); err != nil {
+		if err := json.Unmarshal(store.ClearPart(doc), &n); err != nil {
+			rows.Close()
 			t.Fatal(err)
 		}
 		stored++

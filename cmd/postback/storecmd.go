@@ -90,17 +90,33 @@ func cmdStore(ctx context.Context, env *Env, args []string) int {
 		fmt.Fprintln(env.Stderr, "postback store copy: --from FILE is required")
 		return 2
 	}
-	if *to == "" {
+	// The target's key-encryption key: storage.encryption_key of the
+	// config, else $POSTBACK_ENCRYPTION_KEY.
+	var keyCfg config.Storage
+	if env.Getenv != nil {
+		keyCfg.EncryptionKey, _ = env.Getenv("POSTBACK_ENCRYPTION_KEY")
+	}
+	if *to == "" || *cfgPath != "" {
 		cfg, err := loadConfig(env, *cfgPath)
 		if err != nil {
 			fmt.Fprintln(env.Stderr, err)
 			return 1
 		}
-		if cfg.Storage.Driver != config.DriverPostgres || cfg.Storage.DSN == "" {
-			fmt.Fprintln(env.Stderr, "postback store copy: --to DSN is required (or a config with storage.driver: postgres and storage.dsn)")
-			return 2
+		if *to == "" {
+			if cfg.Storage.Driver != config.DriverPostgres || cfg.Storage.DSN == "" {
+				fmt.Fprintln(env.Stderr, "postback store copy: --to DSN is required (or a config with storage.driver: postgres and storage.dsn)")
+				return 2
+			}
+			*to = cfg.Storage.DSN
 		}
-		*to = cfg.Storage.DSN
+		if cfg.Storage.Driver == config.DriverPostgres {
+			keyCfg.EncryptionKey = cfg.Storage.EncryptionKey
+		}
+	}
+	kek, err := keyCfg.EncryptionKeyBytes()
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback store copy: storage.encryption_key:", err)
+		return 2
 	}
 	quiet := slog.New(slog.DiscardHandler)
 	src, err := store.Open(*from, &store.Options{Logger: quiet, OpenTimeout: 2e9})
@@ -113,12 +129,20 @@ func cmdStore(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	defer src.Close()
-	dst, err := pgstore.Open(ctx, *to, &pgstore.Options{Options: store.Options{Logger: quiet}, PoolSize: 4})
+	dst, err := pgstore.Open(ctx, *to, &pgstore.Options{Options: store.Options{Logger: quiet}, PoolSize: 4, EncryptionKey: kek})
 	if err != nil {
 		fmt.Fprintln(env.Stderr, "postback store copy:", err)
 		return 1
 	}
 	defer dst.Close()
+	// The records are copied sealed, as stored: their data keys and the
+	// installation secret of their keyed hashes come first.
+	keys, err := dst.ImportKeys(ctx, src.Keyring())
+	if err != nil {
+		fmt.Fprintln(env.Stderr, "postback store copy:", err)
+		return 1
+	}
+	fmt.Fprintf(env.Stdout, "%-11s %8d keys,    %8d new\n", "data_keys", src.Keyring().Len(), keys)
 	var total, fresh int
 	for _, kind := range store.ExportKinds {
 		var n, added int
@@ -163,7 +187,9 @@ func cmdBackup(ctx context.Context, env *Env, args []string) int {
 	defer os.Remove(tmp)
 	var n int64
 	if *dbPath != "" {
-		if n, err = store.BackupFile(*dbPath, f); err != nil {
+		// The copy holds no data keys: the key file is backed up on its own.
+		n, err = store.BackupFile(*dbPath, f)
+		if err != nil {
 			f.Close()
 			fmt.Fprintln(env.Stderr, "postback backup:", err)
 			return 1
@@ -185,7 +211,8 @@ func cmdBackup(ctx context.Context, env *Env, args []string) int {
 		return 1
 	}
 	f.Close()
-	// The copy must check out before it replaces anything.
+	// The copy must check out before it replaces anything (it holds no
+	// data keys, so it is checked without them).
 	if err := store.CheckFile(tmp); err != nil {
 		fmt.Fprintf(env.Stderr, "postback backup: the copy does not check out (%v); nothing written to %s\n", err, *out)
 		return 1
@@ -233,6 +260,7 @@ func storeCheck(ctx context.Context, env *Env, args []string) int {
 		return 2
 	}
 	if *file != "" {
+		// Without the data key file: a backup holds none.
 		if err := store.CheckFile(*file); err != nil {
 			fmt.Fprintln(env.Stderr, "postback store check:", err)
 			return 1

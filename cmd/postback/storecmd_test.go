@@ -67,6 +67,10 @@ func TestStoreCopy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The keys go first (the records are copied sealed).
+		if _, err := dst.ImportKeys(ctx, part.Keyring()); err != nil {
+			t.Fatal(err)
+		}
 		err = part.Export(ctx, store.KindInbox, func(chunk []store.Record) error {
 			_, err := dst.Import(ctx, chunk[:len(chunk)/2])
 			return err
@@ -119,6 +123,21 @@ func TestStoreCopy(t *testing.T) {
 	if at, ok, err := dst.ForwarderMemory("adj").Get("k"); err != nil || !ok || at.UnixMilli() != 1234567 {
 		t.Fatalf("memory %v %v %v", at, ok, err)
 	}
+	// The user is found by the keyed hash of the BoltDB file's secret.
+	if u, err := dst.GetUser("u1"); err != nil || u.Identifiers["gaid"] != "g-1" {
+		t.Fatalf("user after copy: %+v %v", u, err)
+	}
+	// Another installation's file is not copied into a database that
+	// holds this one's records.
+	other := filepath.Join(t.TempDir(), "other.db")
+	if o, err := store.Open(other, &store.Options{Logger: quiet}); err != nil {
+		t.Fatal(err)
+	} else {
+		o.Close()
+	}
+	if code, _, errOut := runWithEnv(nil, "store", "copy", "--from", other, "--to", dsn); code != 1 || !strings.Contains(errOut, "another installation") {
+		t.Fatalf("copy of another installation: exit %d: %s", code, errOut)
+	}
 	// The alt keys came along: a re-send under another id is a duplicate.
 	n := storetest.Note("n-resent", storetest.Facts("f0"))
 	n.AltKeys = []string{"alt0"}
@@ -152,7 +171,7 @@ func TestStoreCopyErrors(t *testing.T) {
 func TestMigrateCommand(t *testing.T) {
 	dsn := pgtest.Database(t)
 	code, out, errOut := runWithEnv(nil, "migrate", "--dsn", dsn, "--dry-run")
-	if code != 0 || !strings.Contains(out, "pending") || !strings.Contains(out, "00001_init.sql") || !strings.Contains(out, "1 pending (dry run") {
+	if code != 0 || !strings.Contains(out, "pending") || !strings.Contains(out, "00001_init.sql") || !strings.Contains(out, "00002_sealing.sql") || !strings.Contains(out, "2 pending (dry run") {
 		t.Fatalf("dry run exit %d:\n%s%s", code, out, errOut)
 	}
 	code, out, errOut = runWithEnv(nil, "migrate", "--dsn", dsn)

@@ -241,7 +241,7 @@ func claimKeys(ctx context.Context, tx pgx.Tx, dest string, now time.Time, limit
 // eventsByID reads events with their identity-store identifiers merged,
 // in one query.
 func (db *DB) eventsByID(ctx context.Context, q querier, ids []string) (map[string]mapping.Event, error) {
-	rows, err := q.Query(ctx, "SELECT e.doc, u.doc FROM events e LEFT JOIN users u ON u.app_user_id = e.app_user_id WHERE e.id = ANY($1)", ids)
+	rows, err := q.Query(ctx, "SELECT e.doc, u.doc FROM events e LEFT JOIN users u ON u.user_key = e.user_key WHERE e.id = ANY($1)", ids)
 	if err != nil {
 		return nil, err
 	}
@@ -253,15 +253,17 @@ func (db *DB) eventsByID(ctx context.Context, q querier, ids []string) (map[stri
 			return nil, err
 		}
 		var e mapping.Event
-		if err := json.Unmarshal(edoc, &e); err != nil {
+		if err := db.seal.DecodeEvent(edoc, &e); err != nil {
 			return nil, err
 		}
 		if udoc != nil {
 			var u store.User
-			if err := json.Unmarshal(udoc, &u); err != nil {
+			if err := db.seal.DecodeUser(udoc, &u); err != nil {
 				return nil, err
 			}
-			u.Fill(&e)
+			if u.AppUserID == e.User.AppUserID {
+				u.Fill(&e)
+			}
 		}
 		out[e.ID] = e
 	}

@@ -54,9 +54,9 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 			if deferred {
 				item.Status = mapping.StatusEnriching
 				res.Status = item.Status
-				return putInbox(ctx, tx, &item)
+				return db.putInbox(ctx, tx, &item, nil, store.InboxSubject(item.Source, item.Key))
 			}
-			dests, err = db.storeMapped(ctx, tx, &item, out, mapErr, &res, true, snap.read)
+			dests, err = db.storeMapped(ctx, tx, &item, nil, out, mapErr, &res, true, snap.read)
 			return err
 		})
 	}
@@ -68,7 +68,7 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 				return err
 			}
 			item := *n
-			dests, err = db.mapAndStore(ctx, tx, &item, &res, true)
+			dests, err = db.mapAndStore(ctx, tx, &item, nil, &res, true)
 			return err
 		})
 	}
@@ -133,7 +133,7 @@ func (db *DB) claimInbox(ctx context.Context, tx dbtx, n *mapping.Notification, 
 		return false, err
 	}
 	var ex mapping.Notification
-	if err := json.Unmarshal(doc, &ex); err != nil {
+	if err := db.seal.DecodeNotification(doc, &ex); err != nil {
 		return false, fmt.Errorf("pgstore: inbox %s/%s unreadable: %w", n.Source, existing, err)
 	}
 	res.Duplicate, res.Existing, res.Status = true, &ex, ex.Status
@@ -146,8 +146,10 @@ func (db *DB) claimInbox(ctx context.Context, tx dbtx, n *mapping.Notification, 
 // duplicate, not an error.
 var errDuplicate = errors.New("duplicate")
 
-func putInbox(ctx context.Context, tx dbtx, n *mapping.Notification) error {
-	doc, err := json.Marshal(n)
+// putInbox rewrites an inbox item under the key its previous version prev
+// was sealed with, else subject's.
+func (db *DB) putInbox(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, subject string) error {
+	doc, err := db.seal.ReencodeNotification(n, prev, subject)
 	if err != nil {
 		return err
 	}
@@ -159,6 +161,7 @@ func putInbox(ctx context.Context, tx dbtx, n *mapping.Notification) error {
 // after taking its key's advisory lock, so concurrent notifications of one
 // subscription map one after the other.
 type txStates struct {
+	seal  *store.Sealer
 	ctx   context.Context
 	tx    dbtx
 	read  map[string]*mapping.State
@@ -197,7 +200,7 @@ func (s *txStates) State(key string) (mapping.State, bool) {
 		s.err = err
 		return mapping.State{}, false
 	default:
-		if err := json.Unmarshal(doc, &st); err != nil {
+		if err := s.seal.DecodeState(doc, &st); err != nil {
 			s.err = fmt.Errorf("pgstore: state %s unreadable: %w", key, err)
 			return mapping.State{}, false
 		}
@@ -230,20 +233,21 @@ func cloneMap(m map[string]string) map[string]string {
 // their deliveries, the states, the queued erasure, the inbox document
 // (with n's new status) and the wake-up of the destinations that got work,
 // which it returns.
-func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification, res *store.IngestResult, writeStates bool) ([]string, error) {
-	st := &txStates{ctx: ctx, tx: tx, read: map[string]*mapping.State{}, found: map[string]bool{}}
+// prev is the stored inbox document n was read from (nil: a new item).
+func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, res *store.IngestResult, writeStates bool) ([]string, error) {
+	st := &txStates{seal: db.seal, ctx: ctx, tx: tx, read: map[string]*mapping.State{}, found: map[string]bool{}}
 	out, err := db.opts.Map(n, st)
 	if st.err != nil {
 		return nil, st.err
 	}
-	return db.storeMapped(ctx, tx, n, out, err, res, writeStates, nil)
+	return db.storeMapped(ctx, tx, n, prev, out, err, res, writeStates, nil)
 }
 
 // storeMapped writes a mapping's outcome (see mapAndStore). With read
 // (the versions of the states a mapping made outside the transaction
 // read; 0: the state did not exist), the states are written only if
 // those versions still hold, and errStale reports that one changed.
-func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64) ([]string, error) {
+func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64) ([]string, error) {
 	if err != nil {
 		if !store.MappingFailed(err) {
 			return nil, fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
@@ -251,7 +255,7 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 		n.Status, n.Reason = mapping.StatusFailed, err.Error()
 		res.Status, res.Reason = n.Status, n.Reason
 		db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", err)
-		return nil, putInbox(ctx, tx, n)
+		return nil, db.putInbox(ctx, tx, n, prev, store.NotificationSubject(n, nil, false))
 	}
 	now := db.opts.Now()
 	for i := range out.Events {
@@ -274,20 +278,16 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 	b := &pgx.Batch{}
 	if read != nil {
 		var err error
-		if checks, err = queueStateChecks(b, out.States, read, writeStates); err != nil {
+		if checks, err = db.queueStateChecks(b, out.States, read, writeStates); err != nil {
 			return nil, err
 		}
 	}
 	if len(out.Events) > 0 || checks > 0 {
 		for i := range out.Events {
 			e := &out.Events[i]
-			doc, err := json.Marshal(e)
-			if err != nil {
+			if err := db.queueEvent(b, e, false); err != nil {
 				return nil, err
 			}
-			b.Queue(`INSERT INTO events (id, received_at, source, type, app_id, environment, app_user_id, subscription_id, source_event_id, doc)
-				VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), NULLIF($8, ''), $9, $10) ON CONFLICT (id) DO NOTHING`,
-				e.ID, e.ReceivedAt, e.Source, string(e.Type), e.AppID, e.Environment, e.User.AppUserID, e.SubscriptionID, e.SourceEventID, doc)
 		}
 		br := tx.SendBatch(ctx, b)
 		for i := 0; i < checks; i++ {
@@ -322,15 +322,7 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 			continue
 		}
 		for _, dest := range db.opts.Route(e) {
-			d := store.Delivery{
-				Key: e.ID + "|" + dest, EventID: e.ID, Destination: dest, State: store.StatePending,
-				CreatedAt: now, UpdatedAt: now, NextAtMs: now.UnixMilli(), UserKey: e.User.AppUserID,
-			}
-			if db.opts.OrderKey != nil {
-				if k := db.opts.OrderKey(dest, e); k != "" {
-					d.OrderKey, d.OrderAtMs = k, e.OccurredAt.UnixMilli()
-				}
-			}
+			d := db.seal.NewDelivery(e, dest, now, db.opts.OrderKey)
 			if err := queueDelivery(w, &d); err != nil {
 				return nil, err
 			}
@@ -343,7 +335,7 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 		if err != nil {
 			return nil, err
 		}
-		doc, err := json.Marshal(&job)
+		doc, err := db.seal.EncodeJob(&job, n.Source, n.Key)
 		if err != nil {
 			return nil, err
 		}
@@ -352,7 +344,7 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 	}
 	if writeStates && read == nil {
 		for i := range out.States {
-			if err := queueState(w, &out.States[i]); err != nil {
+			if err := db.queueState(w, &out.States[i]); err != nil {
 				return nil, err
 			}
 		}
@@ -362,7 +354,11 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 		n.Status, n.Reason = mapping.StatusIgnored, out.Ignored
 	}
 	res.Status, res.Reason = n.Status, n.Reason
-	if err := queueInbox(w, n); err != nil {
+	var first *mapping.Event
+	if len(out.Events) > 0 {
+		first = &out.Events[0]
+	}
+	if err := db.queueInbox(w, n, prev, store.NotificationSubject(n, first, out.Erase != nil)); err != nil {
 		return nil, err
 	}
 	if len(dests) > 0 {
@@ -376,18 +372,18 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 func (db *DB) fillUsers(ctx context.Context, tx dbtx, events []mapping.Event) error {
 	var ids []string
 	for i := range events {
-		if id := events[i].User.AppUserID; id != "" && !containsStr(ids, id) {
-			ids = append(ids, id)
+		if id := events[i].User.AppUserID; id != "" && !containsStr(ids, db.seal.UserKey(id)) {
+			ids = append(ids, db.seal.UserKey(id))
 		}
 	}
 	if len(ids) == 0 {
 		return nil
 	}
-	rows, err := tx.Query(ctx, "SELECT doc FROM users WHERE app_user_id = ANY($1)", ids)
+	rows, err := tx.Query(ctx, "SELECT doc FROM users WHERE user_key = ANY($1)", ids)
 	if err != nil {
 		return err
 	}
-	users, err := collectJSON[store.User](rows)
+	users, err := collectSealed(rows, db.seal.DecodeUser)
 	if err != nil {
 		return err
 	}
@@ -413,7 +409,7 @@ var errStale = errors.New("pgstore: a subscription state changed while mapping; 
 // the two schemes order themselves; keys go in sorted order. Each queued
 // statement must affect or return exactly one row; it returns how many it
 // queued.
-func queueStateChecks(b *pgx.Batch, states []mapping.State, read map[string]int64, writeStates bool) (int, error) {
+func (db *DB) queueStateChecks(b *pgx.Batch, states []mapping.State, read map[string]int64, writeStates bool) (int, error) {
 	type stmt struct {
 		sql  string
 		args []any
@@ -425,22 +421,23 @@ func queueStateChecks(b *pgx.Batch, states []mapping.State, read map[string]int6
 			if s.Key == "" {
 				continue
 			}
-			doc, err := json.Marshal(s)
+			doc, err := db.seal.EncodeState(s)
 			if err != nil {
 				return 0, err
 			}
+			uk := db.seal.UserKey(s.AppUserID)
 			v, wasRead := read[s.Key]
 			switch {
 			case !wasRead: // written without being read: last writer wins, as before
-				byKey[s.Key] = stmt{`INSERT INTO states (key, app_user_id, doc) VALUES ($1, NULLIF($2, ''), $3)
-					ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, app_user_id = EXCLUDED.app_user_id, version = states.version + 1`,
-					[]any{s.Key, s.AppUserID, doc}}
+				byKey[s.Key] = stmt{`INSERT INTO states (key, user_key, doc) VALUES ($1, NULLIF($2, ''), $3)
+					ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, user_key = EXCLUDED.user_key, version = states.version + 1`,
+					[]any{s.Key, uk, doc}}
 			case v == 0:
-				byKey[s.Key] = stmt{`INSERT INTO states (key, app_user_id, doc) VALUES ($1, NULLIF($2, ''), $3) ON CONFLICT (key) DO NOTHING`,
-					[]any{s.Key, s.AppUserID, doc}}
+				byKey[s.Key] = stmt{`INSERT INTO states (key, user_key, doc) VALUES ($1, NULLIF($2, ''), $3) ON CONFLICT (key) DO NOTHING`,
+					[]any{s.Key, uk, doc}}
 			default:
-				byKey[s.Key] = stmt{`UPDATE states SET doc = $2, app_user_id = NULLIF($3, ''), version = version + 1 WHERE key = $1 AND version = $4`,
-					[]any{s.Key, doc, s.AppUserID, v}}
+				byKey[s.Key] = stmt{`UPDATE states SET doc = $2, user_key = NULLIF($3, ''), version = version + 1 WHERE key = $1 AND version = $4`,
+					[]any{s.Key, doc, uk, v}}
 			}
 		}
 	}
@@ -500,7 +497,7 @@ func (s *snapStates) State(key string) (mapping.State, bool) {
 		return mapping.State{}, false
 	}
 	var st mapping.State
-	if err := json.Unmarshal(doc, &st); err != nil {
+	if err := s.db.seal.DecodeState(doc, &st); err != nil {
 		s.err = fmt.Errorf("pgstore: state %s unreadable: %w", key, err)
 		return mapping.State{}, false
 	}
@@ -508,22 +505,42 @@ func (s *snapStates) State(key string) (mapping.State, bool) {
 	return copyState(&st), true
 }
 
-func queueState(b *pgx.Batch, s *mapping.State) error {
+func (db *DB) queueState(b *pgx.Batch, s *mapping.State) error {
 	if s.Key == "" {
 		return nil
 	}
-	doc, err := json.Marshal(s)
+	doc, err := db.seal.EncodeState(s)
 	if err != nil {
 		return err
 	}
-	b.Queue(`INSERT INTO states (key, app_user_id, doc) VALUES ($1, NULLIF($2, ''), $3)
-		ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, app_user_id = EXCLUDED.app_user_id, version = states.version + 1`,
-		s.Key, s.AppUserID, doc)
+	b.Queue(`INSERT INTO states (key, user_key, doc) VALUES ($1, NULLIF($2, ''), $3)
+		ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, user_key = EXCLUDED.user_key, version = states.version + 1`,
+		s.Key, db.seal.UserKey(s.AppUserID), doc)
 	return nil
 }
 
-func queueInbox(b *pgx.Batch, n *mapping.Notification) error {
-	doc, err := json.Marshal(n)
+// queueEvent queues the insert of a new event (ON CONFLICT DO NOTHING) or,
+// with update, the rewrite of a stored one, with its indexed columns.
+func (db *DB) queueEvent(b *pgx.Batch, e *mapping.Event, update bool) error {
+	doc, err := db.seal.EncodeEvent(e)
+	if err != nil {
+		return err
+	}
+	uk, tk := db.seal.UserKey(e.User.AppUserID), db.seal.SearchKey(e.Attributes["purchase_token"])
+	if update {
+		b.Queue(`UPDATE events SET doc = $2, user_key = NULLIF($3, ''), transaction_id = NULLIF($4, ''), token_key = NULLIF($5, '') WHERE id = $1`,
+			e.ID, doc, uk, e.TransactionID, tk)
+		return nil
+	}
+	b.Queue(`INSERT INTO events (id, received_at, source, type, app_id, environment, user_key, subscription_id, source_event_id, transaction_id, token_key, doc)
+		VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), NULLIF($8, ''), $9, NULLIF($10, ''), NULLIF($11, ''), $12) ON CONFLICT (id) DO NOTHING`,
+		e.ID, e.ReceivedAt, e.Source, string(e.Type), e.AppID, e.Environment, uk, e.SubscriptionID, e.SourceEventID, e.TransactionID, tk, doc)
+	return nil
+}
+
+// queueInbox queues the rewrite of an inbox item (see putInbox).
+func (db *DB) queueInbox(b *pgx.Batch, n *mapping.Notification, prev []byte, subject string) error {
+	doc, err := db.seal.ReencodeNotification(n, prev, subject)
 	if err != nil {
 		return err
 	}
@@ -537,23 +554,23 @@ func queueDelivery(b *pgx.Batch, d *store.Delivery) error {
 	if err != nil {
 		return err
 	}
-	b.Queue(`INSERT INTO deliveries (key, event_id, destination, state, next_at_ms, order_key, order_at_ms, app_user_id, created_at, reason, doc)
+	b.Queue(`INSERT INTO deliveries (key, event_id, destination, state, next_at_ms, order_key, order_at_ms, user_key, created_at, reason, doc)
 		VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, NULLIF($8, ''), $9, $10, $11)`,
 		d.Key, d.EventID, d.Destination, d.State, nullMs(d), d.OrderKey, d.OrderAtMs, d.UserKey, d.CreatedAt, reasonText(d), doc)
 	return nil
 }
 
-func putState(ctx context.Context, tx dbtx, s *mapping.State) error {
+func (db *DB) putState(ctx context.Context, tx dbtx, s *mapping.State) error {
 	if s.Key == "" {
 		return nil
 	}
-	doc, err := json.Marshal(s)
+	doc, err := db.seal.EncodeState(s)
 	if err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO states (key, app_user_id, doc) VALUES ($1, NULLIF($2, ''), $3)
-		ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, app_user_id = EXCLUDED.app_user_id, version = states.version + 1`,
-		s.Key, s.AppUserID, doc)
+	_, err = tx.Exec(ctx, `INSERT INTO states (key, user_key, doc) VALUES ($1, NULLIF($2, ''), $3)
+		ON CONFLICT (key) DO UPDATE SET doc = EXCLUDED.doc, user_key = EXCLUDED.user_key, version = states.version + 1`,
+		s.Key, db.seal.UserKey(s.AppUserID), doc)
 	return err
 }
 
@@ -586,9 +603,9 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-func getUser(ctx context.Context, q querier, id string) (store.User, bool, error) {
+func (db *DB) getUser(ctx context.Context, q querier, id string) (store.User, bool, error) {
 	var doc []byte
-	err := q.QueryRow(ctx, "SELECT doc FROM users WHERE app_user_id = $1", id).Scan(&doc)
+	err := q.QueryRow(ctx, "SELECT doc FROM users WHERE user_key = $1", db.seal.UserKey(id)).Scan(&doc)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.User{}, false, nil
 	}
@@ -596,7 +613,7 @@ func getUser(ctx context.Context, q querier, id string) (store.User, bool, error
 		return store.User{}, false, err
 	}
 	var u store.User
-	return u, true, json.Unmarshal(doc, &u)
+	return u, true, db.seal.DecodeUser(doc, &u)
 }
 
 func containsStr(s []string, v string) bool {
@@ -619,7 +636,7 @@ func (db *DB) State(key string) (mapping.State, bool, error) {
 		return mapping.State{}, false, err
 	}
 	var st mapping.State
-	return st, true, json.Unmarshal(doc, &st)
+	return st, true, db.seal.DecodeState(doc, &st)
 }
 
 // Enrich stores a deferred notification's enrichment and maps it.
@@ -628,7 +645,7 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 	var dests []string
 	err := db.inTx(ctx, func(tx pgx.Tx) error {
 		res, dests = store.IngestResult{}, nil
-		n, err := lockInbox(ctx, tx, source, key)
+		n, prev, err := db.lockInbox(ctx, tx, source, key)
 		if err != nil {
 			return err
 		}
@@ -637,7 +654,7 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 			return nil
 		}
 		n.Enriched = enriched
-		dests, err = db.mapAndStore(ctx, tx, n, &res, true)
+		dests, err = db.mapAndStore(ctx, tx, n, prev, &res, true)
 		return err
 	})
 	if err != nil {
@@ -647,21 +664,21 @@ func (db *DB) Enrich(ctx context.Context, source, key string, enriched []byte) (
 	return res, nil
 }
 
-// lockInbox reads an inbox item for update.
-func lockInbox(ctx context.Context, tx dbtx, source, key string) (*mapping.Notification, error) {
+// lockInbox reads an inbox item for update, with its stored document.
+func (db *DB) lockInbox(ctx context.Context, tx dbtx, source, key string) (*mapping.Notification, []byte, error) {
 	var doc []byte
 	err := tx.QueryRow(ctx, "SELECT doc FROM inbox WHERE source = $1 AND key = $2 FOR UPDATE", source, key).Scan(&doc)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, store.ErrNotFound
+		return nil, nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var n mapping.Notification
-	if err := json.Unmarshal(doc, &n); err != nil {
-		return nil, fmt.Errorf("pgstore: inbox %s/%s unreadable: %w", source, key, err)
+	if err := db.seal.DecodeNotification(doc, &n); err != nil {
+		return nil, nil, fmt.Errorf("pgstore: inbox %s/%s unreadable: %w", source, key, err)
 	}
-	return &n, nil
+	return &n, doc, nil
 }
 
 // Pending lists inbox items of source waiting for enrichment, oldest first.
@@ -670,10 +687,29 @@ func (db *DB) Pending(source string, limit int) ([]mapping.Notification, error) 
 	if err != nil {
 		return nil, err
 	}
-	return collectJSON[mapping.Notification](rows)
+	return collectSealed(rows, db.seal.DecodeNotification)
 }
 
-// collectJSON decodes a one-column result of documents.
+// collectSealed decodes a one-column result of sealed documents.
+func collectSealed[T any](rows pgx.Rows, decode func([]byte, *T) error) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return nil, err
+		}
+		var v T
+		if err := decode(doc, &v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// collectJSON decodes a one-column result of plain documents (deliveries,
+// attempts: nothing personal).
 func collectJSON[T any](rows pgx.Rows) ([]T, error) {
 	defer rows.Close()
 	var out []T
@@ -739,12 +775,12 @@ func (db *DB) Reprocess(ctx context.Context, f store.ReprocessFilter) (store.Rep
 		var dests []string
 		err := db.inTx(ctx, func(tx pgx.Tx) error {
 			res, dests = store.IngestResult{}, nil
-			n, err := lockInbox(ctx, tx, k.source, k.key)
+			n, prev, err := db.lockInbox(ctx, tx, k.source, k.key)
 			if err != nil {
 				return err
 			}
 			writeStates := n.Status == mapping.StatusFailed
-			dests, err = db.mapAndStore(ctx, tx, n, &res, writeStates)
+			dests, err = db.mapAndStore(ctx, tx, n, prev, &res, writeStates)
 			return err
 		})
 		if errors.Is(err, store.ErrNotFound) {
@@ -774,7 +810,7 @@ func (db *DB) Notification(source, key string) (*mapping.Notification, error) {
 		return nil, err
 	}
 	var n mapping.Notification
-	return &n, json.Unmarshal(doc, &n)
+	return &n, db.seal.DecodeNotification(doc, &n)
 }
 
 // NotificationOf returns the inbox item that produced an event.

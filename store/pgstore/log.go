@@ -14,8 +14,8 @@ import (
 // events e. Parameters: $1 destination, $2 states, $3 held wanted, $4 held
 // destinations, $5 type, $6 source, $7 since, $8 until, $9 search, $10
 // reason. The
-// search uses the indexed columns first; transaction ids and purchase
-// tokens live only in the event document.
+// search compares the columns: the app user id and the purchase token by
+// their keyed hashes ($11, $12; the documents are sealed).
 const logWhere = `
 	WHERE ($1 = '' OR d.destination = $1)
 	  AND (cardinality($2::text[]) = 0 OR d.state = ANY($2)
@@ -23,10 +23,8 @@ const logWhere = `
 	  AND ($5 = '' OR e.type = $5) AND ($6 = '' OR e.source = $6)
 	  AND ($7::timestamptz IS NULL OR e.received_at >= $7)
 	  AND ($8::timestamptz IS NULL OR e.received_at < $8)
-	  AND ($9 = '' OR e.id = $9 OR e.app_user_id = $9 OR e.subscription_id = $9
-	       OR (strpos(convert_from(e.doc, 'UTF8'), $9) > 0
-	           AND (convert_from(e.doc, 'UTF8')::jsonb ->> 'transaction_id' = $9
-	                OR convert_from(e.doc, 'UTF8')::jsonb -> 'attributes' ->> 'purchase_token' = $9)))
+	  AND ($9 = '' OR e.id = $9 OR e.user_key = $11 OR e.subscription_id = $9
+	       OR e.transaction_id = $9 OR e.token_key = $12)
 	  AND ($10 = '' OR strpos(d.reason, $10) > 0)`
 
 // DeliveryLog lists deliveries for the log (see store.DB.DeliveryLog),
@@ -52,6 +50,7 @@ func (db *DB) DeliveryLog(f store.LogFilter) (store.LogPage, error) {
 		until = &u
 	}
 	args := []any{f.Destination, states, held, heldDests, f.Type, f.Source, optTime(f.Since.Truncate(time.Millisecond)), until, f.Search, f.Reason}
+	args = append(args, db.seal.UserKey(f.Search), db.seal.SearchKey(f.Search))
 	ctx := context.Background()
 	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM deliveries d JOIN events e ON e.id = d.event_id`+logWhere, args...).Scan(&p.Total); err != nil {
 		return p, err
@@ -61,7 +60,7 @@ func (db *DB) DeliveryLog(f store.LogFilter) (store.LogPage, error) {
 	}
 	rows, err := db.pool.Query(ctx, `SELECT d.doc, e.doc FROM deliveries d JOIN events e ON e.id = d.event_id`+logWhere+`
 		ORDER BY e.received_at DESC, e.id DESC, d.destination
-		OFFSET $11 LIMIT $12`, append(args, f.Offset, f.Limit)...)
+		OFFSET $13 LIMIT $14`, append(args, f.Offset, f.Limit)...)
 	if err != nil {
 		return p, err
 	}
@@ -76,7 +75,7 @@ func (db *DB) DeliveryLog(f store.LogFilter) (store.LogPage, error) {
 		if err := json.Unmarshal(ddoc, &d); err != nil {
 			return p, err
 		}
-		if err := json.Unmarshal(edoc, &e); err != nil {
+		if err := db.seal.DecodeEvent(edoc, &e); err != nil {
 			return p, err
 		}
 		p.Entries = append(p.Entries, store.NewLogEntry(d, &e))

@@ -98,6 +98,12 @@ type Options struct {
 	// NoMigrate skips applying migrations at Open (the schema must then
 	// be current).
 	NoMigrate bool
+	// EncryptionKey (storage.encryption_key, 32 bytes) wraps the data
+	// keys; without it a random key kept in the database does (see
+	// keyring.go).
+	EncryptionKey []byte
+	// migrateOnly opens the database for `postback migrate`: no keyring.
+	migrateOnly bool
 }
 
 // DB is the PostgreSQL store.
@@ -109,6 +115,8 @@ type DB struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	closed sync.Once
+	keys   *keyring
+	seal   *store.Sealer
 }
 
 var _ store.Store = (*DB)(nil)
@@ -169,6 +177,18 @@ func Open(ctx context.Context, dsn string, o *Options) (*DB, error) {
 	} else if err := db.schemaCurrent(ctx); err != nil {
 		db.pool.Close()
 		return nil, err
+	}
+	if !opts.migrateOnly {
+		if db.keys, err = openKeyring(ctx, cfg, opts.EncryptionKey, db.where, opts.Logger); err != nil {
+			db.pool.Close()
+			return nil, err
+		}
+		db.seal = store.NewSealer(db.keys)
+		if err := db.upgrade(ctx); err != nil {
+			db.keys.Close()
+			db.pool.Close()
+			return nil, err
+		}
 	}
 	lctx, cancel := context.WithCancel(context.Background())
 	db.cancel = cancel
@@ -245,6 +265,9 @@ func (db *DB) Close() error {
 			db.cancel()
 		}
 		db.wg.Wait()
+		if db.keys != nil {
+			db.keys.Close()
+		}
 		db.pool.Close()
 	})
 	return nil
@@ -359,7 +382,7 @@ func baseName(p string) string {
 // Migrate connects to dsn and applies the pending migrations; with dryRun
 // it only reports each migration and whether it is applied.
 func Migrate(ctx context.Context, dsn string, dryRun bool, logger *slog.Logger) ([]MigrationStep, error) {
-	db, err := Open(ctx, dsn, &Options{Options: store.Options{Logger: logger}, PoolSize: 2, NoMigrate: true})
+	db, err := Open(ctx, dsn, &Options{Options: store.Options{Logger: logger}, PoolSize: 2, NoMigrate: true, migrateOnly: true})
 	if err != nil {
 		return nil, err
 	}

@@ -39,13 +39,13 @@ func (db *DB) Events(f store.EventFilter) (store.EventPage, error) {
 	}
 	rows, err := db.pool.Query(context.Background(), `SELECT doc, received_at FROM events
 		WHERE ($1 = '' OR source = $1) AND ($2 = '' OR type = $2) AND ($3 = '' OR app_id = $3)
-		  AND ($4 = '' OR environment = $4) AND ($5 = '' OR app_user_id = $5) AND ($6 = '' OR subscription_id = $6)
+		  AND ($4 = '' OR environment = $4) AND ($5 = '' OR user_key = $5) AND ($6 = '' OR subscription_id = $6)
 		  AND ($7::timestamptz IS NULL OR received_at >= $7)
 		  AND ($8::timestamptz IS NULL OR received_at < $8)
 		  AND ($9::timestamptz IS NULL OR (received_at, id) < ($9, $10))
 		ORDER BY received_at DESC, id DESC
 		LIMIT $11`,
-		f.Source, f.Type, f.AppID, f.Environment, f.AppUserID, f.SubscriptionID,
+		f.Source, f.Type, f.AppID, f.Environment, db.seal.UserKey(f.AppUserID), f.SubscriptionID,
 		optTime(f.Since.Truncate(time.Millisecond)), until, curAt, curID, f.Limit+1)
 	if err != nil {
 		return p, err
@@ -65,7 +65,7 @@ func (db *DB) Events(f store.EventFilter) (store.EventPage, error) {
 			break
 		}
 		var e mapping.Event
-		if err := json.Unmarshal(doc, &e); err != nil {
+		if err := db.seal.DecodeEvent(doc, &e); err != nil {
 			continue
 		}
 		p.Events = append(p.Events, e)
@@ -177,24 +177,25 @@ func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]stri
 		dests = nil
 		var doc []byte
 		u = store.User{}
-		err := tx.QueryRow(ctx, "SELECT doc FROM users WHERE app_user_id = $1 FOR UPDATE", appUserID).Scan(&doc)
+		uk := db.seal.UserKey(appUserID)
+		err := tx.QueryRow(ctx, "SELECT doc FROM users WHERE user_key = $1 FOR UPDATE", uk).Scan(&doc)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 		case err != nil:
 			return err
 		default:
-			if err := json.Unmarshal(doc, &u); err != nil {
+			if err := db.seal.DecodeUser(doc, &u); err != nil {
 				return err
 			}
 		}
 		u.Merge(appUserID, ids, db.opts.Now())
-		if doc, err = json.Marshal(&u); err != nil {
+		if doc, err = db.seal.EncodeUser(&u); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, "INSERT INTO users (app_user_id, doc) VALUES ($1, $2) ON CONFLICT (app_user_id) DO UPDATE SET doc = EXCLUDED.doc", appUserID, doc); err != nil {
+		if _, err := tx.Exec(ctx, "INSERT INTO users (user_key, doc) VALUES ($1, $2) ON CONFLICT (user_key) DO UPDATE SET doc = EXCLUDED.doc", uk, doc); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, "SELECT doc FROM deliveries WHERE app_user_id = $1 AND state = 'waiting' ORDER BY key FOR UPDATE", appUserID)
+		rows, err := tx.Query(ctx, "SELECT doc FROM deliveries WHERE user_key = $1 AND state = 'waiting' ORDER BY key FOR UPDATE", uk)
 		if err != nil {
 			return err
 		}
@@ -226,86 +227,9 @@ func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]stri
 
 // GetUser returns a user's identifiers.
 func (db *DB) GetUser(appUserID string) (store.User, error) {
-	u, ok, err := getUser(context.Background(), db.pool, appUserID)
+	u, ok, err := db.getUser(context.Background(), db.pool, appUserID)
 	if err == nil && !ok {
 		err = fmt.Errorf("%w: user %s", store.ErrNotFound, appUserID)
 	}
 	return u, err
-}
-
-// DeleteUser erases a user's identifiers (see store.DB.DeleteUser): the
-// identity record, the identifiers on the user's events, the bodies of the
-// notifications those came from, and the identifiers states remember.
-func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
-	if err := store.CheckUserID(appUserID); err != nil {
-		return 0, err
-	}
-	var n int
-	err := db.inTx(ctx, func(tx pgx.Tx) error {
-		n = 0
-		if _, err := tx.Exec(ctx, "DELETE FROM users WHERE app_user_id = $1", appUserID); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, "SELECT doc FROM events WHERE app_user_id = $1 ORDER BY id FOR UPDATE", appUserID)
-		if err != nil {
-			return err
-		}
-		evs, err := collectJSON[mapping.Event](rows)
-		if err != nil {
-			return err
-		}
-		for i := range evs {
-			e := &evs[i]
-			if e.User.AppUserID != appUserID {
-				continue
-			}
-			if len(e.User.Identifiers) > 0 {
-				e.User.Identifiers = nil
-				if err := putEvent(ctx, tx, e); err != nil {
-					return err
-				}
-				n++
-			}
-			if err := eraseInbox(ctx, tx, e.Source, e.SourceEventID, store.ErasedReason); err != nil {
-				return err
-			}
-		}
-		rows, err = tx.Query(ctx, "SELECT doc FROM states WHERE app_user_id = $1 ORDER BY key FOR UPDATE", appUserID)
-		if err != nil {
-			return err
-		}
-		sts, err := collectJSON[mapping.State](rows)
-		if err != nil {
-			return err
-		}
-		for i := range sts {
-			sts[i].Identifiers = nil
-			if err := putState(ctx, tx, &sts[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return n, err
-}
-
-func putEvent(ctx context.Context, tx dbtx, e *mapping.Event) error {
-	doc, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	_, err = tx.Exec(ctx, "UPDATE events SET doc = $2 WHERE id = $1", e.ID, doc)
-	return err
-}
-
-// eraseInbox erases a stored notification's body, keeping its dedupe key.
-func eraseInbox(ctx context.Context, tx dbtx, source, key, reason string) error {
-	n, err := lockInbox(ctx, tx, source, key)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
-	}
-	if err != nil || !store.EraseBody(n, reason) {
-		return err
-	}
-	return putInbox(ctx, tx, n)
 }

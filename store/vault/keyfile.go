@@ -102,7 +102,7 @@ func create(path string) (*os.File, error) {
 	copy(hdr, fileMagic)
 	copy(hdr[16:48], secret)
 	putCRC(hdr[48:52], hdr[:48])
-	if _, err := f.WriteAt(hdr, 0); err == nil {
+	if _, err = f.WriteAt(hdr, 0); err == nil {
 		err = f.Sync()
 	}
 	if err == nil {
