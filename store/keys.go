@@ -258,6 +258,7 @@ func (db *DB) upgradeRecords(tx *bolt.Tx) error {
 		if err := json.Unmarshal(v, &n); err != nil {
 			return k, v, nil
 		}
+		n.AltKeys = s.AltKeys(n.AltKeys)
 		var first *mapping.Event
 		if len(n.EventIDs) > 0 {
 			var e mapping.Event
@@ -329,6 +330,16 @@ func (db *DB) upgradeRecords(tx *bolt.Tx) error {
 		}
 		nv, err := s.EncodeUser(&u)
 		return []byte(s.UserKey(u.AppUserID)), nv, err
+	})
+	if err != nil {
+		return err
+	}
+	err = rewrite(tx.Bucket(bAltKeys), func(k, v []byte) ([]byte, []byte, error) {
+		src, alt, ok := bytes.Cut(k, []byte{0})
+		if !ok {
+			return k, v, nil
+		}
+		return inboxKey(string(src), s.AltKeys([]string{string(alt)})[0]), v, nil
 	})
 	if err != nil {
 		return err

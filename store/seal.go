@@ -57,6 +57,27 @@ func (s *Sealer) SearchKey(v string) string { return s.h.Hash("search", v) }
 // OrderKey is the stored form of a forwarder's ordering key (device ids).
 func (s *Sealer) OrderKey(key string) string { return s.h.Hash("order", key) }
 
+// AltKeys is the stored form of a notification's secondary dedupe keys
+// (Google's purchase token with type and time, Shopify's ids and body
+// digest): keyed hashes, so no purchase token is a database key. It is
+// idempotent, so a notification ingested twice keeps the same keys.
+func (s *Sealer) AltKeys(keys []string) []string {
+	if len(keys) == 0 {
+		return keys
+	}
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		if strings.HasPrefix(k, altPrefix) {
+			out[i] = k
+		} else {
+			out[i] = altPrefix + s.h.Hash("alt", k)
+		}
+	}
+	return out
+}
+
+const altPrefix = "h1:"
+
 // KID is the key id of a subject.
 func (s *Sealer) KID(subject string) vault.KID { return s.h.KID(subject) }
 

@@ -272,3 +272,31 @@ func TestNotificationBodyNotBase64(t *testing.T) {
 		t.Fatalf("JSON personal part: %+v, %v", got, err)
 	}
 }
+
+// TestAltKeysHashed: a notification's secondary dedupe keys (Google's
+// purchase token) are stored as keyed hashes, and a re-send under another
+// id is still recognised by them.
+func TestAltKeysHashed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "alt.db")
+	db := mustOpenAt(t, path)
+	ctx := context.Background()
+	const token = "purchase-token-RAW-0123456789|4|1700000000000"
+	n := &mapping.Notification{Source: mapping.SourceCustom, Key: "k-1", AltKeys: []string{token}, ReceivedAt: time.Now(),
+		Body: []byte(`{"events":[{"type":"purchase","app_id":"a","app_user_id":"u","transaction_id":"t-1"}]}`)}
+	if _, err := db.Ingest(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if n.AltKeys[0] != token {
+		t.Fatal("the caller's notification was changed")
+	}
+	again := *n
+	again.Key = "k-2"
+	if res, err := db.Ingest(ctx, &again); err != nil || !res.Duplicate {
+		t.Fatalf("re-send under another id: %+v %v", res, err)
+	}
+	db.Close()
+	raw, _ := os.ReadFile(path)
+	if bytes.Contains(raw, []byte("purchase-token-RAW")) {
+		t.Error("a raw purchase token is in the file")
+	}
+}

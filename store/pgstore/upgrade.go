@@ -64,6 +64,9 @@ func (db *DB) upgrade(ctx context.Context) error {
 	if err := db.upgradeMemory(ctx); err != nil {
 		return fmt.Errorf("pgstore: seal fwd_memory at %s (start again to resume): %w", db.where, err)
 	}
+	if err := db.upgradeAltKeys(ctx); err != nil {
+		return fmt.Errorf("pgstore: hash inbox_alt at %s (start again to resume): %w", db.where, err)
+	}
 	if _, err := db.pool.Exec(ctx, "DELETE FROM meta WHERE name = 'seal_upgrade' OR name LIKE 'seal_upgrade:%'"); err != nil {
 		return err
 	}
@@ -153,6 +156,7 @@ func (db *DB) upgradeSteps() []upgradeStep {
 				if json.Unmarshal(doc, &n) != nil {
 					return nil // left as it is, as on BoltDB
 				}
+				n.AltKeys = s.AltKeys(n.AltKeys)
 				var first *mapping.Event
 				if len(n.EventIDs) > 0 {
 					var edoc []byte
@@ -252,6 +256,42 @@ func (db *DB) upgradeSteps() []upgradeStep {
 				return err
 			}},
 	}
+}
+
+// upgradeAltKeys replaces the raw secondary dedupe keys (Google purchase
+// tokens) by their keyed hashes (Sealer.AltKeys, which leaves a hashed key
+// as it is, so a resumed run is safe).
+func (db *DB) upgradeAltKeys(ctx context.Context) error {
+	rows, err := db.pool.Query(ctx, "SELECT source, alt_key FROM inbox_alt WHERE alt_key NOT LIKE 'h1:%'")
+	if err != nil {
+		return err
+	}
+	type alt struct{ source, key string }
+	var all []alt
+	for rows.Next() {
+		var a alt
+		if err := rows.Scan(&a.source, &a.key); err != nil {
+			rows.Close()
+			return err
+		}
+		all = append(all, a)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for len(all) > 0 {
+		n := min(len(all), 500)
+		b := &pgx.Batch{}
+		for _, a := range all[:n] {
+			b.Queue("UPDATE inbox_alt SET alt_key = $3 WHERE source = $1 AND alt_key = $2", a.source, a.key, db.seal.AltKeys([]string{a.key})[0])
+		}
+		if err := db.pool.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		all = all[n:]
+	}
+	return nil
 }
 
 // upgradeMemory hashes the forwarder memory keys in one transaction (a
