@@ -78,6 +78,11 @@ type benchOptions struct {
 	// gateway (below the configuration's 1 h minimum, which only bench may
 	// do): a short retention is pruned as fast as events arrive.
 	Retention time.Duration
+	// Subscribers, for Stripe, is the size of a fixed subscriber
+	// population: each subscriber's first notification starts it, every
+	// later one is a monthly renewal (invoice.paid), so the subscription
+	// states stop growing. 0: a new subscriber per notification.
+	Subscribers int
 	// Floors, with Self, measures the bare handler (same load) and the
 	// P-256 verification rate before the run and reports the ratios.
 	Floors bool
@@ -191,6 +196,7 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.Float64Var(&o.ReceiverErrors, "receiver-error-rate", 0, "--self: fraction (0..1) of requests the mock receivers answer 503 (retried by the gateway)")
 	fs.DurationVar(&o.Drain, "drain", 10*time.Second, "--self: how long to wait for outstanding deliveries after sending")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (with --self it covers the in-process gateway; view with go tool pprof)")
+	fs.IntVar(&o.Subscribers, "subscribers", 0, "Stripe: a fixed population of this many subscribers; after each one's start, notifications are their renewals (invoice.paid), so the subscription states stop growing (0: a new subscriber per notification)")
 	fs.IntVar(&o.Presign, "presign", 0, "build and sign this many notifications on every core before the clock starts, and send them first, so the load generator's own signing (three ES256 signatures per Apple notification) does not compete with the gateway during the run")
 	fs.IntVar(&o.PID, "pid", 0, "with --addr: the gateway's process id on this machine, to report its peak RSS and sample its memory")
 	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the run to this file")
@@ -305,6 +311,8 @@ func (o *benchOptions) check() error {
 		return fmt.Errorf("%w: --dup-ratio must be within 0..1", errBenchUsage)
 	case o.Rate < 0:
 		return fmt.Errorf("%w: --rate must be >= 0", errBenchUsage)
+	case o.Subscribers < 0:
+		return fmt.Errorf("%w: --subscribers must be >= 0", errBenchUsage)
 	case o.Presign < 0 || o.Presign > 10_000_000:
 		return fmt.Errorf("%w: --presign must be within 0..10000000", errBenchUsage)
 	case o.ReceiverErrors < 0 || o.ReceiverErrors > 1:
@@ -727,6 +735,13 @@ func (r *benchRun) build(rng *mrand.Rand) benchSent {
 			"Authorization": "Bearer " + r.o.APIKey, "Idempotency-Key": "bench-" + id,
 		}}
 	default:
+		if pop := int64(r.o.Subscribers); pop > 0 && n > pop {
+			// A renewal of subscriber n mod pop: a paid monthly invoice.
+			sub := fmt.Sprintf("%s_%d", r.runID, (n-1)%pop+1)
+			body := []byte(fmt.Sprintf(`{"id":"evt_%s","object":"event","api_version":"2023-10-16","created":%d,"livemode":true,"type":"invoice.paid","data":{"object":{"id":"in_%s","object":"invoice","billing_reason":"subscription_cycle","amount_paid":999,"currency":"usd","customer":"cus_%s","subscription":"sub_%s","lines":{"data":[{"period":{"start":%d,"end":%d}}]}}}}`,
+				id, now.Unix(), id, sub, sub, now.Unix(), now.Unix()+30*86400))
+			return benchSent{source: "stripe", path: "/webhooks/stripe", body: body, stripe: true}
+		}
 		body := []byte(fmt.Sprintf(`{"id":"evt_%s","object":"event","api_version":"2023-10-16","created":%d,"livemode":true,"type":"customer.subscription.created","data":{"object":{"id":"sub_%s","object":"subscription","status":"trialing","customer":"cus_%s","trial_end":%d,"metadata":{"app_user_id":%q},"items":{"data":[{"quantity":1,"price":{"id":"price_1","product":"prod_pro","unit_amount":999,"currency":"usd","recurring":{"interval":"month","interval_count":1}}}]}}}}`,
 			id, now.Unix(), id, id, now.Unix()+7*86400, user))
 		return benchSent{source: "stripe", path: "/webhooks/stripe", body: body, stripe: true}

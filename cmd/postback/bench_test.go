@@ -459,3 +459,28 @@ func TestPrintFloors(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchSubscribers: with a fixed Stripe population, the states stop at
+// the population while every later notification is a renewal event.
+func TestBenchSubscribers(t *testing.T) {
+	var out, errOut bytes.Buffer
+	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+	code := Main(context.Background(), []string{"bench", "--self", "--destinations", "none", "--mix", "stripe=1", "--subscribers", "5",
+		"--retention", "1h", "--duration", "1s", "--concurrency", "2", "--rate", "60", "--json"}, env)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var rep BenchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	if rep.Errors != 0 || rep.Accepted < 20 || rep.DBEnd == nil {
+		t.Fatalf("accepted %d, errors %d %v", rep.Accepted, rep.Errors, rep.ErrorCodes)
+	}
+	if states, events := rep.DBEnd.Keys["states"], rep.DBEnd.Keys["events"]; states > 5 || events < int(rep.Accepted)-5 {
+		t.Errorf("%d states (want at most the 5 subscribers), %d events for %d accepted", states, events, rep.Accepted)
+	}
+	if code := Main(context.Background(), []string{"bench", "--self", "--subscribers", "-1"}, env); code != 2 {
+		t.Errorf("--subscribers -1: exit %d, want 2", code)
+	}
+}
