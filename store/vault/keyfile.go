@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,8 +50,10 @@ type KeyFile struct {
 	next  int64   // offset after the last slot
 	wrote uint64  // slots written so far
 
-	syncMu sync.Mutex
-	synced uint64
+	syncMu  sync.Mutex
+	synced  uint64
+	syncErr error       // sticky: after a failed fdatasync nothing written is known durable
+	syncing atomic.Bool // a background sync runs (see kick)
 }
 
 type slotKey struct {
@@ -216,7 +219,37 @@ func (kf *KeyFile) DataKey(kid KID, create bool) (*[32]byte, error) {
 	}
 	kf.keys[kid] = slotKey{off: off, key: key}
 	kf.wrote++
+	kf.kick()
 	return key, nil
+}
+
+// kick syncs the keys written so far in the background, so that by the
+// time a store commits the records sealed with them (and calls Sync) the
+// keys are usually durable already: the key file's fdatasync overlaps the
+// store's work instead of adding to each commit.
+func (kf *KeyFile) kick() {
+	if !kf.syncing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		for {
+			_ = kf.Sync() // a failure is sticky: the store's own Sync reports it
+			kf.syncing.Store(false)
+			if !kf.pending() || !kf.syncing.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}()
+}
+
+// pending reports keys written and not yet synced.
+func (kf *KeyFile) pending() bool {
+	kf.mu.Lock()
+	gen := kf.wrote
+	kf.mu.Unlock()
+	kf.syncMu.Lock()
+	defer kf.syncMu.Unlock()
+	return gen > kf.synced && kf.syncErr == nil
 }
 
 // Sync makes every key created before the call durable.
@@ -226,11 +259,18 @@ func (kf *KeyFile) Sync() error {
 	kf.mu.Unlock()
 	kf.syncMu.Lock()
 	defer kf.syncMu.Unlock()
+	if kf.syncErr != nil {
+		return kf.syncErr
+	}
 	if gen <= kf.synced {
 		return nil
 	}
 	if err := unix.Fdatasync(int(kf.f.Fd())); err != nil {
-		return fmt.Errorf("vault: sync key file: %w", err)
+		// After a failed fdatasync the kernel may have dropped the dirty
+		// pages: a later one could succeed without them. Every later
+		// Sync fails, so no record sealed with an unsynced key commits.
+		kf.syncErr = fmt.Errorf("vault: sync key file %s: %w", kf.path, err)
+		return kf.syncErr
 	}
 	kf.synced = gen
 	return nil
@@ -282,5 +322,9 @@ func (kf *KeyFile) Each(fn func(kid KID, key *[32]byte) error) error {
 	return nil
 }
 
-// Close closes the file.
-func (kf *KeyFile) Close() error { return kf.f.Close() }
+// Close closes the file, after a background sync in progress.
+func (kf *KeyFile) Close() error {
+	kf.syncMu.Lock()
+	defer kf.syncMu.Unlock()
+	return kf.f.Close()
+}
