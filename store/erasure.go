@@ -159,7 +159,7 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err 
 		if err != nil {
 			return err
 		}
-		job.Kids = kidList(kids)
+		job.Kids = KIDs(kids).List()
 		if !finished {
 			more = true
 			nv, err := db.seal.EncodeJob(&job, string(src), string(key))
@@ -179,7 +179,7 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *ErasureDone, err 
 			return err
 		}
 		kids[db.seal.KID(InboxSubject(string(src), string(key)))] = true
-		if err := db.seal.Destroy(kidList(kids)); err != nil {
+		if err := db.seal.Destroy(KIDs(kids).List()); err != nil {
 			return err
 		}
 		done = &ErasureDone{Source: string(src), Key: string(key), Events: job.Events, States: job.States, QueuedAt: job.QueuedAt}
@@ -292,11 +292,11 @@ func (db *DB) eraseRecords(tx *bolt.Tx, evs []eventHit, sts []stateHit, valueKey
 	events, states := tx.Bucket(bEvents), tx.Bucket(bStates)
 	var sources [][]byte
 	for i := range evs {
-		kidOf(kids, events.Get(evs[i].k))
+		KIDs(kids).Add(events.Get(evs[i].k))
 		sources = append(sources, inboxKey(evs[i].e.Source, evs[i].e.SourceEventID))
 	}
 	for i := range sts {
-		kidOf(kids, states.Get(sts[i].k))
+		KIDs(kids).Add(states.Get(sts[i].k))
 	}
 	if err := db.forgetMemory(tx, evs); err != nil {
 		return err

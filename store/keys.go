@@ -174,21 +174,6 @@ func (db *DB) putUser(b *bolt.Bucket, u *User) error {
 	return b.Put([]byte(db.seal.UserKey(u.AppUserID)), v)
 }
 
-// kidOf adds the key id a stored value is sealed with to kids.
-func kidOf(kids map[vault.KID]bool, v []byte) {
-	if kid, ok := KIDOf(v); ok {
-		kids[kid] = true
-	}
-}
-
-func kidList(kids map[vault.KID]bool) []vault.KID {
-	out := make([]vault.KID, 0, len(kids))
-	for k := range kids {
-		out = append(out, k)
-	}
-	return out
-}
-
 // upgrade seals a schema 1 file: personal fields sealed, app user ids and
 // forwarder memory keys replaced by keyed hashes.
 func (db *DB) upgrade() error {

@@ -158,6 +158,27 @@ func (s *Sealer) ExpiredKID(n *mapping.Notification, stored []byte, cutoff time.
 	return kid, kid == s.KID(DaySubject(n.Source, n.ReceivedAt)) && !dayEnd.After(cutoff)
 }
 
+// KIDs collects the key ids of stored records: the data keys an erasure
+// destroys.
+type KIDs map[vault.KID]bool
+
+// Add adds the key id a stored record is sealed with (none for a plain
+// record).
+func (k KIDs) Add(v []byte) {
+	if kid, ok := KIDOf(v); ok {
+		k[kid] = true
+	}
+}
+
+// List returns the ids.
+func (k KIDs) List() []vault.KID {
+	out := make([]vault.KID, 0, len(k))
+	for kid := range k {
+		out = append(out, kid)
+	}
+	return out
+}
+
 // seal encodes clear and, when personal is not empty, seals it with the
 // subject's key.
 func (s *Sealer) seal(kid vault.KID, clear any, personal any, empty bool) ([]byte, error) {

@@ -203,14 +203,14 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 			return err
 		}
 		kids := map[vault.KID]bool{}
-		kidOf(kids, users.Get([]byte(uk)))
+		KIDs(kids).Add(users.Get([]byte(uk)))
 		if err := users.Delete([]byte(uk)); err != nil {
 			return err
 		}
 		if err := db.eraseRecords(tx, evs, sts, "", kids); err != nil {
 			return err
 		}
-		if err := db.seal.Destroy(kidList(kids)); err != nil {
+		if err := db.seal.Destroy(KIDs(kids).List()); err != nil {
 			return err
 		}
 		for _, k := range index {

@@ -73,7 +73,7 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *store.ErasureDone
 		if err != nil {
 			return err
 		}
-		job.Kids = kidList(kids)
+		job.Kids = store.KIDs(kids).List()
 		if !finished {
 			more = true
 			if doc, err = db.seal.EncodeJob(&job, source, key); err != nil {
@@ -92,7 +92,7 @@ func (db *DB) EraseStep(ctx context.Context) (more bool, done *store.ErasureDone
 			return err
 		}
 		kids[db.seal.KID(store.InboxSubject(source, key))] = true
-		if err := destroyTx(ctx, tx, db.keys, kidList(kids)); err != nil {
+		if err := destroyTx(ctx, tx, db.keys, store.KIDs(kids).List()); err != nil {
 			return err
 		}
 		done = &store.ErasureDone{Source: source, Key: key, Events: job.Events, States: job.States, QueuedAt: job.QueuedAt}
@@ -220,10 +220,10 @@ func (db *DB) eraseRecords(ctx context.Context, tx dbtx, evs []eventHit, sts []s
 		return nil
 	}
 	for i := range evs {
-		kidOf(kids, evs[i].doc)
+		store.KIDs(kids).Add(evs[i].doc)
 	}
 	for i := range sts {
-		kidOf(kids, sts[i].doc)
+		store.KIDs(kids).Add(sts[i].doc)
 	}
 	if err := db.forgetMemory(ctx, tx, evs); err != nil {
 		return err
@@ -322,7 +322,7 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		kidOf(kids, udoc)
+		store.KIDs(kids).Add(udoc)
 		rows, err := tx.Query(ctx, "SELECT id, doc FROM events WHERE user_key = $1 ORDER BY id FOR UPDATE", uk)
 		if err != nil {
 			return err
@@ -342,26 +342,11 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 		if err := db.eraseRecords(ctx, tx, evs, sts, "", kids); err != nil {
 			return err
 		}
-		if err := destroyTx(ctx, tx, db.keys, kidList(kids)); err != nil {
+		if err := destroyTx(ctx, tx, db.keys, store.KIDs(kids).List()); err != nil {
 			return err
 		}
 		n = len(evs)
 		return nil
 	})
 	return n, err
-}
-
-// kidOf adds the key id a stored document is sealed with to kids.
-func kidOf(kids map[vault.KID]bool, doc []byte) {
-	if kid, ok := store.KIDOf(doc); ok {
-		kids[kid] = true
-	}
-}
-
-func kidList(kids map[vault.KID]bool) []vault.KID {
-	out := make([]vault.KID, 0, len(kids))
-	for k := range kids {
-		out = append(out, k)
-	}
-	return out
 }

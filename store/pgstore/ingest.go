@@ -714,20 +714,7 @@ func collectSealed[T any](rows pgx.Rows, decode func([]byte, *T) error) ([]T, er
 // collectJSON decodes a one-column result of plain documents (deliveries,
 // attempts: nothing personal).
 func collectJSON[T any](rows pgx.Rows) ([]T, error) {
-	defer rows.Close()
-	var out []T
-	for rows.Next() {
-		var doc []byte
-		if err := rows.Scan(&doc); err != nil {
-			return nil, err
-		}
-		var v T
-		if err := json.Unmarshal(doc, &v); err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, rows.Err()
+	return collectSealed(rows, func(doc []byte, v *T) error { return json.Unmarshal(doc, v) })
 }
 
 // Reprocess re-maps stored inbox items (see store.DB.Reprocess).

@@ -116,7 +116,7 @@ func (db *DB) pruneInbox(ctx context.Context, cutoff time.Time) (int, error) {
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		return destroyTx(ctx, tx, db.keys, kidList(kids))
+		return destroyTx(ctx, tx, db.keys, store.KIDs(kids).List())
 	})
 	return n, err
 }
