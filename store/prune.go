@@ -93,8 +93,13 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResul
 		}
 		return false
 	})
+	var kids []vault.KID
 	for _, k := range drop {
 		id := k[8:]
+		// An event sealed under its own key takes the key with it.
+		if kid := db.seal.KID(OwnEventSubject(string(id))); bytes.HasPrefix(events.Get(k), append([]byte{1}, kid[:]...)) {
+			kids = append(kids, kid)
+		}
 		prefix := append(append([]byte(nil), id...), '|')
 		var dkeys [][]byte
 		dc := deliveries.Cursor()
@@ -130,6 +135,9 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResul
 			return nil, err
 		}
 		r.Events++
+	}
+	if err := db.seal.Destroy(kids); err != nil {
+		return nil, err
 	}
 	return next, nil
 }

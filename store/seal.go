@@ -86,7 +86,7 @@ func (s *Sealer) KID(subject string) vault.KID { return s.h.KID(subject) }
 // two people, so destroying it erases nobody else.
 
 // EventSubject is the subject of an event: its subscription, else its app
-// user, else the event itself.
+// user, else the event itself (OwnEventSubject).
 func EventSubject(e *mapping.Event) string {
 	switch {
 	case e.SubscriptionID != "":
@@ -94,8 +94,13 @@ func EventSubject(e *mapping.Event) string {
 	case e.User.AppUserID != "":
 		return UserSubject(e.User.AppUserID)
 	}
-	return "event\x00" + e.ID
+	return OwnEventSubject(e.ID)
 }
+
+// OwnEventSubject is the subject of an event sealed under its own key (no
+// subscription, no app user: a one-off order): retention destroys that key
+// with the event.
+func OwnEventSubject(id string) string { return "event\x00" + id }
 
 // UserSubject is the subject of an app user.
 func UserSubject(appUserID string) string { return "user\x00" + appUserID }

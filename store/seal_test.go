@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -298,5 +299,36 @@ func TestAltKeysHashed(t *testing.T) {
 	raw, _ := os.ReadFile(path)
 	if bytes.Contains(raw, []byte("purchase-token-RAW")) {
 		t.Error("a raw purchase token is in the file")
+	}
+}
+
+// TestPruneDestroysOwnEventKey: an event with no subscription and no app
+// user (a one-off order) is sealed under its own key, which retention
+// destroys with the event, so the key file does not grow with orders.
+func TestPruneDestroysOwnEventKey(t *testing.T) {
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	clock := now
+	db, err := Open(filepath.Join(t.TempDir(), "own.db"), &Options{Now: func() time.Time { return clock },
+		Map: func(n *mapping.Notification, _ mapping.States) (mapping.Result, error) {
+			return mapping.Result{Events: []mapping.Event{{ID: "evt_" + n.Key, Type: mapping.Purchase, Source: n.Source, SourceEventID: n.Key,
+				OccurredAt: n.ReceivedAt, ReceivedAt: n.ReceivedAt, User: mapping.User{Identifiers: map[string]string{"ip": "203.0.113.9"}}}}}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Ingest(context.Background(), &mapping.Notification{Source: "shopify", Key: "order-1", Body: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	kid := db.seal.KID(OwnEventSubject("evt_order-1"))
+	if _, err := db.keys.DataKey(kid, false); err != nil {
+		t.Fatalf("the event is not sealed under its own key: %v", err)
+	}
+	clock = now.Add(48 * time.Hour)
+	if r, err := db.Prune(context.Background(), time.Hour); err != nil || r.Events != 1 {
+		t.Fatalf("prune: %+v %v", r, err)
+	}
+	if _, err := db.keys.DataKey(kid, false); !errors.Is(err, vault.ErrNoKey) {
+		t.Errorf("the pruned event's own key is still there: %v", err)
 	}
 }

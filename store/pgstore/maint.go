@@ -1,6 +1,7 @@
 package pgstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,22 @@ const pruneChunk = 2000
 // Prune removes events (with their deliveries and attempts), inbox items
 // and forwarder memory older than retention. Unfinished work is kept and
 // counted in Kept, as are inbox items still waiting for enrichment.
+// pruneEventsSQL deletes up to $2 events received before $1 whose
+// deliveries are all final, with those deliveries and their attempts; it
+// returns how many, and the ids and key ids of the sealed ones.
+const pruneEventsSQL = `WITH gone AS (
+			DELETE FROM events WHERE id IN (
+				SELECT x.id FROM events x WHERE x.received_at < $1
+				  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = x.id AND d.next_at_ms IS NOT NULL)
+				LIMIT $2 FOR UPDATE SKIP LOCKED)
+			RETURNING id, substring(doc from 2 for 16) AS kid, get_byte(doc, 0) = 1 AS sealed
+		), dels AS (
+			DELETE FROM deliveries d USING gone WHERE d.event_id = gone.id RETURNING d.key
+		), atts AS (
+			DELETE FROM attempts a USING dels WHERE a.delivery_key = dels.key
+		)
+		SELECT count(*), coalesce(array_agg(id) FILTER (WHERE sealed), '{}'), coalesce(array_agg(kid) FILTER (WHERE sealed), '{}') FROM gone`
+
 func (db *DB) Prune(ctx context.Context, retention time.Duration) (store.PruneResult, error) {
 	var r store.PruneResult
 	cutoff := db.opts.Now().Add(-retention)
@@ -33,23 +50,41 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (store.PruneRe
 		q     string
 		bound any // $1: the cutoff as the step's table stores it
 	}{
-		{&r.Events, `WITH gone AS (
-			DELETE FROM events WHERE id IN (
-				SELECT x.id FROM events x WHERE x.received_at < $1
-				  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = x.id AND d.next_at_ms IS NOT NULL)
-				LIMIT $2 FOR UPDATE SKIP LOCKED)
-			RETURNING id
-		), dels AS (
-			DELETE FROM deliveries d USING gone WHERE d.event_id = gone.id RETURNING d.key
-		), atts AS (
-			DELETE FROM attempts a USING dels WHERE a.delivery_key = dels.key
-		)
-		SELECT count(*) FROM gone`, cutoff},
 		{&r.Memory, `WITH gone AS (
 			DELETE FROM fwd_memory WHERE (destination, key) IN (
 				SELECT destination, key FROM fwd_memory WHERE at_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
 			RETURNING 1
 		) SELECT count(*) FROM gone`, cutoff.UnixMilli()},
+	}
+	// Events, with their deliveries and attempts; an event sealed under
+	// its own key (no subscription, no app user) takes the key with it, in
+	// the same transaction.
+	for {
+		var n int
+		err := db.inTx(ctx, func(tx pgx.Tx) error {
+			var ids []string
+			var stored [][]byte
+			if err := tx.QueryRow(ctx, pruneEventsSQL, cutoff, pruneChunk).Scan(&n, &ids, &stored); err != nil {
+				return err
+			}
+			var kids []vault.KID
+			for i, id := range ids {
+				if kid := db.seal.KID(store.OwnEventSubject(id)); i < len(stored) && bytes.Equal(stored[i], kid[:]) {
+					kids = append(kids, kid)
+				}
+			}
+			return destroyTx(ctx, tx, db.keys, kids)
+		})
+		if err != nil {
+			return r, err
+		}
+		r.Events += n
+		if n < pruneChunk {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return r, err
+		}
 	}
 	for _, s := range steps {
 		for {

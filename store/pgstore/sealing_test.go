@@ -454,3 +454,38 @@ func TestUpgradeSchema1(t *testing.T) {
 		t.Fatalf("event after DeleteUser: %+v", e)
 	}
 }
+
+// TestPruneDestroysOwnEventKey: an event with no subscription and no app
+// user is sealed under its own key, which retention deletes with the event.
+func TestPruneDestroysOwnEventKey(t *testing.T) {
+	dsn := pgtest.Database(t)
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	clock := now
+	db := openTest(t, dsn, &Options{Options: store.Options{Now: func() time.Time { return clock },
+		Map: func(n *mapping.Notification, _ mapping.States) (mapping.Result, error) {
+			return mapping.Result{Events: []mapping.Event{{ID: "evt_" + n.Key, Type: mapping.Purchase, Source: n.Source, SourceEventID: n.Key,
+				OccurredAt: n.ReceivedAt, ReceivedAt: n.ReceivedAt, User: mapping.User{Identifiers: map[string]string{"ip": "203.0.113.9"}}}}}, nil
+		}}})
+	ctx := context.Background()
+	if _, err := db.Ingest(ctx, &mapping.Notification{Source: "shopify", Key: "order-1", Body: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	kid := db.seal.KID(store.OwnEventSubject("evt_order-1"))
+	count := func() int {
+		var n int
+		if err := db.pool.QueryRow(ctx, "SELECT count(*) FROM data_keys WHERE kid = $1", kid[:]).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if count() != 1 {
+		t.Fatal("the event is not sealed under its own key")
+	}
+	clock = now.Add(48 * time.Hour)
+	if r, err := db.Prune(ctx, time.Hour); err != nil || r.Events != 1 {
+		t.Fatalf("prune: %+v %v", r, err)
+	}
+	if count() != 0 {
+		t.Error("the pruned event's own key is still in data_keys")
+	}
+}
