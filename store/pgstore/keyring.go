@@ -192,7 +192,12 @@ func (kr *keyring) DataKey(kid vault.KID, create bool) (*[32]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var wrapped []byte
-	err := kr.pool.QueryRow(ctx, "SELECT wrapped FROM data_keys WHERE kid = $1", kid[:]).Scan(&wrapped)
+	err := pgx.ErrNoRows
+	if !create {
+		err = kr.pool.QueryRow(ctx, "SELECT wrapped FROM data_keys WHERE kid = $1", kid[:]).Scan(&wrapped)
+	}
+	// With create, the insert comes first (one round trip for a new
+	// subject's key); a kid that has a key already is read back after it.
 	switch {
 	case errors.Is(err, pgx.ErrNoRows) && !create:
 		return nil, fmt.Errorf("%w: %s", vault.ErrNoKey, kid)
@@ -208,7 +213,7 @@ func (kr *keyring) DataKey(kid vault.KID, create bool) (*[32]byte, error) {
 		// Another replica may insert the same kid meanwhile: its key wins,
 		// read back in a statement of its own (whose snapshot sees it).
 		for attempt := 0; ; attempt++ {
-			err = kr.pool.QueryRow(ctx, `INSERT INTO data_keys (kid, wrapped) VALUES ($1, $2) ON CONFLICT (kid) DO NOTHING RETURNING wrapped`, kid[:], w).Scan(&wrapped)
+			err = kr.insertKey(ctx, kid, w, &wrapped)
 			if errors.Is(err, pgx.ErrNoRows) {
 				err = kr.pool.QueryRow(ctx, "SELECT wrapped FROM data_keys WHERE kid = $1", kid[:]).Scan(&wrapped)
 			}
@@ -320,4 +325,30 @@ func (kr *keyring) listenOnce(ctx context.Context) error {
 			kr.reset()
 		}
 	}
+}
+
+// insertKey inserts a data key unless kid has one, and returns what it
+// inserted (pgx.ErrNoRows when kid had one). The insert commits without
+// waiting for its WAL flush (synchronous_commit off): every record sealed
+// with the key commits after it with synchronous_commit on, and flushing
+// that commit's WAL flushes the key's, which comes before it in the WAL.
+// A key whose insert is lost in a crash was used by no committed record.
+func (kr *keyring) insertKey(ctx context.Context, kid vault.KID, w []byte, wrapped *[]byte) error {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SET LOCAL synchronous_commit TO OFF")
+	ins := b.Queue(`INSERT INTO data_keys (kid, wrapped) VALUES ($1, $2) ON CONFLICT (kid) DO NOTHING RETURNING wrapped`, kid[:], w)
+	var scanErr error
+	ins.QueryRow(func(row pgx.Row) error {
+		scanErr = row.Scan(wrapped)
+		if errors.Is(scanErr, pgx.ErrNoRows) {
+			return nil // not an error of the batch: the COMMIT still runs
+		}
+		return scanErr
+	})
+	b.Queue("COMMIT")
+	if err := kr.pool.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	return scanErr
 }
