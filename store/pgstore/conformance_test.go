@@ -2,7 +2,6 @@ package pgstore_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 
 	"github.com/postback/postback/store"
@@ -11,46 +10,18 @@ import (
 	"github.com/postback/postback/store/storetest"
 )
 
-// closed holds the stores Reopen closed, whose cleanup has nothing to check.
-var closed sync.Map
-
 // TestConformance runs the store contract's suite on PostgreSQL.
 func TestConformance(t *testing.T) {
 	pgtest.Base(t)
-	storetest.Run(t, storetest.Backend{
-		Open: func(t *testing.T, opts *store.Options) store.Store {
-			return openPG(t, pgtest.Database(t), opts)
-		},
-		Reopen: func(t *testing.T, s store.Store, opts *store.Options) store.Store {
-			db := s.(*pgstore.DB)
-			dsn := db.DSN()
-			closed.Store(db, true)
-			if err := db.Close(); err != nil {
-				t.Fatal(err)
+	storetest.Run(t, storetest.Managed(
+		pgtest.Database,
+		func(dsn string, opts *store.Options) (store.Store, error) {
+			o := &pgstore.Options{PoolSize: 8}
+			if opts != nil {
+				o.Options = *opts
 			}
-			return openPG(t, dsn, opts)
+			return pgstore.Open(context.Background(), dsn, o)
 		},
-	})
-}
-
-func openPG(t *testing.T, dsn string, opts *store.Options) *pgstore.DB {
-	t.Helper()
-	o := &pgstore.Options{PoolSize: 8}
-	if opts != nil {
-		o.Options = *opts
-	}
-	db, err := pgstore.Open(context.Background(), dsn, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, ok := closed.Load(db); ok {
-			return // closed by Reopen; the reopened store is checked
-		}
-		if err := db.Check(); err != nil {
-			t.Errorf("consistency check: %v", err)
-		}
-		_ = db.Close()
-	})
-	return db
+		func(s store.Store) string { return s.(*pgstore.DB).DSN() },
+	))
 }

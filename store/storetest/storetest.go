@@ -26,6 +26,42 @@ type Backend struct {
 	Reopen func(t *testing.T, s store.Store, opts *store.Options) store.Store
 }
 
+// Managed makes a Backend of a store's open function: fresh returns the
+// location of a new, empty store (a file path, a DSN), where the location
+// of an open one. Every store is closed when its test ends, after a
+// consistency check; Reopen closes a store and opens its location again.
+func Managed(fresh func(t testing.TB) string, open func(where string, opts *store.Options) (store.Store, error), where func(store.Store) string) Backend {
+	var closed sync.Map // stores Reopen closed: their cleanup has nothing to check
+	openAt := func(t *testing.T, at string, opts *store.Options) store.Store {
+		t.Helper()
+		s, err := open(at, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if _, ok := closed.Load(s); ok {
+				return // the reopened store is checked
+			}
+			if err := s.Check(); err != nil {
+				t.Errorf("consistency check: %v", err)
+			}
+			_ = s.Close()
+		})
+		return s
+	}
+	return Backend{
+		Open: func(t *testing.T, opts *store.Options) store.Store { return openAt(t, fresh(t), opts) },
+		Reopen: func(t *testing.T, s store.Store, opts *store.Options) store.Store {
+			at := where(s)
+			closed.Store(s, true)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return openAt(t, at, opts)
+		},
+	}
+}
+
 // T0 is the start of every conformance test's clock.
 var T0 = time.Date(2026, 11, 30, 3, 0, 0, 0, time.UTC)
 
