@@ -42,9 +42,7 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (IngestResult
 	if n.ReceivedAt.IsZero() {
 		n.ReceivedAt = db.opts.Now()
 	}
-	hashed := *n
-	hashed.AltKeys = db.seal.AltKeys(n.AltKeys)
-	n = &hashed
+	n = db.seal.WithHashedAltKeys(n)
 	// Map outside the writer, against a read snapshot, and let the writer
 	// re-check only that the subscription states the mapping read are
 	// unchanged; on a conflict (another notification of the subscription

@@ -61,117 +61,87 @@ func openKeys(tx *bolt.Tx, path, kp string) (*vault.KeyFile, error) {
 	return kf, nil
 }
 
-// inboxKeyOf is the inbox bucket key of inbox item ik (nil when it is not
-// stored): its receive time, from the small id index, and ik.
-func inboxKeyOf(tx *bolt.Tx, ik []byte) []byte {
-	ms := tx.Bucket(bInboxIDs).Get(ik)
-	if len(ms) != 8 {
-		return nil
-	}
-	return append(append(make([]byte, 0, 8+len(ik)), ms...), ik...)
-}
-
-// inboxDoc is the stored form of inbox item ik, nil when it is not stored.
-func inboxDoc(tx *bolt.Tx, ik []byte) []byte {
-	k := inboxKeyOf(tx, ik)
-	if k == nil {
-		return nil
-	}
-	return tx.Bucket(bInbox).Get(k)
-}
-
-// getNoteByID reads inbox item ik.
-func (db *DB) getNoteByID(tx *bolt.Tx, ik []byte, n *mapping.Notification) (bool, error) {
-	v := inboxDoc(tx, ik)
-	if v == nil {
-		return false, nil
-	}
-	return true, db.seal.DecodeNotification(v, n)
-}
-
-// eventKey is the events bucket key of event id ("" when it is not
-// stored): its receive time, found in the small id index, and the id.
-func eventKey(tx *bolt.Tx, id string) []byte {
-	ms := tx.Bucket(bEventIDs).Get([]byte(id))
+// idKey is the time-ordered key of id in a bucket with a small id index
+// (inbox_ids, event_ids: id -> receive time): that time and id; nil when
+// id is not stored.
+func idKey(ids *bolt.Bucket, id []byte) []byte {
+	ms := ids.Get(id)
 	if len(ms) != 8 {
 		return nil
 	}
 	return append(append(make([]byte, 0, 8+len(id)), ms...), id...)
 }
 
-// eventDoc is the stored form of event id, nil when it is not stored.
-func eventDoc(tx *bolt.Tx, id string) []byte {
-	k := eventKey(tx, id)
-	if k == nil {
-		return nil
+// docByID is the stored value of id in a time-ordered bucket, nil when
+// it is not stored.
+func docByID(b, ids *bolt.Bucket, id []byte) []byte {
+	if k := idKey(ids, id); k != nil {
+		return b.Get(k)
 	}
-	return tx.Bucket(bEvents).Get(k)
+	return nil
 }
 
-// getEventByID reads event id.
-func (db *DB) getEventByID(tx *bolt.Tx, id string, e *mapping.Event) (bool, error) {
-	v := eventDoc(tx, id)
+func inboxKeyOf(tx *bolt.Tx, ik []byte) []byte { return idKey(tx.Bucket(bInboxIDs), ik) }
+func inboxDoc(tx *bolt.Tx, ik []byte) []byte {
+	return docByID(tx.Bucket(bInbox), tx.Bucket(bInboxIDs), ik)
+}
+func eventKey(tx *bolt.Tx, id string) []byte { return idKey(tx.Bucket(bEventIDs), []byte(id)) }
+func eventDoc(tx *bolt.Tx, id string) []byte {
+	return docByID(tx.Bucket(bEvents), tx.Bucket(bEventIDs), []byte(id))
+}
+
+// decodeStored decodes a stored value (ok false when there is none).
+func decodeStored[T any](v []byte, rec *T, decode func([]byte, *T) error) (bool, error) {
 	if v == nil {
 		return false, nil
 	}
-	return true, db.seal.DecodeEvent(v, e)
+	return true, decode(v, rec)
+}
+
+// put encodes rec and stores it under k.
+func put[T any](b *bolt.Bucket, k []byte, rec *T, encode func(*T) ([]byte, error)) error {
+	v, err := encode(rec)
+	if err != nil {
+		return err
+	}
+	return b.Put(k, v)
+}
+
+func (db *DB) getNoteByID(tx *bolt.Tx, ik []byte, n *mapping.Notification) (bool, error) {
+	return decodeStored(inboxDoc(tx, ik), n, db.seal.DecodeNotification)
+}
+
+func (db *DB) getEventByID(tx *bolt.Tx, id string, e *mapping.Event) (bool, error) {
+	return decodeStored(eventDoc(tx, id), e, db.seal.DecodeEvent)
 }
 
 // getEvent reads the event stored under key k of b (the events bucket).
 func (db *DB) getEvent(b *bolt.Bucket, k []byte, e *mapping.Event) (bool, error) {
-	v := b.Get(k)
-	if v == nil {
-		return false, nil
-	}
-	return true, db.seal.DecodeEvent(v, e)
+	return decodeStored(b.Get(k), e, db.seal.DecodeEvent)
 }
 
 func (db *DB) putEvent(b *bolt.Bucket, k []byte, e *mapping.Event) error {
-	v, err := db.seal.EncodeEvent(e)
-	if err != nil {
-		return err
-	}
-	return b.Put(k, v)
+	return put(b, k, e, db.seal.EncodeEvent)
 }
 
 func (db *DB) getState(b *bolt.Bucket, k []byte, s *mapping.State) (bool, error) {
-	v := b.Get(k)
-	if v == nil {
-		return false, nil
-	}
-	return true, db.seal.DecodeState(v, s)
+	return decodeStored(b.Get(k), s, db.seal.DecodeState)
 }
 
 func (db *DB) putState(b *bolt.Bucket, k []byte, s *mapping.State) error {
-	v, err := db.seal.EncodeState(s)
-	if err != nil {
-		return err
-	}
-	return b.Put(k, v)
+	return put(b, k, s, db.seal.EncodeState)
 }
 
 func (db *DB) getNote(b *bolt.Bucket, k []byte, n *mapping.Notification) (bool, error) {
-	v := b.Get(k)
-	if v == nil {
-		return false, nil
-	}
-	return true, db.seal.DecodeNotification(v, n)
+	return decodeStored(b.Get(k), n, db.seal.DecodeNotification)
 }
 
 func (db *DB) getUser(b *bolt.Bucket, appUserID string, u *User) (bool, error) {
-	v := b.Get([]byte(db.seal.UserKey(appUserID)))
-	if v == nil {
-		return false, nil
-	}
-	return true, db.seal.DecodeUser(v, u)
+	return decodeStored(b.Get([]byte(db.seal.UserKey(appUserID))), u, db.seal.DecodeUser)
 }
 
 func (db *DB) putUser(b *bolt.Bucket, u *User) error {
-	v, err := db.seal.EncodeUser(u)
-	if err != nil {
-		return err
-	}
-	return b.Put([]byte(db.seal.UserKey(u.AppUserID)), v)
+	return put(b, []byte(db.seal.UserKey(u.AppUserID)), u, db.seal.EncodeUser)
 }
 
 // upgrade seals a schema 1 file: personal fields sealed, app user ids and

@@ -97,7 +97,7 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResul
 	for _, k := range drop {
 		id := k[8:]
 		// An event sealed under its own key takes the key with it.
-		if kid := db.seal.KID(OwnEventSubject(string(id))); bytes.HasPrefix(events.Get(k), append([]byte{1}, kid[:]...)) {
+		if kid, ok := KIDOf(events.Get(k)); ok && kid == db.seal.KID(OwnEventSubject(string(id))) {
 			kids = append(kids, kid)
 		}
 		prefix := append(append([]byte(nil), id...), '|')

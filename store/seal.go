@@ -78,6 +78,14 @@ func (s *Sealer) AltKeys(keys []string) []string {
 
 const altPrefix = "h1:"
 
+// WithHashedAltKeys is a copy of n whose alt keys are stored forms (the
+// caller's notification is left as it was): both stores ingest this.
+func (s *Sealer) WithHashedAltKeys(n *mapping.Notification) *mapping.Notification {
+	c := *n
+	c.AltKeys = s.AltKeys(n.AltKeys)
+	return &c
+}
+
 // KID is the key id of a subject.
 func (s *Sealer) KID(subject string) vault.KID { return s.h.KID(subject) }
 

@@ -25,9 +25,7 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 	if n.ReceivedAt.IsZero() {
 		n.ReceivedAt = db.opts.Now()
 	}
-	hashed := *n
-	hashed.AltKeys = db.seal.AltKeys(n.AltKeys)
-	n = &hashed
+	n = db.seal.WithHashedAltKeys(n)
 	var res store.IngestResult
 	var dests []string
 	// Map outside the transaction against the states as they are, then
