@@ -22,15 +22,16 @@ import (
 // those rows (dead tuples, WAL, backups, replicas) then holds personal
 // fields that nothing can open.
 
-type eventHit struct {
+// hit is a record an erasure found, with its stored document.
+type hit[T any] struct {
 	doc []byte
-	e   mapping.Event
+	rec T
 }
 
-type stateHit struct {
-	doc []byte
-	s   mapping.State
-}
+type (
+	eventHit = hit[mapping.Event]
+	stateHit = hit[mapping.State]
+)
 
 // PendingErasures counts queued erasures.
 func (db *DB) PendingErasures() (int, error) {
@@ -173,9 +174,9 @@ func (db *DB) eraseChunk(ctx context.Context, tx dbtx, job *store.ErasureJob, ki
 	return finished, nil
 }
 
-// scanEvents decodes rows of (id, doc) and keeps those match accepts; last
-// is the last id read.
-func (db *DB) scanEvents(rows pgx.Rows, match func(*mapping.Event) bool) (hits []eventHit, last string, read int, err error) {
+// scanSealed decodes rows of (key, doc) and keeps those match accepts;
+// last is the last key read.
+func scanSealed[T any](rows pgx.Rows, decode func([]byte, *T) error, match func(key string, rec *T) bool) (hits []hit[T], last string, read int, err error) {
 	defer rows.Close()
 	for rows.Next() {
 		var doc []byte
@@ -183,33 +184,28 @@ func (db *DB) scanEvents(rows pgx.Rows, match func(*mapping.Event) bool) (hits [
 			return nil, "", 0, err
 		}
 		read++
-		var e mapping.Event
-		if db.seal.DecodeEvent(doc, &e) == nil && match(&e) {
-			hits = append(hits, eventHit{doc, e})
+		var rec T
+		if decode(doc, &rec) == nil && match(last, &rec) {
+			hits = append(hits, hit[T]{doc, rec})
 		}
 	}
 	return hits, last, read, rows.Err()
 }
 
-// scanStates decodes rows of (key, doc) and keeps those match accepts;
-// last is the last key read.
-func (db *DB) scanStates(rows pgx.Rows, match func(*mapping.State) bool) (hits []stateHit, last string, read int, err error) {
-	defer rows.Close()
-	for rows.Next() {
-		var doc []byte
-		if err := rows.Scan(&last, &doc); err != nil {
-			return nil, "", 0, err
+func (db *DB) scanEvents(rows pgx.Rows, match func(*mapping.Event) bool) ([]eventHit, string, int, error) {
+	return scanSealed(rows, db.seal.DecodeEvent, func(_ string, e *mapping.Event) bool { return match(e) })
+}
+
+func (db *DB) scanStates(rows pgx.Rows, match func(*mapping.State) bool) ([]stateHit, string, int, error) {
+	return scanSealed(rows, db.seal.DecodeState, func(key string, st *mapping.State) bool {
+		if !match(st) {
+			return false
 		}
-		read++
-		var s mapping.State
-		if db.seal.DecodeState(doc, &s) == nil && match(&s) {
-			if s.Key == "" {
-				s.Key = last
-			}
-			hits = append(hits, stateHit{doc, s})
+		if st.Key == "" {
+			st.Key = key
 		}
-	}
-	return hits, last, read, rows.Err()
+		return true
+	})
 }
 
 // eraseRecords erases events (with the notifications they came from) and
@@ -230,7 +226,7 @@ func (db *DB) eraseRecords(ctx context.Context, tx dbtx, evs []eventHit, sts []s
 	}
 	b := &pgx.Batch{}
 	for i := range evs {
-		e := &evs[i].e
+		e := &evs[i].rec
 		store.ForgetEvent(e)
 		if err := db.queueEvent(b, e, true); err != nil {
 			return err
@@ -242,13 +238,13 @@ func (db *DB) eraseRecords(ctx context.Context, tx dbtx, evs []eventHit, sts []s
 		}
 	}
 	for i := range evs {
-		if err := db.eraseInbox(ctx, tx, evs[i].e.Source, evs[i].e.SourceEventID, store.ErasedReason, kids); err != nil {
+		if err := db.eraseInbox(ctx, tx, evs[i].rec.Source, evs[i].rec.SourceEventID, store.ErasedReason, kids); err != nil {
 			return err
 		}
 	}
 	for i := range sts {
-		store.ForgetState(&sts[i].s, valueKey)
-		if err := db.putState(ctx, tx, &sts[i].s); err != nil {
+		store.ForgetState(&sts[i].rec, valueKey)
+		if err := db.putState(ctx, tx, &sts[i].rec); err != nil {
 			return err
 		}
 	}
@@ -262,7 +258,7 @@ func (db *DB) eraseRecords(ctx context.Context, tx dbtx, evs []eventHit, sts []s
 func (db *DB) forgetMemory(ctx context.Context, tx dbtx, evs []eventHit) error {
 	var parts []string
 	for i := range evs {
-		for k, v := range evs[i].e.User.Identifiers {
+		for k, v := range evs[i].rec.User.Identifiers {
 			parts = append(parts, db.seal.MemoryKey(k+":"+v))
 		}
 	}
