@@ -15,6 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store/storetest/fakemap"
 )
 
 // benchGoroutines are the concurrency levels both benchmarks run at.
@@ -23,7 +24,7 @@ var benchGoroutines = []int{1, 16, 64}
 // benchBody is a notification body of realistic size (a Stripe event is
 // 2-6 KiB; this is about 2 KiB) that maps to one event.
 func benchBody(i int64) []byte {
-	b := fakeBody{Facts: []fakeFact{{
+	b := fakemap.Body{Facts: []fakemap.Fact{{
 		Fact: "sub_1QPaidB2eZvKYlo2CpQ8rS9tU:renewal:" + strconv.FormatInt(i, 10), Type: mapping.SubscriptionRenewed, User: "user_51d0aa",
 		IDs: map[string]string{"idfa": "6D92078A-8246-4BA4-AE5B-76104861E7DC", "appsflyer_id": "1764458400123-5817305"},
 	}}}
@@ -31,7 +32,7 @@ func benchBody(i int64) []byte {
 	for j := range pad {
 		pad[j] = 'a' + byte(j%26)
 	}
-	b.Ignore = string(pad) // carried, not used: fakeMap emits the fact
+	b.Ignore = string(pad) // carried, not used: fakemap.Map emits the fact
 	out, _ := json.Marshal(b)
 	return out
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"testing"
+
+	"github.com/postback/postback/store/storetest/fakemap"
 )
 
 // TestDeadGroupsInChunks: DeadGroups reads the deliveries in several short
@@ -13,8 +15,8 @@ func TestDeadGroupsInChunks(t *testing.T) {
 	var cs []Completion
 	for i := range 7 {
 		f := fmt.Sprint("dg", i)
-		db.ingest(t, note("evt_"+f, facts(f)))
-		ids, err := db.EventDeliveries(factID(f))
+		db.ingest(t, fakemap.Note("evt_"+f, fakemap.Facts(f)))
+		ids, err := db.EventDeliveries(fakemap.FactID(f))
 		if err != nil || len(ids) != 2 {
 			t.Fatalf("deliveries of %s: %v, %v", f, ids, err)
 		}

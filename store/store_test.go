@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store/storetest/fakemap"
 )
 
 // storeT0 is the start of every store test's clock.
@@ -72,84 +72,7 @@ func mustOpen(t *testing.T, opts *Options) *DB {
 	return db
 }
 
-// fakeFact is one canonical fact in a fake notification body.
-type fakeFact struct {
-	Fact string            `json:"fact"` // the event id derives from it
-	Type mapping.Type      `json:"type"`
-	User string            `json:"user,omitempty"`
-	IDs  map[string]string `json:"ids,omitempty"`
-}
-
-// fakeBody is what fakeMap reads: a Stripe-like notification reduced to the
-// facts it reports.
-type fakeBody struct {
-	Facts  []fakeFact `json:"facts,omitempty"`
-	Ignore string     `json:"ignore,omitempty"`
-	Fail   string     `json:"fail,omitempty"` // malformed | currency | amount | unknown | hard
-}
-
-var errHard = errors.New("fake: not a mapping error")
-
-// fakeMap maps fakeBody notifications (or, for deferred ones, their
-// enrichment). It counts its runs per subscription in state "test:count",
-// so tests can tell whether states were written.
-func fakeMap(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
-	body := n.Body
-	if n.Deferred {
-		body = n.Enriched
-	}
-	var b fakeBody
-	if err := json.Unmarshal(body, &b); err != nil {
-		return mapping.Result{}, fmt.Errorf("%w: %v", mapping.ErrMalformed, err)
-	}
-	switch b.Fail {
-	case "malformed":
-		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrMalformed)
-	case "currency":
-		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrCurrency)
-	case "amount":
-		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrAmount)
-	case "unknown":
-		return mapping.Result{}, fmt.Errorf("%w: fake", mapping.ErrUnknownSource)
-	case "hard":
-		return mapping.Result{}, errHard
-	}
-	s, _ := st.State("test:count")
-	s.Key = "test:count"
-	c := 0
-	fmt.Sscan(s.Value("count"), &c)
-	s.SetValue("count", fmt.Sprint(c+1))
-	out := mapping.Result{Ignored: b.Ignore, States: []mapping.State{s}}
-	for _, f := range b.Facts {
-		out.Events = append(out.Events, mapping.Event{
-			ID: mapping.EventID("test", f.Fact), Type: f.Type, Source: n.Source, Environment: mapping.Production,
-			AppID: "com.example.app", User: mapping.User{AppUserID: f.User, Identifiers: f.IDs},
-			OccurredAt: n.ReceivedAt, SourceEventID: n.Key,
-		})
-	}
-	return out, nil
-}
-
-func factID(fact string) string { return mapping.EventID("test", fact) }
-
-// note builds a Stripe-like notification.
-func note(key string, b fakeBody) *mapping.Notification {
-	body, err := json.Marshal(b)
-	if err != nil {
-		panic(err)
-	}
-	return &mapping.Notification{Source: mapping.SourceStripe, Key: key, Type: "invoice.paid", AppID: "com.example.app", Body: body}
-}
-
-func facts(ff ...string) fakeBody {
-	var b fakeBody
-	for _, f := range ff {
-		b.Facts = append(b.Facts, fakeFact{Fact: f, Type: mapping.SubscriptionRenewed, User: "u1"})
-	}
-	return b
-}
-
-// testDB opens a store with fakeMap, a test clock and routes to "af" and
+// testDB opens a store with fakemap.Map, a test clock and routes to "af" and
 // "hook"; commits lists what OnCommit reported.
 type testDB struct {
 	*DB
@@ -162,7 +85,7 @@ func openTest(t *testing.T) *testDB {
 	t.Helper()
 	td := &testDB{clock: &testClock{t: storeT0}}
 	td.DB = mustOpen(t, &Options{
-		Map:   fakeMap,
+		Map:   fakemap.Map,
 		Now:   td.clock.Now,
 		Route: func(*mapping.Event) []string { return []string{"af", "hook"} },
 		OnCommit: func(dests []string) {
@@ -274,18 +197,18 @@ func (b *blockFirst) hook(n *mapping.Notification) error {
 		})
 	}
 	if n.Key == "bad" {
-		return errHard
+		return fakemap.ErrHard
 	}
 	return nil
 }
 
-// options returns o with the hook installed and fakeMap as the mapping,
+// options returns o with the hook installed and fakemap.Map as the mapping,
 // each notification counting in a state of its own (so that no prepared
 // ingest conflicts with another and the test sees the commits it queued).
 func (b *blockFirst) options(o *Options) *Options {
 	o.Map = func(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
 		own := "test:count:" + n.Key
-		out, err := fakeMap(n, renamedStates{st, own})
+		out, err := fakemap.Map(n, renamedStates{st, own})
 		for i := range out.States {
 			if out.States[i].Key == "test:count" {
 				out.States[i].Key = own
@@ -321,7 +244,7 @@ func queueBehindBlocked(t *testing.T, db *DB, b *blockFirst, keys []string) map[
 	var wg sync.WaitGroup
 	run := func(k string) {
 		defer wg.Done()
-		_, err := db.Ingest(ctx, note(k, facts("fact-"+k)))
+		_, err := db.Ingest(ctx, fakemap.Note(k, fakemap.Facts("fact-"+k)))
 		mu.Lock()
 		errs[k] = err
 		mu.Unlock()
@@ -377,8 +300,8 @@ func TestFailingOpFailsAlone(t *testing.T) {
 	b := newBlockFirst()
 	db := mustOpen(t, b.options(&Options{Now: (&testClock{t: storeT0}).Now, Route: func(*mapping.Event) []string { return []string{"af"} }}))
 	errs := queueBehindBlocked(t, db, b, []string{"good1", "bad", "good2"})
-	if !errors.Is(errs["bad"], errHard) {
-		t.Errorf("bad op: %v, want errHard", errs["bad"])
+	if !errors.Is(errs["bad"], fakemap.ErrHard) {
+		t.Errorf("bad op: %v, want fakemap.ErrHard", errs["bad"])
 	}
 	var ok []string
 	for _, k := range []string{"n0", "good1", "good2"} {
@@ -388,7 +311,7 @@ func TestFailingOpFailsAlone(t *testing.T) {
 		if _, err := db.Notification(mapping.SourceStripe, k); err != nil {
 			t.Errorf("%s not stored: %v", k, err)
 		}
-		ok = append(ok, factID("fact-"+k)+"|af")
+		ok = append(ok, fakemap.FactID("fact-"+k)+"|af")
 	}
 	if _, err := db.Notification(mapping.SourceStripe, "bad"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("bad op stored: %v", err)
@@ -403,14 +326,14 @@ func TestFailingOpFailsAlone(t *testing.T) {
 
 func TestClosed(t *testing.T) {
 	db := openTest(t)
-	db.ingest(t, note("evt_1", facts("a")))
+	db.ingest(t, fakemap.Note("evt_1", fakemap.Facts("a")))
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	if _, err := db.Ingest(context.Background(), note("evt_2", facts("b"))); !errors.Is(err, ErrClosed) {
+	if _, err := db.Ingest(context.Background(), fakemap.Note("evt_2", fakemap.Facts("b"))); !errors.Is(err, ErrClosed) {
 		t.Errorf("Ingest after Close: %v, want ErrClosed", err)
 	}
 	if err := db.Ping(context.Background()); !errors.Is(err, ErrClosed) {
@@ -459,7 +382,7 @@ func TestCloseCommitsQueuedWork(t *testing.T) {
 // woken), and lists the destinations with queued work from its due index.
 func TestIngestWakesOnceAndDestinations(t *testing.T) {
 	db := openTest(t)
-	db.ingest(t, note("evt_1", facts("a")))
+	db.ingest(t, fakemap.Note("evt_1", fakemap.Facts("a")))
 	if got := db.Destinations(); strings.Join(got, ",") != "af,hook" {
 		t.Errorf("destinations %v", got)
 	}
@@ -488,7 +411,7 @@ func TestPreparedIngestConflictMapsAgain(t *testing.T) {
 	db := mustOpen(t, &Options{
 		Now: (&testClock{t: storeT0}).Now,
 		Map: func(n *mapping.Notification, st mapping.States) (mapping.Result, error) {
-			out, err := fakeMap(n, st)
+			out, err := fakemap.Map(n, st)
 			if n.Key == "a" && aRuns.Add(1) == 1 {
 				close(aMapped) // a has read the state...
 				<-bDone        // ...and b commits a change to it before a does
@@ -498,11 +421,11 @@ func TestPreparedIngestConflictMapsAgain(t *testing.T) {
 	})
 	done := make(chan error, 1)
 	go func() {
-		_, err := db.Ingest(context.Background(), note("a", facts("fa")))
+		_, err := db.Ingest(context.Background(), fakemap.Note("a", fakemap.Facts("fa")))
 		done <- err
 	}()
 	<-aMapped
-	if _, err := db.Ingest(context.Background(), note("b", facts("fb"))); err != nil {
+	if _, err := db.Ingest(context.Background(), fakemap.Note("b", fakemap.Facts("fb"))); err != nil {
 		t.Fatal(err)
 	}
 	close(bDone)
