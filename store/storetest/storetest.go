@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -180,12 +181,18 @@ func (e *Env) DueKeys(t *testing.T, dest string, now time.Time) []string {
 	return out
 }
 
-// Run runs every conformance test against b.
-func Run(t *testing.T, b Backend) {
+// Run runs every conformance test against b, or only the named ones.
+func Run(t *testing.T, b Backend, only ...string) {
 	for _, c := range cases {
+		if len(only) > 0 && !slices.Contains(only, c.name) {
+			continue
+		}
 		t.Run(c.name, func(t *testing.T) { c.fn(t, b) })
 	}
 }
+
+// ErasureCases are the cases that carry out privacy erasures.
+var ErasureCases = []string{"ShopifyCustomerErasure", "ShopifyErasureSurvivesRestart", "ShopifyShopErasure", "ErasuresRunInTurn"}
 
 type testCase struct {
 	name string
