@@ -1,7 +1,6 @@
 package console
 
 import (
-	"errors"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -165,12 +164,7 @@ func (c *Console) export(w http.ResponseWriter, r *http.Request, _ *session) {
 func (c *Console) resume(w http.ResponseWriter, r *http.Request, s *session) {
 	name := r.PathValue("name")
 	was, err := c.b.Resume(r.Context(), name)
-	if errors.Is(err, store.ErrNotFound) {
-		c.fail(w, r, http.StatusNotFound, "There is no destination "+name+".")
-		return
-	}
-	if err != nil {
-		c.internal(w, r, err)
+	if c.destinationFailed(w, r, name, err) {
 		return
 	}
 	if was {

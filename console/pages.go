@@ -547,12 +547,7 @@ func (c *Console) destinations(w http.ResponseWriter, r *http.Request, s *sessio
 func (c *Console) testEvent(w http.ResponseWriter, r *http.Request, s *session) {
 	name := r.PathValue("name")
 	res, err := c.b.TestEvent(r.Context(), name)
-	if errors.Is(err, store.ErrNotFound) {
-		c.fail(w, r, http.StatusNotFound, "There is no destination "+name+".")
-		return
-	}
-	if err != nil {
-		c.internal(w, r, err)
+	if c.destinationFailed(w, r, name, err) {
 		return
 	}
 	verdict := "passed"
@@ -587,4 +582,18 @@ func (c *Console) testEvent(w http.ResponseWriter, r *http.Request, s *session) 
 		c.setFlashBad(s, msg+".")
 	}
 	http.Redirect(w, r, Prefix+"/destinations", http.StatusSeeOther)
+}
+
+// destinationFailed answers a failed action on destination name (404 for
+// an unknown one) and reports whether it did.
+func (c *Console) destinationFailed(w http.ResponseWriter, r *http.Request, name string, err error) bool {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		c.fail(w, r, http.StatusNotFound, "There is no destination "+name+".")
+	case err != nil:
+		c.internal(w, r, err)
+	default:
+		return false
+	}
+	return true
 }
