@@ -446,13 +446,12 @@ type attemptPersonal struct {
 // nothing personal leaves the attempt plain.
 func (s *Sealer) EncodeAttempt(a *Attempt, eventDoc []byte) ([]byte, error) {
 	kid, sealed := KIDOf(eventDoc)
-	c := *a
-	c.Request, c.Response = "", ""
-	empty := !sealed || (a.Request == "" && a.Response == "")
 	if !sealed {
 		return json.Marshal(a)
 	}
-	return s.seal(kid, &c, &attemptPersonal{Request: a.Request, Response: a.Response}, empty)
+	c := *a
+	c.Request, c.Response = "", ""
+	return s.seal(kid, &c, &attemptPersonal{Request: a.Request, Response: a.Response}, a.Request == "" && a.Response == "")
 }
 
 // DecodeAttempt reads a stored attempt.
