@@ -3,6 +3,8 @@ package config
 import (
 	"bytes"
 	"errors"
+	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -45,6 +47,34 @@ func FuzzParse(f *testing.F) {
 			if len(s) >= 8 && bytes.Contains(out, []byte(s)) {
 				t.Fatalf("secret %.3s... in redacted output", s)
 			}
+		}
+	})
+}
+
+// urlRE is the expression urlSpans replaces; the fuzz target below checks
+// that both find the same URLs.
+var urlRE = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.\-]*://[^\s"'<>` + "`" + `]+`)
+
+// FuzzURLSpans checks the hand-written URL finder against the regular
+// expression it replaces, on any text (invalid UTF-8 included).
+func FuzzURLSpans(f *testing.F) {
+	for _, s := range []string{"", "plain", "https://h/x?a=1", "x123://a", "1://b", "a:// b://c", `"postgres://u:p@h/d?x=1"`,
+		"http://a\thttps://b", "::://", "a-b.c+d://x y", "é://x", "a\xffb://\xfe\xff", "http://", "ftp://x://y", "://x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want := urlRE.FindAllStringIndex(s, -1)
+		got := urlSpans(s)
+		if len(want) != len(got) {
+			t.Fatalf("urlSpans(%q) = %v, want %v", s, got, want)
+		}
+		for i := range want {
+			if want[i][0] != got[i][0] || want[i][1] != got[i][1] {
+				t.Fatalf("urlSpans(%q) = %v, want %v", s, got, want)
+			}
+		}
+		if r, w := RedactURLs(s), urlRE.ReplaceAllStringFunc(s, redactURL); r != w && strings.Contains(s, "://") {
+			t.Fatalf("RedactURLs(%q) = %q, want %q", s, r, w)
 		}
 	})
 }

@@ -93,15 +93,7 @@ func maskBody(body []byte, contentType string) string {
 			out = v.Encode()
 		}
 	case json.Valid(body):
-		var v any
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.UseNumber()
-		if dec.Decode(&v) == nil {
-			maskJSON(v)
-			if js, err := json.Marshal(v); err == nil {
-				out = string(js)
-			}
-		}
+		out = string(maskJSON(body))
 	}
 	out = strings.ToValidUTF8(out, "?")
 	if cut {
@@ -110,19 +102,62 @@ func maskBody(body []byte, contentType string) string {
 	return out
 }
 
-func maskJSON(v any) {
-	switch x := v.(type) {
-	case map[string]any:
-		for k, c := range x {
-			if _, isStr := c.(string); isStr && secretName(k) {
-				x[k] = masked
-				continue
+// maskJSON returns a valid JSON document with the string value of every
+// member whose name says credential (secretName) replaced by "[masked]",
+// at any depth; everything else is kept byte for byte, so the log shows
+// the body as it was sent. It walks the bytes once: in valid JSON a string
+// followed by ':' is a member name, and every other string is a value.
+func maskJSON(doc []byte) []byte { return maskMembers(doc, secretName) }
+
+// maskMembers is maskJSON with the test for a credential's name.
+func maskMembers(doc []byte, secretName func(string) bool) []byte {
+	out := make([]byte, 0, len(doc))
+	secret := false // the last member name says credential
+	for i := 0; i < len(doc); {
+		c := doc[i]
+		if c != '"' {
+			if c == ',' || c == '{' || c == '[' {
+				secret = false
 			}
-			maskJSON(c)
+			out = append(out, c)
+			i++
+			continue
 		}
-	case []any:
-		for _, c := range x {
-			maskJSON(c)
+		end := stringEnd(doc, i)
+		j := end
+		for j < len(doc) && (doc[j] == ' ' || doc[j] == '\t' || doc[j] == '\n' || doc[j] == '\r') {
+			j++
+		}
+		if j < len(doc) && doc[j] == ':' { // a member name
+			raw := doc[i+1 : end-1]
+			if bytes.IndexByte(raw, '\\') < 0 {
+				secret = secretName(string(raw))
+			} else {
+				var name string
+				secret = json.Unmarshal(doc[i:end], &name) == nil && secretName(name)
+			}
+			out = append(out, doc[i:end]...)
+		} else if secret {
+			out = append(out, `"`+masked+`"`...)
+			secret = false
+		} else {
+			out = append(out, doc[i:end]...)
+		}
+		i = end
+	}
+	return out
+}
+
+// stringEnd returns the index just past the JSON string that starts at
+// doc[i] (a '"'), in a document already known to be valid.
+func stringEnd(doc []byte, i int) int {
+	for i++; i < len(doc); i++ {
+		switch doc[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
 		}
 	}
+	return len(doc)
 }

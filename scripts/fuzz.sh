@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 fuzztime="${1:-3s}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-for pkg in ./config ./mapping ./webhooks; do
+for pkg in ./config ./forwarders ./mapping ./webhooks; do
   for target in $(go test "$pkg" -list '^Fuzz' | grep '^Fuzz'); do
     for try in 1 2; do
       echo "== $pkg $target ($fuzztime)"
