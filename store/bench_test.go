@@ -138,10 +138,11 @@ func BenchmarkBoltUpdatePerOp(b *testing.B) {
 					if err := tx.Bucket(bInboxIDs).Put(ik, msKey(n.ReceivedAt)); err != nil {
 						return err
 					}
-					if err := put(tx.Bucket(bEvents), timeKey(n.ReceivedAt, e.ID), &e); err != nil {
+					ek := timeKey(n.ReceivedAt, e.ID)
+					if err := put(tx.Bucket(bEvents), ek, &e); err != nil {
 						return err
 					}
-					return put(tx.Bucket(bDeliveries), []byte(d.Key), &d)
+					return put(tx.Bucket(bDeliveries), deliveryKeyIn(ek, d.Destination), &d)
 				})
 				if err != nil {
 					b.Error(err)

@@ -194,7 +194,7 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 		if b == nil {
 			return nil
 		}
-		deliveries, users := tx.Bucket(bDeliveries), tx.Bucket(bUsers)
+		deliveries, users, events := tx.Bucket(bDeliveries), tx.Bucket(bUsers), tx.Bucket(bEvents)
 		end := uint64(now.UnixMilli())
 		c := b.Cursor()
 		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
@@ -206,13 +206,17 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 				continue
 			}
 			var d Due
-			if ok, err := getJSON(deliveries, []byte(key), &d.Delivery); err != nil || !ok {
+			dk, ek := storedDelivery(tx, key)
+			if dk == nil {
+				continue
+			}
+			if ok, err := getJSON(deliveries, dk, &d.Delivery); err != nil || !ok {
 				continue
 			}
 			if !orderHead(tx, &d.Delivery, skip) {
 				continue // another delivery of its ordering key comes first
 			}
-			if ok, err := db.getEventByID(tx, d.Delivery.EventID, &d.Event); err != nil || !ok {
+			if ok, err := db.getEvent(events, ek, &d.Event); err != nil || !ok {
 				continue
 			}
 			db.mergeUser(users, &d.Event)
@@ -266,9 +270,11 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 		wake = wake[:0]
 		now := db.opts.Now()
 		deliveries := tx.Bucket(bDeliveries)
+		events := tx.Bucket(bEvents)
 		for _, c := range cs {
 			var d Delivery
-			ok, err := getJSON(deliveries, []byte(c.Key), &d)
+			dk, ek := storedDelivery(tx, c.Key)
+			ok, err := getJSON(deliveries, dk, &d)
 			if err != nil {
 				return err
 			}
@@ -285,11 +291,11 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 			}
 			d.Apply(c, now)
 			if c.Attempt != nil {
-				doc, err := db.seal.EncodeAttempt(c.Attempt, eventDoc(tx, d.EventID))
+				doc, err := db.seal.EncodeAttempt(c.Attempt, events.Get(ek))
 				if err != nil {
 					return err
 				}
-				if err := tx.Bucket(bAttempts).Put(attemptKey(d.Key, d.Attempts), doc); err != nil {
+				if err := tx.Bucket(bAttempts).Put(attemptKey(dk, d.Attempts), doc); err != nil {
 					return err
 				}
 			}
@@ -307,7 +313,7 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 					}
 				}
 			}
-			if err := putJSON(deliveries, []byte(d.Key), &d); err != nil {
+			if err := putJSON(deliveries, dk, &d); err != nil {
 				return err
 			}
 		}
@@ -361,8 +367,9 @@ func (d *Delivery) Requeue(now time.Time) {
 	d.WaitUntil = time.Time{}
 }
 
-func attemptKey(key string, n int) []byte {
-	k := []byte(key + "\x00")
+// attemptKey is the stored key of attempt n of the delivery stored under dk.
+func attemptKey(dk []byte, n int) []byte {
+	k := append(append(make([]byte, 0, len(dk)+5), dk...), 0)
 	return binary.BigEndian.AppendUint32(k, uint32(n))
 }
 
@@ -376,7 +383,8 @@ func (db *DB) Replay(ctx context.Context, key string) (Delivery, error) {
 	err := db.submit(ctx, func(tx *bolt.Tx) error {
 		wake = wake[:0]
 		deliveries := tx.Bucket(bDeliveries)
-		ok, err := getJSON(deliveries, []byte(key), &d)
+		dk, _ := storedDelivery(tx, key)
+		ok, err := getJSON(deliveries, dk, &d)
 		if err != nil {
 			return softError{err}
 		}
@@ -394,7 +402,7 @@ func (db *DB) Replay(ctx context.Context, key string) (Delivery, error) {
 			return err
 		}
 		wake = append(wake, d.Destination)
-		return putJSON(deliveries, []byte(key), &d)
+		return putJSON(deliveries, dk, &d)
 	}, &wake)
 	return d, err
 }
@@ -424,7 +432,8 @@ func (db *DB) Queue(dest string) (QueueStats, error) {
 			q.Depth++
 			if q.Depth <= 1000 {
 				var d Delivery
-				if ok, _ := getJSON(deliveries, k[8:], &d); ok {
+				dk, _ := storedDelivery(tx, string(k[8:]))
+				if ok, _ := getJSON(deliveries, dk, &d); dk != nil && ok {
 					if q.OldestCreate.IsZero() || d.CreatedAt.Before(q.OldestCreate) {
 						q.OldestCreate = d.CreatedAt
 					}
@@ -455,7 +464,8 @@ func (db *DB) Destinations() []string {
 func (db *DB) Delivery(key string) (Delivery, error) {
 	var d Delivery
 	err := db.view(func(tx *bolt.Tx) error {
-		ok, err := getJSON(tx.Bucket(bDeliveries), []byte(key), &d)
+		dk, _ := storedDelivery(tx, key)
+		ok, err := getJSON(tx.Bucket(bDeliveries), dk, &d)
 		if err == nil && !ok {
 			err = fmt.Errorf("%w: delivery %s", ErrNotFound, key)
 		}
@@ -468,8 +478,12 @@ func (db *DB) Delivery(key string) (Delivery, error) {
 func (db *DB) Attempts(key string) ([]Attempt, error) {
 	var out []Attempt
 	err := db.view(func(tx *bolt.Tx) error {
+		dk, _ := storedDelivery(tx, key)
+		if dk == nil {
+			return nil
+		}
 		c := tx.Bucket(bAttempts).Cursor()
-		prefix := []byte(key + "\x00")
+		prefix := append(dk, 0)
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			var a Attempt
 			if err := db.seal.DecodeAttempt(v, &a); err != nil {
@@ -486,8 +500,12 @@ func (db *DB) Attempts(key string) ([]Attempt, error) {
 func (db *DB) EventDeliveries(eventID string) ([]Delivery, error) {
 	var out []Delivery
 	err := db.view(func(tx *bolt.Tx) error {
+		ek := eventKey(tx, eventID)
+		if ek == nil {
+			return nil
+		}
 		c := tx.Bucket(bDeliveries).Cursor()
-		prefix := []byte(eventID + "|")
+		prefix := deliveriesOf(ek)
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			var d Delivery
 			if err := jsonUnmarshal(v, &d); err != nil {

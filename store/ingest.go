@@ -361,7 +361,8 @@ func (db *DB) writePrepared(tx *bolt.Tx, p *prepared, res *IngestResult, writeSt
 			res.Repeats++
 			continue
 		}
-		if err := events.Put(timeKey(e.ReceivedAt, e.ID), pe.doc); err != nil {
+		ek := timeKey(e.ReceivedAt, e.ID)
+		if err := events.Put(ek, pe.doc); err != nil {
 			return err
 		}
 		if err := ids.Put([]byte(e.ID), msKey(e.ReceivedAt)); err != nil {
@@ -374,7 +375,7 @@ func (db *DB) writePrepared(tx *bolt.Tx, p *prepared, res *IngestResult, writeSt
 		}
 		for j := range pe.deliveries {
 			pd := &pe.deliveries[j]
-			if err := deliveries.Put([]byte(pd.d.Key), pd.doc); err != nil {
+			if err := deliveries.Put(deliveryKeyIn(ek, pd.d.Destination), pd.doc); err != nil {
 				return err
 			}
 			if err := putDue(tx, &pd.d); err != nil {

@@ -18,9 +18,13 @@ import (
 var ErrKeys = errors.New("store: data key file")
 
 // schemaSealed is the schema of a file whose personal fields are sealed
-// and whose user keys are keyed hashes; schema 1 files are upgraded at
-// open.
-const schemaSealed = "2"
+// and whose user keys are keyed hashes; schemaCurrent's deliveries and
+// attempts are stored under their event's time-ordered key as well. Files
+// of earlier schemas are upgraded at open.
+const (
+	schemaSealed  = "2"
+	schemaCurrent = "3"
+)
 
 // openKeys opens the key file beside the database, creating it for a new
 // database (or one from before sealing), and checks that it belongs to
@@ -52,7 +56,7 @@ func openKeys(tx *bolt.Tx, path, kp string) (*vault.KeyFile, error) {
 			return nil, err
 		}
 		if m.Get([]byte("schema")) == nil {
-			if err := m.Put([]byte("schema"), []byte(schemaSealed)); err != nil {
+			if err := m.Put([]byte("schema"), []byte(schemaCurrent)); err != nil {
 				kf.Close()
 				return nil, err
 			}
@@ -86,6 +90,32 @@ func inboxDoc(tx *bolt.Tx, ik []byte) []byte {
 	return docByID(tx.Bucket(bInbox), tx.Bucket(bInboxIDs), ik)
 }
 func eventKey(tx *bolt.Tx, id string) []byte { return idKey(tx.Bucket(bEventIDs), []byte(id)) }
+
+// Deliveries are stored under their event's time-ordered key, '|' and the
+// destination, and attempts under their delivery's, NUL and the attempt
+// number: the deliveries of events received together, and their attempts,
+// fill the same pages, as the events do. A delivery's key (event id |
+// destination: Delivery.Key) finds its place through the event id index.
+
+// deliveryKeyIn is the stored key of the delivery to dest of the event
+// stored under ek.
+func deliveryKeyIn(ek []byte, dest string) []byte {
+	return append(append(append(make([]byte, 0, len(ek)+1+len(dest)), ek...), '|'), dest...)
+}
+
+// storedDelivery returns the stored key of delivery key and its event's
+// key; nil when the event is not stored.
+func storedDelivery(tx *bolt.Tx, key string) (dk, ek []byte) {
+	id, dest := SplitDeliveryKey(key)
+	if ek = eventKey(tx, id); ek == nil {
+		return nil, nil
+	}
+	return deliveryKeyIn(ek, dest), ek
+}
+
+// deliveriesOf is the prefix of the stored keys of the deliveries of the
+// event stored under ek.
+func deliveriesOf(ek []byte) []byte { return append(append(make([]byte, 0, len(ek)+1), ek...), '|') }
 func eventDoc(tx *bolt.Tx, id string) []byte {
 	return docByID(tx.Bucket(bEvents), tx.Bucket(bEventIDs), []byte(id))
 }
@@ -144,8 +174,10 @@ func (db *DB) putUser(b *bolt.Bucket, u *User) error {
 	return put(b, []byte(db.seal.UserKey(u.AppUserID)), u, db.seal.EncodeUser)
 }
 
-// upgrade seals a schema 1 file: personal fields sealed, app user ids and
-// forwarder memory keys replaced by keyed hashes.
+// upgrade brings a file of an earlier schema to schemaCurrent: a schema 1
+// file is sealed (personal fields sealed, app user ids and forwarder
+// memory keys replaced by keyed hashes), then deliveries and attempts move
+// to their events' time-ordered keys.
 func (db *DB) upgrade() error {
 	var schema string
 	if err := db.bolt.View(func(tx *bolt.Tx) error {
@@ -154,21 +186,28 @@ func (db *DB) upgrade() error {
 	}); err != nil {
 		return err
 	}
-	if schema == schemaSealed {
+	if schema == schemaCurrent {
 		return nil
 	}
 	err := db.guard(func() error {
 		return db.bolt.Update(func(tx *bolt.Tx) error {
-			if err := db.upgradeRecords(tx); err != nil {
+			if schema != schemaSealed {
+				if err := db.upgradeRecords(tx); err != nil {
+					return err
+				}
+			}
+			if err := upgradeDeliveryKeys(tx); err != nil {
 				return err
 			}
-			if err := tx.Bucket(bMeta).Put([]byte("schema"), []byte(schemaSealed)); err != nil {
+			if err := tx.Bucket(bMeta).Put([]byte("schema"), []byte(schemaCurrent)); err != nil {
 				return err
 			}
 			return db.keys.Sync()
 		})
 	})
-	if err == nil {
+	if err == nil && schema == schemaSealed {
+		db.opts.Logger.Info("moved deliveries and attempts to time-ordered keys (schema 3)", "file", db.bolt.Path())
+	} else if err == nil {
 		db.opts.Logger.Warn("sealed the personal fields of a file written by an earlier version; its freed pages hold the old plain copies until they are reused: stop the gateway and run `postback store compact` to remove them", "file", db.bolt.Path())
 	}
 	return err
@@ -346,4 +385,49 @@ func (db *DB) upgradeRecords(tx *bolt.Tx) error {
 		}
 		return []byte(string(dest) + "\x00" + s.HashMemoryKey(string(key))), v, nil
 	})
+}
+
+// upgradeDeliveryKeys moves deliveries and attempts from their delivery
+// key (event id | destination) to their event's time-ordered key (schema
+// 2 to 3). A delivery whose event is gone could no longer be found and is
+// dropped, with its attempts and queue entries.
+func upgradeDeliveryKeys(tx *bolt.Tx) error {
+	ids := tx.Bucket(bEventIDs)
+	stored := func(k []byte) []byte {
+		id, _, _ := bytes.Cut(k, []byte("|"))
+		ms := ids.Get(id)
+		if len(ms) != 8 {
+			return nil
+		}
+		return append(append(make([]byte, 0, 8+len(k)), ms...), k...)
+	}
+	var orphans []Delivery
+	err := rewrite(tx.Bucket(bDeliveries), func(k, v []byte) ([]byte, []byte, error) {
+		nk := stored(k)
+		if nk == nil {
+			var d Delivery
+			if json.Unmarshal(v, &d) == nil {
+				orphans = append(orphans, d)
+			}
+		}
+		return nk, v, nil
+	})
+	if err != nil {
+		return err
+	}
+	for i := range orphans {
+		d := &orphans[i]
+		if err := delDue(tx, d); err != nil {
+			return err
+		}
+		if err := delOrder(tx, d); err != nil {
+			return err
+		}
+		if d.UserKey != "" {
+			if err := tx.Bucket(bWaiting).Delete(waitKey(d.UserKey, d.Key)); err != nil {
+				return err
+			}
+		}
+	}
+	return rewrite(tx.Bucket(bAttempts), func(k, v []byte) ([]byte, []byte, error) { return stored(k), v, nil })
 }

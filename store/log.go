@@ -168,7 +168,7 @@ func (db *DB) DeliveryLog(f LogFilter) (LogPage, error) {
 			if ok, err := db.getEvent(events, k, &e); err != nil || !ok || !f.MatchEvent(&e) {
 				continue
 			}
-			prefix := append(append([]byte(nil), k[8:]...), '|')
+			prefix := deliveriesOf(k)
 			for dk, v := dc.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, v = dc.Next() {
 				var d Delivery
 				if err := jsonUnmarshal(v, &d); err != nil || !f.MatchDelivery(&d) {

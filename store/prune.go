@@ -83,7 +83,7 @@ func (db *DB) Prune(ctx context.Context, retention time.Duration) (PruneResult, 
 func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResult) ([]byte, error) {
 	events, deliveries, attempts := tx.Bucket(bEvents), tx.Bucket(bDeliveries), tx.Bucket(bAttempts)
 	drop, next := oldKeys(events, cutoff, from, r, func(k []byte) bool {
-		prefix := append(append([]byte(nil), k[8:]...), '|')
+		prefix := deliveriesOf(k)
 		dc := deliveries.Cursor()
 		for dk, v := dc.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, v = dc.Next() {
 			var d Delivery
@@ -100,7 +100,7 @@ func (db *DB) pruneEvents(tx *bolt.Tx, cutoff uint64, from []byte, r *PruneResul
 		if kid, ok := KIDOf(events.Get(k)); ok && kid == db.seal.KID(OwnEventSubject(string(id))) {
 			kids = append(kids, kid)
 		}
-		prefix := append(append([]byte(nil), id...), '|')
+		prefix := deliveriesOf(k)
 		var dkeys [][]byte
 		dc := deliveries.Cursor()
 		for dk, _ := dc.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, _ = dc.Next() {

@@ -173,7 +173,7 @@ func (db *DB) Deliveries(f DeliveryFilter) ([]Delivery, error) {
 			if !f.Since.IsZero() && int64(binary.BigEndian.Uint64(k[:8])) < f.Since.UnixMilli() {
 				break
 			}
-			prefix := append(append([]byte(nil), k[8:]...), '|')
+			prefix := deliveriesOf(k)
 			dc := deliveries.Cursor()
 			for dk, v := dc.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, v = dc.Next() {
 				var d Delivery

@@ -36,7 +36,8 @@ func (db *DB) Expedite(ctx context.Context, dest string, now time.Time) (int, er
 			}
 			for _, k := range keys {
 				var d Delivery
-				if ok, err := getJSON(deliveries, k[8:], &d); err != nil || !ok || int64(binary.BigEndian.Uint64(k[:8])) != d.NextAtMs {
+				dk, _ := storedDelivery(tx, string(k[8:]))
+				if ok, err := getJSON(deliveries, dk, &d); err != nil || !ok || int64(binary.BigEndian.Uint64(k[:8])) != d.NextAtMs {
 					continue
 				}
 				if d.State != StatePending && d.State != StateRetrying {
@@ -49,7 +50,7 @@ func (db *DB) Expedite(ctx context.Context, dest string, now time.Time) (int, er
 				if err := putDue(tx, &d); err != nil {
 					return err
 				}
-				if err := putJSON(deliveries, k[8:], &d); err != nil {
+				if err := putJSON(deliveries, dk, &d); err != nil {
 					return err
 				}
 				n++

@@ -70,7 +70,6 @@ func (db *DB) Stats(since, until time.Time, bucket time.Duration) (Stats, error)
 				s.Truncated = true
 				break
 			}
-			id := k[8:]
 			var e struct {
 				Type string `json:"type"`
 			}
@@ -82,7 +81,7 @@ func (db *DB) Stats(since, until time.Time, bucket time.Duration) (Stats, error)
 				s.Buckets[i][e.Type]++
 			}
 			s.Events++
-			prefix := append(append([]byte(nil), id...), '|')
+			prefix := deliveriesOf(k)
 			dc := deliveries.Cursor()
 			for dk, v := dc.Seek(prefix); dk != nil && bytes.HasPrefix(dk, prefix); dk, v = dc.Next() {
 				var d struct {

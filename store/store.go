@@ -40,9 +40,9 @@ var (
 	bEvents     = []byte("events")      // received_ms(8) event id -> mapping.Event, sealed (time-ordered: a commit appends)
 	bEventIDs   = []byte("event_ids")   // event id -> received_ms(8): the small dedupe index
 	bStates     = []byte("states")      // state key -> mapping.State, sealed
-	bDeliveries = []byte("deliveries")  // event id | destination -> Delivery
+	bDeliveries = []byte("deliveries")  // event's key (ms | id) | destination -> Delivery (keys.go)
 	bDue        = []byte("due")         // nested per destination: next_ms(8) delivery key -> nil
-	bAttempts   = []byte("attempts")    // delivery key 0 n(4) -> Attempt, sealed with its event's key
+	bAttempts   = []byte("attempts")    // delivery's stored key 0 n(4) -> Attempt, sealed with its event's key
 	bUsers      = []byte("users")       // user key (Sealer.UserKey) -> User, sealed
 	bWaiting    = []byte("waiting")     // user key 0 delivery key -> nil
 	bUserEvents = []byte("user_events") // user key 0 event id -> nil (privacy erasure)
@@ -449,6 +449,9 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 func getJSON(b *bolt.Bucket, key []byte, v any) (bool, error) {
 	if err := plainRecord(v); err != nil {
 		return false, err
+	}
+	if key == nil {
+		return false, nil // a delivery whose event is not stored
 	}
 	data := b.Get(key)
 	if data == nil {

@@ -114,7 +114,7 @@ func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]stri
 		}
 		now := db.opts.Now()
 		for _, k := range keys {
-			dk := k[len(prefix):]
+			dk, _ := storedDelivery(tx, string(k[len(prefix):]))
 			var d Delivery
 			if ok, err := getJSON(deliveries, dk, &d); err != nil || !ok || d.State != StateWaiting {
 				if err := w.Delete(k); err != nil {

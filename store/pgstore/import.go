@@ -164,13 +164,14 @@ func (db *DB) importRecord(ctx context.Context, tx dbtx, r store.Record) (int, e
 			VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, NULLIF($8, ''), $9, $10, $11) ON CONFLICT (key) DO NOTHING`,
 			d.Key, d.EventID, d.Destination, d.State, nullMs(&d), d.OrderKey, d.OrderAtMs, d.UserKey, d.CreatedAt, reasonText(&d), r.Value)
 	case store.KindAttempt:
-		// delivery key, NUL, n as 4 big-endian bytes
+		// the event's receive time (8 bytes), the delivery key, NUL, n as
+		// 4 big-endian bytes
 		i := len(r.Key) - 5
-		if i < 1 || r.Key[i] != 0 {
-			return 0, fmt.Errorf("attempt key without a number")
+		if i < 9 || r.Key[i] != 0 {
+			return 0, fmt.Errorf("attempt key without a time or a number")
 		}
 		n := binary.BigEndian.Uint32(r.Key[i+1:])
-		return exec(`INSERT INTO attempts (delivery_key, n, doc) VALUES ($1, $2, $3) ON CONFLICT (delivery_key, n) DO NOTHING`, string(r.Key[:i]), int(n), r.Value)
+		return exec(`INSERT INTO attempts (delivery_key, n, doc) VALUES ($1, $2, $3) ON CONFLICT (delivery_key, n) DO NOTHING`, string(r.Key[8:i]), int(n), r.Value)
 	case store.KindUser:
 		// The key is the user key (Sealer.UserKey) already.
 		return exec(`INSERT INTO users (user_key, doc) VALUES ($1, $2) ON CONFLICT (user_key) DO NOTHING`, string(r.Key), r.Value)
