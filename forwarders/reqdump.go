@@ -19,14 +19,24 @@ const masked = "[masked]"
 // secretName reports whether a header, query or field name carries a
 // credential.
 func secretName(name string) bool {
-	n := strings.ToLower(name)
-	for _, s := range []string{"authorization", "token", "secret", "key", "password", "signature", "auth", "cookie", "credential"} {
+	n := name
+	for i := 0; i < len(n); i++ {
+		if c := n[i]; c >= 'A' && c <= 'Z' || c >= 0x80 {
+			n = strings.ToLower(name)
+			break
+		}
+	}
+	for _, s := range secretNameParts {
 		if strings.Contains(n, s) {
 			return true
 		}
 	}
 	return false
 }
+
+// secretNameParts are the parts of a credential's name ("auth" covers
+// "authorization").
+var secretNameParts = []string{"token", "secret", "key", "password", "signature", "auth", "cookie", "credential"}
 
 // DumpRequest renders the request a forwarder sends, for the attempt log:
 // the summary line, the method and URL, the headers and the body (first
