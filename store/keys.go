@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -188,6 +189,9 @@ func (db *DB) upgrade() error {
 	}
 	if schema == schemaCurrent {
 		return nil
+	}
+	if n, err := strconv.Atoi(schema); err == nil && n > 3 {
+		return fmt.Errorf("%w: %s is at schema version %d, this postback knows up to %s; run the newer postback (or restore a backup from before the upgrade)", ErrSchemaNewer, db.bolt.Path(), n, schemaCurrent)
 	}
 	err := db.guard(func() error {
 		return db.bolt.Update(func(tx *bolt.Tx) error {

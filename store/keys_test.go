@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -179,4 +181,38 @@ func TestUpgradeDeliveryKeys(t *testing.T) {
 	if schema != schemaCurrent {
 		t.Fatalf("schema %q after the upgrade", schema)
 	}
+}
+
+// TestSchemaNewerRefused: a file of a schema this binary does not know is
+// refused at open with a message naming both versions, and left as it is.
+func TestSchemaNewerRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "new.db")
+	db, err := Open(path, &Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	bdb, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bdb.Update(func(tx *bolt.Tx) error { return tx.Bucket(bMeta).Put([]byte("schema"), []byte("9")) }); err != nil {
+		t.Fatal(err)
+	}
+	bdb.Close()
+	_, err = Open(path, &Options{Logger: slog.New(slog.DiscardHandler)})
+	if !errors.Is(err, ErrSchemaNewer) || !strings.Contains(err.Error(), "schema version 9") || !strings.Contains(err.Error(), "knows up to 3") {
+		t.Fatalf("open of a schema 9 file: %v", err)
+	}
+	bdb, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bdb.Close()
+	_ = bdb.View(func(tx *bolt.Tx) error {
+		if s := string(tx.Bucket(bMeta).Get([]byte("schema"))); s != "9" {
+			t.Errorf("schema %q after the refused open", s)
+		}
+		return nil
+	})
 }

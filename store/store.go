@@ -25,6 +25,9 @@ var ErrLocked = errors.New("store: database is in use by another process")
 // ErrClosed is returned by writes after Close.
 var ErrClosed = errors.New("store: closed")
 
+// ErrSchemaNewer reports a database file written by a newer postback.
+var ErrSchemaNewer = errors.New("store: the database schema is newer than this binary")
+
 // ErrNotFound is returned when an event, delivery or user does not exist.
 var ErrNotFound = errors.New("store: not found")
 
