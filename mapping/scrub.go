@@ -27,6 +27,9 @@ const RedactedValue = "[redacted]"
 
 // IsEmail reports whether s, trimmed, is one email address.
 func IsEmail(s string) bool {
+	if strings.IndexByte(s, '@') < 0 {
+		return false
+	}
 	s = strings.TrimSpace(s)
 	loc := emailRE.FindStringIndex(s)
 	return loc != nil && loc[0] == 0 && loc[1] == len(s)
@@ -137,7 +140,7 @@ func replacePII(s string, email, phone func(string) string) string {
 	if strings.IndexByte(s, '@') >= 0 {
 		s = emailRE.ReplaceAllStringFunc(s, email)
 	}
-	if len(s) < 7 || (len(s) > 512 && !strings.ContainsAny(s, " \t\n")) {
+	if len(s) < 7 || (len(s) > 512 && !strings.ContainsAny(s, " \t\n")) || !phoneRun(s) {
 		return s
 	}
 	locs := phoneRE.FindAllStringIndex(s, -1)
@@ -229,7 +232,28 @@ func ScrubPII(body []byte) []byte {
 // digits and separators. Keys match case-insensitively ("Email", "PHONE").
 func mayHoldPII(body []byte) bool {
 	return bytes.IndexByte(body, '@') >= 0 || containsFoldASCII(body, "mail") || containsFoldASCII(body, "phone") ||
-		phoneRE.Match(body)
+		phoneRun(body) && phoneRE.Match(body)
+}
+
+// phoneRun reports whether s has a run of the characters a phone is written
+// with (digits, ' ', '+', '(', ')', '.', '-') holding at least 7 digits.
+// Every phone IsPhone accepts lies inside one such run, so text without one
+// needs no phone search: ids, dates and amounts rarely have one, and the
+// scan is much cheaper than the regular expression's.
+func phoneRun[T string | []byte](s T) bool {
+	digits := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= '0' && c <= '9':
+			if digits++; digits >= 7 {
+				return true
+			}
+		case c == ' ' || c == '+' || c == '(' || c == ')' || c == '.' || c == '-':
+		default:
+			digits = 0
+		}
+	}
+	return false
 }
 
 func scrub(v any, key string, changed *bool) any {

@@ -262,3 +262,29 @@ func TestScrubValueKeepsIdentifiers(t *testing.T) {
 		}
 	}
 }
+
+// FuzzPhoneRun: phoneRun is a sound filter for the phone search: text it
+// rejects has no candidate IsPhone accepts, and IsEmail's '@' shortcut
+// agrees with the expression.
+func FuzzPhoneRun(f *testing.F) {
+	for _, s := range []string{"+1 650 555 1234", "(650) 555-1234", "06 12 34 56 78", "sub_1Mow2QVLk", "2026-12-07", "a@b.co", "+12 3", "1234567"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !phoneRun(s) {
+			for _, l := range phoneRE.FindAllStringIndex(s, -1) {
+				if IsPhone(s[l[0]:l[1]]) {
+					t.Fatalf("phoneRun(%q) is false, but %q is a phone", s, s[l[0]:l[1]])
+				}
+			}
+			if phoneRun([]byte(s)) {
+				t.Fatalf("phoneRun differs for string and bytes on %q", s)
+			}
+		}
+		if strings.IndexByte(s, '@') < 0 {
+			if loc := emailRE.FindStringIndex(strings.TrimSpace(s)); loc != nil {
+				t.Fatalf("an email without '@' in %q", s)
+			}
+		}
+	})
+}
