@@ -195,3 +195,23 @@ func benchCustom(b *testing.B) (*Notification, memStates) {
 	}
 	return &Notification{Source: SourceCustom, Key: "order-123-conversions", ReceivedAt: customNow.Add(time.Second), Body: body.Bytes()}, memStates{}
 }
+
+// BenchmarkScrubPII: a Stripe event (unix times, ids, no email or phone)
+// through ScrubPII, whose quick check lets it through without a decode,
+// and through the full scrub it would otherwise take.
+func BenchmarkScrubPII(b *testing.B) {
+	body := []byte(`{"id":"evt_1NG8Du2eZvKYlo2CUI79vXWy","object":"event","api_version":"2023-10-16","created":1701945600,"livemode":true,"type":"customer.subscription.created","data":{"object":{"id":"sub_1NG8Du2eZvKYlo2C","object":"subscription","status":"trialing","customer":"cus_NffrFeUfNV2Hib","trial_end":1702550400,"metadata":{"app_user_id":"user-8f3a"},"items":{"data":[{"quantity":1,"price":{"id":"price_1","product":"prod_pro","unit_amount":999,"currency":"usd","recurring":{"interval":"month","interval_count":1}}}]}}}}`)
+	for _, c := range []struct {
+		name string
+		fn   func([]byte) []byte
+	}{{"quick", ScrubPII}, {"full", scrubBody}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if out := c.fn(body); len(out) != len(body) {
+					b.Fatal("changed")
+				}
+			}
+		})
+	}
+}

@@ -194,6 +194,11 @@ func ScrubPII(body []byte) []byte {
 	if !mayHoldPII(body) {
 		return body
 	}
+	return scrubBody(body)
+}
+
+// scrubBody is ScrubPII without the quick check.
+func scrubBody(body []byte) []byte {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any
@@ -230,9 +235,36 @@ func ScrubPII(body []byte) []byte {
 // mayHoldPII is a quick check that lets most bodies through without a
 // decode: an email needs an "@", a keyed value its key, a phone a run of
 // digits and separators. Keys match case-insensitively ("Email", "PHONE").
+// In one JSON document only its strings (values and keys) can hold a phone
+// that scrubbing replaces (numbers are kept, unless under a phone key), so
+// each string with a run of phone characters gets ScrubValue's own test;
+// a string with an escape, whose decoded text can differ from its bytes
+// (\u0040 is an '@'), is decoded to be sure. Unix times and dates ("created",
+// "api_version": "2023-10-16") then no longer cost a decode of the body.
 func mayHoldPII(body []byte) bool {
-	return bytes.IndexByte(body, '@') >= 0 || containsFoldASCII(body, "mail") || containsFoldASCII(body, "phone") ||
-		phoneRun(body) && phoneRE.Match(body)
+	if bytes.IndexByte(body, '@') >= 0 || containsFoldASCII(body, "mail") || containsFoldASCII(body, "phone") {
+		return true
+	}
+	if !json.Valid(body) {
+		return phoneRun(body) && phoneRE.Match(body)
+	}
+	for i := 0; i < len(body); i++ {
+		if body[i] != '"' {
+			continue
+		}
+		end := i + 1
+		for end < len(body) && body[end] != '"' {
+			if body[end] == '\\' {
+				return true
+			}
+			end++
+		}
+		if s := body[i+1 : end]; phoneRun(s) && ScrubValue(string(s)) != string(s) {
+			return true
+		}
+		i = end
+	}
+	return false
 }
 
 // phoneRun reports whether s has a run of the characters a phone is written
