@@ -68,10 +68,30 @@ var commands = map[string]command{
 }
 
 func main() {
+	if pct, ok := gcPercent(os.LookupEnv); ok {
+		debug.SetGCPercent(pct)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := Main(ctx, os.Args[1:], &Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.LookupEnv})
 	stop()
 	os.Exit(code)
+}
+
+// defaultGCPercent is the garbage collector's target when GOGC is not set.
+// The gateway's live heap is small (about 10 MB), so with Go's default of
+// 100 the collector starts every ~10 MB allocated: at full ingest its mark
+// work took 9.4 % of the CPU; at 400 it takes 2 %, for a heap that peaks
+// near five times the live heap (about 50 MB) instead of twice.
+const defaultGCPercent = 400
+
+// gcPercent returns the GC target to set: defaultGCPercent unless the
+// environment sets GOGC (the runtime then follows it; GOMEMLIMIT applies
+// either way).
+func gcPercent(lookup func(string) (string, bool)) (int, bool) {
+	if _, set := lookup("GOGC"); set {
+		return 0, false
+	}
+	return defaultGCPercent, true
 }
 
 // Main dispatches to a subcommand; it is main without the process.

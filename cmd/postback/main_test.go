@@ -77,3 +77,16 @@ func TestUnknownCommandAndVersion(t *testing.T) {
 		t.Errorf("help: exit %d %q", code, out)
 	}
 }
+
+// TestGCPercent: the gateway sets its own GC target only when GOGC is not
+// in the environment.
+func TestGCPercent(t *testing.T) {
+	if pct, ok := gcPercent(func(string) (string, bool) { return "", false }); !ok || pct != defaultGCPercent {
+		t.Errorf("without GOGC: %d %v", pct, ok)
+	}
+	for _, v := range []string{"100", "off", ""} {
+		if _, ok := gcPercent(func(k string) (string, bool) { return v, k == "GOGC" }); ok {
+			t.Errorf("GOGC=%q overridden", v)
+		}
+	}
+}
