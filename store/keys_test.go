@@ -216,3 +216,73 @@ func TestSchemaNewerRefused(t *testing.T) {
 		return nil
 	})
 }
+
+// TestUserCache: identity records decoded once are reused only while the
+// stored record is unchanged; a PUT is seen by the next claim, and an
+// erased user's entry is gone.
+func TestUserCache(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	if _, err := db.PutUser(ctx, "u1", map[string]string{"idfa": "IDFA-1"}); err != nil {
+		t.Fatal(err)
+	}
+	db.ingest(t, fakemap.Note("evt_c1", fakemap.Facts("c1")))
+	claim := func(id, want string) string {
+		t.Helper()
+		due, err := db.DueFor("af", storeT0.Add(time.Hour), 10, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range due {
+			if d.Event.ID == fakemap.FactID(id) {
+				return d.Event.Identifier(want)
+			}
+		}
+		t.Fatalf("%s not due", id)
+		return ""
+	}
+	idfa := func() string { return claim("c1", "idfa") }
+	if got := idfa(); got != "IDFA-1" {
+		t.Fatalf("idfa %q, want IDFA-1", got)
+	}
+	if got := idfa(); got != "IDFA-1" { // from the cache
+		t.Fatalf("idfa %q from the cache", got)
+	}
+	// A PUT after the ingest: the claim sees the identifier it adds, and
+	// the next ingest the value it changes.
+	if _, err := db.PutUser(ctx, "u1", map[string]string{"idfa": "IDFA-2", "adid": "ADID-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := claim("c1", "adid"); got != "ADID-2" {
+		t.Fatalf("adid %q after a PUT, want ADID-2 (a stale cache entry)", got)
+	}
+	db.ingest(t, fakemap.Note("evt_c2", fakemap.Facts("c2")))
+	if got := claim("c2", "idfa"); got != "IDFA-2" {
+		t.Fatalf("idfa %q of an event ingested after a PUT, want IDFA-2", got)
+	}
+	// Concurrent readers and writers (go test -race).
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 50 {
+			if _, err := db.PutUser(ctx, "u1", map[string]string{"gaid": fmt.Sprint("G-", i)}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for range 50 {
+		_ = idfa()
+	}
+	<-done
+	uk := db.seal.UserKey("u1")
+	if _, err := db.DeleteUser(ctx, "u1"); err != nil {
+		t.Fatal(err)
+	}
+	db.users.mu.Lock()
+	_, left := db.users.m[uk]
+	db.users.mu.Unlock()
+	if left {
+		t.Fatal("the erased user's decoded record is still cached")
+	}
+}

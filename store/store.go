@@ -100,6 +100,7 @@ type DB struct {
 	isShut bool
 	keys   *vault.KeyFile // data keys, beside the file (path + ".keys")
 	seal   *Sealer
+	users  userCache // decoded identity records (users.go)
 }
 
 type op struct {

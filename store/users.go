@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -50,11 +51,62 @@ func (db *DB) mergeUser(users *bolt.Bucket, e *mapping.Event) {
 	if e.User.AppUserID == "" {
 		return
 	}
-	var u User
-	if ok, err := db.getUser(users, e.User.AppUserID, &u); err != nil || !ok {
-		return
+	if u := db.users.get(db.seal, users, db.seal.UserKey(e.User.AppUserID)); u != nil {
+		u.Fill(e)
 	}
-	u.Fill(e)
+}
+
+// userCacheSize bounds the decoded identity records kept: a full cache is
+// emptied and fills again with the users being read.
+const userCacheSize = 8192
+
+// userCache keeps decoded identity records for mergeUser, which reads the
+// record of an event's user at every ingest and every claim of a delivery:
+// a record read again unchanged is not unsealed and decoded again. An
+// entry is used only while the bytes stored under its key are the bytes it
+// was decoded from (compared in the reader's own transaction), so it is
+// never stale, and DeleteUser drops the erased user's entry at once.
+type userCache struct {
+	mu sync.Mutex
+	m  map[string]cachedUser
+}
+
+type cachedUser struct {
+	raw []byte
+	u   *User // shared: read only
+}
+
+// get returns the record stored under the user key uk, read-only; nil when
+// there is none or it cannot be read.
+func (c *userCache) get(s *Sealer, users *bolt.Bucket, uk string) *User {
+	raw := users.Get([]byte(uk))
+	if raw == nil {
+		return nil
+	}
+	c.mu.Lock()
+	hit, ok := c.m[uk]
+	c.mu.Unlock()
+	if ok && bytes.Equal(hit.raw, raw) {
+		return hit.u
+	}
+	u := &User{}
+	if err := s.DecodeUser(raw, u); err != nil {
+		return nil
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= userCacheSize {
+		c.m = make(map[string]cachedUser)
+	}
+	c.m[uk] = cachedUser{bytes.Clone(raw), u}
+	c.mu.Unlock()
+	return u
+}
+
+// forget drops the entry of the user key uk.
+func (c *userCache) forget(uk string) {
+	c.mu.Lock()
+	delete(c.m, uk)
+	c.mu.Unlock()
 }
 
 // Merge applies a PUT of identifiers to the record: a value of "" removes
@@ -207,6 +259,7 @@ func (db *DB) DeleteUser(ctx context.Context, appUserID string) (int, error) {
 		if err := users.Delete([]byte(uk)); err != nil {
 			return err
 		}
+		db.users.forget(uk)
 		if err := db.eraseRecords(tx, evs, sts, "", kids); err != nil {
 			return err
 		}
