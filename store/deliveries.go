@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store/vault"
 )
 
 // Delivery states.
@@ -52,6 +54,8 @@ type Delivery struct {
 	// the event time it orders by; empty for unordered destinations.
 	OrderKey  string `json:"order_key,omitempty"`
 	OrderAtMs int64  `json:"order_at_ms,omitempty"`
+	// claim is set by DueFor (Complete's fast path); never stored.
+	claim *claimMark
 }
 
 // NewDelivery is a new delivery of e to dest, due now. A forwarder's
@@ -210,15 +214,20 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 			if dk == nil {
 				continue
 			}
-			if ok, err := getJSON(deliveries, dk, &d.Delivery); err != nil || !ok {
+			stored := deliveries.Get(dk)
+			if stored == nil || jsonUnmarshal(stored, &d.Delivery) != nil {
 				continue
 			}
 			if !orderHead(tx, &d.Delivery, skip) {
 				continue // another delivery of its ordering key comes first
 			}
-			if ok, err := db.getEvent(events, ek, &d.Event); err != nil || !ok {
+			ev := events.Get(ek)
+			if ok, err := decodeStored(ev, &d.Event, db.seal.DecodeEvent); err != nil || !ok {
 				continue
 			}
+			m := &claimMark{stored: bytes.Clone(stored)}
+			m.kid, m.sealed = KIDOf(ev)
+			d.Delivery.claim = m
 			db.mergeUser(users, &d.Event)
 			out = append(out, d)
 		}
@@ -264,61 +273,162 @@ type Completion struct {
 
 // Complete applies attempt outcomes in one group-committed transaction: the
 // attempt is logged, the delivery updated and its due key moved or removed.
+//
+// An outcome whose Claimed delivery came from DueFor is worked out before
+// the transaction, in the caller's goroutine: the new delivery and the
+// attempt are encoded (and the attempt sealed) there, and the single
+// writer only checks that the delivery is still stored as it was claimed
+// (the same bytes) and writes. A delivery changed since (a replay, an
+// identifier that arrived, an erasure) is read and updated in the
+// transaction instead, as every outcome was before.
 func (db *DB) Complete(ctx context.Context, cs []Completion) error {
+	now := db.opts.Now()
+	pre := make([]preparedOutcome, len(cs))
+	for i := range cs {
+		if err := db.prepareOutcome(&pre[i], cs[i], now); err != nil {
+			return err
+		}
+	}
 	var wake []string
 	return db.submit(ctx, func(tx *bolt.Tx) error {
 		wake = wake[:0]
 		now := db.opts.Now()
 		deliveries := tx.Bucket(bDeliveries)
 		events := tx.Bucket(bEvents)
-		for _, c := range cs {
-			var d Delivery
+		for i, c := range cs {
 			dk, ek := storedDelivery(tx, c.Key)
-			ok, err := getJSON(deliveries, dk, &d)
+			var stored []byte
+			if dk != nil {
+				stored = deliveries.Get(dk)
+			}
+			if p := &pre[i]; p.doc != nil && stored != nil && bytes.Equal(stored, p.from) && p.sameKey(events.Get(ek)) {
+				if err := db.recordOutcome(tx, dk, &p.old, &p.d, p.attempt, p.doc); err != nil {
+					return err
+				}
+				db.preparedOutcomes.Add(1)
+				continue
+			}
+			var d Delivery
+			if stored != nil {
+				if err := jsonUnmarshal(stored, &d); err != nil {
+					return err
+				}
+			}
+			if c.Skip(&d, stored != nil) {
+				continue
+			}
+			old := d
+			d.Apply(c, now)
+			var attempt []byte
+			if c.Attempt != nil {
+				// The request was built from the event as claimed: with
+				// the claim's mark it is sealed with that event's key,
+				// even if an erasure has rewritten the event since.
+				kid, sealed := KIDOf(events.Get(ek))
+				if c.Claimed != nil && c.Claimed.claim != nil {
+					kid, sealed = c.Claimed.claim.kid, c.Claimed.claim.sealed
+				}
+				var err error
+				if attempt, err = db.seal.encodeAttempt(c.Attempt, kid, sealed); err != nil {
+					return err
+				}
+			}
+			doc, err := json.Marshal(&d)
 			if err != nil {
 				return err
 			}
-			if c.Skip(&d, ok) {
-				continue
-			}
-			if err := delDue(tx, &d); err != nil {
-				return err
-			}
-			if d.State == StateWaiting && d.UserKey != "" {
-				if err := tx.Bucket(bWaiting).Delete(waitKey(d.UserKey, d.Key)); err != nil {
-					return err
-				}
-			}
-			d.Apply(c, now)
-			if c.Attempt != nil {
-				doc, err := db.seal.EncodeAttempt(c.Attempt, events.Get(ek))
-				if err != nil {
-					return err
-				}
-				if err := tx.Bucket(bAttempts).Put(attemptKey(dk, d.Attempts), doc); err != nil {
-					return err
-				}
-			}
-			if Final(d.State) {
-				if err := delOrder(tx, &d); err != nil {
-					return err
-				}
-			} else {
-				if err := putDue(tx, &d); err != nil {
-					return err
-				}
-				if d.State == StateWaiting && d.UserKey != "" {
-					if err := tx.Bucket(bWaiting).Put(waitKey(d.UserKey, d.Key), nil); err != nil {
-						return err
-					}
-				}
-			}
-			if err := putJSON(deliveries, dk, &d); err != nil {
+			if err := db.recordOutcome(tx, dk, &old, &d, attempt, doc); err != nil {
 				return err
 			}
 		}
 		return nil
 	}, &wake)
+}
+
+// preparedOutcome is an outcome worked out before Complete's transaction
+// from the delivery as it was claimed (from, as stored then; old, as read).
+type preparedOutcome struct {
+	from    []byte
+	mark    *claimMark
+	old, d  Delivery
+	attempt []byte // the sealed attempt, nil when nothing was sent
+	doc     []byte // the new delivery; nil when not prepared
+}
+
+// sameKey reports whether the event (as stored now) is still sealed with
+// the key the attempt was sealed with: an erasure since the claim rewrote
+// it, and its attempt is sealed in the transaction instead.
+func (p *preparedOutcome) sameKey(event []byte) bool {
+	kid, sealed := KIDOf(event)
+	return event != nil && kid == p.mark.kid && sealed == p.mark.sealed
+}
+
+// claimMark is what DueFor read with a delivery: its stored bytes and the
+// data key its event is sealed with, which its attempts are sealed with.
+type claimMark struct {
+	stored []byte
+	kid    vault.KID
+	sealed bool
+}
+
+// prepareOutcome works c out from its claimed delivery, when DueFor marked
+// it; otherwise p stays empty and the transaction does the work.
+func (db *DB) prepareOutcome(p *preparedOutcome, c Completion, now time.Time) error {
+	if c.Claimed == nil || c.Claimed.claim == nil || c.Claimed.Key != c.Key {
+		return nil
+	}
+	m := c.Claimed.claim
+	p.old = *c.Claimed
+	p.old.claim = nil
+	if c.Skip(&p.old, true) {
+		return nil
+	}
+	p.d = p.old
+	p.d.Apply(c, now)
+	var err error
+	if c.Attempt != nil {
+		if p.attempt, err = db.seal.encodeAttempt(c.Attempt, m.kid, m.sealed); err != nil {
+			return err
+		}
+	}
+	if p.doc, err = json.Marshal(&p.d); err != nil {
+		return err
+	}
+	p.from, p.mark = m.stored, m
+	return nil
+}
+
+// recordOutcome writes a delivery moved from old to d: its due, waiting
+// and ordering index entries, its attempt and the delivery itself (doc).
+func (db *DB) recordOutcome(tx *bolt.Tx, dk []byte, old, d *Delivery, attempt, doc []byte) error {
+	if err := delDue(tx, old); err != nil {
+		return err
+	}
+	if old.State == StateWaiting && old.UserKey != "" {
+		if err := tx.Bucket(bWaiting).Delete(waitKey(old.UserKey, old.Key)); err != nil {
+			return err
+		}
+	}
+	if attempt != nil {
+		if err := tx.Bucket(bAttempts).Put(attemptKey(dk, d.Attempts), attempt); err != nil {
+			return err
+		}
+	}
+	if Final(d.State) {
+		if err := delOrder(tx, d); err != nil {
+			return err
+		}
+	} else {
+		if err := putDue(tx, d); err != nil {
+			return err
+		}
+		if d.State == StateWaiting && d.UserKey != "" {
+			if err := tx.Bucket(bWaiting).Put(waitKey(d.UserKey, d.Key), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return tx.Bucket(bDeliveries).Put(dk, doc)
 }
 
 // Apply moves d to the outcome c at now: the attempt (numbered here) is

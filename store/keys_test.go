@@ -286,3 +286,82 @@ func TestUserCache(t *testing.T) {
 		t.Fatal("the erased user's decoded record is still cached")
 	}
 }
+
+// TestCompletePrepared: an outcome of a claimed delivery is worked out
+// before the transaction and stored exactly as one worked out inside it;
+// one whose delivery changed since the claim, or whose event was erased,
+// is worked out again inside the transaction.
+func TestCompletePrepared(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	if _, err := db.PutUser(ctx, "u1", map[string]string{"idfa": "IDFA-P"}); err != nil {
+		t.Fatal(err)
+	}
+	db.ingest(t, fakemap.Note("evt_p1", fakemap.Facts("p1")))
+	claim := func(dest string) Due {
+		t.Helper()
+		due, err := db.DueFor(dest, storeT0.Add(time.Hour), 10, nil)
+		if err != nil || len(due) != 1 {
+			t.Fatalf("due %s: %d %v", dest, len(due), err)
+		}
+		return due[0]
+	}
+	af, hook := claim("af"), claim("hook")
+	outcome := func(d *Due, claimed bool, n int) Completion {
+		c := Completion{Key: d.Delivery.Key, State: StateRetrying, NextAt: storeT0.Add(time.Duration(n) * time.Minute), Reason: "http_503",
+			Attempt: &Attempt{At: storeT0, Outcome: "retry", Status: 503, Request: "POST /x idfa=IDFA-P", Response: "busy"}}
+		if claimed {
+			c.Claimed = &d.Delivery
+		}
+		return c
+	}
+	before := db.preparedOutcomes.Load()
+	if err := db.Complete(ctx, []Completion{outcome(&af, true, 1), outcome(&hook, false, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := db.preparedOutcomes.Load() - before; got != 1 {
+		t.Fatalf("%d outcomes prepared, want 1 (the claimed one)", got)
+	}
+	da, _ := db.Delivery(af.Delivery.Key)
+	dh, _ := db.Delivery(hook.Delivery.Key)
+	da.Key, da.Destination = dh.Key, dh.Destination
+	if da != dh {
+		t.Fatalf("prepared outcome %+v differs from the one made in the transaction %+v", da, dh)
+	}
+	aa, _ := db.Attempts(af.Delivery.Key)
+	ah, _ := db.Attempts(hook.Delivery.Key)
+	if len(aa) != 1 || len(ah) != 1 || aa[0] != ah[0] || aa[0].Request != "POST /x idfa=IDFA-P" {
+		t.Fatalf("attempts %+v and %+v", aa, ah)
+	}
+	// The same claim again: the delivery has changed since, so the outcome
+	// is worked out in the transaction, as attempt 2.
+	before = db.preparedOutcomes.Load()
+	if err := db.Complete(ctx, []Completion{outcome(&af, true, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	if db.preparedOutcomes.Load() != before {
+		t.Fatal("a stale claim was written as prepared")
+	}
+	if d, _ := db.Delivery(af.Delivery.Key); d.Attempts != 2 {
+		t.Fatalf("attempts %d after a second outcome, want 2", d.Attempts)
+	}
+	if as, _ := db.Attempts(af.Delivery.Key); len(as) != 2 || as[1].N != 2 {
+		t.Fatalf("attempt log %+v", as)
+	}
+	// Erased between the claim and the outcome: not prepared, and the
+	// attempt's request is not readable.
+	af = claim("af")
+	if _, err := db.DeleteUser(ctx, "u1"); err != nil {
+		t.Fatal(err)
+	}
+	before = db.preparedOutcomes.Load()
+	if err := db.Complete(ctx, []Completion{outcome(&af, true, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	if db.preparedOutcomes.Load() != before {
+		t.Fatal("an outcome prepared before an erasure was written as prepared")
+	}
+	if as, _ := db.Attempts(af.Delivery.Key); len(as) > 0 && as[len(as)-1].Request != "" {
+		t.Fatalf("the request of an attempt recorded after the erasure reads back: %+v", as[len(as)-1])
+	}
+}

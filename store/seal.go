@@ -195,15 +195,23 @@ func (k KIDs) List() []vault.KID {
 // seal encodes clear and, when personal is not empty, seals it with the
 // subject's key.
 func (s *Sealer) seal(kid vault.KID, clear any, personal any, empty bool) ([]byte, error) {
-	c, err := json.Marshal(clear)
-	if err != nil || empty {
-		return c, err
+	if empty {
+		return json.Marshal(clear)
 	}
-	p, err := json.Marshal(personal)
+	key, err := s.keys.DataKey(kid, true)
 	if err != nil {
 		return nil, err
 	}
-	key, err := s.keys.DataKey(kid, true)
+	return sealRecord(kid, key, clear, personal)
+}
+
+// sealRecord seals a record's personal part with a key in hand.
+func sealRecord(kid vault.KID, key *[32]byte, clear, personal any) ([]byte, error) {
+	c, err := json.Marshal(clear)
+	if err != nil {
+		return nil, err
+	}
+	p, err := json.Marshal(personal)
 	if err != nil {
 		return nil, err
 	}
@@ -446,12 +454,30 @@ type attemptPersonal struct {
 // nothing personal leaves the attempt plain.
 func (s *Sealer) EncodeAttempt(a *Attempt, eventDoc []byte) ([]byte, error) {
 	kid, sealed := KIDOf(eventDoc)
+	return s.encodeAttempt(a, kid, sealed)
+}
+
+// encodeAttempt is EncodeAttempt with the event's data key already known.
+// An attempt never makes a key: its event was sealed with it first. When
+// that key is gone (the event was erased while the request was in flight),
+// the request and answer, which carry the erased identifiers, are dropped.
+func (s *Sealer) encodeAttempt(a *Attempt, kid vault.KID, sealed bool) ([]byte, error) {
 	if !sealed {
 		return json.Marshal(a)
 	}
 	c := *a
 	c.Request, c.Response = "", ""
-	return s.seal(kid, &c, &attemptPersonal{Request: a.Request, Response: a.Response}, a.Request == "" && a.Response == "")
+	if a.Request == "" && a.Response == "" {
+		return json.Marshal(&c)
+	}
+	key, err := s.keys.DataKey(kid, false)
+	if errors.Is(err, vault.ErrNoKey) {
+		return json.Marshal(&c)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return sealRecord(kid, key, &c, &attemptPersonal{Request: a.Request, Response: a.Response})
 }
 
 // DecodeAttempt reads a stored attempt.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -101,6 +102,9 @@ type DB struct {
 	keys   *vault.KeyFile // data keys, beside the file (path + ".keys")
 	seal   *Sealer
 	users  userCache // decoded identity records (users.go)
+	// preparedOutcomes counts outcomes written as Complete prepared them
+	// (for tests).
+	preparedOutcomes atomic.Int64
 }
 
 type op struct {
