@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -212,7 +213,10 @@ func scrubBody(body []byte) []byte {
 		}
 	}
 	if err != nil {
-		s := string(body)
+		// Not one JSON document: scrub the text, with the ASCII \uXXXX
+		// escapes read first, since a reader that decodes the JSON at its
+		// start ("\u0040" is an '@') would otherwise find the raw value.
+		s := unescapeASCII(string(body))
 		if out := ScrubValue(s); out != s {
 			return []byte(out)
 		}
@@ -246,7 +250,7 @@ func mayHoldPII(body []byte) bool {
 		return true
 	}
 	if !json.Valid(body) {
-		return phoneRun(body) && phoneRE.Match(body)
+		return bytes.Contains(body, []byte(`\u`)) || phoneRun(body) && phoneRE.Match(body)
 	}
 	for i := 0; i < len(body); i++ {
 		if body[i] != '"' {
@@ -265,6 +269,35 @@ func mayHoldPII(body []byte) bool {
 		i = end
 	}
 	return false
+}
+
+// unescapeASCII replaces each JSON escape \uXXXX of a printable ASCII
+// character in s by the character, except the quote and the backslash,
+// which keep their escape so the text keeps its structure.
+func unescapeASCII(s string) string {
+	i := strings.Index(s, `\u`)
+	if i < 0 {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i >= 0 {
+		b.WriteString(s[:i])
+		s = s[i:]
+		if len(s) >= 6 {
+			if v, err := strconv.ParseUint(s[2:6], 16, 8); err == nil && v >= 0x20 && v < 0x7f && v != '"' && v != '\\' {
+				b.WriteByte(byte(v))
+				s = s[6:]
+				i = strings.Index(s, `\u`)
+				continue
+			}
+		}
+		b.WriteString(s[:2])
+		s = s[2:]
+		i = strings.Index(s, `\u`)
+	}
+	b.WriteString(s)
+	return b.String()
 }
 
 // phoneRun reports whether s has a run of the characters a phone is written

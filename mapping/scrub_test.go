@@ -159,10 +159,28 @@ func TestScrubPIINotJSON(t *testing.T) {
 		`email=jane.doe@example.com&phone=+16505551234`,
 		`{"email":"jane.doe@example.com"`,
 		`{"email":"jane.doe@example.com"} {"email":"other@example.com"}`,
+		// Escaped JSON followed by more data: a reader of the first value
+		// decodes "\u0040" to '@' (FuzzScrubPII found it).
+		`"jane.doe\u0040example.com" 0`,
+		`{"note":"call +1 650 555 \u0031\u0032\u0033\u0034"`,
 	} {
 		got := string(ScrubPII([]byte(in)))
-		if strings.Contains(got, "@example.com") || strings.Contains(got, "6505551234") {
+		if strings.Contains(got, "example.com") || strings.Contains(got, "6505551234") || strings.Contains(got, "555 1234") {
 			t.Errorf("ScrubPII(%q) = %q: raw PII kept", in, got)
+		}
+	}
+}
+
+func TestUnescapeASCII(t *testing.T) {
+	for in, want := range map[string]string{
+		`a\u0040b`:           `a@b`,
+		`\u0022\u005c\u00e9`: `\u0022\u005c\u00e9`, // quote, backslash, non-ASCII keep their escape
+		`\u00`:               `\u00`,
+		`\u00zz\u0031`:       `\u00zz1`,
+		`plain`:              `plain`,
+	} {
+		if got := unescapeASCII(in); got != want {
+			t.Errorf("unescapeASCII(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
