@@ -225,9 +225,7 @@ func (db *DB) DueFor(dest string, now time.Time, limit int, skip func(key string
 			if ok, err := decodeStored(ev, &d.Event, db.seal.DecodeEvent); err != nil || !ok {
 				continue
 			}
-			m := &claimMark{stored: bytes.Clone(stored)}
-			m.kid, m.sealed = KIDOf(ev)
-			d.Delivery.claim = m
+			d.Delivery.NoteClaim(stored, ev)
 			db.mergeUser(users, &d.Event)
 			out = append(out, d)
 		}
@@ -321,15 +319,8 @@ func (db *DB) Complete(ctx context.Context, cs []Completion) error {
 			d.Apply(c, now)
 			var attempt []byte
 			if c.Attempt != nil {
-				// The request was built from the event as claimed: with
-				// the claim's mark it is sealed with that event's key,
-				// even if an erasure has rewritten the event since.
-				kid, sealed := KIDOf(events.Get(ek))
-				if c.Claimed != nil && c.Claimed.claim != nil {
-					kid, sealed = c.Claimed.claim.kid, c.Claimed.claim.sealed
-				}
 				var err error
-				if attempt, err = db.seal.encodeAttempt(c.Attempt, kid, sealed); err != nil {
+				if attempt, err = db.seal.EncodeClaimedAttempt(c.Attempt, c.Claimed, events.Get(ek)); err != nil {
 					return err
 				}
 			}
@@ -363,13 +354,27 @@ func (p *preparedOutcome) sameKey(event []byte) bool {
 	return event != nil && kid == p.mark.kid && sealed == p.mark.sealed
 }
 
-// claimMark is what DueFor read with a delivery: its stored bytes and the
+// claimMark is what a claim read with a delivery: its stored bytes and the
 // data key its event is sealed with, which its attempts are sealed with.
 type claimMark struct {
 	stored []byte
 	kid    vault.KID
 	sealed bool
 }
+
+// NoteClaim marks a claimed delivery with what the claim read: the
+// delivery as stored (nil when the store fences outcomes otherwise) and
+// its event as stored (eventDoc). Its attempts are then sealed with the
+// key the event was sealed with when the request was built, even if an
+// erasure has rewritten the event since (EncodeClaimedAttempt).
+func (d *Delivery) NoteClaim(stored, eventDoc []byte) {
+	m := &claimMark{stored: bytes.Clone(stored)}
+	m.kid, m.sealed = KIDOf(eventDoc)
+	d.claim = m
+}
+
+// ClaimNoted reports whether d carries NoteClaim's mark.
+func (d *Delivery) ClaimNoted() bool { return d != nil && d.claim != nil }
 
 // prepareOutcome works c out from its claimed delivery, when DueFor marked
 // it; otherwise p stays empty and the transaction does the work.

@@ -452,9 +452,25 @@ type attemptPersonal struct {
 // sent (which carries the event's identifiers) and the answer are sealed
 // with the key of the event's record, eventDoc as stored; an event with
 // nothing personal leaves the attempt plain.
+// Without its event (gone: pruned), the request and answer are dropped.
 func (s *Sealer) EncodeAttempt(a *Attempt, eventDoc []byte) ([]byte, error) {
+	if eventDoc == nil {
+		c := *a
+		c.Request, c.Response = "", ""
+		return json.Marshal(&c)
+	}
 	kid, sealed := KIDOf(eventDoc)
 	return s.encodeAttempt(a, kid, sealed)
+}
+
+// EncodeClaimedAttempt is EncodeAttempt for an attempt at a claimed
+// delivery: sealed with the key its event had when claimed (NoteClaim),
+// else with eventDoc's (the event as stored now).
+func (s *Sealer) EncodeClaimedAttempt(a *Attempt, claimed *Delivery, eventDoc []byte) ([]byte, error) {
+	if claimed.ClaimNoted() {
+		return s.encodeAttempt(a, claimed.claim.kid, claimed.claim.sealed)
+	}
+	return s.EncodeAttempt(a, eventDoc)
 }
 
 // encodeAttempt is EncodeAttempt with the event's data key already known.

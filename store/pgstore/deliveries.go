@@ -93,11 +93,12 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 			return err
 		}
 		for _, d := range ds {
-			e, ok := events[d.EventID]
+			ce, ok := events[d.EventID]
 			if !ok {
 				continue
 			}
-			out = append(out, store.Due{Delivery: d, Event: e})
+			d.NoteClaim(nil, ce.doc)
+			out = append(out, store.Due{Delivery: d, Event: ce.e})
 		}
 		return nil
 	})
@@ -174,8 +175,9 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 	}
 	out := make([]store.Due, 0, len(ds))
 	for _, d := range ds {
-		if e, ok := events[d.EventID]; ok {
-			out = append(out, store.Due{Delivery: d, Event: e})
+		if ce, ok := events[d.EventID]; ok {
+			d.NoteClaim(nil, ce.doc)
+			out = append(out, store.Due{Delivery: d, Event: ce.e})
 		}
 	}
 	return out, nil
@@ -240,13 +242,21 @@ func claimKeys(ctx context.Context, tx pgx.Tx, dest string, now time.Time, limit
 
 // eventsByID reads events with their identity-store identifiers merged,
 // in one query.
-func (db *DB) eventsByID(ctx context.Context, q querier, ids []string) (map[string]mapping.Event, error) {
+// claimedEvent is an event as a claim reads it: decoded, with its user's
+// identifiers, and its document as stored (whose data key seals the
+// attempts).
+type claimedEvent struct {
+	e   mapping.Event
+	doc []byte
+}
+
+func (db *DB) eventsByID(ctx context.Context, q querier, ids []string) (map[string]claimedEvent, error) {
 	rows, err := q.Query(ctx, "SELECT e.doc, u.doc FROM events e LEFT JOIN users u ON u.user_key = e.user_key WHERE e.id = ANY($1)", ids)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := make(map[string]mapping.Event, len(ids))
+	out := make(map[string]claimedEvent, len(ids))
 	for rows.Next() {
 		var edoc, udoc []byte
 		if err := rows.Scan(&edoc, &udoc); err != nil {
@@ -265,7 +275,7 @@ func (db *DB) eventsByID(ctx context.Context, q querier, ids []string) (map[stri
 				u.Fill(&e)
 			}
 		}
-		out[e.ID] = e
+		out[e.ID] = claimedEvent{e, edoc}
 	}
 	return out, rows.Err()
 }
@@ -300,7 +310,7 @@ func (db *DB) Complete(ctx context.Context, cs []store.Completion) error {
 				a := *c.Attempt // a retried transaction numbers afresh
 				c.Attempt = &a
 			}
-			if c.Claimed == nil || store.Final(c.Claimed.State) {
+			if c.Claimed == nil || store.Final(c.Claimed.State) || c.Attempt != nil && !c.Claimed.ClaimNoted() {
 				slow = append(slow, c)
 				continue
 			}
@@ -315,7 +325,7 @@ func (db *DB) Complete(ctx context.Context, cs []store.Completion) error {
 					WHERE key = $1 AND lease_owner = $6 RETURNING key) SELECT count(*) FROM upd`,
 					d.Key, d.State, nullMs(&d), reasonText(&d), doc, db.opts.Owner)
 			} else {
-				adoc, err := json.Marshal(c.Attempt)
+				adoc, err := db.seal.EncodeClaimedAttempt(c.Attempt, c.Claimed, nil)
 				if err != nil {
 					return err
 				}
@@ -371,7 +381,15 @@ func (db *DB) completeLocked(ctx context.Context, tx dbtx, c store.Completion, n
 	}
 	d.Apply(c, now)
 	if c.Attempt != nil {
-		doc, err := json.Marshal(c.Attempt)
+		// Sealed with its event's key: the one the claim saw, else the
+		// event's as stored now (none when it is gone).
+		var edoc []byte
+		if !c.Claimed.ClaimNoted() {
+			if err := tx.QueryRow(ctx, "SELECT doc FROM events WHERE id = $1", d.EventID).Scan(&edoc); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+		}
+		doc, err := db.seal.EncodeClaimedAttempt(c.Attempt, c.Claimed, edoc)
 		if err != nil {
 			return err
 		}
@@ -484,7 +502,7 @@ func (db *DB) Attempts(key string) ([]store.Attempt, error) {
 	if err != nil {
 		return nil, err
 	}
-	return collectJSON[store.Attempt](rows)
+	return collectSealed(rows, db.seal.DecodeAttempt)
 }
 
 // EventDeliveries returns the deliveries of one event.

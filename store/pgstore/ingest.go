@@ -709,8 +709,8 @@ func collectSealed[T any](rows pgx.Rows, decode func([]byte, *T) error) ([]T, er
 	return out, rows.Err()
 }
 
-// collectJSON decodes a one-column result of plain documents (deliveries,
-// attempts: nothing personal).
+// collectJSON decodes a one-column result of plain documents (deliveries:
+// nothing personal).
 func collectJSON[T any](rows pgx.Rows) ([]T, error) {
 	return collectSealed(rows, func(doc []byte, v *T) error { return json.Unmarshal(doc, v) })
 }

@@ -189,6 +189,11 @@ func Open(ctx context.Context, dsn string, o *Options) (*DB, error) {
 			db.pool.Close()
 			return nil, err
 		}
+		if err := db.sealAttempts(ctx); err != nil {
+			db.keys.Close()
+			db.pool.Close()
+			return nil, err
+		}
 	}
 	lctx, cancel := context.WithCancel(context.Background())
 	db.cancel = cancel

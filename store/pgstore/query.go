@@ -80,11 +80,11 @@ func (db *DB) Event(id string) (mapping.Event, error) {
 	if err != nil {
 		return mapping.Event{}, err
 	}
-	e, ok := evs[id]
+	ce, ok := evs[id]
 	if !ok {
 		return mapping.Event{}, store.ErrNotFound
 	}
-	return e, nil
+	return ce.e, nil
 }
 
 // Stats counts the events received in [since, until) per bucket and type,

@@ -489,3 +489,73 @@ func TestPruneDestroysOwnEventKey(t *testing.T) {
 		t.Error("the pruned event's own key is still in data_keys")
 	}
 }
+
+// TestAttemptsSealed: an attempt's request and answer are sealed with its
+// event's key; attempts a release before that stored as plain JSON are
+// sealed at the next start (dropping request and answer where the event
+// is not sealed), and an erasure makes them unreadable.
+func TestAttemptsSealed(t *testing.T) {
+	dsn := pgtest.Database(t)
+	ctx := context.Background()
+	opts := func() *Options {
+		return &Options{Options: store.Options{Map: plantMap, Route: func(*mapping.Event) []string { return []string{"hook"} }}}
+	}
+	db := openTest(t, dsn, opts())
+	var keys []string
+	for _, key := range []string{"a1", "a2"} {
+		if _, err := db.Ingest(ctx, &mapping.Notification{Source: mapping.SourceStripe, Key: key, Body: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := db.Claim(ctx, "hook", time.Now().Add(time.Minute), store.ClaimOptions{Limit: 10, Lease: time.Minute})
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("claim: %d %v", len(ds), err)
+	}
+	for i := range ds {
+		d := &ds[i]
+		keys = append(keys, d.Delivery.Key)
+		err := db.Complete(ctx, []store.Completion{{Key: d.Delivery.Key, State: store.StateDelivered, Claimed: &d.Delivery,
+			Attempt: &store.Attempt{At: time.Now(), Outcome: "delivered", Status: 200, Request: "POST /x idfa=" + d.Event.Identifier(mapping.IDIDFA), Response: "ok " + plantEmail}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if found := findPlanted(t, db, needles(plantIDFA, plantEmail)); len(found) > 0 {
+		t.Fatalf("attempts stored in the clear:\n%s", strings.Join(found, "\n"))
+	}
+	if as, err := db.Attempts(keys[0]); err != nil || len(as) != 1 || !strings.Contains(as[0].Request, plantIDFA) {
+		t.Fatalf("attempt log: %+v %v", as, err)
+	}
+	// As an earlier release left them: plain attempts, and the second
+	// event stored without a seal.
+	for _, k := range keys {
+		plain, _ := json.Marshal(store.Attempt{N: 1, Outcome: "delivered", Status: 200, Request: "POST /x idfa=" + plantIDFA, Response: "ok"})
+		if _, err := db.pool.Exec(ctx, "UPDATE attempts SET doc = $2 WHERE delivery_key = $1", k, plain); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eid, _ := store.SplitDeliveryKey(keys[1])
+	if _, err := db.pool.Exec(ctx, `UPDATE events SET doc = '{"id":"x"}'::bytea WHERE id = $1`, eid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.pool.Exec(ctx, "DELETE FROM meta WHERE name = 'attempts_sealed'"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	db = openTest(t, dsn, opts())
+	if found := findPlanted(t, db, needles(plantIDFA)); len(found) > 0 {
+		t.Fatalf("plain attempts not sealed at start:\n%s", strings.Join(found, "\n"))
+	}
+	if as, err := db.Attempts(keys[0]); err != nil || len(as) != 1 || !strings.Contains(as[0].Request, plantIDFA) || as[0].Status != 200 {
+		t.Fatalf("sealed attempt: %+v %v", as, err)
+	}
+	if as, err := db.Attempts(keys[1]); err != nil || len(as) != 1 || as[0].Request != "" || as[0].Status != 200 {
+		t.Fatalf("attempt of an unsealed event: %+v %v; want its request dropped, its status kept", as, err)
+	}
+	if _, err := db.DeleteUser(ctx, plantUser); err != nil {
+		t.Fatal(err)
+	}
+	if as, err := db.Attempts(keys[0]); err != nil || len(as) != 1 || as[0].Request != "" {
+		t.Fatalf("attempt after the erasure: %+v %v", as, err)
+	}
+}

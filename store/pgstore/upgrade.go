@@ -333,3 +333,70 @@ func (db *DB) upgradeMemory(ctx context.Context) error {
 		return tx.SendBatch(ctx, b).Close()
 	})
 }
+
+// Attempts written before they were sealed (releases before December 2026
+// stored them as plain JSON, requests and answers readable, and an erasure
+// did not reach them) are sealed once, at the first start of a binary that
+// seals them, under the migration advisory lock: with their event's data
+// key when the event is sealed (an erased event's key is gone, and the
+// request and answer go with it), and without request and answer when the
+// event is not sealed, since its personal fields may have been erased.
+// Meta attempts_sealed records that it is done.
+func (db *DB) sealAttempts(ctx context.Context) error {
+	done := func() (bool, error) {
+		var ok bool
+		err := db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM meta WHERE name = 'attempts_sealed')").Scan(&ok)
+		return ok, err
+	}
+	if ok, err := done(); err != nil || ok {
+		return err
+	}
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(migrationLockID)); err != nil {
+		return err
+	}
+	defer func() {
+		if _, err := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", int64(migrationLockID)); err != nil {
+			_ = conn.Conn().Close(context.Background())
+		}
+	}()
+	if ok, err := done(); err != nil || ok {
+		return err // another replica did it while this one waited
+	}
+	s := db.seal
+	step := upgradeStep{"attempts_plain", 2,
+		"SELECT delivery_key, n::text, doc FROM attempts WHERE (delivery_key, n) > ($1, COALESCE(NULLIF($2, ''), '-1')::int) ORDER BY delivery_key, n LIMIT $3",
+		func(ctx context.Context, tx pgx.Tx, key []string, doc []byte) error {
+			if vault.IsSealed(doc) {
+				return nil
+			}
+			var a store.Attempt
+			if json.Unmarshal(doc, &a) != nil || a.Request == "" && a.Response == "" {
+				return nil
+			}
+			var edoc []byte
+			err := tx.QueryRow(ctx, "SELECT e.doc FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.key = $1", key[0]).Scan(&edoc)
+			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+			if !vault.IsSealed(edoc) {
+				edoc = nil // no key to keep the request under: dropped
+			}
+			nd, err := s.EncodeAttempt(&a, edoc)
+			if err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, "UPDATE attempts SET doc = $3 WHERE delivery_key = $1 AND n = $2::int", key[0], key[1], nd)
+			return err
+		}}
+	if err := db.upgradeTable(ctx, step); err != nil {
+		return fmt.Errorf("pgstore: seal attempts at %s (start again to resume): %w", db.where, err)
+	}
+	_, err = db.pool.Exec(ctx, `WITH gone AS (DELETE FROM meta WHERE name = 'seal_upgrade:attempts_plain')
+		INSERT INTO meta (name, value) VALUES ('attempts_sealed', 'true') ON CONFLICT (name) DO NOTHING`)
+	return err
+}

@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -210,6 +211,51 @@ var _ = register("DeleteUserSharedNotification", func(t *testing.T, b Backend) {
 	for _, d := range e.Due(t, "af", e.Clock.Now(), 10, nil) {
 		if d.Event.ID == FactID("a") && len(d.Event.User.Identifiers) != 0 {
 			t.Errorf("u1's due event carries %v", d.Event.User.Identifiers)
+		}
+	}
+})
+
+// DeleteUserErasesAttempts: the attempt log of a user's deliveries (the
+// requests as sent, which carry the identifiers) is unreadable after the
+// user is erased, and so is the attempt of a request that was in flight
+// during the erasure and recorded after it; statuses and counts stay.
+var _ = register("DeleteUserErasesAttempts", func(t *testing.T, b Backend) {
+	e := Open(t, b, nil)
+	ctx := context.Background()
+	e.MustIngest(t, Note("evt_at", Body{Facts: []Fact{{Fact: "at", Type: mapping.Purchase, User: "u-at", IDs: map[string]string{mapping.IDIDFA: "IDFA-AT"}}}}))
+	claim := func() store.Due {
+		t.Helper()
+		ds, err := e.Claim(ctx, "af", e.Clock.Now(), store.ClaimOptions{Limit: 10, Lease: time.Minute})
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("claim: %d %v", len(ds), err)
+		}
+		return ds[0]
+	}
+	sent := func(d *store.Due, n int) store.Completion {
+		return store.Completion{Key: d.Delivery.Key, State: store.StateRetrying, NextAt: e.Clock.Now(), Reason: "http_503", Claimed: &d.Delivery,
+			Attempt: &store.Attempt{At: e.Clock.Now(), Outcome: "retry", Status: 503, Request: fmt.Sprintf("POST /x {\"idfa\":%q,\"n\":%d}", d.Event.Identifier(mapping.IDIDFA), n), Response: "busy IDFA-AT"}}
+	}
+	d := claim()
+	if d.Event.Identifier(mapping.IDIDFA) != "IDFA-AT" {
+		t.Fatalf("claimed event without its identifier: %+v", d.Event.User)
+	}
+	e.MustComplete(t, sent(&d, 1))
+	as, err := e.Attempts(d.Delivery.Key)
+	if err != nil || len(as) != 1 || !strings.Contains(as[0].Request, "IDFA-AT") {
+		t.Fatalf("attempt log before the erasure: %+v %v", as, err)
+	}
+	inFlight := claim()
+	if _, err := e.DeleteUser(ctx, "u-at"); err != nil {
+		t.Fatal(err)
+	}
+	e.MustComplete(t, sent(&inFlight, 2))
+	as, err = e.Attempts(d.Delivery.Key)
+	if err != nil || len(as) != 2 {
+		t.Fatalf("attempt log after the erasure: %+v %v", as, err)
+	}
+	for _, a := range as {
+		if strings.Contains(a.Request+a.Response, "IDFA-AT") || a.Status != 503 {
+			t.Errorf("attempt %d after the erasure: %+v; want its request and answer unreadable, its status kept", a.N, a)
 		}
 	}
 })
