@@ -107,6 +107,8 @@ func TestDiskFullAndReadOnlyStore(t *testing.T) {
 		}
 	}
 
+	t.Logf("disk full: %d notifications acknowledged and stored before the 3 MiB file system filled, %d answered 503 and not stored", len(acked), len(refused))
+
 	// Space returns: the same notification the source retries is accepted.
 	remount(t, dir, "size=64m")
 	waitFor(t, "ready again", func() bool { return readyStatus(t, base) == 200 })

@@ -107,14 +107,17 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 
 // claimFast claims in one round trip: BEGIN, the destination's claim
 // lock, one UPDATE whose LIMIT subtracts the destination's live leases
-// from the in-flight cap, and COMMIT travel as one batch; the events (with
-// their users' identifiers) are read after it, in a second.
+// from the in-flight cap and whose claimed rows are joined with their
+// events and their users' identity records, and COMMIT travel as one
+// batch.
 func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, maxInFlight int, lease time.Duration) ([]store.Due, error) {
 	if maxInFlight <= 0 {
 		maxInFlight = 1 << 30
 	}
-	var ds []store.Delivery
+	type claimedRow struct{ d, e, u []byte }
+	var claimed []claimedRow
 	err := db.inPipe(ctx, func(tx dbtx) error {
+		claimed = claimed[:0]
 		b := &pgx.Batch{}
 		// A claim need not wait for its WAL flush: a claim lost in a
 		// database crash leaves the delivery claimable again (sent at
@@ -122,14 +125,16 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 		// runs, not for a disk flush, so claims do not queue behind fsync.
 		b.Queue("SET LOCAL synchronous_commit TO OFF")
 		b.Queue("SELECT pg_advisory_xact_lock($1)", lockKey("claim:"+dest))
-		b.Queue(`UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
+		b.Queue(`WITH c AS (UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
 			WHERE key IN (
 				SELECT d.key FROM deliveries d
 				WHERE `+claimable+`
 				ORDER BY d.next_at_ms, d.key
 				LIMIT greatest(0, least($3::int, $6::int - (SELECT count(*) FROM deliveries l WHERE l.destination = $1 AND l.leased_until > now())))
 				FOR UPDATE SKIP LOCKED)
-			RETURNING doc`, dest, now.UnixMilli(), limit, lease.Seconds(), db.opts.Owner, maxInFlight)
+			RETURNING doc, event_id)
+			SELECT c.doc, e.doc, u.doc FROM c LEFT JOIN events e ON e.id = c.event_id LEFT JOIN users u ON u.user_key = e.user_key`,
+			dest, now.UnixMilli(), limit, lease.Seconds(), db.opts.Owner, maxInFlight)
 		b.Queue("COMMIT")
 		br := tx.SendBatch(ctx, b)
 		for i := 0; i < 2; i++ {
@@ -143,8 +148,17 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 			br.Close()
 			return err
 		}
-		ds, err = collectJSON[store.Delivery](rows)
-		if err != nil {
+		for rows.Next() {
+			var r claimedRow
+			if err := rows.Scan(&r.d, &r.e, &r.u); err != nil {
+				rows.Close()
+				br.Close()
+				return err
+			}
+			claimed = append(claimed, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
 			br.Close()
 			return err
 		}
@@ -154,41 +168,42 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 		tx.(*pipe).committed = true
 		return nil
 	})
-	if err != nil || len(ds) == 0 {
+	if err != nil || len(claimed) == 0 {
 		return nil, err
 	}
-	sort.Slice(ds, func(i, j int) bool {
-		if ds[i].NextAtMs != ds[j].NextAtMs {
-			return ds[i].NextAtMs < ds[j].NextAtMs
+	out := make([]store.Due, 0, len(claimed))
+	var keys []string
+	for _, r := range claimed {
+		var d store.Delivery
+		err := json.Unmarshal(r.d, &d)
+		if err == nil && r.e == nil {
+			continue // its event is gone (pruned): the lease expires
 		}
-		return ds[i].Key < ds[j].Key
+		var ce claimedEvent
+		if err == nil {
+			ce, err = db.decodeClaimed(r.e, r.u)
+		}
+		if err != nil {
+			// The claims stand and expire; say why nothing comes of them.
+			for _, r := range claimed {
+				var d store.Delivery
+				if json.Unmarshal(r.d, &d) == nil {
+					keys = append(keys, d.Key)
+				}
+			}
+			_ = db.Release(context.WithoutCancel(ctx), keys)
+			return nil, err
+		}
+		d.NoteClaim(nil, ce.doc)
+		out = append(out, store.Due{Delivery: d, Event: ce.e})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Delivery.NextAtMs != out[j].Delivery.NextAtMs {
+			return out[i].Delivery.NextAtMs < out[j].Delivery.NextAtMs
+		}
+		return out[i].Delivery.Key < out[j].Delivery.Key
 	})
-	ids := make([]string, len(ds))
-	for i := range ds {
-		ids[i] = ds[i].EventID
-	}
-	events, err := db.eventsByID(ctx, db.pool, ids)
-	if err != nil {
-		// The claims stand and expire; say why nothing comes of them.
-		_ = db.Release(context.WithoutCancel(ctx), keysOf(ds))
-		return nil, err
-	}
-	out := make([]store.Due, 0, len(ds))
-	for _, d := range ds {
-		if ce, ok := events[d.EventID]; ok {
-			d.NoteClaim(nil, ce.doc)
-			out = append(out, store.Due{Delivery: d, Event: ce.e})
-		}
-	}
 	return out, nil
-}
-
-func keysOf(ds []store.Delivery) []string {
-	out := make([]string, len(ds))
-	for i := range ds {
-		out[i] = ds[i].Key
-	}
-	return out
 }
 
 // claimable is the condition on a delivery d of destination $1 that Claim
@@ -262,22 +277,32 @@ func (db *DB) eventsByID(ctx context.Context, q querier, ids []string) (map[stri
 		if err := rows.Scan(&edoc, &udoc); err != nil {
 			return nil, err
 		}
-		var e mapping.Event
-		if err := db.seal.DecodeEvent(edoc, &e); err != nil {
+		ce, err := db.decodeClaimed(edoc, udoc)
+		if err != nil {
 			return nil, err
 		}
-		if udoc != nil {
-			var u store.User
-			if err := db.seal.DecodeUser(udoc, &u); err != nil {
-				return nil, err
-			}
-			if u.AppUserID == e.User.AppUserID {
-				u.Fill(&e)
-			}
-		}
-		out[e.ID] = claimedEvent{e, edoc}
+		out[ce.e.ID] = ce
 	}
 	return out, rows.Err()
+}
+
+// decodeClaimed decodes a claimed delivery's event and fills in its user's
+// identifiers from the identity record udoc (nil: none).
+func (db *DB) decodeClaimed(edoc, udoc []byte) (claimedEvent, error) {
+	var e mapping.Event
+	if err := db.seal.DecodeEvent(edoc, &e); err != nil {
+		return claimedEvent{}, err
+	}
+	if udoc != nil {
+		var u store.User
+		if err := db.seal.DecodeUser(udoc, &u); err != nil {
+			return claimedEvent{}, err
+		}
+		if u.AppUserID == e.User.AppUserID {
+			u.Fill(&e)
+		}
+	}
+	return claimedEvent{e, edoc}, nil
 }
 
 // Release ends this replica's leases on deliveries it claimed but did not
@@ -290,56 +315,71 @@ func (db *DB) Release(ctx context.Context, keys []string) error {
 	return err
 }
 
-// Complete records attempt outcomes in one transaction and ends the leases.
-// An outcome whose Claimed delivery is still leased by this replica is
-// written without reading the row again (one batch for all of them,
-// fenced by the lease owner); any other is applied to the row as it is
-// now, under its row lock.
+// Complete records attempt outcomes and ends the leases. An outcome whose
+// Claimed delivery is still leased by this replica is written without
+// reading the row again: one batch for all of them, fenced by the lease
+// owner, with BEGIN and COMMIT in the same round trip. Any other (and one
+// whose lease turned out not to be ours) is applied to the row as it is
+// now, under its row lock, in a second transaction.
+//
+// Outcomes commit without waiting for their WAL flush (synchronous_commit
+// off): an outcome lost in a database crash leaves its delivery leased
+// until the lease expires, then it is sent again with the same idempotency
+// key, which is the at-least-once promise a crash of a replica already
+// gives. Nothing a source was answered 2xx for depends on it, and a later
+// synchronous commit (every ingest) flushes it with its own WAL.
 func (db *DB) Complete(ctx context.Context, cs []store.Completion) error {
 	// Rows are locked in key order so that concurrent completions cannot
 	// deadlock.
 	sorted := slices.Clone(cs)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Key < sorted[j].Key })
-	return db.inPipe(ctx, func(tx dbtx) error {
-		now := db.opts.Now()
-		var slow []store.Completion
-		fast := &pgx.Batch{}
-		var fastCs []store.Completion
-		for _, c := range sorted {
-			if c.Attempt != nil {
-				a := *c.Attempt // a retried transaction numbers afresh
-				c.Attempt = &a
-			}
-			if c.Claimed == nil || store.Final(c.Claimed.State) || c.Attempt != nil && !c.Claimed.ClaimNoted() {
-				slow = append(slow, c)
-				continue
-			}
-			d := *c.Claimed
-			d.Apply(c, now)
-			doc, err := json.Marshal(&d)
+	now := db.opts.Now()
+	var slow, fastCs []store.Completion
+	fast := &pgx.Batch{}
+	fast.Queue("SET LOCAL synchronous_commit TO OFF")
+	for _, c := range sorted {
+		if c.Attempt != nil {
+			a := *c.Attempt // a retried transaction numbers afresh
+			c.Attempt = &a
+		}
+		if c.Claimed == nil || store.Final(c.Claimed.State) || c.Attempt != nil && !c.Claimed.ClaimNoted() {
+			slow = append(slow, c)
+			continue
+		}
+		d := *c.Claimed
+		d.Apply(c, now)
+		doc, err := json.Marshal(&d)
+		if err != nil {
+			return err
+		}
+		if c.Attempt == nil {
+			fast.Queue(`WITH upd AS (UPDATE deliveries SET state = $2, next_at_ms = $3, reason = $4, doc = $5, leased_until = NULL, lease_owner = NULL
+				WHERE key = $1 AND lease_owner = $6 RETURNING key) SELECT count(*) FROM upd`,
+				d.Key, d.State, nullMs(&d), reasonText(&d), doc, db.opts.Owner)
+		} else {
+			adoc, err := db.seal.EncodeClaimedAttempt(c.Attempt, c.Claimed, nil)
 			if err != nil {
 				return err
 			}
-			if c.Attempt == nil {
-				fast.Queue(`WITH upd AS (UPDATE deliveries SET state = $2, next_at_ms = $3, reason = $4, doc = $5, leased_until = NULL, lease_owner = NULL
-					WHERE key = $1 AND lease_owner = $6 RETURNING key) SELECT count(*) FROM upd`,
-					d.Key, d.State, nullMs(&d), reasonText(&d), doc, db.opts.Owner)
-			} else {
-				adoc, err := db.seal.EncodeClaimedAttempt(c.Attempt, c.Claimed, nil)
-				if err != nil {
-					return err
-				}
-				fast.Queue(`WITH upd AS (UPDATE deliveries SET state = $2, next_at_ms = $3, reason = $4, doc = $5, leased_until = NULL, lease_owner = NULL
-					WHERE key = $1 AND lease_owner = $6 RETURNING key),
-				ins AS (INSERT INTO attempts (delivery_key, n, doc) SELECT key, $7, $8 FROM upd
-					ON CONFLICT (delivery_key, n) DO UPDATE SET doc = EXCLUDED.doc)
-				SELECT count(*) FROM upd`,
-					d.Key, d.State, nullMs(&d), reasonText(&d), doc, db.opts.Owner, d.Attempts, adoc)
-			}
-			fastCs = append(fastCs, c)
+			fast.Queue(`WITH upd AS (UPDATE deliveries SET state = $2, next_at_ms = $3, reason = $4, doc = $5, leased_until = NULL, lease_owner = NULL
+				WHERE key = $1 AND lease_owner = $6 RETURNING key),
+			ins AS (INSERT INTO attempts (delivery_key, n, doc) SELECT key, $7, $8 FROM upd
+				ON CONFLICT (delivery_key, n) DO UPDATE SET doc = EXCLUDED.doc)
+			SELECT count(*) FROM upd`,
+				d.Key, d.State, nullMs(&d), reasonText(&d), doc, db.opts.Owner, d.Attempts, adoc)
 		}
-		if fast.Len() > 0 {
+		fastCs = append(fastCs, c)
+	}
+	if len(fastCs) > 0 {
+		fast.Queue("COMMIT")
+		var lost []store.Completion
+		err := db.inPipe(ctx, func(tx dbtx) error {
+			lost = lost[:0]
 			br := tx.SendBatch(ctx, fast)
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return err
+			}
 			for _, c := range fastCs {
 				var n int
 				if err := br.QueryRow().Scan(&n); err != nil {
@@ -350,12 +390,31 @@ func (db *DB) Complete(ctx context.Context, cs []store.Completion) error {
 					// The lease is no longer ours (it expired and another
 					// replica took the delivery, or it was given back):
 					// apply the outcome to the row as it is now.
-					slow = append(slow, c)
+					lost = append(lost, c)
 				}
+			}
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return err
 			}
 			if err := br.Close(); err != nil {
 				return err
 			}
+			tx.(*pipe).committed = true
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		slow = append(slow, lost...)
+		sort.SliceStable(slow, func(i, j int) bool { return slow[i].Key < slow[j].Key })
+	}
+	if len(slow) == 0 {
+		return nil
+	}
+	return db.inPipe(ctx, func(tx dbtx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit TO OFF"); err != nil {
+			return err
 		}
 		for _, c := range slow {
 			if err := db.completeLocked(ctx, tx, c, now); err != nil {
