@@ -33,9 +33,20 @@ type upgradeStep struct {
 	fix   func(ctx context.Context, tx pgx.Tx, key []string, doc []byte) error
 }
 
+// upgrade seals the records of a schema 1 database, once across replicas.
 func (db *DB) upgrade(ctx context.Context) error {
-	var pending bool
-	if err := db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM meta WHERE name = 'seal_upgrade')").Scan(&pending); err != nil || !pending {
+	return db.onceUnderMigrationLock(ctx, func() (bool, error) {
+		var pending bool
+		err := db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM meta WHERE name = 'seal_upgrade')").Scan(&pending)
+		return !pending, err
+	}, db.sealRecords)
+}
+
+// onceUnderMigrationLock runs fn unless done reports the work is done,
+// under the migration advisory lock, checking done again once the lock is
+// held: replicas starting together do the work once, the others wait.
+func (db *DB) onceUnderMigrationLock(ctx context.Context, done func() (bool, error), fn func(ctx context.Context) error) error {
+	if ok, err := done(); err != nil || ok {
 		return err
 	}
 	conn, err := db.pool.Acquire(ctx)
@@ -51,9 +62,14 @@ func (db *DB) upgrade(ctx context.Context) error {
 			_ = conn.Conn().Close(context.Background())
 		}
 	}()
-	if err := db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM meta WHERE name = 'seal_upgrade')").Scan(&pending); err != nil || !pending {
+	if ok, err := done(); err != nil || ok {
 		return err // another replica did it while this one waited
 	}
+	return fn(ctx)
+}
+
+// sealRecords seals what schema 1 stored in clear.
+func (db *DB) sealRecords(ctx context.Context) error {
 	start := time.Now()
 	db.opts.Logger.Info("sealing the records schema 1 stored (personal fields encrypted, app user ids hashed); other replicas wait", "db", db.where)
 	for _, s := range db.upgradeSteps() {
@@ -343,30 +359,14 @@ func (db *DB) upgradeMemory(ctx context.Context) error {
 // event is not sealed, since its personal fields may have been erased.
 // Meta attempts_sealed records that it is done.
 func (db *DB) sealAttempts(ctx context.Context) error {
-	done := func() (bool, error) {
+	return db.onceUnderMigrationLock(ctx, func() (bool, error) {
 		var ok bool
 		err := db.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM meta WHERE name = 'attempts_sealed')").Scan(&ok)
 		return ok, err
-	}
-	if ok, err := done(); err != nil || ok {
-		return err
-	}
-	conn, err := db.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(migrationLockID)); err != nil {
-		return err
-	}
-	defer func() {
-		if _, err := conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", int64(migrationLockID)); err != nil {
-			_ = conn.Conn().Close(context.Background())
-		}
-	}()
-	if ok, err := done(); err != nil || ok {
-		return err // another replica did it while this one waited
-	}
+	}, db.sealPlainAttempts)
+}
+
+func (db *DB) sealPlainAttempts(ctx context.Context) error {
 	s := db.seal
 	step := upgradeStep{"attempts_plain", 2,
 		"SELECT delivery_key, n::text, doc FROM attempts WHERE (delivery_key, n) > ($1, COALESCE(NULLIF($2, ''), '-1')::int) ORDER BY delivery_key, n LIMIT $3",
@@ -396,7 +396,7 @@ func (db *DB) sealAttempts(ctx context.Context) error {
 	if err := db.upgradeTable(ctx, step); err != nil {
 		return fmt.Errorf("pgstore: seal attempts at %s (start again to resume): %w", db.where, err)
 	}
-	_, err = db.pool.Exec(ctx, `WITH gone AS (DELETE FROM meta WHERE name = 'seal_upgrade:attempts_plain')
+	_, err := db.pool.Exec(ctx, `WITH gone AS (DELETE FROM meta WHERE name = 'seal_upgrade:attempts_plain')
 		INSERT INTO meta (name, value) VALUES ('attempts_sealed', 'true') ON CONFLICT (name) DO NOTHING`)
 	return err
 }
