@@ -53,12 +53,12 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 		var err error
 		if o.Skip == nil {
 			rows, err = tx.Query(ctx, `UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
-			WHERE key IN (
+			WHERE key = ANY(ARRAY(
 				SELECT d.key FROM deliveries d
 				WHERE `+claimable+`
 				ORDER BY d.next_at_ms, d.key
 				LIMIT $3
-				FOR UPDATE SKIP LOCKED)
+				FOR UPDATE SKIP LOCKED))
 			RETURNING doc`, dest, now.UnixMilli(), limit, lease.Seconds(), db.opts.Owner)
 		} else {
 			var keys []string
@@ -109,7 +109,12 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 // lock, one UPDATE whose LIMIT subtracts the destination's live leases
 // from the in-flight cap and whose claimed rows are joined with their
 // events and their users' identity records, and COMMIT travel as one
-// batch.
+// batch. The claimed keys are an ARRAY(...) of the locking sub-select, not
+// an IN (...): the planner cannot estimate a LIMIT that is an expression,
+// takes it for a tenth of the table, and then reads the whole deliveries
+// and events tables in hash joins (14 ms a claim with 5 000 rows, growing
+// with the table); "= ANY(array)" it estimates as a few rows, looked up by
+// primary key (1.4 ms).
 func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, maxInFlight int, lease time.Duration) ([]store.Due, error) {
 	if maxInFlight <= 0 {
 		maxInFlight = 1 << 30
@@ -126,12 +131,12 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 		b.Queue("SET LOCAL synchronous_commit TO OFF")
 		b.Queue("SELECT pg_advisory_xact_lock($1)", lockKey("claim:"+dest))
 		b.Queue(`WITH c AS (UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
-			WHERE key IN (
+			WHERE key = ANY(ARRAY(
 				SELECT d.key FROM deliveries d
 				WHERE `+claimable+`
 				ORDER BY d.next_at_ms, d.key
 				LIMIT greatest(0, least($3::int, $6::int - (SELECT count(*) FROM deliveries l WHERE l.destination = $1 AND l.leased_until > now())))
-				FOR UPDATE SKIP LOCKED)
+				FOR UPDATE SKIP LOCKED))
 			RETURNING doc, event_id)
 			SELECT c.doc, e.doc, u.doc FROM c LEFT JOIN events e ON e.id = c.event_id LEFT JOIN users u ON u.user_key = e.user_key`,
 			dest, now.UnixMilli(), limit, lease.Seconds(), db.opts.Owner, maxInFlight)
