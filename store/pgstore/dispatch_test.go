@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,4 +100,71 @@ func TestReplicasRateLimitedClaimsSentOnce(t *testing.T) {
 	if len(fw.sent) != n || fw.overlaps > 0 {
 		t.Errorf("%d deliveries sent, want %d; %d sent by two replicas at once", len(fw.sent), n, fw.overlaps)
 	}
+}
+
+// BenchmarkDrainPG is dispatch.BenchmarkDrain on PostgreSQL: 1 000
+// deliveries queued in one commit, then drained by one replica's
+// dispatcher (default poll, concurrency 32, leases and the in-flight cap
+// in the database) to a destination answering after 20 ms. The bound is
+// concurrency / the answers' measured latency; of_bound is the drained
+// rate over it.
+func BenchmarkDrainPG(b *testing.B) {
+	const perRound, conc, latency = 1000, 32, 20 * time.Millisecond
+	rs, _ := replicas(b, 1, nil)
+	db := rs[0]
+	fw := &sleepForwarder{latency: latency}
+	d := dispatch.New(db, []dispatch.Destination{{Name: "af", Type: "test", Forwarder: fw, Concurrency: conc, BatchSize: 1}},
+		dispatch.Options{Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	open := func() int {
+		var n int
+		if err := db.Pool().QueryRow(ctx, "SELECT count(*) FROM deliveries WHERE next_at_ms IS NOT NULL").Scan(&n); err != nil {
+			b.Fatal(err)
+		}
+		return n
+	}
+	rounds := (b.N + perRound - 1) / perRound
+	b.ResetTimer()
+	var busy time.Duration
+	for r := range rounds {
+		facts := make([]string, perRound)
+		for i := range facts {
+			facts[i] = fmt.Sprintf("r%d-f%d", r, i)
+		}
+		b.StopTimer()
+		if _, err := db.Ingest(ctx, storetest.Note(fmt.Sprintf("round%d", r), storetest.Facts(facts...))); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		for open() > 0 {
+			time.Sleep(2 * time.Millisecond)
+		}
+		busy += time.Since(start)
+	}
+	rate := float64(rounds*perRound) / busy.Seconds()
+	real := time.Duration(fw.answerNs.Load() / max(1, fw.answered.Load()))
+	b.ReportMetric(rate, "deliveries/s")
+	b.ReportMetric(float64(real.Microseconds())/1000, "answer_ms")
+	b.ReportMetric(rate/(float64(conc)/real.Seconds()), "of_bound")
+}
+
+// sleepForwarder answers every request after latency and times the
+// answers.
+type sleepForwarder struct {
+	latency            time.Duration
+	answered, answerNs atomic.Int64
+}
+
+func (f *sleepForwarder) Limits() forwarders.Limits { return forwarders.Limits{BatchSize: 1} }
+
+func (f *sleepForwarder) Send(_ context.Context, batch []forwarders.Item) []forwarders.Result {
+	start := time.Now()
+	time.Sleep(f.latency)
+	f.answerNs.Add(int64(time.Since(start)))
+	f.answered.Add(int64(len(batch)))
+	return forwarders.All(len(batch), forwarders.Result{Outcome: forwarders.Delivered, Status: 200})
 }

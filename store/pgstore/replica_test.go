@@ -21,7 +21,7 @@ import (
 )
 
 // replicas opens n stores on one fresh database: n gateway replicas.
-func replicas(t *testing.T, n int, edit func(i int, o *store.Options)) ([]*pgstore.DB, string) {
+func replicas(t testing.TB, n int, edit func(i int, o *store.Options)) ([]*pgstore.DB, string) {
 	t.Helper()
 	dsn := pgtest.Database(t)
 	out := make([]*pgstore.DB, n)
