@@ -11,6 +11,7 @@ import (
 
 	"github.com/postback/postback/dispatch"
 	"github.com/postback/postback/forwarders"
+	"github.com/postback/postback/store"
 	"github.com/postback/postback/store/storetest"
 )
 
@@ -110,10 +111,13 @@ func TestReplicasRateLimitedClaimsSentOnce(t *testing.T) {
 // rate over it.
 func BenchmarkDrainPG(b *testing.B) {
 	const perRound, conc, latency = 1000, 32, 20 * time.Millisecond
-	rs, _ := replicas(b, 1, nil)
+	var d *dispatch.Dispatcher
+	// The store wakes the dispatcher at each commit that queues work, as
+	// the gateway wires it.
+	rs, _ := replicas(b, 1, func(_ int, o *store.Options) { o.OnCommit = func(ds []string) { d.Wake(ds) } })
 	db := rs[0]
 	fw := &sleepForwarder{latency: latency}
-	d := dispatch.New(db, []dispatch.Destination{{Name: "af", Type: "test", Forwarder: fw, Concurrency: conc, BatchSize: 1}},
+	d = dispatch.New(db, []dispatch.Destination{{Name: "af", Type: "test", Forwarder: fw, Concurrency: conc, BatchSize: 1}},
 		dispatch.Options{Logger: slog.New(slog.DiscardHandler)})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
