@@ -1271,13 +1271,11 @@ func (a *Apple) Handle(c echo.Context) error {
 	if err != nil {
 		return a.Reject(src, AsError(err))
 	}
-	var req struct {
-		SignedPayload string `json:"signedPayload"`
-	}
-	if err := json.Unmarshal(body, &req); err != nil || req.SignedPayload == "" {
+	signed, ok, err := signedPayloadOf(body)
+	if !ok {
 		return a.Reject(src, Wrap(http.StatusBadRequest, CodeMalformed, `body is not {"signedPayload": "..."}`, err))
 	}
-	res, err := a.Receive(c.Request().Context(), req.SignedPayload)
+	res, err := a.Receive(c.Request().Context(), signed)
 	if err != nil {
 		return err
 	}
