@@ -286,9 +286,27 @@ func (e softError) Unwrap() error { return e.err }
 
 // commit runs a batch in one transaction. If the transaction fails, each op
 // is retried alone so one bad op cannot fail its neighbours.
+// appendFill is the fill percent of the buckets keyed by time (events,
+// inbox items, deliveries and their attempts): new records go to their
+// end, so a page that splits there is left nearly full instead of half
+// full (bbolt's default, right for random keys), with room for a record
+// rewritten a little longer (a delivery's outcome).
+const appendFill = 0.9
+
+// appendOrdered sets appendFill on tx's time-ordered buckets; tx hands out
+// the same bucket for the rest of the transaction.
+func appendOrdered(tx *bolt.Tx) {
+	for _, name := range [][]byte{bEvents, bInbox, bDeliveries, bAttempts} {
+		if b := tx.Bucket(name); b != nil {
+			b.FillPercent = appendFill
+		}
+	}
+}
+
 func (db *DB) commit(batch []*op) {
 	err := db.guard(func() error {
 		return db.bolt.Update(func(tx *bolt.Tx) error {
+			appendOrdered(tx)
 			for _, o := range batch {
 				o.err = o.apply(tx)
 				var se softError
