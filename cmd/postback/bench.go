@@ -55,6 +55,8 @@ type benchOptions struct {
 	Self            bool
 	ReceiverLatency time.Duration
 	ReceiverErrors  float64
+	// DestConcurrency is --self's destinations' concurrency (default 32).
+	DestConcurrency int
 	Drain           time.Duration
 	// Bare replaces the gateway with an echo handler that answers 200 to
 	// everything: the baseline the durable ingest is compared with.
@@ -193,6 +195,7 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	fs.BoolVar(&o.Self, "self", false, "start an in-process gateway on a temporary database, with test keys for every source and one destination of every type pointed at local mock receivers")
 	fs.DurationVar(&o.ReceiverLatency, "receiver-latency", 0, "--self: the mock receivers' answer latency")
+	fs.IntVar(&o.DestConcurrency, "dest-concurrency", 32, "--self: each destination's concurrency (requests in flight); deliveries are bounded by it / --receiver-latency")
 	fs.Float64Var(&o.ReceiverErrors, "receiver-error-rate", 0, "--self: fraction (0..1) of requests the mock receivers answer 503 (retried by the gateway)")
 	fs.DurationVar(&o.Drain, "drain", 10*time.Second, "--self: how long to wait for outstanding deliveries after sending")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (with --self it covers the in-process gateway; view with go tool pprof)")
@@ -317,6 +320,8 @@ func (o *benchOptions) check() error {
 		return fmt.Errorf("%w: --presign must be within 0..10000000", errBenchUsage)
 	case o.ReceiverErrors < 0 || o.ReceiverErrors > 1:
 		return fmt.Errorf("%w: --receiver-error-rate must be within 0..1", errBenchUsage)
+	case o.DestConcurrency < 1 || o.DestConcurrency > 1024:
+		return fmt.Errorf("%w: --dest-concurrency must be within 1..1024", errBenchUsage)
 	}
 	if o.Replicas < 1 || o.Replicas > 16 || o.Replicas > 1 && (o.DSN == "" || !o.Self) {
 		return fmt.Errorf("%w: --replicas must be 1..16, and more than 1 needs --self --dsn", errBenchUsage)
@@ -927,7 +932,7 @@ var benchAnswers = map[string]struct {
 // benchDestination returns the config of the bench destination of type typ
 // pointed at url (type-specific test credentials; identifiers come from
 // the users bench stores).
-func benchDestination(typ, url, hookSecret string) (string, error) {
+func benchDestination(typ, url, hookSecret string, concurrency int) (string, error) {
 	var extra string
 	switch typ {
 	case "appsflyer":
@@ -957,8 +962,8 @@ func benchDestination(typ, url, hookSecret string) (string, error) {
     endpoint: %q
     %s
     rate_limit: {per_second: 1000000, burst: 1000000}
-    concurrency: 32
-`, typ, typ, url, extra), nil
+    concurrency: %d
+`, typ, typ, url, extra, concurrency), nil
 }
 
 func (b *benchReceiver) serve(w http.ResponseWriter, req *http.Request, lat time.Duration, errRate float64) {
@@ -1060,7 +1065,7 @@ func startBenchSelf(ctx context.Context, o *benchOptions) (s *benchSelf, err err
 		if typ == "webhook" {
 			endpoint += "/hook"
 		}
-		d, err := benchDestination(typ, endpoint, hookSecret)
+		d, err := benchDestination(typ, endpoint, hookSecret, o.DestConcurrency)
 		if err != nil {
 			return nil, err
 		}

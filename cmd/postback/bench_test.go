@@ -116,6 +116,7 @@ func TestBenchFlags(t *testing.T) {
 		{"negative rate", []string{"--self", "--rate", "-1"}, 2},
 		{"negative presign", []string{"--self", "--presign", "-1"}, 2},
 		{"receiver error rate above 1", []string{"--self", "--receiver-error-rate", "2"}, 2},
+		{"no destination concurrency", []string{"--self", "--dest-concurrency", "0"}, 2},
 		{"stripe without secret", []string{"--mix", "stripe=1"}, 2},
 		{"shopify without secret", []string{"--mix", "shopify=1", "--stripe-secret", "s"}, 2},
 		{"custom without API key", []string{"--mix", "custom=1"}, 2},
@@ -253,11 +254,14 @@ func TestBenchReceiver(t *testing.T) {
 
 func TestBenchDestination(t *testing.T) {
 	for _, typ := range forwarders.Types() {
-		if _, err := benchDestination(typ, "http://127.0.0.1:1", "whsec_x"); err != nil {
+		d, err := benchDestination(typ, "http://127.0.0.1:1", "whsec_x", 48)
+		if err != nil {
 			t.Errorf("%s: %v", typ, err)
+		} else if !strings.Contains(d, "concurrency: 48\n") {
+			t.Errorf("%s: the destination's concurrency is not the one asked for:\n%s", typ, d)
 		}
 	}
-	if _, err := benchDestination("carrier-pigeon", "http://127.0.0.1:1", ""); err == nil {
+	if _, err := benchDestination("carrier-pigeon", "http://127.0.0.1:1", "", 32); err == nil {
 		t.Error("an unknown destination type got a config")
 	}
 }
