@@ -9,6 +9,7 @@ import (
 	"crypto/elliptic"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding"
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/binary"
@@ -312,9 +313,9 @@ func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, er
 // verify verifies token, decoding each segment once: the header only when
 // its exact bytes are not in the cache, the payload (into scratch when it
 // is large enough) with decode (which fills the caller's typed value), the
-// signature. dates reads the
-// signedDate and receiptCreationDate decode found, to choose the
-// certificate check date. It returns the payload bytes.
+// signature. dates reads the signedDate and receiptCreationDate decode
+// found, to choose the certificate check date. It returns the payload
+// bytes.
 func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decode func(payload []byte) error, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
 	first := bytes.IndexByte(token, '.')
 	second := -1
@@ -325,62 +326,68 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decod
 		return nil, fmt.Errorf("%w: not three dot-separated parts", ErrAppleMalformed)
 	}
 	last := first + 1 + second
-	// Strict decoding still skips CR and LF; a JWS never contains them.
-	if bytes.IndexByte(token, '\n') >= 0 || bytes.IndexByte(token, '\r') >= 0 {
-		return nil, fmt.Errorf("%w: line break in the JWS", ErrAppleMalformed)
-	}
 	header, body, sigSeg := token[:first], token[first+1:last], token[last+1:]
 	// Every JWS signed with one chain carries the same header bytes: a
 	// header already verified (alg ES256, no crit, three certificates,
-	// chain to a root) is found in the cache by its exact bytes, without
-	// decoding its ~3 KB of certificates again.
-	var h jwsHeader
+	// chain to a root, no line break) is found in the cache by its exact
+	// bytes, without decoding its ~3 KB of certificates again. Only entries
+	// put under a header hold its signing prefix; a chain entry is never
+	// taken for header bytes.
 	hit, cached := v.cache.get(header)
+	cached = cached && hit.prefix != nil
+	var x5c []string
 	if !cached {
-		hb := make([]byte, jwsBase64.DecodedLen(len(header)))
-		n, err := jwsBase64.Decode(hb, header)
-		if err != nil {
-			return nil, fmt.Errorf("%w: header base64: %v", ErrAppleMalformed, err)
+		if hasLineBreak(token) {
+			return nil, errAppleLineBreak
 		}
-		if err := json.Unmarshal(hb[:n], &h); err != nil {
-			return nil, fmt.Errorf("%w: header JSON: %v", ErrAppleMalformed, err)
-		}
-		if h.Alg != "ES256" {
-			return nil, fmt.Errorf("%w: %q", ErrAppleAlg, h.Alg)
-		}
-		if h.Crit != nil {
-			return nil, fmt.Errorf("%w: %s", ErrAppleCrit, h.Crit)
-		}
-		if len(h.X5C) != 3 {
-			return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
+		var err error
+		if x5c, err = parseJWSHeader(header); err != nil {
+			return nil, err
 		}
 	}
+	w := jwsWorks.Get().(*jwsWork)
+	defer jwsWorks.Put(w)
 	payload := scratch
 	if l := jwsBase64.DecodedLen(len(body)); cap(payload) >= l {
 		payload = payload[:l]
 	} else {
 		payload = make([]byte, l)
 	}
-	n, err := decodeJWSSegment(payload, body)
-	if err != nil {
-		return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
+	var sig []byte
+	if l := jwsBase64.DecodedLen(len(sigSeg)); l <= len(w.sig) {
+		sig = w.sig[:l]
+	} else {
+		sig = make([]byte, l)
+	}
+	// The segments of a well-formed JWS hold base64url characters only and
+	// decode on the fast path. Anything else is decoded again by the strict
+	// decoder for its error, after the check for line breaks (which the
+	// strict decoder skips) that a cached header did not need.
+	n, bodyOK := decodeJWSFast(payload, body)
+	sn, sigOK := 0, false
+	if bodyOK {
+		sn, sigOK = decodeJWSFast(sig, sigSeg)
+	}
+	if !sigOK && cached && hasLineBreak(token) {
+		return nil, errAppleLineBreak
+	}
+	if !bodyOK {
+		var err error
+		if n, err = jwsBase64.Decode(payload, body); err != nil {
+			return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
+		}
 	}
 	payload = payload[:n]
 	if err := decode(payload); err != nil {
 		return nil, fmt.Errorf("%w: payload JSON: %v", ErrAppleMalformed, err)
 	}
-	var sigBuf [96]byte
-	var sig []byte
-	if l := jwsBase64.DecodedLen(len(sigSeg)); l <= len(sigBuf) {
-		sig = sigBuf[:l]
-	} else {
-		sig = make([]byte, l)
+	if !sigOK {
+		var err error
+		if sn, err = jwsBase64.Decode(sig, sigSeg); err != nil {
+			return nil, fmt.Errorf("%w: signature base64: %v", ErrAppleMalformed, err)
+		}
 	}
-	n, err = jwsBase64.Decode(sig, sigSeg)
-	if err != nil {
-		return nil, fmt.Errorf("%w: signature base64: %v", ErrAppleMalformed, err)
-	}
-	sig = sig[:n]
+	sig = sig[:sn]
 	at := v.now()
 	if signed, receipt := dates(); !v.online {
 		switch {
@@ -391,66 +398,121 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decod
 		}
 	}
 	var e chainEntry
+	var err error
 	if cached {
 		e, err = v.cachedChain(ctx, header, hit, at)
 	} else {
-		e, err = v.chain(ctx, h.X5C, at)
+		e, err = v.chain(ctx, x5c, at)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := verifyES256(e.pub, signingDigest(e.prefix, header, body), sig); err != nil {
+	if err := verifyES256(e.pub, w.digest(e.prefix, header, body), sig, &w.der); err != nil {
 		return nil, err
 	}
 	// A header is cached once a JWS under it has verified, and only at a
 	// size Apple's headers have (about 5 KB): the key is the header itself.
 	if !cached && v.cache != nil && len(header) <= maxCachedHeader {
-		e.prefix = signingPrefix(header)
-		v.cache.put(string(header), e)
+		if e.prefix = signingPrefix(header); e.prefix != nil {
+			v.cache.put(string(header), e)
+		}
 	}
 	return payload, nil
+}
+
+// errAppleLineBreak refuses a JWS with CR or LF in it: strict base64
+// decoding would skip them, and a JWS never contains them.
+var errAppleLineBreak = fmt.Errorf("%w: line break in the JWS", ErrAppleMalformed)
+
+func hasLineBreak(token []byte) bool {
+	return bytes.IndexByte(token, '\n') >= 0 || bytes.IndexByte(token, '\r') >= 0
+}
+
+// parseJWSHeader decodes and checks a header segment that is not cached:
+// alg exactly ES256, no crit, three certificates. It returns x5c.
+func parseJWSHeader(header []byte) ([]string, error) {
+	var h jwsHeader
+	hb := make([]byte, jwsBase64.DecodedLen(len(header)))
+	n, err := jwsBase64.Decode(hb, header)
+	if err != nil {
+		return nil, fmt.Errorf("%w: header base64: %v", ErrAppleMalformed, err)
+	}
+	if err := json.Unmarshal(hb[:n], &h); err != nil {
+		return nil, fmt.Errorf("%w: header JSON: %v", ErrAppleMalformed, err)
+	}
+	if h.Alg != "ES256" {
+		return nil, fmt.Errorf("%w: %q", ErrAppleAlg, h.Alg)
+	}
+	if h.Crit != nil {
+		return nil, fmt.Errorf("%w: %s", ErrAppleCrit, h.Crit)
+	}
+	if len(h.X5C) != 3 {
+		return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
+	}
+	return h.X5C, nil
 }
 
 // maxCachedHeader bounds the header bytes one cache entry keeps.
 const maxCachedHeader = 16 << 10
 
-// signingPrefix is the SHA-256 state after the first part of every
-// signing input under this header, "header.": a cached header is hashed
-// once, and each JWS then hashes only its payload segment.
-func signingPrefix(header []byte) hash.Cloner {
+// jwsWork is the scratch of one signature check, pooled so that a
+// verification allocates none of it: the hash, the decoded signature, the
+// digest and the DER signature.
+type jwsWork struct {
+	h      hash.Hash
+	state  encoding.BinaryUnmarshaler // h, to resume a signing prefix
+	sig    [96]byte
+	sum    [sha256.Size]byte
+	der    es256DER
+	dotBuf [1]byte
+}
+
+var jwsWorks = sync.Pool{New: func() any {
+	w := &jwsWork{h: sha256.New(), dotBuf: [1]byte{'.'}}
+	w.state, _ = w.h.(encoding.BinaryUnmarshaler)
+	return w
+}}
+
+// signingPrefix is the SHA-256 state (binary-marshalled) after the first
+// part of every signing input under this header, "header.": a cached
+// header is hashed once, and each JWS then hashes only its payload
+// segment. It is nil if the hash cannot save its state.
+func signingPrefix(header []byte) []byte {
 	h := sha256.New()
 	h.Write(header)
 	h.Write([]byte{'.'})
-	c, ok := h.(hash.Cloner)
+	m, ok := h.(encoding.BinaryMarshaler)
 	if !ok {
 		return nil
 	}
-	return c
+	state, err := m.MarshalBinary()
+	if err != nil {
+		return nil
+	}
+	return state
 }
 
-// signingDigest is the SHA-256 of the signing input "header.payload",
-// continued from prefix when there is one.
-func signingDigest(prefix hash.Cloner, header, payload []byte) []byte {
-	var h hash.Hash
-	if prefix != nil {
-		if c, err := prefix.Clone(); err == nil {
-			h = c
-		}
+// digest is the SHA-256 of the signing input "header.payload", continued
+// from prefix when there is one. It is valid until w is used again.
+func (w *jwsWork) digest(prefix, header, payload []byte) []byte {
+	if prefix == nil || w.state == nil || w.state.UnmarshalBinary(prefix) != nil {
+		w.h.Reset()
+		w.h.Write(header)
+		w.h.Write(w.dotBuf[:])
 	}
-	if h == nil {
-		h = sha256.New()
-		h.Write(header)
-		h.Write([]byte{'.'})
-	}
-	h.Write(payload)
-	return h.Sum(make([]byte, 0, sha256.Size))
+	w.h.Write(payload)
+	return w.h.Sum(w.sum[:0])
 }
+
+// es256DER holds the DER encoding of an ES256 signature: a SEQUENCE of two
+// INTEGERs of at most 33 bytes.
+type es256DER [2 + 2*(2+1+32)]byte
 
 // verifyES256 checks a JWS ES256 signature, R || S of 32 bytes each
-// (RFC 7518 section 3.4), over digest. R and S are re-encoded as the DER
-// SEQUENCE of two INTEGERs that crypto/ecdsa.VerifyASN1 reads (what
+// (RFC 7518 section 3.4), over digest. R and S are re-encoded, in der, as
+// the DER SEQUENCE of two INTEGERs that crypto/ecdsa.VerifyASN1 reads (what
 // ecdsa.Verify does too, through big.Int and a builder).
-func verifyES256(pub *ecdsa.PublicKey, digest, sig []byte) error {
+func verifyES256(pub *ecdsa.PublicKey, digest, sig []byte, der *es256DER) error {
 	if len(sig) != 64 {
 		return fmt.Errorf("%w: %d signature bytes, want 64", ErrAppleSignature, len(sig))
 	}
@@ -458,12 +520,11 @@ func verifyES256(pub *ecdsa.PublicKey, digest, sig []byte) error {
 	if allZero(r) || allZero(s) {
 		return fmt.Errorf("%w: zero R or S", ErrAppleSignature)
 	}
-	var buf [2 + 2*(2+1+32)]byte
-	der := append(buf[:0], 0x30, 0)
-	der = appendDERInt(der, r)
-	der = appendDERInt(der, s)
-	der[1] = byte(len(der) - 2)
-	if !ecdsa.VerifyASN1(pub, digest, der) {
+	b := append(der[:0], 0x30, 0)
+	b = appendDERInt(b, r)
+	b = appendDERInt(b, s)
+	b[1] = byte(len(b) - 2)
+	if !ecdsa.VerifyASN1(pub, digest, b) {
 		return fmt.Errorf("%w: ECDSA P-256 verification failed", ErrAppleSignature)
 	}
 	return nil
@@ -692,8 +753,9 @@ type chainEntry struct {
 	from, until       time.Time
 	ocspAt            time.Time
 	// prefix, in entries keyed by a JWS header, is the SHA-256 state after
-	// "header." (see signingPrefix); it is only ever cloned, never written.
-	prefix hash.Cloner
+	// "header." (see signingPrefix), never written once cached; entries
+	// keyed by chainKey have none.
+	prefix []byte
 }
 
 func (e *chainEntry) validAt(at time.Time) error {

@@ -66,6 +66,13 @@ func TestAppleHeaderCache(t *testing.T) {
 		{"another x5c: foreign leaf under the cached intermediate", mixedChain, ErrAppleUntrustedChain},
 		{"cached x5c under alg ES384", good.Sign(testTxn(nil), appletest.JWS{Alg: "ES384"}), ErrAppleAlg},
 		{"cached x5c with crit", good.Sign(testTxn(nil), appletest.JWS{Header: map[string]any{"crit": []string{"b64"}}}), ErrAppleCrit},
+		{"cached header, payload not base64", parts[0] + "." + parts[1][:40] + "*" + parts[1][41:] + "." + parts[2], ErrAppleMalformed},
+		{"cached header, signature not base64", parts[0] + "." + parts[1] + "." + parts[2][:40] + "*" + parts[2][41:], ErrAppleMalformed},
+		{"cached header, signature in non-canonical base64", parts[0] + "." + parts[1] + "." + spareBits(t, parts[2]), ErrAppleMalformed},
+		{"cached header, line break in the payload", parts[0] + "." + parts[1][:40] + "\n" + parts[1][40:] + "." + parts[2], errAppleLineBreak},
+		{"cached header, line break in the signature", parts[0] + "." + parts[1] + "." + parts[2][:40] + "\r" + parts[2][40:], errAppleLineBreak},
+		{"cached header, line break at the end", valid + "\n", errAppleLineBreak},
+		{"cached chain key as the header", string(chainKey(good.LeafDER(), good.IntermediateDER())) + "." + parts[1] + "." + parts[2], ErrAppleMalformed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -106,22 +113,32 @@ func TestAppleHeaderCache(t *testing.T) {
 }
 
 // TestSigningDigest: the digest continued from a cached "header." state is
-// the SHA-256 of the whole signing input, and cloning leaves the state
-// untouched for the next JWS.
+// the SHA-256 of the whole signing input, and resuming leaves the state
+// untouched for the next JWS, also when the work buffer is reused.
 func TestSigningDigest(t *testing.T) {
 	header := bytes.Repeat([]byte("eyJhbGciOiJFUzI1NiJ9"), 37)
 	prefix := signingPrefix(header)
 	if prefix == nil {
-		t.Fatal("sha256 state does not clone")
+		t.Fatal("sha256 state does not marshal")
 	}
-	for _, payload := range [][]byte{nil, []byte("e30"), bytes.Repeat([]byte("abcdefgh"), 300)} {
-		want := sha256.Sum256(append(append(append([]byte{}, header...), '.'), payload...))
-		if got := signingDigest(prefix, header, payload); !bytes.Equal(got, want[:]) {
-			t.Errorf("from the cached state: %x, want %x", got, want)
+	saved := bytes.Clone(prefix)
+	w := jwsWorks.New().(*jwsWork)
+	for range 2 {
+		for _, payload := range [][]byte{nil, []byte("e30"), bytes.Repeat([]byte("abcdefgh"), 300)} {
+			want := sha256.Sum256(append(append(append([]byte{}, header...), '.'), payload...))
+			if got := w.digest(prefix, header, payload); !bytes.Equal(got, want[:]) {
+				t.Errorf("from the cached state: %x, want %x", got, want)
+			}
+			if got := w.digest(nil, header, payload); !bytes.Equal(got, want[:]) {
+				t.Errorf("without a cached state: %x, want %x", got, want)
+			}
 		}
-		if got := signingDigest(nil, header, payload); !bytes.Equal(got, want[:]) {
-			t.Errorf("without a cached state: %x, want %x", got, want)
-		}
+	}
+	if !bytes.Equal(prefix, saved) {
+		t.Error("the cached state was written")
+	}
+	if got, want := w.digest([]byte("not a sha256 state"), header, nil), sha256.Sum256(append(bytes.Clone(header), '.')); !bytes.Equal(got, want[:]) {
+		t.Errorf("from an unusable state: %x, want %x", got, want)
 	}
 }
 
@@ -131,6 +148,7 @@ func TestSigningDigest(t *testing.T) {
 func TestVerifyES256(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	digest := sha256.Sum256([]byte("header.payload"))
+	var der es256DER
 	fixed := func(r, s *big.Int) []byte {
 		sig := make([]byte, 64)
 		r.FillBytes(sig[:32])
@@ -150,11 +168,11 @@ func TestVerifyES256(t *testing.T) {
 		if sig[0]&0x80 != 0 || sig[32]&0x80 != 0 {
 			topBit++
 		}
-		if err := verifyES256(&key.PublicKey, digest[:], sig); err != nil {
+		if err := verifyES256(&key.PublicKey, digest[:], sig, &der); err != nil {
 			t.Fatalf("valid signature %x refused: %v", sig, err)
 		}
 		sig[63] ^= 1
-		if err := verifyES256(&key.PublicKey, digest[:], sig); !errors.Is(err, ErrAppleSignature) {
+		if err := verifyES256(&key.PublicKey, digest[:], sig, &der); !errors.Is(err, ErrAppleSignature) {
 			t.Fatalf("altered signature %x: %v", sig, err)
 		}
 	}
@@ -173,7 +191,7 @@ func TestVerifyES256(t *testing.T) {
 		"65 bytes":    append(fixed(r, s), 0),
 		"ASN.1 bytes": func() []byte { b, _ := ecdsa.SignASN1(rand.Reader, key, digest[:]); return b }(),
 	} {
-		if err := verifyES256(&key.PublicKey, digest[:], sig); !errors.Is(err, ErrAppleSignature) {
+		if err := verifyES256(&key.PublicKey, digest[:], sig, &der); !errors.Is(err, ErrAppleSignature) {
 			t.Errorf("%s: %v, want ErrAppleSignature", name, err)
 		}
 	}
