@@ -22,7 +22,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -896,12 +895,18 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 	// The stored body is the payload with each nested JWS replaced by its
 	// verified, decoded payload; every other byte is kept as Apple sent it.
 	txn, ren, appTxn := &nested[0], &nested[1], &nested[2]
+	// The token is verified and no longer read: its buffer, larger than
+	// both nested JWS together, takes their decoded payloads side by side
+	// (decodedBody copies them out before it goes back to the pool).
+	buf := (*token)[:0]
+	txnScratch := buf[:0:len(txn.jws)]
+	renScratch := buf[len(txn.jws):len(txn.jws):min(cap(buf), len(txn.jws)+len(ren.jws))]
 	var renewal mapping.AppleRenewalInfo
 	verifyTxn := func() error {
 		if txn.jws == nil {
 			return nil
 		}
-		t, b, err := v.verifyTransaction(ctx, txn.jws, out.BundleID, appleEnv)
+		t, b, err := v.verifyTransaction(ctx, txn.jws, txnScratch, out.BundleID, appleEnv)
 		if err != nil {
 			return fmt.Errorf("signedTransactionInfo: %w", err)
 		}
@@ -912,7 +917,7 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 		if ren.jws == nil {
 			return nil
 		}
-		b, err := v.verify(ctx, ren.jws, nil, func(b []byte) error { return decodeJSON(appleRenewalPlan, b, &renewal) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return renewal.SignedDate, 0 })
+		b, err := v.verify(ctx, ren.jws, renScratch, func(b []byte) error { return decodeJSON(appleRenewalPlan, b, &renewal) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return renewal.SignedDate, 0 })
 		if err != nil {
 			return fmt.Errorf("signedRenewalInfo: %w", err)
 		}
@@ -1038,53 +1043,66 @@ func decodeNotification(raw []byte, p *mapping.AppleNotification, nested *[len(n
 // the payload needs the full decode.
 func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(nestedFields)]nestedJWS) bool {
 	var spans [len(nestedFields)]struct{ at, start, end int }
-	size, found, nuls := len(raw), 0, 0
-	for i, f := range nestedFields {
+	for i := range spans {
 		spans[i].at = -1
-		at := bytes.Index(raw, f.pattern)
-		if at < 0 {
+	}
+	// One pass finds the first occurrence of each pattern: every pattern
+	// starts with `"signed`, and a value found is passed over whole (it
+	// holds no quote, so no pattern can start inside it). The spans come
+	// in the order they appear.
+	var order [len(nestedFields)]int
+	size, found, nuls := len(raw), 0, 0
+	for from := 0; found < len(nestedFields); {
+		k := bytes.Index(raw[from:], nestedPrefix)
+		if k < 0 {
+			break
+		}
+		at := from + k
+		from = at + 1
+		i := -1
+		for j, f := range nestedFields {
+			if spans[j].at < 0 && bytes.HasPrefix(raw[at+len(nestedPrefix):], f.pattern[len(nestedPrefix):]) {
+				i = j
+				break
+			}
+		}
+		if i < 0 {
 			continue
 		}
+		f := &nestedFields[i]
 		start := at + len(f.pattern)
-		q := bytes.IndexByte(raw[start:], '"')
+		q := plainJSONEnd(raw[start:])
 		if q < 0 {
 			return false
 		}
 		end := start + q
-		if !plainJSONText(raw[start:end]) {
-			return false
-		}
 		spans[i].at, spans[i].start, spans[i].end = at, start, end
+		order[found] = i
 		size += len(f.placeholder) - q
 		found++
 		nuls += len(f.placeholder) / len(`\u0000`)
+		from = end
 	}
 	if found == 0 {
 		return false
 	}
-	// Cut the JWS out, in the order they appear.
-	stripped := make([]byte, 0, size)
+	// Cut the JWS out. The document is built as a string, which the
+	// decoded strings are slices of.
+	var sb strings.Builder
+	sb.Grow(size)
 	prev := 0
-	for range found {
-		next := -1
-		for i := range spans {
-			if spans[i].at >= prev && (next < 0 || spans[i].at < spans[next].at) {
-				next = i
-			}
-		}
-		if next < 0 {
-			return false // overlapping matches: not compact JSON as Apple writes it
-		}
-		stripped = append(stripped, raw[prev:spans[next].start]...)
-		stripped = append(stripped, nestedFields[next].placeholder...)
-		prev = spans[next].end
+	for _, i := range order[:found] {
+		sb.Write(raw[prev:spans[i].start])
+		sb.WriteString(nestedFields[i].placeholder)
+		prev = spans[i].end
 	}
-	stripped = append(stripped, raw[prev:]...)
+	sb.Write(raw[prev:])
+	stripped := sb.String()
 	// No \u0000 but the placeholders' (none can be inside a cut-out value).
-	if bytes.Count(stripped, []byte(`\u0000`)) != nuls {
+	if strings.Count(stripped, `\u0000`) != nuls {
 		return false
 	}
-	if decodeJSON(appleNotificationPlan, stripped, p) != nil {
+	if decodeJSONString(appleNotificationPlan, stripped, p) != nil {
 		return false
 	}
 	for i, f := range nestedFields {
@@ -1106,24 +1124,50 @@ func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(n
 	return true
 }
 
-// plainJSONText reports whether b, inside a JSON string, decodes to
-// itself: no backslash (an escape), no control characters (invalid JSON)
-// and no bytes from 0x80 (the decoder replaces invalid UTF-8). A JWS is
-// base64url and dots, so this holds for every real one.
-func plainJSONText(b []byte) bool {
+// nestedPrefix is how every nestedField pattern starts.
+var nestedPrefix = []byte(`"signed`)
+
+// plainJSONEnd returns where the first quote in b is, when every byte
+// before it, inside a JSON string, decodes to itself: no backslash (an
+// escape), no control characters (invalid JSON) and no bytes from 0x80
+// (the decoder replaces invalid UTF-8). It returns -1 when another byte
+// comes first or there is no quote. A JWS is base64url and dots, so the
+// value of every real one ends at the quote found.
+func plainJSONEnd(b []byte) int {
+	q := bytes.IndexByte(b, '"')
+	if q < 0 || bytes.IndexByte(b[:q], '\\') >= 0 || !printableASCII(b[:q]) {
+		return -1
+	}
+	return q
+}
+
+// printableASCII reports whether every byte of b is from 0x20 to 0x7f.
+// Word at a time: a byte of 0x80 or more has its high bit set, and a byte
+// under 0x20, when no byte below it in the word is, borrows through its
+// high bit in w - 0x20 of each byte (and its own high bit is clear); so
+// the high bits gathered are clear exactly when every byte is printable.
+func printableASCII(b []byte) bool {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	var acc uint64
+	for len(b) >= 32 {
+		w0 := binary.LittleEndian.Uint64(b)
+		w1 := binary.LittleEndian.Uint64(b[8:])
+		w2 := binary.LittleEndian.Uint64(b[16:])
+		w3 := binary.LittleEndian.Uint64(b[24:32])
+		acc |= w0 | (w0-0x20*ones)&^w0 | w1 | (w1-0x20*ones)&^w1 |
+			w2 | (w2-0x20*ones)&^w2 | w3 | (w3-0x20*ones)&^w3
+		b = b[32:]
+	}
 	for len(b) >= 8 {
 		w := binary.LittleEndian.Uint64(b)
-		// With no byte of 0x80 or more, a byte under 0x20 borrows through
-		// its high bit, and so does a zero byte of w ^ '\\'s.
-		bs := w ^ '\\'*ones
-		if (w|(w-0x20*ones)&^w|(bs-ones)&^bs)&highs != 0 {
-			return false
-		}
+		acc |= w | (w-0x20*ones)&^w
 		b = b[8:]
 	}
+	if acc&highs != 0 {
+		return false
+	}
 	for _, c := range b {
-		if c < 0x20 || c >= 0x80 || c == '\\' {
+		if c < 0x20 || c >= 0x80 {
 			return false
 		}
 	}
@@ -1138,18 +1182,23 @@ func plainJSONText(b []byte) bool {
 // would be escaped). Anything else goes through a JSON round trip that
 // keeps unknown fields.
 func decodedBody(raw []byte, all []nestedJWS) ([]byte, error) {
-	var nested []nestedJWS
+	var buf [len(nestedFields)]*nestedJWS
+	nested := buf[:0]
 	spans := true
 	size := len(raw)
-	for _, n := range all {
-		if n.jws != nil {
+	for i := range all {
+		if n := &all[i]; n.jws != nil {
 			nested = append(nested, n)
 			spans = spans && n.at >= 0
 			size += len(n.decodedKey) + 3 + len(n.payload) - (n.end + 1 - n.at)
 		}
 	}
 	if spans {
-		slices.SortFunc(nested, func(a, b nestedJWS) int { return a.at - b.at })
+		for i := 1; i < len(nested); i++ { // in the order they appear
+			for j := i; j > 0 && nested[j].at < nested[j-1].at; j-- {
+				nested[j], nested[j-1] = nested[j-1], nested[j]
+			}
+		}
 		out := make([]byte, 0, size)
 		prev := 0
 		for _, n := range nested {
@@ -1186,7 +1235,7 @@ func decodedBody(raw []byte, all []nestedJWS) ([]byte, error) {
 }
 
 // decodedBodySlow is decodedBody for payloads that are not compact JSON.
-func decodedBodySlow(_ []byte, nested []nestedJWS, body []byte) ([]byte, error) {
+func decodedBodySlow(_ []byte, nested []*nestedJWS, body []byte) ([]byte, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil {
 		return nil, fmt.Errorf("%w: notification payload: %v", ErrAppleMalformed, err)
@@ -1218,12 +1267,14 @@ func decodedBodySlow(_ []byte, nested []nestedJWS, body []byte) ([]byte, error) 
 func (v *AppleVerifier) VerifyTransaction(ctx context.Context, jws, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
 	v.cores.enter()
 	defer v.cores.leave()
-	return v.verifyTransaction(ctx, []byte(jws), bundleID, appleEnv)
+	return v.verifyTransaction(ctx, []byte(jws), nil, bundleID, appleEnv)
 }
 
-func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws []byte, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
+// verifyTransaction is VerifyTransaction; the payload returned is decoded
+// into scratch when it fits.
+func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws, scratch []byte, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
 	var txn mapping.AppleTransaction
-	b, err := v.verify(ctx, jws, nil, func(b []byte) error { return decodeJSON(appleTransactionPlan, b, &txn) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
+	b, err := v.verify(ctx, jws, scratch, func(b []byte) error { return decodeJSON(appleTransactionPlan, b, &txn) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
 	if err != nil {
 		return nil, nil, err
 	}

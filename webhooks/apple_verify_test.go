@@ -468,39 +468,47 @@ func TestAppleDecodeAroundNested(t *testing.T) {
 
 func fmtInt(n int64) string { return big.NewInt(n).String() }
 
-// TestPlainJSONText compares the word-at-a-time check with a byte loop for
-// every byte value at every position of a word and of the tail, and for
-// every pair of byte values in one word.
-func TestPlainJSONText(t *testing.T) {
-	naive := func(b []byte) bool {
-		for _, c := range b {
-			if c < 0x20 || c >= 0x80 || c == '\\' {
-				return false
+// TestPlainJSONEnd compares the word-at-a-time scan with a byte loop for
+// every byte value at every position of a block of four words, a word and
+// the tail, and for every pair of byte values in one word, with and
+// without a quote after them.
+func TestPlainJSONEnd(t *testing.T) {
+	naive := func(b []byte) int {
+		for i, c := range b {
+			switch {
+			case c == '"':
+				return i
+			case c < 0x20 || c >= 0x80 || c == '\\':
+				return -1
 			}
 		}
-		return true
+		return -1
 	}
-	for _, n := range []int{0, 1, 7, 8, 9, 16, 23} {
-		for pos := 0; pos < n; pos++ {
-			for c := 0; c < 256; c++ {
-				b := bytes.Repeat([]byte("A"), n)
-				b[pos] = byte(c)
-				if got, want := plainJSONText(b), naive(b); got != want {
-					t.Fatalf("len %d, byte %#x at %d: %v, want %v", n, c, pos, got, want)
+	for _, n := range []int{0, 1, 7, 8, 9, 16, 23, 31, 32, 33, 40, 64, 71} {
+		for _, end := range []string{"", `"`, `"x`, "\\", "\x00"} {
+			for pos := 0; pos < n; pos++ {
+				for c := 0; c < 256; c++ {
+					b := append(bytes.Repeat([]byte("A"), n), end...)
+					b[pos] = byte(c)
+					if got, want := plainJSONEnd(b), naive(b); got != want {
+						t.Fatalf("%q: %d, want %d", b, got, want)
+					}
 				}
 			}
 		}
 	}
 	for c1 := range 256 {
 		for c2 := range 256 {
-			b := []byte("AAAAAAAA")
-			b[2], b[5] = byte(c1), byte(c2)
-			if got, want := plainJSONText(b), naive(b); got != want {
-				t.Fatalf("bytes %#x, %#x: %v, want %v", c1, c2, got, want)
+			for _, b := range [][]byte{[]byte("AAAAAAAA"), []byte("AAAAAAAAAA\"AA"), []byte("AAAAAAA\"")} {
+				b[2], b[5] = byte(c1), byte(c2)
+				if got, want := plainJSONEnd(b), naive(b); got != want {
+					t.Fatalf("%q: %d, want %d", b, got, want)
+				}
 			}
 		}
 	}
-	if !plainJSONText([]byte("eyJhbGciOiJFUzI1NiJ9.e30.c2ln-_~\x7f !")) {
-		t.Error("base64url, dots and printable ASCII refused")
+	jws := "eyJhbGciOiJFUzI1NiJ9.e30.c2ln-_~\x7f !"
+	if got := plainJSONEnd([]byte(jws + `"}`)); got != len(jws) {
+		t.Errorf("base64url, dots and printable ASCII: end %d, want %d", got, len(jws))
 	}
 }
