@@ -46,11 +46,19 @@ type jsonField struct {
 // under one name), and then every payload goes to encoding/json.
 type jsonPlan struct {
 	fields map[string]jsonField
+	// byLen holds the fields again by the length of their names, for
+	// lookup: a few string compares cost less than hashing the key.
+	byLen [][]namedJSONField
 	// folded holds every field name in lower case: a key that matches none
 	// exactly but one of these in another case is left to encoding/json,
 	// which matches keys case-insensitively.
 	folded map[string]bool
 	maxLen int
+}
+
+type namedJSONField struct {
+	name string
+	jsonField
 }
 
 var (
@@ -96,7 +104,23 @@ func newJSONPlan(t reflect.Type) *jsonPlan {
 		p.folded[lower] = true
 		p.maxLen = max(p.maxLen, len(name))
 	}
+	p.byLen = make([][]namedJSONField, p.maxLen+1)
+	for name, f := range p.fields {
+		p.byLen[len(name)] = append(p.byLen[len(name)], namedJSONField{name, f})
+	}
 	return p
+}
+
+// lookup finds the field named exactly key.
+func (p *jsonPlan) lookup(key string) (jsonField, bool) {
+	if len(key) < len(p.byLen) {
+		for _, f := range p.byLen[len(key)] {
+			if f.name == key {
+				return f.jsonField, true
+			}
+		}
+	}
+	return jsonField{}, false
 }
 
 func planField(i int, t reflect.Type) jsonField {
@@ -230,7 +254,7 @@ func (r *jsonReader) object(p *jsonPlan, v reflect.Value, depth int) bool {
 			return false
 		}
 		r.space()
-		if f, known := p.fields[key]; known {
+		if f, known := p.lookup(key); known {
 			if !r.field(f, v.Field(f.index), depth+1) {
 				return false
 			}
@@ -272,19 +296,38 @@ func (r *jsonReader) key() (string, bool) {
 		return "", false
 	}
 	start := r.i
-	for r.i < len(r.b) {
-		c := r.b[r.i]
-		switch {
-		case c == '"':
-			r.i++
-			return r.b[start : r.i-1], true
-		case c == '\\' || c < 0x20 || c >= 0x80:
-			return "", false
-		}
+	for r.i < len(r.b) && jsonText[r.b[r.i]] == jsonPlain {
 		r.i++
+	}
+	if r.i < len(r.b) && r.b[r.i] == '"' {
+		r.i++
+		return r.b[start : r.i-1], true
 	}
 	return "", false
 }
+
+// Byte classes inside a JSON string: jsonStop ends a plain run (a quote, a
+// backslash, a control character), jsonHigh is a byte from 0x80 (part of
+// UTF-8, to be validated).
+const (
+	jsonStop = iota
+	jsonPlain
+	jsonHigh
+)
+
+var jsonText = func() (t [256]uint8) {
+	for c := range t {
+		switch {
+		case c == '"' || c == '\\' || c < 0x20:
+			t[c] = jsonStop
+		case c >= 0x80:
+			t[c] = jsonHigh
+		default:
+			t[c] = jsonPlain
+		}
+	}
+	return t
+}()
 
 // str reads a string value. The only escape taken is \u0000 (the
 // placeholder decodeAroundNested writes); invalid UTF-8, which
@@ -297,8 +340,14 @@ func (r *jsonReader) str() (string, bool) {
 	start := r.i
 	var buf [16]byte
 	esc, escaped := buf[:0], false
+	var class uint8
 	for r.i < len(r.b) {
 		c := r.b[r.i]
+		if k := jsonText[c]; k != jsonStop {
+			class |= k
+			r.i++
+			continue
+		}
 		switch {
 		case c == '"':
 			s := r.b[start:r.i]
@@ -311,7 +360,7 @@ func (r *jsonReader) str() (string, bool) {
 					s = string(esc)
 				}
 			}
-			if !utf8.ValidString(s) {
+			if class&jsonHigh != 0 && !utf8.ValidString(s) {
 				return "", false
 			}
 			return s, true
@@ -338,9 +387,11 @@ const jsonNULs = "\x00\x00\x00"
 // integer reads an integer without fraction or exponent.
 func (r *jsonReader) integer() (int64, bool) {
 	start := r.i
-	r.eat('-')
+	neg := r.eat('-')
 	digits := r.i
+	var n uint64
 	for r.i < len(r.b) && '0' <= r.b[r.i] && r.b[r.i] <= '9' {
+		n = n*10 + uint64(r.b[r.i]-'0')
 		r.i++
 	}
 	switch {
@@ -348,9 +399,13 @@ func (r *jsonReader) integer() (int64, bool) {
 		return 0, false
 	case r.i < len(r.b) && (r.b[r.i] == '.' || r.b[r.i] == 'e' || r.b[r.i] == 'E'):
 		return 0, false
+	case r.i-digits > 18: // n may have wrapped: let strconv check the range
+		v, err := strconv.ParseInt(r.b[start:r.i], 10, 64)
+		return v, err == nil
+	case neg:
+		return -int64(n), true
 	}
-	n, err := strconv.ParseInt(r.b[start:r.i], 10, 64)
-	return n, err == nil
+	return int64(n), true
 }
 
 func (r *jsonReader) literal(word string) bool {
