@@ -306,7 +306,7 @@ func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, er
 	v.cores.enter()
 	defer v.cores.leave()
 	var d jwsDates
-	return v.verify(ctx, []byte(token), nil, jsonInto(&d), func() (mapping.AppleMillis, mapping.AppleMillis) { return d.SignedDate, d.ReceiptCreationDate })
+	return v.verify(ctx, []byte(token), nil, nil, "", jsonInto(&d), func() (mapping.AppleMillis, mapping.AppleMillis) { return d.SignedDate, d.ReceiptCreationDate })
 }
 
 // verify verifies token, decoding each segment once: the header only when
@@ -315,7 +315,11 @@ func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, er
 // signature. dates reads the signedDate and receiptCreationDate decode
 // found, to choose the certificate check date. It returns the payload
 // bytes.
-func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decode func(payload []byte) error, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
+//
+// With later, the signature check itself (and caching the header under
+// which it passes) is put off: its digest and signature go to later, under
+// label, and the caller runs them with checkAll (see pendingSigs).
+func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, later *pendingSigs, label string, decode func(payload []byte) error, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
 	first := bytes.IndexByte(token, '.')
 	second := -1
 	if first > 0 {
@@ -406,17 +410,116 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decod
 	if err != nil {
 		return nil, err
 	}
-	if err := verifyES256(e.pub, w.digest(e.prefix, header, body), sig, &w.der); err != nil {
-		return nil, err
-	}
+	digest := w.digest(e.prefix, header, body)
 	// A header is cached once a JWS under it has verified, and only at a
 	// size Apple's headers have (about 5 KB): the key is the header itself.
+	var cacheKey string
 	if !cached && v.cache != nil && len(header) <= maxCachedHeader {
 		if e.prefix = signingPrefix(header); e.prefix != nil {
-			v.cache.put(string(header), e)
+			cacheKey = string(header)
 		}
 	}
+	if later != nil {
+		later.add(label, e.pub, digest, sig, cacheKey, e)
+		return payload, nil
+	}
+	if err := verifyES256(e.pub, digest, sig, &w.der); err != nil {
+		return nil, err
+	}
+	if cacheKey != "" {
+		v.cache.put(cacheKey, e)
+	}
 	return payload, nil
+}
+
+// pendingSigs are the signature checks of one notification's JWS, put off
+// so that its three P-256 verifications run one after the other at the
+// end (the decoding between them is done, and each runs with what the
+// one before left in the caches), in the order the JWS were verified.
+// Every error found meanwhile is returned only after checkAll has found
+// no bad signature before it, so the error is the one checking each JWS
+// in turn would give: a bad signature wins over anything read from the
+// payload it signs, or from a later JWS.
+type pendingSigs struct {
+	n     int
+	items [1 + len(nestedFields)]pendingSig
+}
+
+// pendingSig is one put-off check; it holds no pointer into the
+// notification's buffers, which are reused before it runs.
+type pendingSig struct {
+	// label names the nested field ("" for the notification itself) and
+	// prefixes the error.
+	label  string
+	pub    *ecdsa.PublicKey
+	digest [sha256.Size]byte
+	sigLen int
+	sigBuf [96]byte
+	long   []byte // a signature longer than sigBuf (refused: not 64 bytes)
+	// cacheKey, when not empty, is a header cached with entry once the
+	// signature under it verifies.
+	cacheKey string
+	entry    chainEntry
+}
+
+func (ps *pendingSigs) add(label string, pub *ecdsa.PublicKey, digest, sig []byte, cacheKey string, e chainEntry) {
+	s := &ps.items[ps.n]
+	ps.n++
+	s.label, s.pub, s.cacheKey, s.entry = label, pub, cacheKey, e
+	copy(s.digest[:], digest)
+	s.long = nil
+	if s.sigLen = len(sig); s.sigLen > len(s.sigBuf) {
+		s.long = bytes.Clone(sig)
+	} else {
+		copy(s.sigBuf[:], sig)
+	}
+}
+
+// checkAll runs the put-off checks in order, each once, and returns the
+// first failure. With parallel, the transaction's and the renewal info's
+// run side by side when a core is idle (see coreGate); the error is the
+// same either way.
+func (v *AppleVerifier) checkAll(ps *pendingSigs, parallel bool) error {
+	items := ps.items[:ps.n]
+	ps.n = 0
+	for i := 0; i < len(items); i++ {
+		if parallel && i+1 < len(items) && items[i].label == nestedFields[0].signedKey && items[i+1].label == nestedFields[1].signedKey && v.cores.tryExtra() {
+			// The helper reads a copy on the heap, not this call's stack.
+			h := new([2]pendingSig)
+			h[0], h[1] = items[i], items[i+1]
+			if err := v.cores.pairTaken(func() error { return v.checkPending(&h[0]) }, func() error { return v.checkPending(&h[1]) }); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		if err := v.checkPending(&items[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPending runs one put-off check, and caches its header once it
+// passes.
+func (v *AppleVerifier) checkPending(s *pendingSig) error {
+	w := jwsWorks.Get().(*jwsWork)
+	defer jwsWorks.Put(w)
+	sig := s.long
+	if sig == nil {
+		sig = w.sig[:copy(w.sig[:], s.sigBuf[:s.sigLen])]
+	}
+	copy(w.sum[:], s.digest[:])
+	if err := verifyES256(s.pub, w.sum[:], sig, &w.der); err != nil {
+		if s.label != "" {
+			return fmt.Errorf("%s: %w", s.label, err)
+		}
+		return err
+	}
+	if s.cacheKey != "" {
+		v.cache.put(s.cacheKey, s.entry)
+	}
+	return nil
 }
 
 // errAppleLineBreak refuses a JWS with CR or LF in it: strict base64
@@ -843,15 +946,17 @@ type AppleVerified struct {
 // environment, appAppleId in Production, nested bundleId and environment
 // equal to the notification's, and signedDate within the dedupe window.
 //
-// The signedTransactionInfo and signedRenewalInfo of one notification are
-// verified in parallel when a core is idle (see coreGate), else one after
-// the other; the result and the error are the same either way.
+// The signatures are checked last, one after the other (see
+// pendingSigs); those of the signedTransactionInfo and signedRenewalInfo
+// side by side when a core is idle (see coreGate). The result and the
+// error are the same as checking each JWS in turn.
 func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload string) (*AppleVerified, error) {
 	v.cores.enter()
 	defer v.cores.leave()
 	out := &AppleVerified{}
 	p := &out.Payload
 	var nested [len(nestedFields)]nestedJWS
+	var later pendingSigs
 	// The token and its decoded payload are scratch: the nested JWS are
 	// verified from the payload and the body is built anew, so neither is
 	// kept beyond this call and both buffers go back to the pool.
@@ -859,7 +964,7 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 	defer v.release(token)
 	defer v.release(scratch)
 	*token = append(*token, signedPayload...)
-	raw, err := v.verify(ctx, *token, *scratch, func(b []byte) error { return decodeNotification(b, p, &nested) },
+	raw, err := v.verify(ctx, *token, *scratch, &later, "", func(b []byte) error { return decodeNotification(b, p, &nested) },
 		func() (mapping.AppleMillis, mapping.AppleMillis) { return p.SignedDate, 0 })
 	if cap(raw) > cap(*scratch) {
 		*scratch = raw[:0]
@@ -867,73 +972,64 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 	if err != nil {
 		return nil, err
 	}
+	// fail returns err unless a put-off signature check fails first.
+	fail := func(err error) (*AppleVerified, error) {
+		if serr := v.checkAll(&later, false); serr != nil {
+			return nil, serr
+		}
+		return nil, err
+	}
 	if p.NotificationUUID == "" || p.NotificationType == "" {
-		return nil, fmt.Errorf("%w: notification without notificationUUID or notificationType", ErrAppleMalformed)
+		return fail(fmt.Errorf("%w: notification without notificationUUID or notificationType", ErrAppleMalformed))
 	}
 	out.BundleID = p.BundleID()
 	app, ok := v.apps[out.BundleID]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrAppleUnknownApp, out.BundleID)
+		return fail(fmt.Errorf("%w: %q", ErrAppleUnknownApp, out.BundleID))
 	}
 	appleEnv := p.AppleEnvironment()
 	if name, ok := appleEnvironments[appleEnv]; !ok || !v.envs[name] {
-		return nil, fmt.Errorf("%w: %q", ErrAppleEnvironment, appleEnv)
+		return fail(fmt.Errorf("%w: %q", ErrAppleEnvironment, appleEnv))
 	}
 	if appleEnv == "Production" && p.AppAppleID() != app.AppAppleID {
-		return nil, fmt.Errorf("%w: got %d", ErrAppleAppAppleID, p.AppAppleID())
+		return fail(fmt.Errorf("%w: got %d", ErrAppleAppAppleID, p.AppAppleID()))
 	}
 	now := v.now()
 	switch signed := p.SignedDate.Time(); {
 	case signed.IsZero():
-		return nil, fmt.Errorf("%w: no signedDate", ErrAppleStale)
+		return fail(fmt.Errorf("%w: no signedDate", ErrAppleStale))
 	case now.Sub(signed) > v.window:
-		return nil, fmt.Errorf("%w: signed %s, older than %s", ErrAppleStale, signed.Format(time.RFC3339), v.window)
+		return fail(fmt.Errorf("%w: signed %s, older than %s", ErrAppleStale, signed.Format(time.RFC3339), v.window))
 	case signed.Sub(now) > v.maxAhead:
-		return nil, fmt.Errorf("%w: signed %s, in the future", ErrAppleStale, signed.Format(time.RFC3339))
+		return fail(fmt.Errorf("%w: signed %s, in the future", ErrAppleStale, signed.Format(time.RFC3339)))
 	}
 	out.Environment = mapping.AppleCanonicalEnvironment(appleEnv)
 	// The stored body is the payload with each nested JWS replaced by its
 	// verified, decoded payload; every other byte is kept as Apple sent it.
 	txn, ren, appTxn := &nested[0], &nested[1], &nested[2]
-	// The token is verified and no longer read: its buffer, larger than
-	// both nested JWS together, takes their decoded payloads side by side
-	// (decodedBody copies them out before it goes back to the pool).
+	// The token is decoded and hashed and no longer read: its buffer,
+	// larger than both nested JWS together, takes their decoded payloads
+	// side by side (decodedBody copies them out before it goes back to the
+	// pool).
 	buf := (*token)[:0]
-	txnScratch := buf[:0:len(txn.jws)]
-	renScratch := buf[len(txn.jws):len(txn.jws):min(cap(buf), len(txn.jws)+len(ren.jws))]
-	var renewal mapping.AppleRenewalInfo
-	verifyTxn := func() error {
-		if txn.jws == nil {
-			return nil
-		}
-		t, b, err := v.verifyTransaction(ctx, txn.jws, txnScratch, out.BundleID, appleEnv)
+	if txn.jws != nil {
+		t, b, err := v.verifyTransaction(ctx, txn.jws, buf[:0:len(txn.jws)], &later, out.BundleID, appleEnv)
 		if err != nil {
-			return fmt.Errorf("signedTransactionInfo: %w", err)
+			return fail(fmt.Errorf("%s: %w", nestedFields[0].signedKey, err))
 		}
 		p.Data.TransactionInfo, txn.payload = t, b
-		return nil
 	}
-	verifyRenewal := func() error {
-		if ren.jws == nil {
-			return nil
-		}
-		b, err := v.verify(ctx, ren.jws, renScratch, func(b []byte) error { return decodeJSON(appleRenewalPlan, b, &renewal) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return renewal.SignedDate, 0 })
+	if ren.jws != nil {
+		renewal := new(mapping.AppleRenewalInfo)
+		renScratch := buf[len(txn.jws):len(txn.jws):min(cap(buf), len(txn.jws)+len(ren.jws))]
+		b, err := v.verify(ctx, ren.jws, renScratch, &later, nestedFields[1].signedKey, func(b []byte) error { return decodeJSON(appleRenewalPlan, b, renewal) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return renewal.SignedDate, 0 })
 		if err != nil {
-			return fmt.Errorf("signedRenewalInfo: %w", err)
+			return fail(fmt.Errorf("%s: %w", nestedFields[1].signedKey, err))
 		}
 		if renewal.Environment != appleEnv {
-			return fmt.Errorf("signedRenewalInfo: %w: %q", ErrAppleNestedEnvironment, renewal.Environment)
+			return fail(fmt.Errorf("%s: %w: %q", nestedFields[1].signedKey, ErrAppleNestedEnvironment, renewal.Environment))
 		}
-		p.Data.RenewalInfo, ren.payload = &renewal, b
-		return nil
-	}
-	if txn.jws != nil && ren.jws != nil {
-		err = v.cores.pair(verifyTxn, verifyRenewal)
-	} else if err = verifyTxn(); err == nil {
-		err = verifyRenewal()
-	}
-	if err != nil {
-		return nil, err
+		p.Data.RenewalInfo, ren.payload = renewal, b
 	}
 	if appTxn.jws != nil {
 		var at struct {
@@ -942,17 +1038,21 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 			SignedDate          mapping.AppleMillis `json:"signedDate"`
 			ReceiptCreationDate mapping.AppleMillis `json:"receiptCreationDate"`
 		}
-		b, err := v.verify(ctx, appTxn.jws, nil, jsonInto(&at), func() (mapping.AppleMillis, mapping.AppleMillis) { return at.SignedDate, at.ReceiptCreationDate })
+		label := nestedFields[2].signedKey
+		b, err := v.verify(ctx, appTxn.jws, nil, &later, label, jsonInto(&at), func() (mapping.AppleMillis, mapping.AppleMillis) { return at.SignedDate, at.ReceiptCreationDate })
 		if err != nil {
-			return nil, fmt.Errorf("signedAppTransactionInfo: %w", err)
+			return fail(fmt.Errorf("%s: %w", label, err))
 		}
 		if at.BundleID != out.BundleID {
-			return nil, fmt.Errorf("signedAppTransactionInfo: %w", ErrAppleNestedBundle)
+			return fail(fmt.Errorf("%s: %w", label, ErrAppleNestedBundle))
 		}
 		if at.ReceiptType != appleEnv {
-			return nil, fmt.Errorf("signedAppTransactionInfo: %w: %q", ErrAppleNestedEnvironment, at.ReceiptType)
+			return fail(fmt.Errorf("%s: %w: %q", label, ErrAppleNestedEnvironment, at.ReceiptType))
 		}
 		p.AppData.AppTransactionInfo, appTxn.payload = b, b
+	}
+	if err := v.checkAll(&later, true); err != nil {
+		return nil, err
 	}
 	if out.Body, err = decodedBody(raw, nested[:]); err != nil {
 		return nil, err
@@ -1182,12 +1282,12 @@ func printableASCII(b []byte) bool {
 // would be escaped). Anything else goes through a JSON round trip that
 // keeps unknown fields.
 func decodedBody(raw []byte, all []nestedJWS) ([]byte, error) {
-	var buf [len(nestedFields)]*nestedJWS
+	var buf [len(nestedFields)]nestedJWS
 	nested := buf[:0]
 	spans := true
 	size := len(raw)
-	for i := range all {
-		if n := &all[i]; n.jws != nil {
+	for _, n := range all {
+		if n.jws != nil {
 			nested = append(nested, n)
 			spans = spans && n.at >= 0
 			size += len(n.decodedKey) + 3 + len(n.payload) - (n.end + 1 - n.at)
@@ -1235,7 +1335,7 @@ func decodedBody(raw []byte, all []nestedJWS) ([]byte, error) {
 }
 
 // decodedBodySlow is decodedBody for payloads that are not compact JSON.
-func decodedBodySlow(_ []byte, nested []*nestedJWS, body []byte) ([]byte, error) {
+func decodedBodySlow(_ []byte, nested []nestedJWS, body []byte) ([]byte, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil {
 		return nil, fmt.Errorf("%w: notification payload: %v", ErrAppleMalformed, err)
@@ -1267,14 +1367,15 @@ func decodedBodySlow(_ []byte, nested []*nestedJWS, body []byte) ([]byte, error)
 func (v *AppleVerifier) VerifyTransaction(ctx context.Context, jws, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
 	v.cores.enter()
 	defer v.cores.leave()
-	return v.verifyTransaction(ctx, []byte(jws), nil, bundleID, appleEnv)
+	return v.verifyTransaction(ctx, []byte(jws), nil, nil, bundleID, appleEnv)
 }
 
 // verifyTransaction is VerifyTransaction; the payload returned is decoded
-// into scratch when it fits.
-func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws, scratch []byte, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
+// into scratch when it fits, and with later its signature check is put off
+// (see verify).
+func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws, scratch []byte, later *pendingSigs, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
 	var txn mapping.AppleTransaction
-	b, err := v.verify(ctx, jws, scratch, func(b []byte) error { return decodeJSON(appleTransactionPlan, b, &txn) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
+	b, err := v.verify(ctx, jws, scratch, later, nestedFields[0].signedKey, func(b []byte) error { return decodeJSON(appleTransactionPlan, b, &txn) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
 	if err != nil {
 		return nil, nil, err
 	}
@@ -1565,6 +1666,12 @@ func (g *coreGate) pair(first, second func() error) error {
 		}
 		return second()
 	}
+	return g.pairTaken(first, second)
+}
+
+// pairTaken is pair once tryExtra has taken the helper's slot, which the
+// helper gives back.
+func (g *coreGate) pairTaken(first, second func() error) error {
 	var claimed atomic.Bool
 	done := make(chan error, 1)
 	go func() {

@@ -1089,7 +1089,7 @@ func TestAppleNonCompactPayload(t *testing.T) {
 	if got.Payload.Data.TransactionInfo == nil || got.Payload.Data.RenewalInfo == nil {
 		t.Error("typed nested payloads missing")
 	}
-	if _, err := decodedBodySlow(nil, []*nestedJWS{{object: "data"}}, []byte(`{"data":1}`)); !errors.Is(err, ErrAppleMalformed) {
+	if _, err := decodedBodySlow(nil, []nestedJWS{{object: "data"}}, []byte(`{"data":1}`)); !errors.Is(err, ErrAppleMalformed) {
 		t.Errorf("data not an object: %v", err)
 	}
 	if _, err := decodedBodySlow(nil, nil, []byte(`[`)); !errors.Is(err, ErrAppleMalformed) {

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
 	"reflect"
 	"strings"
@@ -510,5 +511,87 @@ func TestPlainJSONEnd(t *testing.T) {
 	jws := "eyJhbGciOiJFUzI1NiJ9.e30.c2ln-_~\x7f !"
 	if got := plainJSONEnd([]byte(jws + `"}`)); got != len(jws) {
 		t.Errorf("base64url, dots and printable ASCII: end %d, want %d", got, len(jws))
+	}
+}
+
+// TestAppleSignatureFirst: a notification's signatures are checked last
+// (pendingSigs), yet the error is the one checking each JWS in turn gives:
+// a bad signature wins over whatever is wrong in the payload it signs and
+// in every JWS after it, and the first bad signature in order wins, with
+// the nested checks run serially or side by side.
+func TestAppleSignatureFirst(t *testing.T) {
+	good := appletest.NewPKI(t)
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	forged := appletest.JWS{Key: otherKey}
+	txn := func(over map[string]any) map[string]any { return testTxn(over) }
+	renewal := func(env string) map[string]any {
+		return map[string]any{"originalTransactionId": appleTestOrig, "productId": "pro_monthly", "autoRenewStatus": 1, "signedDate": ms(appleSigned), "environment": env}
+	}
+	type nestedJWS struct{ txn, ren, appTxn string }
+	notification := func(n nestedJWS, over map[string]any, envJWS appletest.JWS) string {
+		m := testNotification("sig-first", "DID_RENEW", "", nil, over)
+		d := m["data"].(map[string]any)
+		delete(d, "transactionInfo")
+		delete(d, "renewalInfo")
+		if n.txn != "" {
+			d["signedTransactionInfo"] = n.txn
+		}
+		if n.ren != "" {
+			d["signedRenewalInfo"] = n.ren
+		}
+		if n.appTxn != "" {
+			m["appData"] = map[string]any{"signedAppTransactionInfo": n.appTxn}
+		}
+		return good.Sign(m, envJWS)
+	}
+	goodTxn, goodRen := good.SignJWS(txn(nil)), good.SignJWS(renewal("Production"))
+	badTxn, badRen := good.Sign(txn(nil), forged), good.Sign(renewal("Production"), forged)
+	tests := []struct {
+		name   string
+		jws    string
+		want   error
+		prefix string
+	}{
+		{"forged notification of an unknown app", notification(nestedJWS{goodTxn, goodRen, ""}, map[string]any{"data": map[string]any{"bundleId": "com.other.app"}}, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged notification without UUID", notification(nestedJWS{goodTxn, goodRen, ""}, map[string]any{"notificationUUID": nil}, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged notification, stale", notification(nestedJWS{goodTxn, goodRen, ""}, map[string]any{"signedDate": ms(testNow.Add(-721 * time.Hour))}, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged notification, transaction not JSON", notification(nestedJWS{good.SignJWS([]byte("[")), goodRen, ""}, nil, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged notification, forged transaction", notification(nestedJWS{badTxn, goodRen, ""}, nil, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged transaction of another app", notification(nestedJWS{good.Sign(txn(map[string]any{"bundleId": "com.evil.app"}), forged), goodRen, ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedTransactionInfo: apple: JWS signature"},
+		{"forged transaction, renewal of another environment", notification(nestedJWS{badTxn, good.SignJWS(renewal("Sandbox")), ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedTransactionInfo: apple: JWS signature"},
+		{"forged transaction and renewal", notification(nestedJWS{badTxn, badRen, ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedTransactionInfo: apple: JWS signature"},
+		{"forged transaction, app transaction of another app", notification(nestedJWS{badTxn, goodRen, good.SignJWS(map[string]any{"bundleId": "com.evil.app", "receiptType": "Production", "signedDate": ms(appleSigned)})}, nil, appletest.JWS{}), ErrAppleSignature, "signedTransactionInfo: apple: JWS signature"},
+		{"forged renewal of another environment", notification(nestedJWS{goodTxn, good.Sign(renewal("Sandbox"), forged), ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedRenewalInfo: apple: JWS signature"},
+		{"forged renewal alone", notification(nestedJWS{"", badRen, ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedRenewalInfo: apple: JWS signature"},
+		{"forged app transaction", notification(nestedJWS{goodTxn, goodRen, good.Sign(map[string]any{"bundleId": appleTestBundle, "receiptType": "Production", "signedDate": ms(appleSigned)}, forged)}, nil, appletest.JWS{}), ErrAppleSignature, "signedAppTransactionInfo: apple: JWS signature"},
+		{"transaction not JSON before a forged renewal", notification(nestedJWS{good.SignJWS([]byte("[")), badRen, ""}, nil, appletest.JWS{}), ErrAppleMalformed, "signedTransactionInfo: apple: malformed"},
+		{"renewal of another environment", notification(nestedJWS{goodTxn, good.SignJWS(renewal("Sandbox")), ""}, nil, appletest.JWS{}), ErrAppleNestedEnvironment, "signedRenewalInfo: apple: nested"},
+	}
+	for _, cores := range []int{1, 2} {
+		v, err := NewAppleVerifier(appleVerifierConfig(good))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.cores.limit = cores
+		ctx := context.Background()
+		for _, tc := range tests {
+			for round := range 2 { // the second time with the chain cached
+				_, err := v.VerifyNotification(ctx, tc.jws)
+				if !errors.Is(err, tc.want) || !strings.HasPrefix(fmt.Sprint(err), tc.prefix) {
+					t.Errorf("cores %d, %s, round %d: %v, want %v starting %q", cores, tc.name, round, err, tc.want, tc.prefix)
+				}
+			}
+		}
+		if _, err := v.VerifyNotification(ctx, notification(nestedJWS{goodTxn, goodRen, ""}, nil, appletest.JWS{})); err != nil {
+			t.Fatalf("cores %d: valid notification: %v", cores, err)
+		}
+		// A header is cached only once a JWS under it has verified.
+		withKid := notification(nestedJWS{goodTxn, goodRen, ""}, nil, appletest.JWS{Key: otherKey, Header: map[string]any{"kid": "k1"}})
+		if _, err := v.VerifyNotification(ctx, withKid); !errors.Is(err, ErrAppleSignature) {
+			t.Fatalf("cores %d: forged notification under a new header: %v", cores, err)
+		}
+		if _, ok := v.cache.get([]byte(withKid[:strings.IndexByte(withKid, '.')])); ok {
+			t.Errorf("cores %d: the header of a forged notification was cached", cores)
+		}
 	}
 }
