@@ -320,7 +320,18 @@ func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, er
 // which it passes) is put off: its digest and signature go to later, under
 // label, and the caller runs them with checkAll (see pendingSigs).
 func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, later *pendingSigs, label string, decode func(payload []byte) error, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
-	first := bytes.IndexByte(token, '.')
+	// A nested JWS normally carries the notification's own header: found
+	// by comparing its first bytes, it needs no search for its first dot
+	// and no cache look-up.
+	var hit chainEntry
+	var key string
+	var cached bool
+	first := -1
+	if n := len(later.header()); n > 0 && len(token) > n && token[n] == '.' && string(token[:n]) == later.header() {
+		first, key, hit, cached = n, later.known, later.knownEntry, true
+	} else {
+		first = bytes.IndexByte(token, '.')
+	}
 	second := -1
 	if first > 0 {
 		second = bytes.IndexByte(token[first+1:], '.')
@@ -336,8 +347,10 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, later
 	// bytes, without decoding its ~3 KB of certificates again. Only entries
 	// put under a header hold its signing prefix; a chain entry is never
 	// taken for header bytes.
-	hit, cached := v.cache.get(header)
-	cached = cached && hit.prefix != nil
+	if !cached {
+		key, hit, cached = v.cache.lookup(header)
+		cached = cached && hit.prefix != nil
+	}
 	var x5c []string
 	if !cached {
 		if hasLineBreak(token) {
@@ -403,7 +416,9 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, later
 	var e chainEntry
 	var err error
 	if cached {
-		e, err = v.cachedChain(ctx, header, hit, at)
+		if e, err = v.cachedChain(ctx, header, hit, at); err == nil && later != nil {
+			later.known, later.knownEntry = key, e
+		}
 	} else {
 		e, err = v.chain(ctx, x5c, at)
 	}
@@ -443,6 +458,19 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, later
 type pendingSigs struct {
 	n     int
 	items [1 + len(nestedFields)]pendingSig
+	// known is the last cached header a JWS of the notification was found
+	// under (the notification's own, normally shared by the nested JWS)
+	// and knownEntry its entry, as cachedChain last returned it.
+	known      string
+	knownEntry chainEntry
+}
+
+// header is known, or "" without ps.
+func (ps *pendingSigs) header() string {
+	if ps == nil {
+		return ""
+	}
+	return ps.known
 }
 
 // pendingSig is one put-off check; it holds no pointer into the
@@ -887,17 +915,24 @@ type cacheItem struct {
 }
 
 func (c *chainCache) get(k []byte) (chainEntry, bool) {
+	_, e, ok := c.lookup(k)
+	return e, ok
+}
+
+// lookup is get that also returns the key as the cache holds it.
+func (c *chainCache) lookup(k []byte) (string, chainEntry, bool) {
 	if c == nil {
-		return chainEntry{}, false
+		return "", chainEntry{}, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.m[string(k)]
 	if !ok {
-		return chainEntry{}, false
+		return "", chainEntry{}, false
 	}
 	c.ll.MoveToFront(el)
-	return el.Value.(*cacheItem).e, true
+	item := el.Value.(*cacheItem)
+	return item.key, item.e, true
 }
 
 func (c *chainCache) put(k string, e chainEntry) {

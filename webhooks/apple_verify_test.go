@@ -566,6 +566,10 @@ func TestAppleSignatureFirst(t *testing.T) {
 		{"forged app transaction", notification(nestedJWS{goodTxn, goodRen, good.Sign(map[string]any{"bundleId": appleTestBundle, "receiptType": "Production", "signedDate": ms(appleSigned)}, forged)}, nil, appletest.JWS{}), ErrAppleSignature, "signedAppTransactionInfo: apple: JWS signature"},
 		{"transaction not JSON before a forged renewal", notification(nestedJWS{good.SignJWS([]byte("[")), badRen, ""}, nil, appletest.JWS{}), ErrAppleMalformed, "signedTransactionInfo: apple: malformed"},
 		{"renewal of another environment", notification(nestedJWS{goodTxn, good.SignJWS(renewal("Sandbox")), ""}, nil, appletest.JWS{}), ErrAppleNestedEnvironment, "signedRenewalInfo: apple: nested"},
+		// The nested JWS share the notification's header: its chain is
+		// still checked at each one's own signedDate.
+		{"transaction signed after the leaf expired", notification(nestedJWS{good.SignJWS(txn(map[string]any{"signedDate": ms(time.Date(2041, 1, 1, 0, 0, 0, 0, time.UTC))})), goodRen, ""}, nil, appletest.JWS{}), ErrAppleExpired, "signedTransactionInfo: apple: certificate expired"},
+		{"forged renewal under another header", notification(nestedJWS{goodTxn, good.Sign(renewal("Production"), appletest.JWS{Key: otherKey, Header: map[string]any{"kid": "r"}}), ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedRenewalInfo: apple: JWS signature"},
 	}
 	for _, cores := range []int{1, 2} {
 		v, err := NewAppleVerifier(appleVerifierConfig(good))
@@ -582,8 +586,10 @@ func TestAppleSignatureFirst(t *testing.T) {
 				}
 			}
 		}
-		if _, err := v.VerifyNotification(ctx, notification(nestedJWS{goodTxn, goodRen, ""}, nil, appletest.JWS{})); err != nil {
-			t.Fatalf("cores %d: valid notification: %v", cores, err)
+		for _, n := range []nestedJWS{{goodTxn, goodRen, ""}, {good.Sign(txn(nil), appletest.JWS{Header: map[string]any{"kid": "t"}}), goodRen, ""}} {
+			if _, err := v.VerifyNotification(ctx, notification(n, nil, appletest.JWS{})); err != nil {
+				t.Fatalf("cores %d: valid notification: %v", cores, err)
+			}
 		}
 		// A header is cached only once a JWS under it has verified.
 		withKid := notification(nestedJWS{goodTxn, goodRen, ""}, nil, appletest.JWS{Key: otherKey, Header: map[string]any{"kid": "k1"}})
