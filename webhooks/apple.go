@@ -9,6 +9,7 @@ import (
 	"crypto/elliptic"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding"
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/binary"
@@ -21,7 +22,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -306,17 +306,32 @@ func (v *AppleVerifier) VerifyJWS(ctx context.Context, token string) ([]byte, er
 	v.cores.enter()
 	defer v.cores.leave()
 	var d jwsDates
-	return v.verify(ctx, []byte(token), nil, jsonInto(&d), func() (mapping.AppleMillis, mapping.AppleMillis) { return d.SignedDate, d.ReceiptCreationDate })
+	return v.verify(ctx, []byte(token), nil, nil, "", jsonInto(&d), func() (mapping.AppleMillis, mapping.AppleMillis) { return d.SignedDate, d.ReceiptCreationDate })
 }
 
 // verify verifies token, decoding each segment once: the header only when
 // its exact bytes are not in the cache, the payload (into scratch when it
 // is large enough) with decode (which fills the caller's typed value), the
-// signature. dates reads the
-// signedDate and receiptCreationDate decode found, to choose the
-// certificate check date. It returns the payload bytes.
-func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decode func(payload []byte) error, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
-	first := bytes.IndexByte(token, '.')
+// signature. dates reads the signedDate and receiptCreationDate decode
+// found, to choose the certificate check date. It returns the payload
+// bytes.
+//
+// With later, the signature check itself (and caching the header under
+// which it passes) is put off: its digest and signature go to later, under
+// label, and the caller runs them with checkAll (see pendingSigs).
+func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, later *pendingSigs, label string, decode func(payload []byte) error, dates func() (signed, receipt mapping.AppleMillis)) ([]byte, error) {
+	// A nested JWS normally carries the notification's own header: found
+	// by comparing its first bytes, it needs no search for its first dot
+	// and no cache look-up.
+	var hit chainEntry
+	var key string
+	var cached bool
+	first := -1
+	if n := len(later.header()); n > 0 && len(token) > n && token[n] == '.' && string(token[:n]) == later.header() {
+		first, key, hit, cached = n, later.known, later.knownEntry, true
+	} else {
+		first = bytes.IndexByte(token, '.')
+	}
 	second := -1
 	if first > 0 {
 		second = bytes.IndexByte(token[first+1:], '.')
@@ -325,62 +340,70 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decod
 		return nil, fmt.Errorf("%w: not three dot-separated parts", ErrAppleMalformed)
 	}
 	last := first + 1 + second
-	// Strict decoding still skips CR and LF; a JWS never contains them.
-	if bytes.IndexByte(token, '\n') >= 0 || bytes.IndexByte(token, '\r') >= 0 {
-		return nil, fmt.Errorf("%w: line break in the JWS", ErrAppleMalformed)
-	}
 	header, body, sigSeg := token[:first], token[first+1:last], token[last+1:]
 	// Every JWS signed with one chain carries the same header bytes: a
 	// header already verified (alg ES256, no crit, three certificates,
-	// chain to a root) is found in the cache by its exact bytes, without
-	// decoding its ~3 KB of certificates again.
-	var h jwsHeader
-	hit, cached := v.cache.get(header)
+	// chain to a root, no line break) is found in the cache by its exact
+	// bytes, without decoding its ~3 KB of certificates again. Only entries
+	// put under a header hold its signing prefix; a chain entry is never
+	// taken for header bytes.
 	if !cached {
-		hb := make([]byte, jwsBase64.DecodedLen(len(header)))
-		n, err := jwsBase64.Decode(hb, header)
-		if err != nil {
-			return nil, fmt.Errorf("%w: header base64: %v", ErrAppleMalformed, err)
+		key, hit, cached = v.cache.lookup(header)
+		cached = cached && hit.prefix != nil
+	}
+	var x5c []string
+	if !cached {
+		if hasLineBreak(token) {
+			return nil, errAppleLineBreak
 		}
-		if err := json.Unmarshal(hb[:n], &h); err != nil {
-			return nil, fmt.Errorf("%w: header JSON: %v", ErrAppleMalformed, err)
-		}
-		if h.Alg != "ES256" {
-			return nil, fmt.Errorf("%w: %q", ErrAppleAlg, h.Alg)
-		}
-		if h.Crit != nil {
-			return nil, fmt.Errorf("%w: %s", ErrAppleCrit, h.Crit)
-		}
-		if len(h.X5C) != 3 {
-			return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
+		var err error
+		if x5c, err = parseJWSHeader(header); err != nil {
+			return nil, err
 		}
 	}
+	w := jwsWorks.Get().(*jwsWork)
+	defer jwsWorks.Put(w)
 	payload := scratch
 	if l := jwsBase64.DecodedLen(len(body)); cap(payload) >= l {
 		payload = payload[:l]
 	} else {
 		payload = make([]byte, l)
 	}
-	n, err := decodeJWSSegment(payload, body)
-	if err != nil {
-		return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
+	var sig []byte
+	if l := jwsBase64.DecodedLen(len(sigSeg)); l <= len(w.sig) {
+		sig = w.sig[:l]
+	} else {
+		sig = make([]byte, l)
+	}
+	// The segments of a well-formed JWS hold base64url characters only and
+	// decode on the fast path. Anything else is decoded again by the strict
+	// decoder for its error, after the check for line breaks (which the
+	// strict decoder skips) that a cached header did not need.
+	n, bodyOK := decodeJWSFast(payload, body)
+	sn, sigOK := 0, false
+	if bodyOK {
+		sn, sigOK = decodeJWSFast(sig, sigSeg)
+	}
+	if !sigOK && cached && hasLineBreak(token) {
+		return nil, errAppleLineBreak
+	}
+	if !bodyOK {
+		var err error
+		if n, err = jwsBase64.Decode(payload, body); err != nil {
+			return nil, fmt.Errorf("%w: payload base64: %v", ErrAppleMalformed, err)
+		}
 	}
 	payload = payload[:n]
 	if err := decode(payload); err != nil {
 		return nil, fmt.Errorf("%w: payload JSON: %v", ErrAppleMalformed, err)
 	}
-	var sigBuf [96]byte
-	var sig []byte
-	if l := jwsBase64.DecodedLen(len(sigSeg)); l <= len(sigBuf) {
-		sig = sigBuf[:l]
-	} else {
-		sig = make([]byte, l)
+	if !sigOK {
+		var err error
+		if sn, err = jwsBase64.Decode(sig, sigSeg); err != nil {
+			return nil, fmt.Errorf("%w: signature base64: %v", ErrAppleMalformed, err)
+		}
 	}
-	n, err = jwsBase64.Decode(sig, sigSeg)
-	if err != nil {
-		return nil, fmt.Errorf("%w: signature base64: %v", ErrAppleMalformed, err)
-	}
-	sig = sig[:n]
+	sig = sig[:sn]
 	at := v.now()
 	if signed, receipt := dates(); !v.online {
 		switch {
@@ -391,66 +414,235 @@ func (v *AppleVerifier) verify(ctx context.Context, token, scratch []byte, decod
 		}
 	}
 	var e chainEntry
+	var err error
 	if cached {
-		e, err = v.cachedChain(ctx, header, hit, at)
+		if e, err = v.cachedChain(ctx, header, hit, at); err == nil && later != nil {
+			later.known, later.knownEntry = key, e
+		}
 	} else {
-		e, err = v.chain(ctx, h.X5C, at)
+		e, err = v.chain(ctx, x5c, at)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := verifyES256(e.pub, signingDigest(e.prefix, header, body), sig); err != nil {
-		return nil, err
-	}
+	digest := w.digest(e.prefix, header, body)
 	// A header is cached once a JWS under it has verified, and only at a
 	// size Apple's headers have (about 5 KB): the key is the header itself.
+	var cacheKey string
 	if !cached && v.cache != nil && len(header) <= maxCachedHeader {
-		e.prefix = signingPrefix(header)
-		v.cache.put(string(header), e)
+		if e.prefix = signingPrefix(header); e.prefix != nil {
+			cacheKey = string(header)
+		}
+	}
+	if later != nil {
+		later.add(label, e.pub, digest, sig, cacheKey, e)
+		return payload, nil
+	}
+	if err := verifyES256(e.pub, digest, sig, &w.der); err != nil {
+		return nil, err
+	}
+	if cacheKey != "" {
+		v.cache.put(cacheKey, e)
 	}
 	return payload, nil
+}
+
+// pendingSigs are the signature checks of one notification's JWS, put off
+// so that its three P-256 verifications run one after the other at the
+// end (the decoding between them is done, and each runs with what the
+// one before left in the caches), in the order the JWS were verified.
+// Every error found meanwhile is returned only after checkAll has found
+// no bad signature before it, so the error is the one checking each JWS
+// in turn would give: a bad signature wins over anything read from the
+// payload it signs, or from a later JWS.
+type pendingSigs struct {
+	n     int
+	items [1 + len(nestedFields)]pendingSig
+	// known is the last cached header a JWS of the notification was found
+	// under (the notification's own, normally shared by the nested JWS)
+	// and knownEntry its entry, as cachedChain last returned it.
+	known      string
+	knownEntry chainEntry
+}
+
+// header is known, or "" without ps.
+func (ps *pendingSigs) header() string {
+	if ps == nil {
+		return ""
+	}
+	return ps.known
+}
+
+// pendingSig is one put-off check; it holds no pointer into the
+// notification's buffers, which are reused before it runs.
+type pendingSig struct {
+	// label names the nested field ("" for the notification itself) and
+	// prefixes the error.
+	label  string
+	pub    *ecdsa.PublicKey
+	digest [sha256.Size]byte
+	sigLen int
+	sigBuf [96]byte
+	long   []byte // a signature longer than sigBuf (refused: not 64 bytes)
+	// cacheKey, when not empty, is a header cached with entry once the
+	// signature under it verifies.
+	cacheKey string
+	entry    chainEntry
+}
+
+func (ps *pendingSigs) add(label string, pub *ecdsa.PublicKey, digest, sig []byte, cacheKey string, e chainEntry) {
+	s := &ps.items[ps.n]
+	ps.n++
+	s.label, s.pub, s.cacheKey, s.entry = label, pub, cacheKey, e
+	copy(s.digest[:], digest)
+	s.long = nil
+	if s.sigLen = len(sig); s.sigLen > len(s.sigBuf) {
+		s.long = bytes.Clone(sig)
+	} else {
+		copy(s.sigBuf[:], sig)
+	}
+}
+
+// checkAll runs the put-off checks in order, each once, and returns the
+// first failure. With parallel, the transaction's and the renewal info's
+// run side by side when a core is idle (see coreGate); the error is the
+// same either way.
+func (v *AppleVerifier) checkAll(ps *pendingSigs, parallel bool) error {
+	items := ps.items[:ps.n]
+	ps.n = 0
+	for i := 0; i < len(items); i++ {
+		if parallel && i+1 < len(items) && items[i].label == nestedFields[0].signedKey && items[i+1].label == nestedFields[1].signedKey && v.cores.tryExtra() {
+			// The helper reads a copy on the heap, not this call's stack.
+			h := new([2]pendingSig)
+			h[0], h[1] = items[i], items[i+1]
+			if err := v.cores.pairTaken(func() error { return v.checkPending(&h[0]) }, func() error { return v.checkPending(&h[1]) }); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		if err := v.checkPending(&items[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPending runs one put-off check, and caches its header once it
+// passes.
+func (v *AppleVerifier) checkPending(s *pendingSig) error {
+	w := jwsWorks.Get().(*jwsWork)
+	defer jwsWorks.Put(w)
+	sig := s.long
+	if sig == nil {
+		sig = w.sig[:copy(w.sig[:], s.sigBuf[:s.sigLen])]
+	}
+	copy(w.sum[:], s.digest[:])
+	if err := verifyES256(s.pub, w.sum[:], sig, &w.der); err != nil {
+		if s.label != "" {
+			return fmt.Errorf("%s: %w", s.label, err)
+		}
+		return err
+	}
+	if s.cacheKey != "" {
+		v.cache.put(s.cacheKey, s.entry)
+	}
+	return nil
+}
+
+// errAppleLineBreak refuses a JWS with CR or LF in it: strict base64
+// decoding would skip them, and a JWS never contains them.
+var errAppleLineBreak = fmt.Errorf("%w: line break in the JWS", ErrAppleMalformed)
+
+func hasLineBreak(token []byte) bool {
+	return bytes.IndexByte(token, '\n') >= 0 || bytes.IndexByte(token, '\r') >= 0
+}
+
+// parseJWSHeader decodes and checks a header segment that is not cached:
+// alg exactly ES256, no crit, three certificates. It returns x5c.
+func parseJWSHeader(header []byte) ([]string, error) {
+	var h jwsHeader
+	hb := make([]byte, jwsBase64.DecodedLen(len(header)))
+	n, err := jwsBase64.Decode(hb, header)
+	if err != nil {
+		return nil, fmt.Errorf("%w: header base64: %v", ErrAppleMalformed, err)
+	}
+	if err := json.Unmarshal(hb[:n], &h); err != nil {
+		return nil, fmt.Errorf("%w: header JSON: %v", ErrAppleMalformed, err)
+	}
+	if h.Alg != "ES256" {
+		return nil, fmt.Errorf("%w: %q", ErrAppleAlg, h.Alg)
+	}
+	if h.Crit != nil {
+		return nil, fmt.Errorf("%w: %s", ErrAppleCrit, h.Crit)
+	}
+	if len(h.X5C) != 3 {
+		return nil, fmt.Errorf("%w: got %d", ErrAppleX5CLength, len(h.X5C))
+	}
+	return h.X5C, nil
 }
 
 // maxCachedHeader bounds the header bytes one cache entry keeps.
 const maxCachedHeader = 16 << 10
 
-// signingPrefix is the SHA-256 state after the first part of every
-// signing input under this header, "header.": a cached header is hashed
-// once, and each JWS then hashes only its payload segment.
-func signingPrefix(header []byte) hash.Cloner {
+// jwsWork is the scratch of one signature check, pooled so that a
+// verification allocates none of it: the hash, the decoded signature, the
+// digest and the DER signature.
+type jwsWork struct {
+	h      hash.Hash
+	state  encoding.BinaryUnmarshaler // h, to resume a signing prefix
+	sig    [96]byte
+	sum    [sha256.Size]byte
+	der    es256DER
+	dotBuf [1]byte
+}
+
+var jwsWorks = sync.Pool{New: func() any {
+	w := &jwsWork{h: sha256.New(), dotBuf: [1]byte{'.'}}
+	w.state, _ = w.h.(encoding.BinaryUnmarshaler)
+	return w
+}}
+
+// signingPrefix is the SHA-256 state (binary-marshalled) after the first
+// part of every signing input under this header, "header.": a cached
+// header is hashed once, and each JWS then hashes only its payload
+// segment. It is nil if the hash cannot save its state.
+func signingPrefix(header []byte) []byte {
 	h := sha256.New()
 	h.Write(header)
 	h.Write([]byte{'.'})
-	c, ok := h.(hash.Cloner)
+	m, ok := h.(encoding.BinaryMarshaler)
 	if !ok {
 		return nil
 	}
-	return c
+	state, err := m.MarshalBinary()
+	if err != nil {
+		return nil
+	}
+	return state
 }
 
-// signingDigest is the SHA-256 of the signing input "header.payload",
-// continued from prefix when there is one.
-func signingDigest(prefix hash.Cloner, header, payload []byte) []byte {
-	var h hash.Hash
-	if prefix != nil {
-		if c, err := prefix.Clone(); err == nil {
-			h = c
-		}
+// digest is the SHA-256 of the signing input "header.payload", continued
+// from prefix when there is one. It is valid until w is used again.
+func (w *jwsWork) digest(prefix, header, payload []byte) []byte {
+	if prefix == nil || w.state == nil || w.state.UnmarshalBinary(prefix) != nil {
+		w.h.Reset()
+		w.h.Write(header)
+		w.h.Write(w.dotBuf[:])
 	}
-	if h == nil {
-		h = sha256.New()
-		h.Write(header)
-		h.Write([]byte{'.'})
-	}
-	h.Write(payload)
-	return h.Sum(make([]byte, 0, sha256.Size))
+	w.h.Write(payload)
+	return w.h.Sum(w.sum[:0])
 }
+
+// es256DER holds the DER encoding of an ES256 signature: a SEQUENCE of two
+// INTEGERs of at most 33 bytes.
+type es256DER [2 + 2*(2+1+32)]byte
 
 // verifyES256 checks a JWS ES256 signature, R || S of 32 bytes each
-// (RFC 7518 section 3.4), over digest. R and S are re-encoded as the DER
-// SEQUENCE of two INTEGERs that crypto/ecdsa.VerifyASN1 reads (what
+// (RFC 7518 section 3.4), over digest. R and S are re-encoded, in der, as
+// the DER SEQUENCE of two INTEGERs that crypto/ecdsa.VerifyASN1 reads (what
 // ecdsa.Verify does too, through big.Int and a builder).
-func verifyES256(pub *ecdsa.PublicKey, digest, sig []byte) error {
+func verifyES256(pub *ecdsa.PublicKey, digest, sig []byte, der *es256DER) error {
 	if len(sig) != 64 {
 		return fmt.Errorf("%w: %d signature bytes, want 64", ErrAppleSignature, len(sig))
 	}
@@ -458,12 +650,11 @@ func verifyES256(pub *ecdsa.PublicKey, digest, sig []byte) error {
 	if allZero(r) || allZero(s) {
 		return fmt.Errorf("%w: zero R or S", ErrAppleSignature)
 	}
-	var buf [2 + 2*(2+1+32)]byte
-	der := append(buf[:0], 0x30, 0)
-	der = appendDERInt(der, r)
-	der = appendDERInt(der, s)
-	der[1] = byte(len(der) - 2)
-	if !ecdsa.VerifyASN1(pub, digest, der) {
+	b := append(der[:0], 0x30, 0)
+	b = appendDERInt(b, r)
+	b = appendDERInt(b, s)
+	b[1] = byte(len(b) - 2)
+	if !ecdsa.VerifyASN1(pub, digest, b) {
 		return fmt.Errorf("%w: ECDSA P-256 verification failed", ErrAppleSignature)
 	}
 	return nil
@@ -692,8 +883,9 @@ type chainEntry struct {
 	from, until       time.Time
 	ocspAt            time.Time
 	// prefix, in entries keyed by a JWS header, is the SHA-256 state after
-	// "header." (see signingPrefix); it is only ever cloned, never written.
-	prefix hash.Cloner
+	// "header." (see signingPrefix), never written once cached; entries
+	// keyed by chainKey have none.
+	prefix []byte
 }
 
 func (e *chainEntry) validAt(at time.Time) error {
@@ -723,17 +915,24 @@ type cacheItem struct {
 }
 
 func (c *chainCache) get(k []byte) (chainEntry, bool) {
+	_, e, ok := c.lookup(k)
+	return e, ok
+}
+
+// lookup is get that also returns the key as the cache holds it.
+func (c *chainCache) lookup(k []byte) (string, chainEntry, bool) {
 	if c == nil {
-		return chainEntry{}, false
+		return "", chainEntry{}, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.m[string(k)]
 	if !ok {
-		return chainEntry{}, false
+		return "", chainEntry{}, false
 	}
 	c.ll.MoveToFront(el)
-	return el.Value.(*cacheItem).e, true
+	item := el.Value.(*cacheItem)
+	return item.key, item.e, true
 }
 
 func (c *chainCache) put(k string, e chainEntry) {
@@ -782,15 +981,17 @@ type AppleVerified struct {
 // environment, appAppleId in Production, nested bundleId and environment
 // equal to the notification's, and signedDate within the dedupe window.
 //
-// The signedTransactionInfo and signedRenewalInfo of one notification are
-// verified in parallel when a core is idle (see coreGate), else one after
-// the other; the result and the error are the same either way.
+// The signatures are checked last, one after the other (see
+// pendingSigs); those of the signedTransactionInfo and signedRenewalInfo
+// side by side when a core is idle (see coreGate). The result and the
+// error are the same as checking each JWS in turn.
 func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload string) (*AppleVerified, error) {
 	v.cores.enter()
 	defer v.cores.leave()
 	out := &AppleVerified{}
 	p := &out.Payload
 	var nested [len(nestedFields)]nestedJWS
+	var later pendingSigs
 	// The token and its decoded payload are scratch: the nested JWS are
 	// verified from the payload and the body is built anew, so neither is
 	// kept beyond this call and both buffers go back to the pool.
@@ -798,7 +999,7 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 	defer v.release(token)
 	defer v.release(scratch)
 	*token = append(*token, signedPayload...)
-	raw, err := v.verify(ctx, *token, *scratch, func(b []byte) error { return decodeNotification(b, p, &nested) },
+	raw, err := v.verify(ctx, *token, *scratch, &later, "", func(b []byte) error { return decodeNotification(b, p, &nested) },
 		func() (mapping.AppleMillis, mapping.AppleMillis) { return p.SignedDate, 0 })
 	if cap(raw) > cap(*scratch) {
 		*scratch = raw[:0]
@@ -806,67 +1007,64 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 	if err != nil {
 		return nil, err
 	}
+	// fail returns err unless a put-off signature check fails first.
+	fail := func(err error) (*AppleVerified, error) {
+		if serr := v.checkAll(&later, false); serr != nil {
+			return nil, serr
+		}
+		return nil, err
+	}
 	if p.NotificationUUID == "" || p.NotificationType == "" {
-		return nil, fmt.Errorf("%w: notification without notificationUUID or notificationType", ErrAppleMalformed)
+		return fail(fmt.Errorf("%w: notification without notificationUUID or notificationType", ErrAppleMalformed))
 	}
 	out.BundleID = p.BundleID()
 	app, ok := v.apps[out.BundleID]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrAppleUnknownApp, out.BundleID)
+		return fail(fmt.Errorf("%w: %q", ErrAppleUnknownApp, out.BundleID))
 	}
 	appleEnv := p.AppleEnvironment()
 	if name, ok := appleEnvironments[appleEnv]; !ok || !v.envs[name] {
-		return nil, fmt.Errorf("%w: %q", ErrAppleEnvironment, appleEnv)
+		return fail(fmt.Errorf("%w: %q", ErrAppleEnvironment, appleEnv))
 	}
 	if appleEnv == "Production" && p.AppAppleID() != app.AppAppleID {
-		return nil, fmt.Errorf("%w: got %d", ErrAppleAppAppleID, p.AppAppleID())
+		return fail(fmt.Errorf("%w: got %d", ErrAppleAppAppleID, p.AppAppleID()))
 	}
 	now := v.now()
 	switch signed := p.SignedDate.Time(); {
 	case signed.IsZero():
-		return nil, fmt.Errorf("%w: no signedDate", ErrAppleStale)
+		return fail(fmt.Errorf("%w: no signedDate", ErrAppleStale))
 	case now.Sub(signed) > v.window:
-		return nil, fmt.Errorf("%w: signed %s, older than %s", ErrAppleStale, signed.Format(time.RFC3339), v.window)
+		return fail(fmt.Errorf("%w: signed %s, older than %s", ErrAppleStale, signed.Format(time.RFC3339), v.window))
 	case signed.Sub(now) > v.maxAhead:
-		return nil, fmt.Errorf("%w: signed %s, in the future", ErrAppleStale, signed.Format(time.RFC3339))
+		return fail(fmt.Errorf("%w: signed %s, in the future", ErrAppleStale, signed.Format(time.RFC3339)))
 	}
 	out.Environment = mapping.AppleCanonicalEnvironment(appleEnv)
 	// The stored body is the payload with each nested JWS replaced by its
 	// verified, decoded payload; every other byte is kept as Apple sent it.
 	txn, ren, appTxn := &nested[0], &nested[1], &nested[2]
-	var renewal mapping.AppleRenewalInfo
-	verifyTxn := func() error {
-		if txn.jws == nil {
-			return nil
-		}
-		t, b, err := v.verifyTransaction(ctx, txn.jws, out.BundleID, appleEnv)
+	// The token is decoded and hashed and no longer read: its buffer,
+	// larger than both nested JWS together, takes their decoded payloads
+	// side by side (decodedBody copies them out before it goes back to the
+	// pool).
+	buf := (*token)[:0]
+	if txn.jws != nil {
+		t, b, err := v.verifyTransaction(ctx, txn.jws, buf[:0:len(txn.jws)], &later, out.BundleID, appleEnv)
 		if err != nil {
-			return fmt.Errorf("signedTransactionInfo: %w", err)
+			return fail(fmt.Errorf("%s: %w", nestedFields[0].signedKey, err))
 		}
 		p.Data.TransactionInfo, txn.payload = t, b
-		return nil
 	}
-	verifyRenewal := func() error {
-		if ren.jws == nil {
-			return nil
-		}
-		b, err := v.verify(ctx, ren.jws, nil, func(b []byte) error { return decodeJSON(appleRenewalPlan, b, &renewal) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return renewal.SignedDate, 0 })
+	if ren.jws != nil {
+		renewal := new(mapping.AppleRenewalInfo)
+		renScratch := buf[len(txn.jws):len(txn.jws):min(cap(buf), len(txn.jws)+len(ren.jws))]
+		b, err := v.verify(ctx, ren.jws, renScratch, &later, nestedFields[1].signedKey, func(b []byte) error { return decodeJSON(appleRenewalPlan, b, renewal) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return renewal.SignedDate, 0 })
 		if err != nil {
-			return fmt.Errorf("signedRenewalInfo: %w", err)
+			return fail(fmt.Errorf("%s: %w", nestedFields[1].signedKey, err))
 		}
 		if renewal.Environment != appleEnv {
-			return fmt.Errorf("signedRenewalInfo: %w: %q", ErrAppleNestedEnvironment, renewal.Environment)
+			return fail(fmt.Errorf("%s: %w: %q", nestedFields[1].signedKey, ErrAppleNestedEnvironment, renewal.Environment))
 		}
-		p.Data.RenewalInfo, ren.payload = &renewal, b
-		return nil
-	}
-	if txn.jws != nil && ren.jws != nil {
-		err = v.cores.pair(verifyTxn, verifyRenewal)
-	} else if err = verifyTxn(); err == nil {
-		err = verifyRenewal()
-	}
-	if err != nil {
-		return nil, err
+		p.Data.RenewalInfo, ren.payload = renewal, b
 	}
 	if appTxn.jws != nil {
 		var at struct {
@@ -875,17 +1073,21 @@ func (v *AppleVerifier) VerifyNotification(ctx context.Context, signedPayload st
 			SignedDate          mapping.AppleMillis `json:"signedDate"`
 			ReceiptCreationDate mapping.AppleMillis `json:"receiptCreationDate"`
 		}
-		b, err := v.verify(ctx, appTxn.jws, nil, jsonInto(&at), func() (mapping.AppleMillis, mapping.AppleMillis) { return at.SignedDate, at.ReceiptCreationDate })
+		label := nestedFields[2].signedKey
+		b, err := v.verify(ctx, appTxn.jws, nil, &later, label, jsonInto(&at), func() (mapping.AppleMillis, mapping.AppleMillis) { return at.SignedDate, at.ReceiptCreationDate })
 		if err != nil {
-			return nil, fmt.Errorf("signedAppTransactionInfo: %w", err)
+			return fail(fmt.Errorf("%s: %w", label, err))
 		}
 		if at.BundleID != out.BundleID {
-			return nil, fmt.Errorf("signedAppTransactionInfo: %w", ErrAppleNestedBundle)
+			return fail(fmt.Errorf("%s: %w", label, ErrAppleNestedBundle))
 		}
 		if at.ReceiptType != appleEnv {
-			return nil, fmt.Errorf("signedAppTransactionInfo: %w: %q", ErrAppleNestedEnvironment, at.ReceiptType)
+			return fail(fmt.Errorf("%s: %w: %q", label, ErrAppleNestedEnvironment, at.ReceiptType))
 		}
 		p.AppData.AppTransactionInfo, appTxn.payload = b, b
+	}
+	if err := v.checkAll(&later, true); err != nil {
+		return nil, err
 	}
 	if out.Body, err = decodedBody(raw, nested[:]); err != nil {
 		return nil, err
@@ -976,53 +1178,66 @@ func decodeNotification(raw []byte, p *mapping.AppleNotification, nested *[len(n
 // the payload needs the full decode.
 func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(nestedFields)]nestedJWS) bool {
 	var spans [len(nestedFields)]struct{ at, start, end int }
-	size, found, nuls := len(raw), 0, 0
-	for i, f := range nestedFields {
+	for i := range spans {
 		spans[i].at = -1
-		at := bytes.Index(raw, f.pattern)
-		if at < 0 {
+	}
+	// One pass finds the first occurrence of each pattern: every pattern
+	// starts with `"signed`, and a value found is passed over whole (it
+	// holds no quote, so no pattern can start inside it). The spans come
+	// in the order they appear.
+	var order [len(nestedFields)]int
+	size, found, nuls := len(raw), 0, 0
+	for from := 0; found < len(nestedFields); {
+		k := bytes.Index(raw[from:], nestedPrefix)
+		if k < 0 {
+			break
+		}
+		at := from + k
+		from = at + 1
+		i := -1
+		for j, f := range nestedFields {
+			if spans[j].at < 0 && bytes.HasPrefix(raw[at+len(nestedPrefix):], f.pattern[len(nestedPrefix):]) {
+				i = j
+				break
+			}
+		}
+		if i < 0 {
 			continue
 		}
+		f := &nestedFields[i]
 		start := at + len(f.pattern)
-		q := bytes.IndexByte(raw[start:], '"')
+		q := plainJSONEnd(raw[start:])
 		if q < 0 {
 			return false
 		}
 		end := start + q
-		if !plainJSONText(raw[start:end]) {
-			return false
-		}
 		spans[i].at, spans[i].start, spans[i].end = at, start, end
+		order[found] = i
 		size += len(f.placeholder) - q
 		found++
 		nuls += len(f.placeholder) / len(`\u0000`)
+		from = end
 	}
 	if found == 0 {
 		return false
 	}
-	// Cut the JWS out, in the order they appear.
-	stripped := make([]byte, 0, size)
+	// Cut the JWS out. The document is built as a string, which the
+	// decoded strings are slices of.
+	var sb strings.Builder
+	sb.Grow(size)
 	prev := 0
-	for range found {
-		next := -1
-		for i := range spans {
-			if spans[i].at >= prev && (next < 0 || spans[i].at < spans[next].at) {
-				next = i
-			}
-		}
-		if next < 0 {
-			return false // overlapping matches: not compact JSON as Apple writes it
-		}
-		stripped = append(stripped, raw[prev:spans[next].start]...)
-		stripped = append(stripped, nestedFields[next].placeholder...)
-		prev = spans[next].end
+	for _, i := range order[:found] {
+		sb.Write(raw[prev:spans[i].start])
+		sb.WriteString(nestedFields[i].placeholder)
+		prev = spans[i].end
 	}
-	stripped = append(stripped, raw[prev:]...)
+	sb.Write(raw[prev:])
+	stripped := sb.String()
 	// No \u0000 but the placeholders' (none can be inside a cut-out value).
-	if bytes.Count(stripped, []byte(`\u0000`)) != nuls {
+	if strings.Count(stripped, `\u0000`) != nuls {
 		return false
 	}
-	if decodeJSON(appleNotificationPlan, stripped, p) != nil {
+	if decodeJSONString(appleNotificationPlan, stripped, p) != nil {
 		return false
 	}
 	for i, f := range nestedFields {
@@ -1044,24 +1259,50 @@ func decodeAroundNested(raw []byte, p *mapping.AppleNotification, nested *[len(n
 	return true
 }
 
-// plainJSONText reports whether b, inside a JSON string, decodes to
-// itself: no backslash (an escape), no control characters (invalid JSON)
-// and no bytes from 0x80 (the decoder replaces invalid UTF-8). A JWS is
-// base64url and dots, so this holds for every real one.
-func plainJSONText(b []byte) bool {
+// nestedPrefix is how every nestedField pattern starts.
+var nestedPrefix = []byte(`"signed`)
+
+// plainJSONEnd returns where the first quote in b is, when every byte
+// before it, inside a JSON string, decodes to itself: no backslash (an
+// escape), no control characters (invalid JSON) and no bytes from 0x80
+// (the decoder replaces invalid UTF-8). It returns -1 when another byte
+// comes first or there is no quote. A JWS is base64url and dots, so the
+// value of every real one ends at the quote found.
+func plainJSONEnd(b []byte) int {
+	q := bytes.IndexByte(b, '"')
+	if q < 0 || bytes.IndexByte(b[:q], '\\') >= 0 || !printableASCII(b[:q]) {
+		return -1
+	}
+	return q
+}
+
+// printableASCII reports whether every byte of b is from 0x20 to 0x7f.
+// Word at a time: a byte of 0x80 or more has its high bit set, and a byte
+// under 0x20, when no byte below it in the word is, borrows through its
+// high bit in w - 0x20 of each byte (and its own high bit is clear); so
+// the high bits gathered are clear exactly when every byte is printable.
+func printableASCII(b []byte) bool {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	var acc uint64
+	for len(b) >= 32 {
+		w0 := binary.LittleEndian.Uint64(b)
+		w1 := binary.LittleEndian.Uint64(b[8:])
+		w2 := binary.LittleEndian.Uint64(b[16:])
+		w3 := binary.LittleEndian.Uint64(b[24:32])
+		acc |= w0 | (w0-0x20*ones)&^w0 | w1 | (w1-0x20*ones)&^w1 |
+			w2 | (w2-0x20*ones)&^w2 | w3 | (w3-0x20*ones)&^w3
+		b = b[32:]
+	}
 	for len(b) >= 8 {
 		w := binary.LittleEndian.Uint64(b)
-		// With no byte of 0x80 or more, a byte under 0x20 borrows through
-		// its high bit, and so does a zero byte of w ^ '\\'s.
-		bs := w ^ '\\'*ones
-		if (w|(w-0x20*ones)&^w|(bs-ones)&^bs)&highs != 0 {
-			return false
-		}
+		acc |= w | (w-0x20*ones)&^w
 		b = b[8:]
 	}
+	if acc&highs != 0 {
+		return false
+	}
 	for _, c := range b {
-		if c < 0x20 || c >= 0x80 || c == '\\' {
+		if c < 0x20 || c >= 0x80 {
 			return false
 		}
 	}
@@ -1076,7 +1317,8 @@ func plainJSONText(b []byte) bool {
 // would be escaped). Anything else goes through a JSON round trip that
 // keeps unknown fields.
 func decodedBody(raw []byte, all []nestedJWS) ([]byte, error) {
-	var nested []nestedJWS
+	var buf [len(nestedFields)]nestedJWS
+	nested := buf[:0]
 	spans := true
 	size := len(raw)
 	for _, n := range all {
@@ -1087,7 +1329,11 @@ func decodedBody(raw []byte, all []nestedJWS) ([]byte, error) {
 		}
 	}
 	if spans {
-		slices.SortFunc(nested, func(a, b nestedJWS) int { return a.at - b.at })
+		for i := 1; i < len(nested); i++ { // in the order they appear
+			for j := i; j > 0 && nested[j].at < nested[j-1].at; j-- {
+				nested[j], nested[j-1] = nested[j-1], nested[j]
+			}
+		}
 		out := make([]byte, 0, size)
 		prev := 0
 		for _, n := range nested {
@@ -1156,12 +1402,15 @@ func decodedBodySlow(_ []byte, nested []nestedJWS, body []byte) ([]byte, error) 
 func (v *AppleVerifier) VerifyTransaction(ctx context.Context, jws, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
 	v.cores.enter()
 	defer v.cores.leave()
-	return v.verifyTransaction(ctx, []byte(jws), bundleID, appleEnv)
+	return v.verifyTransaction(ctx, []byte(jws), nil, nil, bundleID, appleEnv)
 }
 
-func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws []byte, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
+// verifyTransaction is VerifyTransaction; the payload returned is decoded
+// into scratch when it fits, and with later its signature check is put off
+// (see verify).
+func (v *AppleVerifier) verifyTransaction(ctx context.Context, jws, scratch []byte, later *pendingSigs, bundleID, appleEnv string) (*mapping.AppleTransaction, []byte, error) {
 	var txn mapping.AppleTransaction
-	b, err := v.verify(ctx, jws, nil, func(b []byte) error { return decodeJSON(appleTransactionPlan, b, &txn) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
+	b, err := v.verify(ctx, jws, scratch, later, nestedFields[0].signedKey, func(b []byte) error { return decodeJSON(appleTransactionPlan, b, &txn) }, func() (mapping.AppleMillis, mapping.AppleMillis) { return txn.SignedDate, 0 })
 	if err != nil {
 		return nil, nil, err
 	}
@@ -1450,6 +1699,12 @@ func (g *coreGate) pair(first, second func() error) error {
 		}
 		return second()
 	}
+	return g.pairTaken(first, second)
+}
+
+// pairTaken is pair once tryExtra has taken the helper's slot, which the
+// helper gives back.
+func (g *coreGate) pairTaken(first, second func() error) error {
 	var claimed atomic.Bool
 	done := make(chan error, 1)
 	go func() {

@@ -46,11 +46,19 @@ type jsonField struct {
 // under one name), and then every payload goes to encoding/json.
 type jsonPlan struct {
 	fields map[string]jsonField
+	// byLen holds the fields again by the length of their names, for
+	// lookup: a few string compares cost less than hashing the key.
+	byLen [][]namedJSONField
 	// folded holds every field name in lower case: a key that matches none
 	// exactly but one of these in another case is left to encoding/json,
 	// which matches keys case-insensitively.
 	folded map[string]bool
 	maxLen int
+}
+
+type namedJSONField struct {
+	name string
+	jsonField
 }
 
 var (
@@ -96,7 +104,23 @@ func newJSONPlan(t reflect.Type) *jsonPlan {
 		p.folded[lower] = true
 		p.maxLen = max(p.maxLen, len(name))
 	}
+	p.byLen = make([][]namedJSONField, p.maxLen+1)
+	for name, f := range p.fields {
+		p.byLen[len(name)] = append(p.byLen[len(name)], namedJSONField{name, f})
+	}
 	return p
+}
+
+// lookup finds the field named exactly key.
+func (p *jsonPlan) lookup(key string) (jsonField, bool) {
+	if len(key) < len(p.byLen) {
+		for _, f := range p.byLen[len(key)] {
+			if f.name == key {
+				return f.jsonField, true
+			}
+		}
+	}
+	return jsonField{}, false
 }
 
 func planField(i int, t reflect.Type) jsonField {
@@ -141,9 +165,10 @@ func scalarKind(t reflect.Type) jsonKind {
 }
 
 // decodeJSON decodes b into dst with plan, or with encoding/json when the
-// plan declines it.
+// plan declines it. The plan reads a copy of b made once, as a string: the
+// decoded strings are slices of it, not one allocation each.
 func decodeJSON[T any](plan *jsonPlan, b []byte, dst *T) error {
-	if plan.decode(b, reflect.ValueOf(dst).Elem()) {
+	if plan.decodeString(string(b), reflect.ValueOf(dst).Elem()) {
 		return nil
 	}
 	var zero T
@@ -151,13 +176,29 @@ func decodeJSON[T any](plan *jsonPlan, b []byte, dst *T) error {
 	return json.Unmarshal(b, dst)
 }
 
+// decodeJSONString is decodeJSON of a document already held as a string.
+func decodeJSONString[T any](plan *jsonPlan, s string, dst *T) error {
+	if plan.decodeString(s, reflect.ValueOf(dst).Elem()) {
+		return nil
+	}
+	var zero T
+	*dst = zero
+	return json.Unmarshal([]byte(s), dst)
+}
+
 // decode decodes b into the struct v, or reports false, leaving v in any
 // state, when b is not in the form the plan reproduces exactly.
 func (p *jsonPlan) decode(b []byte, v reflect.Value) bool {
+	return p.decodeString(string(b), v)
+}
+
+// decodeString is decode of a string; the strings decoded into v may be
+// slices of s.
+func (p *jsonPlan) decodeString(s string, v reflect.Value) bool {
 	if p == nil {
 		return false
 	}
-	r := jsonReader{b: b}
+	r := jsonReader{b: s}
 	r.space()
 	if !r.object(p, v, 0) {
 		return false
@@ -171,7 +212,7 @@ func (p *jsonPlan) decode(b []byte, v reflect.Value) bool {
 const maxJSONDepth = 32
 
 type jsonReader struct {
-	b []byte
+	b string
 	i int
 }
 
@@ -213,7 +254,7 @@ func (r *jsonReader) object(p *jsonPlan, v reflect.Value, depth int) bool {
 			return false
 		}
 		r.space()
-		if f, known := p.fields[string(key)]; known {
+		if f, known := p.lookup(key); known {
 			if !r.field(f, v.Field(f.index), depth+1) {
 				return false
 			}
@@ -230,7 +271,7 @@ func (r *jsonReader) object(p *jsonPlan, v reflect.Value, depth int) bool {
 }
 
 // foldsTo reports whether key is a field name in another case.
-func (p *jsonPlan) foldsTo(key []byte) bool {
+func (p *jsonPlan) foldsTo(key string) bool {
 	if len(key) > p.maxLen {
 		return false
 	}
@@ -239,7 +280,7 @@ func (p *jsonPlan) foldsTo(key []byte) bool {
 	if len(key) > len(buf) {
 		lower = make([]byte, 0, len(key))
 	}
-	for _, c := range key {
+	for _, c := range []byte(key) {
 		if 'A' <= c && c <= 'Z' {
 			c += 'a' - 'A'
 		}
@@ -250,52 +291,85 @@ func (p *jsonPlan) foldsTo(key []byte) bool {
 
 // key reads an object key: printable ASCII without escapes (encoding/json
 // folds some non-ASCII letters onto ASCII ones when matching names).
-func (r *jsonReader) key() ([]byte, bool) {
+func (r *jsonReader) key() (string, bool) {
 	if !r.eat('"') {
-		return nil, false
+		return "", false
 	}
 	start := r.i
-	for r.i < len(r.b) {
-		c := r.b[r.i]
-		switch {
-		case c == '"':
-			r.i++
-			return r.b[start : r.i-1], true
-		case c == '\\' || c < 0x20 || c >= 0x80:
-			return nil, false
-		}
+	for r.i < len(r.b) && jsonText[r.b[r.i]] == jsonPlain {
 		r.i++
 	}
-	return nil, false
+	if r.i < len(r.b) && r.b[r.i] == '"' {
+		r.i++
+		return r.b[start : r.i-1], true
+	}
+	return "", false
 }
+
+// Byte classes inside a JSON string: jsonStop ends a plain run (a quote, a
+// backslash, a control character), jsonHigh is a byte from 0x80 (part of
+// UTF-8, to be validated).
+const (
+	jsonStop = iota
+	jsonPlain
+	jsonHigh
+)
+
+var jsonText = func() (t [256]uint8) {
+	for c := range t {
+		switch {
+		case c == '"' || c == '\\' || c < 0x20:
+			t[c] = jsonStop
+		case c >= 0x80:
+			t[c] = jsonHigh
+		default:
+			t[c] = jsonPlain
+		}
+	}
+	return t
+}()
 
 // str reads a string value. The only escape taken is \u0000 (the
 // placeholder decodeAroundNested writes); invalid UTF-8, which
-// encoding/json would rewrite, is declined.
+// encoding/json would rewrite, is declined. A string without escapes is a
+// slice of the document.
 func (r *jsonReader) str() (string, bool) {
 	if !r.eat('"') {
 		return "", false
 	}
 	start := r.i
-	var esc []byte
+	var buf [16]byte
+	esc, escaped := buf[:0], false
+	var class uint8
 	for r.i < len(r.b) {
 		c := r.b[r.i]
+		if k := jsonText[c]; k != jsonStop {
+			class |= k
+			r.i++
+			continue
+		}
 		switch {
 		case c == '"':
 			s := r.b[start:r.i]
 			r.i++
-			if esc != nil {
-				s = append(esc, s...)
+			if escaped {
+				esc = append(esc, s...)
+				if len(esc) <= len(jsonNULs) && string(esc) == jsonNULs[:len(esc)] {
+					s = jsonNULs[:len(esc)] // a placeholder: no allocation
+				} else {
+					s = string(esc)
+				}
 			}
-			if !utf8.Valid(s) {
+			if class&jsonHigh != 0 && !utf8.ValidString(s) {
 				return "", false
 			}
-			return string(s), true
+			return s, true
 		case c == '\\':
-			if r.i+6 > len(r.b) || string(r.b[r.i:r.i+6]) != `\u0000` {
+			if r.i+6 > len(r.b) || r.b[r.i:r.i+6] != `\u0000` {
 				return "", false
 			}
 			esc = append(append(esc, r.b[start:r.i]...), 0)
+			escaped = true
 			r.i += 6
 			start = r.i
 			continue
@@ -307,12 +381,17 @@ func (r *jsonReader) str() (string, bool) {
 	return "", false
 }
 
+// jsonNULs holds the values of the placeholders decodeAroundNested writes.
+const jsonNULs = "\x00\x00\x00"
+
 // integer reads an integer without fraction or exponent.
 func (r *jsonReader) integer() (int64, bool) {
 	start := r.i
-	r.eat('-')
+	neg := r.eat('-')
 	digits := r.i
+	var n uint64
 	for r.i < len(r.b) && '0' <= r.b[r.i] && r.b[r.i] <= '9' {
+		n = n*10 + uint64(r.b[r.i]-'0')
 		r.i++
 	}
 	switch {
@@ -320,13 +399,17 @@ func (r *jsonReader) integer() (int64, bool) {
 		return 0, false
 	case r.i < len(r.b) && (r.b[r.i] == '.' || r.b[r.i] == 'e' || r.b[r.i] == 'E'):
 		return 0, false
+	case r.i-digits > 18: // n may have wrapped: let strconv check the range
+		v, err := strconv.ParseInt(r.b[start:r.i], 10, 64)
+		return v, err == nil
+	case neg:
+		return -int64(n), true
 	}
-	n, err := strconv.ParseInt(string(r.b[start:r.i]), 10, 64)
-	return n, err == nil
+	return int64(n), true
 }
 
 func (r *jsonReader) literal(word string) bool {
-	if r.i+len(word) <= len(r.b) && string(r.b[r.i:r.i+len(word)]) == word {
+	if r.i+len(word) <= len(r.b) && r.b[r.i:r.i+len(word)] == word {
 		r.i += len(word)
 		return true
 	}

@@ -17,6 +17,16 @@ func TestAppleJSONPlans(t *testing.T) {
 			t.Fatalf("%s: no plan", name)
 		}
 		for key, f := range p.fields {
+			if got, ok := p.lookup(key); !ok || got != f {
+				t.Errorf("%s.%s: lookup %+v %v, want %+v", name, key, got, ok, f)
+			}
+			for _, other := range []string{key[1:], key + "x", key[:len(key)-1] + "_"} {
+				if _, ok := p.fields[other]; !ok {
+					if _, found := p.lookup(other); found {
+						t.Errorf("%s: lookup of %q found a field", name, other)
+					}
+				}
+			}
 			switch {
 			case f.kind == jkUnsupported && key != "appTransactionInfo":
 				t.Errorf("%s.%s: not decoded by the plan", name, key)

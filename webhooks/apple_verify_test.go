@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
 	"reflect"
 	"strings"
@@ -66,6 +67,13 @@ func TestAppleHeaderCache(t *testing.T) {
 		{"another x5c: foreign leaf under the cached intermediate", mixedChain, ErrAppleUntrustedChain},
 		{"cached x5c under alg ES384", good.Sign(testTxn(nil), appletest.JWS{Alg: "ES384"}), ErrAppleAlg},
 		{"cached x5c with crit", good.Sign(testTxn(nil), appletest.JWS{Header: map[string]any{"crit": []string{"b64"}}}), ErrAppleCrit},
+		{"cached header, payload not base64", parts[0] + "." + parts[1][:40] + "*" + parts[1][41:] + "." + parts[2], ErrAppleMalformed},
+		{"cached header, signature not base64", parts[0] + "." + parts[1] + "." + parts[2][:40] + "*" + parts[2][41:], ErrAppleMalformed},
+		{"cached header, signature in non-canonical base64", parts[0] + "." + parts[1] + "." + spareBits(t, parts[2]), ErrAppleMalformed},
+		{"cached header, line break in the payload", parts[0] + "." + parts[1][:40] + "\n" + parts[1][40:] + "." + parts[2], errAppleLineBreak},
+		{"cached header, line break in the signature", parts[0] + "." + parts[1] + "." + parts[2][:40] + "\r" + parts[2][40:], errAppleLineBreak},
+		{"cached header, line break at the end", valid + "\n", errAppleLineBreak},
+		{"cached chain key as the header", string(chainKey(good.LeafDER(), good.IntermediateDER())) + "." + parts[1] + "." + parts[2], ErrAppleMalformed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -106,22 +114,32 @@ func TestAppleHeaderCache(t *testing.T) {
 }
 
 // TestSigningDigest: the digest continued from a cached "header." state is
-// the SHA-256 of the whole signing input, and cloning leaves the state
-// untouched for the next JWS.
+// the SHA-256 of the whole signing input, and resuming leaves the state
+// untouched for the next JWS, also when the work buffer is reused.
 func TestSigningDigest(t *testing.T) {
 	header := bytes.Repeat([]byte("eyJhbGciOiJFUzI1NiJ9"), 37)
 	prefix := signingPrefix(header)
 	if prefix == nil {
-		t.Fatal("sha256 state does not clone")
+		t.Fatal("sha256 state does not marshal")
 	}
-	for _, payload := range [][]byte{nil, []byte("e30"), bytes.Repeat([]byte("abcdefgh"), 300)} {
-		want := sha256.Sum256(append(append(append([]byte{}, header...), '.'), payload...))
-		if got := signingDigest(prefix, header, payload); !bytes.Equal(got, want[:]) {
-			t.Errorf("from the cached state: %x, want %x", got, want)
+	saved := bytes.Clone(prefix)
+	w := jwsWorks.New().(*jwsWork)
+	for range 2 {
+		for _, payload := range [][]byte{nil, []byte("e30"), bytes.Repeat([]byte("abcdefgh"), 300)} {
+			want := sha256.Sum256(append(append(append([]byte{}, header...), '.'), payload...))
+			if got := w.digest(prefix, header, payload); !bytes.Equal(got, want[:]) {
+				t.Errorf("from the cached state: %x, want %x", got, want)
+			}
+			if got := w.digest(nil, header, payload); !bytes.Equal(got, want[:]) {
+				t.Errorf("without a cached state: %x, want %x", got, want)
+			}
 		}
-		if got := signingDigest(nil, header, payload); !bytes.Equal(got, want[:]) {
-			t.Errorf("without a cached state: %x, want %x", got, want)
-		}
+	}
+	if !bytes.Equal(prefix, saved) {
+		t.Error("the cached state was written")
+	}
+	if got, want := w.digest([]byte("not a sha256 state"), header, nil), sha256.Sum256(append(bytes.Clone(header), '.')); !bytes.Equal(got, want[:]) {
+		t.Errorf("from an unusable state: %x, want %x", got, want)
 	}
 }
 
@@ -131,6 +149,7 @@ func TestSigningDigest(t *testing.T) {
 func TestVerifyES256(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	digest := sha256.Sum256([]byte("header.payload"))
+	var der es256DER
 	fixed := func(r, s *big.Int) []byte {
 		sig := make([]byte, 64)
 		r.FillBytes(sig[:32])
@@ -150,11 +169,11 @@ func TestVerifyES256(t *testing.T) {
 		if sig[0]&0x80 != 0 || sig[32]&0x80 != 0 {
 			topBit++
 		}
-		if err := verifyES256(&key.PublicKey, digest[:], sig); err != nil {
+		if err := verifyES256(&key.PublicKey, digest[:], sig, &der); err != nil {
 			t.Fatalf("valid signature %x refused: %v", sig, err)
 		}
 		sig[63] ^= 1
-		if err := verifyES256(&key.PublicKey, digest[:], sig); !errors.Is(err, ErrAppleSignature) {
+		if err := verifyES256(&key.PublicKey, digest[:], sig, &der); !errors.Is(err, ErrAppleSignature) {
 			t.Fatalf("altered signature %x: %v", sig, err)
 		}
 	}
@@ -173,7 +192,7 @@ func TestVerifyES256(t *testing.T) {
 		"65 bytes":    append(fixed(r, s), 0),
 		"ASN.1 bytes": func() []byte { b, _ := ecdsa.SignASN1(rand.Reader, key, digest[:]); return b }(),
 	} {
-		if err := verifyES256(&key.PublicKey, digest[:], sig); !errors.Is(err, ErrAppleSignature) {
+		if err := verifyES256(&key.PublicKey, digest[:], sig, &der); !errors.Is(err, ErrAppleSignature) {
 			t.Errorf("%s: %v, want ErrAppleSignature", name, err)
 		}
 	}
@@ -450,39 +469,135 @@ func TestAppleDecodeAroundNested(t *testing.T) {
 
 func fmtInt(n int64) string { return big.NewInt(n).String() }
 
-// TestPlainJSONText compares the word-at-a-time check with a byte loop for
-// every byte value at every position of a word and of the tail, and for
-// every pair of byte values in one word.
-func TestPlainJSONText(t *testing.T) {
-	naive := func(b []byte) bool {
-		for _, c := range b {
-			if c < 0x20 || c >= 0x80 || c == '\\' {
-				return false
+// TestPlainJSONEnd compares the word-at-a-time scan with a byte loop for
+// every byte value at every position of a block of four words, a word and
+// the tail, and for every pair of byte values in one word, with and
+// without a quote after them.
+func TestPlainJSONEnd(t *testing.T) {
+	naive := func(b []byte) int {
+		for i, c := range b {
+			switch {
+			case c == '"':
+				return i
+			case c < 0x20 || c >= 0x80 || c == '\\':
+				return -1
 			}
 		}
-		return true
+		return -1
 	}
-	for _, n := range []int{0, 1, 7, 8, 9, 16, 23} {
-		for pos := 0; pos < n; pos++ {
-			for c := 0; c < 256; c++ {
-				b := bytes.Repeat([]byte("A"), n)
-				b[pos] = byte(c)
-				if got, want := plainJSONText(b), naive(b); got != want {
-					t.Fatalf("len %d, byte %#x at %d: %v, want %v", n, c, pos, got, want)
+	for _, n := range []int{0, 1, 7, 8, 9, 16, 23, 31, 32, 33, 40, 64, 71} {
+		for _, end := range []string{"", `"`, `"x`, "\\", "\x00"} {
+			for pos := 0; pos < n; pos++ {
+				for c := 0; c < 256; c++ {
+					b := append(bytes.Repeat([]byte("A"), n), end...)
+					b[pos] = byte(c)
+					if got, want := plainJSONEnd(b), naive(b); got != want {
+						t.Fatalf("%q: %d, want %d", b, got, want)
+					}
 				}
 			}
 		}
 	}
 	for c1 := range 256 {
 		for c2 := range 256 {
-			b := []byte("AAAAAAAA")
-			b[2], b[5] = byte(c1), byte(c2)
-			if got, want := plainJSONText(b), naive(b); got != want {
-				t.Fatalf("bytes %#x, %#x: %v, want %v", c1, c2, got, want)
+			for _, b := range [][]byte{[]byte("AAAAAAAA"), []byte("AAAAAAAAAA\"AA"), []byte("AAAAAAA\"")} {
+				b[2], b[5] = byte(c1), byte(c2)
+				if got, want := plainJSONEnd(b), naive(b); got != want {
+					t.Fatalf("%q: %d, want %d", b, got, want)
+				}
 			}
 		}
 	}
-	if !plainJSONText([]byte("eyJhbGciOiJFUzI1NiJ9.e30.c2ln-_~\x7f !")) {
-		t.Error("base64url, dots and printable ASCII refused")
+	jws := "eyJhbGciOiJFUzI1NiJ9.e30.c2ln-_~\x7f !"
+	if got := plainJSONEnd([]byte(jws + `"}`)); got != len(jws) {
+		t.Errorf("base64url, dots and printable ASCII: end %d, want %d", got, len(jws))
+	}
+}
+
+// TestAppleSignatureFirst: a notification's signatures are checked last
+// (pendingSigs), yet the error is the one checking each JWS in turn gives:
+// a bad signature wins over whatever is wrong in the payload it signs and
+// in every JWS after it, and the first bad signature in order wins, with
+// the nested checks run serially or side by side.
+func TestAppleSignatureFirst(t *testing.T) {
+	good := appletest.NewPKI(t)
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	forged := appletest.JWS{Key: otherKey}
+	txn := func(over map[string]any) map[string]any { return testTxn(over) }
+	renewal := func(env string) map[string]any {
+		return map[string]any{"originalTransactionId": appleTestOrig, "productId": "pro_monthly", "autoRenewStatus": 1, "signedDate": ms(appleSigned), "environment": env}
+	}
+	type nestedJWS struct{ txn, ren, appTxn string }
+	notification := func(n nestedJWS, over map[string]any, envJWS appletest.JWS) string {
+		m := testNotification("sig-first", "DID_RENEW", "", nil, over)
+		d := m["data"].(map[string]any)
+		delete(d, "transactionInfo")
+		delete(d, "renewalInfo")
+		if n.txn != "" {
+			d["signedTransactionInfo"] = n.txn
+		}
+		if n.ren != "" {
+			d["signedRenewalInfo"] = n.ren
+		}
+		if n.appTxn != "" {
+			m["appData"] = map[string]any{"signedAppTransactionInfo": n.appTxn}
+		}
+		return good.Sign(m, envJWS)
+	}
+	goodTxn, goodRen := good.SignJWS(txn(nil)), good.SignJWS(renewal("Production"))
+	badTxn, badRen := good.Sign(txn(nil), forged), good.Sign(renewal("Production"), forged)
+	tests := []struct {
+		name   string
+		jws    string
+		want   error
+		prefix string
+	}{
+		{"forged notification of an unknown app", notification(nestedJWS{goodTxn, goodRen, ""}, map[string]any{"data": map[string]any{"bundleId": "com.other.app"}}, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged notification without UUID", notification(nestedJWS{goodTxn, goodRen, ""}, map[string]any{"notificationUUID": nil}, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged notification, stale", notification(nestedJWS{goodTxn, goodRen, ""}, map[string]any{"signedDate": ms(testNow.Add(-721 * time.Hour))}, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged notification, transaction not JSON", notification(nestedJWS{good.SignJWS([]byte("[")), goodRen, ""}, nil, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged notification, forged transaction", notification(nestedJWS{badTxn, goodRen, ""}, nil, forged), ErrAppleSignature, "apple: JWS signature"},
+		{"forged transaction of another app", notification(nestedJWS{good.Sign(txn(map[string]any{"bundleId": "com.evil.app"}), forged), goodRen, ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedTransactionInfo: apple: JWS signature"},
+		{"forged transaction, renewal of another environment", notification(nestedJWS{badTxn, good.SignJWS(renewal("Sandbox")), ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedTransactionInfo: apple: JWS signature"},
+		{"forged transaction and renewal", notification(nestedJWS{badTxn, badRen, ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedTransactionInfo: apple: JWS signature"},
+		{"forged transaction, app transaction of another app", notification(nestedJWS{badTxn, goodRen, good.SignJWS(map[string]any{"bundleId": "com.evil.app", "receiptType": "Production", "signedDate": ms(appleSigned)})}, nil, appletest.JWS{}), ErrAppleSignature, "signedTransactionInfo: apple: JWS signature"},
+		{"forged renewal of another environment", notification(nestedJWS{goodTxn, good.Sign(renewal("Sandbox"), forged), ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedRenewalInfo: apple: JWS signature"},
+		{"forged renewal alone", notification(nestedJWS{"", badRen, ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedRenewalInfo: apple: JWS signature"},
+		{"forged app transaction", notification(nestedJWS{goodTxn, goodRen, good.Sign(map[string]any{"bundleId": appleTestBundle, "receiptType": "Production", "signedDate": ms(appleSigned)}, forged)}, nil, appletest.JWS{}), ErrAppleSignature, "signedAppTransactionInfo: apple: JWS signature"},
+		{"transaction not JSON before a forged renewal", notification(nestedJWS{good.SignJWS([]byte("[")), badRen, ""}, nil, appletest.JWS{}), ErrAppleMalformed, "signedTransactionInfo: apple: malformed"},
+		{"renewal of another environment", notification(nestedJWS{goodTxn, good.SignJWS(renewal("Sandbox")), ""}, nil, appletest.JWS{}), ErrAppleNestedEnvironment, "signedRenewalInfo: apple: nested"},
+		// The nested JWS share the notification's header: its chain is
+		// still checked at each one's own signedDate.
+		{"transaction signed after the leaf expired", notification(nestedJWS{good.SignJWS(txn(map[string]any{"signedDate": ms(time.Date(2041, 1, 1, 0, 0, 0, 0, time.UTC))})), goodRen, ""}, nil, appletest.JWS{}), ErrAppleExpired, "signedTransactionInfo: apple: certificate expired"},
+		{"forged renewal under another header", notification(nestedJWS{goodTxn, good.Sign(renewal("Production"), appletest.JWS{Key: otherKey, Header: map[string]any{"kid": "r"}}), ""}, nil, appletest.JWS{}), ErrAppleSignature, "signedRenewalInfo: apple: JWS signature"},
+	}
+	for _, cores := range []int{1, 2} {
+		v, err := NewAppleVerifier(appleVerifierConfig(good))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.cores.limit = cores
+		ctx := context.Background()
+		for _, tc := range tests {
+			for round := range 2 { // the second time with the chain cached
+				_, err := v.VerifyNotification(ctx, tc.jws)
+				if !errors.Is(err, tc.want) || !strings.HasPrefix(fmt.Sprint(err), tc.prefix) {
+					t.Errorf("cores %d, %s, round %d: %v, want %v starting %q", cores, tc.name, round, err, tc.want, tc.prefix)
+				}
+			}
+		}
+		for _, n := range []nestedJWS{{goodTxn, goodRen, ""}, {good.Sign(txn(nil), appletest.JWS{Header: map[string]any{"kid": "t"}}), goodRen, ""}} {
+			if _, err := v.VerifyNotification(ctx, notification(n, nil, appletest.JWS{})); err != nil {
+				t.Fatalf("cores %d: valid notification: %v", cores, err)
+			}
+		}
+		// A header is cached only once a JWS under it has verified.
+		withKid := notification(nestedJWS{goodTxn, goodRen, ""}, nil, appletest.JWS{Key: otherKey, Header: map[string]any{"kid": "k1"}})
+		if _, err := v.VerifyNotification(ctx, withKid); !errors.Is(err, ErrAppleSignature) {
+			t.Fatalf("cores %d: forged notification under a new header: %v", cores, err)
+		}
+		if _, ok := v.cache.get([]byte(withKid[:strings.IndexByte(withKid, '.')])); ok {
+			t.Errorf("cores %d: the header of a forged notification was cached", cores)
+		}
 	}
 }
