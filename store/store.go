@@ -284,8 +284,6 @@ type softError struct{ err error }
 func (e softError) Error() string { return e.err.Error() }
 func (e softError) Unwrap() error { return e.err }
 
-// commit runs a batch in one transaction. If the transaction fails, each op
-// is retried alone so one bad op cannot fail its neighbours.
 // appendFill is the fill percent of the buckets keyed by time (events,
 // inbox items, deliveries and their attempts): new records go to their
 // end, so a page that splits there is left nearly full instead of half
@@ -303,6 +301,8 @@ func appendOrdered(tx *bolt.Tx) {
 	}
 }
 
+// commit runs a batch in one transaction. If the transaction fails, each op
+// is retried alone so one bad op cannot fail its neighbours.
 func (db *DB) commit(batch []*op) {
 	err := db.guard(func() error {
 		return db.bolt.Update(func(tx *bolt.Tx) error {

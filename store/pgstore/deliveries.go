@@ -176,31 +176,29 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 	if err != nil || len(claimed) == 0 {
 		return nil, err
 	}
+	ds := make([]store.Delivery, len(claimed))
+	keys := make([]string, 0, len(claimed))
+	for i := range claimed {
+		if err = json.Unmarshal(claimed[i].d, &ds[i]); err != nil {
+			break
+		}
+		keys = append(keys, ds[i].Key)
+	}
 	out := make([]store.Due, 0, len(claimed))
-	var keys []string
-	for _, r := range claimed {
-		var d store.Delivery
-		err := json.Unmarshal(r.d, &d)
-		if err == nil && r.e == nil {
+	for i := 0; err == nil && i < len(claimed); i++ {
+		if claimed[i].e == nil {
 			continue // its event is gone (pruned): the lease expires
 		}
 		var ce claimedEvent
-		if err == nil {
-			ce, err = db.decodeClaimed(r.e, r.u)
+		if ce, err = db.decodeClaimed(claimed[i].e, claimed[i].u); err == nil {
+			ds[i].NoteClaim(nil, ce.doc)
+			out = append(out, store.Due{Delivery: ds[i], Event: ce.e})
 		}
-		if err != nil {
-			// The claims stand and expire; say why nothing comes of them.
-			for _, r := range claimed {
-				var d store.Delivery
-				if json.Unmarshal(r.d, &d) == nil {
-					keys = append(keys, d.Key)
-				}
-			}
-			_ = db.Release(context.WithoutCancel(ctx), keys)
-			return nil, err
-		}
-		d.NoteClaim(nil, ce.doc)
-		out = append(out, store.Due{Delivery: d, Event: ce.e})
+	}
+	if err != nil {
+		// The claims stand and expire; say why nothing comes of them.
+		_ = db.Release(context.WithoutCancel(ctx), keys)
+		return nil, err
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Delivery.NextAtMs != out[j].Delivery.NextAtMs {
@@ -260,8 +258,6 @@ func claimKeys(ctx context.Context, tx pgx.Tx, dest string, now time.Time, limit
 	return keys, nil
 }
 
-// eventsByID reads events with their identity-store identifiers merged,
-// in one query.
 // claimedEvent is an event as a claim reads it: decoded, with its user's
 // identifiers, and its document as stored (whose data key seals the
 // attempts).
@@ -270,6 +266,8 @@ type claimedEvent struct {
 	doc []byte
 }
 
+// eventsByID reads events with their identity-store identifiers merged,
+// in one query.
 func (db *DB) eventsByID(ctx context.Context, q querier, ids []string) (map[string]claimedEvent, error) {
 	rows, err := q.Query(ctx, "SELECT e.doc, u.doc FROM events e LEFT JOIN users u ON u.user_key = e.user_key WHERE e.id = ANY($1)", ids)
 	if err != nil {
