@@ -63,10 +63,10 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (IngestResult
 			return *p.dup, nil
 		}
 		var res IngestResult
-		err = db.submit(ctx, func(tx *bolt.Tx) error {
+		err = db.submitSealed(ctx, func(tx *bolt.Tx) error {
 			res = IngestResult{}
 			return db.commitPrepared(tx, p, &res)
-		}, &res.dests)
+		}, &res.dests, max(db.keys.Gen(), 1))
 		if errors.Is(err, errStale) {
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -112,6 +113,10 @@ type op struct {
 	err   error
 	wake  *[]string // destinations woken by this op, read after commit
 	done  chan struct{}
+	// keys is the key file generation the op's records were sealed at
+	// (prepared outside the writer, apply creates no key); 0 means apply
+	// may create keys itself, and the commit syncs every key written.
+	keys uint64
 }
 
 // Open opens (creating if needed) the database at path. A second process on
@@ -226,7 +231,13 @@ func (db *DB) Path() string { return db.bolt.Path() }
 // either succeed or return an error before writing anything, because other
 // operations share its transaction.
 func (db *DB) submit(ctx context.Context, apply func(tx *bolt.Tx) error, wake *[]string) error {
-	o := &op{apply: apply, wake: wake, done: make(chan struct{})}
+	return db.submitSealed(ctx, apply, wake, 0)
+}
+
+// submitSealed is submit for an op whose records were sealed before it
+// was queued, with keys of key file generation keys at most (see op.keys).
+func (db *DB) submitSealed(ctx context.Context, apply func(tx *bolt.Tx) error, wake *[]string, keys uint64) error {
+	o := &op{apply: apply, wake: wake, done: make(chan struct{}), keys: keys}
 	db.mu.RLock()
 	if db.isShut {
 		db.mu.RUnlock()
@@ -307,7 +318,13 @@ func (db *DB) commit(batch []*op) {
 	err := db.guard(func() error {
 		return db.bolt.Update(func(tx *bolt.Tx) error {
 			appendOrdered(tx)
+			var need uint64
 			for _, o := range batch {
+				if o.keys == 0 {
+					need = math.MaxUint64
+				} else {
+					need = max(need, o.keys)
+				}
 				o.err = o.apply(tx)
 				var se softError
 				if o.err != nil && !errors.As(o.err, &se) {
@@ -315,8 +332,14 @@ func (db *DB) commit(batch []*op) {
 				}
 			}
 			// Data keys made for this batch's records are durable before
-			// the records are.
-			return db.keys.Sync()
+			// the records are. Records sealed outside the writer need only
+			// the keys of their own generation, which the key file's
+			// background sync has usually made durable by now; keys other
+			// requests are creating meanwhile are not waited for.
+			if need == math.MaxUint64 {
+				return db.keys.Sync()
+			}
+			return db.keys.SyncTo(need)
 		})
 	})
 	if err != nil && len(batch) > 1 && !errors.Is(err, ErrDamaged) {

@@ -71,6 +71,9 @@ func main() {
 	if pct, ok := gcPercent(os.LookupEnv); ok {
 		debug.SetGCPercent(pct)
 	}
+	if n, ok := maxProcs(os.LookupEnv, runtime.GOMAXPROCS(0)); ok {
+		runtime.GOMAXPROCS(n)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := Main(ctx, os.Args[1:], &Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.LookupEnv})
 	stop()
@@ -92,6 +95,22 @@ func gcPercent(lookup func(string) (string, bool)) (int, bool) {
 		return 0, false
 	}
 	return defaultGCPercent, true
+}
+
+// maxProcs returns the number of Ps to run when GOMAXPROCS is not set:
+// one more than the runtime's default (the CPUs, or the container's CPU
+// limit). The store's writer spends much of its time in fdatasync, and a
+// goroutine in a system call keeps its P until the runtime's monitor
+// takes it back, which under a steady load of commits can take
+// milliseconds: on two cores the gateway then used 1.45 of them, and
+// durable ingest ran 25 % slower, with the other goroutines waiting to
+// run. The spare P is used only while another is held by a system call.
+// The runtime's own default then no longer follows a changed CPU limit.
+func maxProcs(lookup func(string) (string, bool), def int) (int, bool) {
+	if _, set := lookup("GOMAXPROCS"); set {
+		return 0, false
+	}
+	return def + 1, true
 }
 
 // Main dispatches to a subcommand; it is main without the process.

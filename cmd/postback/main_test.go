@@ -78,6 +78,19 @@ func TestUnknownCommandAndVersion(t *testing.T) {
 	}
 }
 
+// TestMaxProcs: the gateway runs one P more than the runtime's default,
+// only when GOMAXPROCS is not in the environment.
+func TestMaxProcs(t *testing.T) {
+	if n, ok := maxProcs(func(string) (string, bool) { return "", false }, 2); !ok || n != 3 {
+		t.Errorf("without GOMAXPROCS: %d %v", n, ok)
+	}
+	for _, v := range []string{"2", "1", ""} {
+		if _, ok := maxProcs(func(k string) (string, bool) { return v, k == "GOMAXPROCS" }, 2); ok {
+			t.Errorf("GOMAXPROCS=%q overridden", v)
+		}
+	}
+}
+
 // TestGCPercent: the gateway sets its own GC target only when GOGC is not
 // in the environment.
 func TestGCPercent(t *testing.T) {

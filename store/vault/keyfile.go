@@ -252,19 +252,31 @@ func (kf *KeyFile) pending() bool {
 	return gen > kf.synced && kf.syncErr == nil
 }
 
-// Sync makes every key created before the call durable.
-func (kf *KeyFile) Sync() error {
+// Gen counts the key slots written so far (created or wiped): a key
+// DataKey returned before the call is durable once SyncTo(Gen()) returns.
+func (kf *KeyFile) Gen() uint64 {
 	kf.mu.Lock()
-	gen := kf.wrote
-	kf.mu.Unlock()
+	defer kf.mu.Unlock()
+	return kf.wrote
+}
+
+// Sync makes every key created before the call durable.
+func (kf *KeyFile) Sync() error { return kf.SyncTo(kf.Gen()) }
+
+// SyncTo makes the keys of generations up to gen durable (see Gen), with
+// one fdatasync at most, and none when a sync since has covered them: the
+// store's writer waits only for the keys of the records it commits, not
+// for those other requests are sealing meanwhile.
+func (kf *KeyFile) SyncTo(need uint64) error {
 	kf.syncMu.Lock()
 	defer kf.syncMu.Unlock()
 	if kf.syncErr != nil {
 		return kf.syncErr
 	}
-	if gen <= kf.synced {
+	if need <= kf.synced {
 		return nil
 	}
+	gen := kf.Gen() // everything written so far goes in this fdatasync
 	if err := unix.Fdatasync(int(kf.f.Fd())); err != nil {
 		// After a failed fdatasync the kernel may have dropped the dirty
 		// pages: a later one could succeed without them. Every later
