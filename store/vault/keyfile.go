@@ -270,11 +270,11 @@ func (kf *KeyFile) Sync() error { return kf.SyncTo(kf.Gen()) }
 func (kf *KeyFile) SyncTo(need uint64) error {
 	kf.syncMu.Lock()
 	defer kf.syncMu.Unlock()
+	if need <= kf.synced {
+		return nil // durable before any failure
+	}
 	if kf.syncErr != nil {
 		return kf.syncErr
-	}
-	if need <= kf.synced {
-		return nil
 	}
 	gen := kf.Gen() // everything written so far goes in this fdatasync
 	if err := unix.Fdatasync(int(kf.f.Fd())); err != nil {

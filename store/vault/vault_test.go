@@ -174,3 +174,41 @@ func TestKeyFile(t *testing.T) {
 		t.Error("a damaged header was accepted")
 	}
 }
+
+// TestKeyFileSyncTo: SyncTo syncs only when a generation it is asked for
+// is not durable yet, and a failed sync is sticky for every newer one.
+func TestKeyFileSyncTo(t *testing.T) {
+	kf, err := OpenKeyFile(filepath.Join(t.TempDir(), "db.keys"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := NewHasher(kf.Secret())
+	if _, err := kf.DataKey(h.KID("a"), true); err != nil {
+		t.Fatal(err)
+	}
+	ga := kf.Gen()
+	if err := kf.SyncTo(ga); err != nil {
+		t.Fatal(err)
+	}
+	// Key b is written while no sync can run, then the file is closed
+	// under it, so that any fdatasync from here on fails.
+	kf.syncMu.Lock()
+	if _, err := kf.DataKey(h.KID("b"), true); err != nil {
+		t.Fatal(err)
+	}
+	gb := kf.Gen()
+	kf.f.Close()
+	kf.syncMu.Unlock()
+	if gb <= ga {
+		t.Fatalf("a new key left the generation at %d (was %d)", gb, ga)
+	}
+	if err := kf.SyncTo(ga); err != nil {
+		t.Fatalf("a durable generation needed a sync: %v", err)
+	}
+	if err := kf.SyncTo(gb); err == nil {
+		t.Fatal("a sync of the closed file succeeded")
+	}
+	if err := kf.Sync(); err == nil {
+		t.Error("a failed sync is not sticky")
+	}
+}
