@@ -41,7 +41,7 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 		limit := o.Limit
 		if o.MaxInFlight > 0 {
 			var inflight int
-			if err := tx.QueryRow(ctx, "SELECT count(*) FROM deliveries WHERE destination = $1 AND leased_until > now()", dest).Scan(&inflight); err != nil {
+			if err := tx.QueryRow(ctx, inFlight("$1", "$2"), dest, o.MaxInFlight).Scan(&inflight); err != nil {
 				return err
 			}
 			limit = min(limit, o.MaxInFlight-inflight)
@@ -53,8 +53,8 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 		var err error
 		if o.Skip == nil {
 			rows, err = tx.Query(ctx, `UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
-			WHERE key = ANY(ARRAY(
-				SELECT d.key FROM deliveries d
+			WHERE ctid = ANY(ARRAY(
+				SELECT d.ctid FROM deliveries d
 				WHERE `+claimable+`
 				ORDER BY d.next_at_ms, d.key
 				LIMIT $3
@@ -113,8 +113,14 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 // an IN (...): the planner cannot estimate a LIMIT that is an expression,
 // takes it for a tenth of the table, and then reads the whole deliveries
 // and events tables in hash joins (14 ms a claim with 5 000 rows, growing
-// with the table); "= ANY(array)" it estimates as a few rows, looked up by
-// primary key (1.4 ms).
+// with the table); "= ANY(array)" it estimates as a few rows (1.4 ms).
+// The array holds the locked rows' ctids, not their keys: a TID scan goes
+// straight to the row versions the sub-select locked (141 buffers for 32
+// rows where the primary key's bitmap scan, through every dead version
+// left since the last VACUUM, read 1 260). A locked row cannot move before
+// the UPDATE; one that another transaction updated between this
+// statement's snapshot and its lock is left unclaimed this time (the
+// UPDATE does not see the newer version), never claimed twice.
 func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, maxInFlight int, lease time.Duration) ([]store.Due, error) {
 	if maxInFlight <= 0 {
 		maxInFlight = 1 << 30
@@ -131,11 +137,11 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 		b.Queue("SET LOCAL synchronous_commit TO OFF")
 		b.Queue("SELECT pg_advisory_xact_lock($1)", lockKey("claim:"+dest))
 		b.Queue(`WITH c AS (UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
-			WHERE key = ANY(ARRAY(
-				SELECT d.key FROM deliveries d
+			WHERE ctid = ANY(ARRAY(
+				SELECT d.ctid FROM deliveries d
 				WHERE `+claimable+`
 				ORDER BY d.next_at_ms, d.key
-				LIMIT greatest(0, least($3::int, $6::int - (SELECT count(*) FROM deliveries l WHERE l.destination = $1 AND l.leased_until > now())))
+				LIMIT greatest(0, least($3::int, $6::int - `+inFlight("$1", "$6")+`))
 				FOR UPDATE SKIP LOCKED))
 			RETURNING doc, event_id)
 			SELECT c.doc, e.doc, u.doc FROM c LEFT JOIN events e ON e.id = c.event_id LEFT JOIN users u ON u.user_key = e.user_key`,
@@ -213,6 +219,19 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 // may take at $2 (Unix ms): due, not leased, and the head of its ordering
 // key with no other delivery of that key in flight (a replayed earlier
 // delivery waits for a later one that is leased).
+// inFlight counts dest's live leases, up to max (the in-flight cap),
+// with dest and max the statement's parameters named. Read in lease order
+// with a LIMIT, the count is an index scan of deliveries_leased that
+// stops at the cap; a plain count(*) became a bitmap scan that visited a
+// heap page for every lease since the last VACUUM (each claim and outcome
+// leaves a dead version behind: 2.1 of a claim's 4.4 ms with 7 400 of
+// them), whereas an index scan marks the dead entries it meets so the next
+// one passes over them.
+func inFlight(dest, max string) string {
+	return `(SELECT count(*) FROM (SELECT 1 FROM deliveries l WHERE l.destination = ` + dest +
+		` AND l.leased_until > now() ORDER BY l.leased_until LIMIT ` + max + `) AS live)`
+}
+
 const claimable = `d.destination = $1 AND d.next_at_ms IS NOT NULL AND d.next_at_ms <= $2
 				  AND (d.leased_until IS NULL OR d.leased_until <= now())
 				  AND (d.order_key IS NULL OR NOT EXISTS (
