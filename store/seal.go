@@ -264,8 +264,53 @@ func (s *Sealer) EncodeEvent(e *mapping.Event) ([]byte, error) {
 	c := *e
 	c.User, c.Attributes = mapping.User{}, nil
 	p := eventPersonal{User: e.User, Attributes: e.Attributes}
-	empty := e.User.AppUserID == "" && len(e.User.Identifiers) == 0 && len(e.Attributes) == 0
-	return s.seal(s.h.KID(EventSubject(e)), &c, &p, empty)
+	return s.seal(s.h.KID(EventSubject(e)), &c, &p, !eventPersonalOf(e))
+}
+
+// eventPersonalOf reports whether an event has a personal part to seal.
+func eventPersonalOf(e *mapping.Event) bool {
+	return e.User.AppUserID != "" || len(e.User.Identifiers) > 0 || len(e.Attributes) > 0
+}
+
+// statePersonalOf reports whether a state has a personal part to seal.
+func statePersonalOf(st *mapping.State) bool {
+	return st.AppUserID != "" || len(st.Identifiers) > 0 || len(st.Values) > 0
+}
+
+// notePersonalOf reports whether a notification has a personal part to seal.
+func notePersonalOf(n *mapping.Notification) bool {
+	return len(n.Body) > 0 || len(n.Meta) > 0 || len(n.Enriched) > 0
+}
+
+// KIDsFor lists the keys that sealing a new notification stored under
+// subject, its events and its states will use, once each: a store whose
+// keys are made in a round trip of their own makes them all in one
+// beforehand (vault.KeyMaker).
+func (s *Sealer) KIDsFor(n *mapping.Notification, subject string, events []mapping.Event, states []mapping.State) []vault.KID {
+	var kids []vault.KID
+	add := func(subject string) {
+		kid := s.h.KID(subject)
+		for _, k := range kids {
+			if k == kid {
+				return
+			}
+		}
+		kids = append(kids, kid)
+	}
+	if notePersonalOf(n) {
+		add(subject)
+	}
+	for i := range events {
+		if eventPersonalOf(&events[i]) {
+			add(EventSubject(&events[i]))
+		}
+	}
+	for i := range states {
+		if states[i].Key != "" && statePersonalOf(&states[i]) {
+			add(StateSubject(states[i].Key))
+		}
+	}
+	return kids
 }
 
 // DecodeEvent reads a stored event.
@@ -288,8 +333,7 @@ func (s *Sealer) EncodeState(st *mapping.State) ([]byte, error) {
 	c := *st
 	c.AppUserID, c.Identifiers, c.Values = "", nil, nil
 	p := statePersonal{AppUserID: st.AppUserID, Identifiers: st.Identifiers, Values: st.Values}
-	empty := st.AppUserID == "" && len(st.Identifiers) == 0 && len(st.Values) == 0
-	return s.seal(s.h.KID(StateSubject(st.Key)), stateClear{State: &c, UserKey: s.UserKey(st.AppUserID)}, &p, empty)
+	return s.seal(s.h.KID(StateSubject(st.Key)), stateClear{State: &c, UserKey: s.UserKey(st.AppUserID)}, &p, !statePersonalOf(st))
 }
 
 // DecodeState reads a stored state.
@@ -367,7 +411,7 @@ func (s *Sealer) EncodeNotification(n *mapping.Notification, kid vault.KID) ([]b
 	c := *n
 	c.Body, c.Meta, c.Enriched = nil, nil, nil
 	clear, err := json.Marshal(&c)
-	if err != nil || (len(n.Body) == 0 && len(n.Meta) == 0 && len(n.Enriched) == 0) {
+	if err != nil || !notePersonalOf(n) {
 		return clear, err
 	}
 	p, err := frameNotification(n)

@@ -45,19 +45,48 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 				return store.IngestResult{}, snap.err
 			}
 		}
+		// The inbox row is inserted with its final document: what the
+		// mapping makes of the notification is known before the
+		// transaction, and the keys sealing its records are made in one
+		// round trip ahead of it.
+		final := mapped
+		var subject string
+		if deferred {
+			final.Status, subject = mapping.StatusEnriching, store.InboxSubject(n.Source, n.Key)
+		} else if subject, err = settle(&final, &out, mapErr); err != nil {
+			// A mapping error that fails the ingest, reported as before
+			// once the transaction has found the notification is new.
+			err = db.inPipe(ctx, func(tx dbtx) error {
+				res, dests = store.IngestResult{}, nil
+				dup, err := db.claimInbox(ctx, tx, n, &res)
+				if dup || err != nil {
+					return err
+				}
+				item := mapped
+				_, err = db.storeMapped(ctx, tx, &item, nil, out, mapErr, &res, true, snap.read)
+				return err
+			})
+			break
+		}
+		if err := db.keys.MakeKeys(ctx, db.seal.KIDsFor(&final, subject, out.Events, out.States)); err != nil {
+			return store.IngestResult{}, err
+		}
+		doc, encErr := db.seal.EncodeNotification(&final, db.seal.KID(subject))
+		if encErr != nil {
+			return store.IngestResult{}, encErr
+		}
 		err = db.inPipe(ctx, func(tx dbtx) error {
 			res, dests = store.IngestResult{}, nil
-			dup, err := db.claimInbox(ctx, tx, n, &res)
+			dup, err := db.claimInboxDoc(ctx, tx, n, final.Status, doc, &res)
 			if dup || err != nil {
 				return err
 			}
-			item := mapped
 			if deferred {
-				item.Status = mapping.StatusEnriching
-				res.Status = item.Status
-				return db.putInbox(ctx, tx, &item, nil, store.InboxSubject(item.Source, item.Key))
+				res.Status = final.Status
+				return nil
 			}
-			dests, err = db.storeMapped(ctx, tx, &item, nil, out, mapErr, &res, true, snap.read)
+			item := final
+			dests, err = db.storeSettled(ctx, tx, &item, nil, out, mapErr, &res, true, snap.read, true)
 			return err
 		})
 	}
@@ -87,12 +116,18 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 // notification is already known (by any id) it reports a duplicate with
 // the stored item; the caller's transaction then writes nothing.
 func (db *DB) claimInbox(ctx context.Context, tx dbtx, n *mapping.Notification, res *store.IngestResult) (bool, error) {
+	return db.claimInboxDoc(ctx, tx, n, "", []byte{}, res)
+}
+
+// claimInboxDoc is claimInbox inserting the inbox row with its status and
+// document (claimInbox: empty, written later in the transaction).
+func (db *DB) claimInboxDoc(ctx context.Context, tx dbtx, n *mapping.Notification, status string, inboxDoc []byte, res *store.IngestResult) (bool, error) {
 	// One round trip: the inbox row, then each alternative id. Only the
 	// inbox insert's outcome matters when it conflicts; the alt inserts of
 	// a duplicate are rolled back with the transaction.
 	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO inbox (source, key, received_at, status, doc) VALUES ($1, $2, $3, '', '\x')
-		ON CONFLICT (source, key) DO NOTHING`, n.Source, n.Key, n.ReceivedAt)
+	b.Queue(`INSERT INTO inbox (source, key, received_at, status, doc) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (source, key) DO NOTHING`, n.Source, n.Key, n.ReceivedAt, status, inboxDoc)
 	// An alt key listed twice is this notification's own: insert it once.
 	alts := dedupe(n.AltKeys)
 	for _, a := range alts {
@@ -249,20 +284,25 @@ func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification,
 // read; 0: the state did not exist), the states are written only if
 // those versions still hold, and errStale reports that one changed.
 func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64) ([]string, error) {
+	return db.storeSettled(ctx, tx, n, prev, out, err, res, writeStates, read, false)
+}
+
+// settle sets what a mapping's outcome makes of a notification: its
+// status, reason and event ids (and the events' receive time), and
+// returns the subject it is stored under. A mapping error that does not
+// fail the notification (store.MappingFailed) is returned.
+func settle(n *mapping.Notification, out *mapping.Result, err error) (string, error) {
 	if err != nil {
 		if !store.MappingFailed(err) {
-			return nil, fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
+			return "", fmt.Errorf("store: mapping %s/%s: %w", n.Source, n.Key, err)
 		}
 		n.Status, n.Reason = mapping.StatusFailed, err.Error()
-		res.Status, res.Reason = n.Status, n.Reason
-		db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", err)
-		return nil, db.putInbox(ctx, tx, n, prev, store.NotificationSubject(n, nil, false))
+		return store.NotificationSubject(n, nil, false), nil
 	}
-	now := db.opts.Now()
 	for i := range out.Events {
 		e := &out.Events[i]
 		if e.ID == "" {
-			return nil, fmt.Errorf("store: mapping %s produced an event without id", n.Source)
+			return "", fmt.Errorf("store: mapping %s produced an event without id", n.Source)
 		}
 		if !containsStr(n.EventIDs, e.ID) {
 			n.EventIDs = append(n.EventIDs, e.ID)
@@ -271,6 +311,32 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 			e.ReceivedAt = n.ReceivedAt
 		}
 	}
+	n.Status, n.Reason = mapping.StatusMapped, ""
+	var first *mapping.Event
+	if len(out.Events) > 0 {
+		first = &out.Events[0]
+	} else {
+		n.Status, n.Reason = mapping.StatusIgnored, out.Ignored
+	}
+	return store.NotificationSubject(n, first, out.Erase != nil), nil
+}
+
+// storeSettled is storeMapped; with inboxDone the inbox row was inserted
+// with its final document already (claimInbox), and is not written again.
+func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64, inboxDone bool) ([]string, error) {
+	subject, err := settle(n, &out, err)
+	if err != nil {
+		return nil, err
+	}
+	res.Status, res.Reason = n.Status, n.Reason
+	if n.Status == mapping.StatusFailed {
+		db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", n.Reason)
+		if inboxDone {
+			return nil, nil
+		}
+		return nil, db.putInbox(ctx, tx, n, prev, subject)
+	}
+	now := db.opts.Now()
 	if err := db.fillUsers(ctx, tx, out.Events); err != nil {
 		return nil, err
 	}
@@ -350,17 +416,10 @@ func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification,
 			}
 		}
 	}
-	n.Status, n.Reason = mapping.StatusMapped, ""
-	if len(out.Events) == 0 {
-		n.Status, n.Reason = mapping.StatusIgnored, out.Ignored
-	}
-	res.Status, res.Reason = n.Status, n.Reason
-	var first *mapping.Event
-	if len(out.Events) > 0 {
-		first = &out.Events[0]
-	}
-	if err := db.queueInbox(w, n, prev, store.NotificationSubject(n, first, out.Erase != nil)); err != nil {
-		return nil, err
+	if !inboxDone {
+		if err := db.queueInbox(w, n, prev, subject); err != nil {
+			return nil, err
+		}
 	}
 	if len(dests) > 0 {
 		w.Queue("SELECT pg_notify('"+notifyChannel+"', d) FROM unnest($1::text[]) AS d", dedupe(dests))

@@ -235,6 +235,83 @@ func (kr *keyring) DataKey(kid vault.KID, create bool) (*[32]byte, error) {
 	return key, nil
 }
 
+var _ vault.KeyMaker = (*keyring)(nil)
+
+// MakeKeys makes the keys of kids that are not cached, in one transaction
+// (one round trip, committed as insertKey commits) where DataKey takes one
+// each, and caches them; a kid that has a key already (another replica's,
+// or one not cached) is read back in a second statement, in the same
+// batch's round trip, whose snapshot sees it. Without the cache (its
+// LISTEN connection down) it does nothing: DataKey then reads each key
+// anyway.
+func (kr *keyring) MakeKeys(ctx context.Context, kids []vault.KID) error {
+	if !kr.live.Load() {
+		return nil
+	}
+	var ids, wrapped [][]byte
+	keys := map[vault.KID]*[32]byte{}
+	for _, kid := range kids {
+		if _, dup := keys[kid]; dup || kr.cached(kid) != nil {
+			continue
+		}
+		key, err := vault.NewDataKey()
+		if err != nil {
+			return err
+		}
+		w, err := vault.Wrap(kr.kek, kid, key)
+		if err != nil {
+			return err
+		}
+		keys[kid] = key
+		ids, wrapped = append(ids, append([]byte(nil), kid[:]...)), append(wrapped, w)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	made := map[vault.KID]bool{}
+	existing := map[vault.KID][]byte{}
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SET LOCAL synchronous_commit TO OFF")
+	b.Queue(`INSERT INTO data_keys (kid, wrapped) SELECT * FROM unnest($1::bytea[], $2::bytea[])
+		ON CONFLICT (kid) DO NOTHING RETURNING kid`, ids, wrapped).Query(func(rows pgx.Rows) error {
+		var kid []byte
+		_, err := pgx.ForEachRow(rows, []any{&kid}, func() error {
+			made[vault.KID(kid)] = true
+			return nil
+		})
+		return err
+	})
+	b.Queue("COMMIT")
+	// A statement of its own, after the COMMIT: its snapshot sees the keys
+	// another transaction inserted first.
+	b.Queue(`SELECT kid, wrapped FROM data_keys WHERE kid = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
+		var kid, w []byte
+		_, err := pgx.ForEachRow(rows, []any{&kid, &w}, func() error {
+			existing[vault.KID(kid)] = append([]byte(nil), w...)
+			return nil
+		})
+		return err
+	})
+	if err := kr.pool.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("pgstore: create data keys: %w", err)
+	}
+	for kid, key := range keys {
+		if !made[kid] {
+			w, ok := existing[kid]
+			if !ok {
+				continue // destroyed meanwhile: DataKey decides
+			}
+			var err error
+			if key, err = vault.Unwrap(kr.kek, kid, w); err != nil {
+				return err
+			}
+		}
+		kr.remember(kid, key)
+	}
+	return nil
+}
+
 // Destroy deletes data keys for good (outside any erasure transaction:
 // the store destroys them in its transactions with destroyTx).
 func (kr *keyring) Destroy(kids []vault.KID) error {

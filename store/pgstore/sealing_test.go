@@ -297,6 +297,49 @@ func TestDestroyReachesOtherReplicas(t *testing.T) {
 	}
 }
 
+// TestMakeKeys: MakeKeys makes several keys in one go; a kid another
+// replica made first gets that replica's key, and a kid listed twice one
+// key; every key made is in the database and cached.
+func TestMakeKeys(t *testing.T) {
+	dsn := pgtest.Database(t)
+	a := openTest(t, dsn, nil)
+	b := openTest(t, dsn, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for (!a.keys.live.Load() || !b.keys.live.Load()) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	shared, own := a.seal.KID("test\x00shared"), a.seal.KID("test\x00own")
+	kb, err := b.keys.DataKey(shared, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.keys.MakeKeys(context.Background(), []vault.KID{own, shared, own}); err != nil {
+		t.Fatal(err)
+	}
+	if k := a.keys.cached(shared); k == nil || *k != *kb {
+		t.Fatal("the key another replica made first is not the one cached")
+	}
+	ko := a.keys.cached(own)
+	if ko == nil {
+		t.Fatal("a key made is not cached")
+	}
+	var n int
+	if err := a.pool.QueryRow(context.Background(), "SELECT count(*) FROM data_keys WHERE kid = ANY($1)", [][]byte{own[:], shared[:]}).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("%d keys in the database (%v), want 2", n, err)
+	}
+	if k, err := b.keys.DataKey(own, false); err != nil || *k != *ko {
+		t.Fatalf("the other replica reads another key: %v", err)
+	}
+	// Cached kids cost nothing: with the pool closed, it would fail.
+	a.keys.pool.Close()
+	if err := a.keys.MakeKeys(context.Background(), []vault.KID{own, shared}); err != nil {
+		t.Fatalf("cached keys made again: %v", err)
+	}
+	if err := a.keys.MakeKeys(context.Background(), []vault.KID{a.seal.KID("test\x00new")}); err == nil {
+		t.Fatal("a key made without its database")
+	}
+}
+
 func randomKey(t *testing.T) []byte {
 	k := make([]byte, 32)
 	if _, err := rand.Read(k); err != nil {
