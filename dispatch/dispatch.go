@@ -154,14 +154,15 @@ func New(st Store, dests []Destination, opts Options) *Dispatcher {
 			limiter = &clusterLimiter{c: cluster, dest: dest.Name, perSecond: dest.PerSecond, burst: burst}
 		}
 		w := &worker{
-			d:       d,
-			dest:    dest,
-			cluster: cluster,
-			limiter: limiter,
-			sem:     make(chan struct{}, dest.Concurrency),
-			wake:    make(chan struct{}, 1),
-			leases:  map[string]time.Time{},
-			stats:   newWindow(),
+			d:        d,
+			dest:     dest,
+			cluster:  cluster,
+			limiter:  limiter,
+			sem:      make(chan struct{}, dest.Concurrency),
+			wake:     make(chan struct{}, 1),
+			leases:   map[string]time.Time{},
+			answered: map[string]struct{}{},
+			stats:    newWindow(),
 		}
 		d.workers[dest.Name] = w
 		d.order = append(d.order, dest.Name)
@@ -290,8 +291,9 @@ type worker struct {
 
 	mu          sync.Mutex
 	leases      map[string]time.Time
-	holdUntil   time.Time // throttled or breaker open: no calls before this
-	failures    int       // consecutive failed requests
+	answered    map[string]struct{} // shared store: answered, outcome not yet recorded
+	holdUntil   time.Time           // throttled or breaker open: no calls before this
+	failures    int                 // consecutive failed requests
 	cooldown    time.Duration
 	circuit     string // closed | open | half-open
 	paused      bool
@@ -367,6 +369,9 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	// committed, so a delivery either is in this copy or its completed state
 	// is in the scan's snapshot, never neither (which would resend it).
 	co := store.ClaimOptions{Limit: limit, Lease: o.Lease, MaxInFlight: w.dest.Concurrency * w.dest.BatchSize}
+	if w.cluster != nil {
+		co.Answered = w.answeredKeys()
+	}
 	if w.cluster == nil {
 		// A single-process store keeps no claims: the in-memory leases
 		// are the claims. A shared store's leases are in the database.
@@ -415,10 +420,14 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 			// as the answer is in, while the outcome is still being
 			// recorded (the deliveries stay leased until then).
 			free := sync.OnceFunc(func() {
+				w.answer(batch, true)
 				<-w.sem
 				w.nudge()
 			})
-			defer free()
+			defer func() {
+				free()
+				w.answer(batch, false)
+			}()
 			// Deliveries in progress finish even during shutdown.
 			w.send(context.WithoutCancel(ctx), batch, now, free)
 		}()
@@ -427,6 +436,39 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 		return o.Poll
 	}
 	return time.Millisecond
+}
+
+// answer marks a batch's deliveries as answered by the destination (in:
+// their outcome is being recorded) or no longer (their send is over).
+func (w *worker) answer(batch []store.Due, in bool) {
+	if w.cluster == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, d := range batch {
+		if in {
+			w.answered[d.Delivery.Key] = struct{}{}
+		} else {
+			delete(w.answered, d.Delivery.Key)
+		}
+	}
+}
+
+// answeredKeys lists the deliveries whose answer is in and whose outcome
+// is still being recorded: they hold their lease, but the destination no
+// longer counts them (store.ClaimOptions.Answered).
+func (w *worker) answeredKeys() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.answered) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(w.answered))
+	for k := range w.answered {
+		keys = append(keys, k)
+	}
+	return keys
 }
 
 func (w *worker) leaseSnapshot(now time.Time) map[string]bool {

@@ -39,6 +39,11 @@ type ClaimOptions struct {
 	// replica (concurrency × batch size); 0 means no cap. A single-process
 	// store leaves the cap to the dispatcher.
 	MaxInFlight int
+	// Answered lists the caller's leased deliveries whose destination has
+	// answered (their outcome is being recorded): they keep their lease,
+	// but no longer count against MaxInFlight, which caps requests the
+	// destination has not answered yet.
+	Answered []string
 	// Skip reports keys the caller already holds (its in-memory leases).
 	Skip func(key string) bool
 }

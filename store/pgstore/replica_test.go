@@ -140,7 +140,7 @@ func TestReplicasOneSubscriptionSerialised(t *testing.T) {
 func TestReplicasClaimLeases(t *testing.T) {
 	rs, _ := replicas(t, 2, nil)
 	ctx := context.Background()
-	for i := 0; i < 6; i++ {
+	for i := 0; i < 8; i++ {
 		if _, err := rs[0].Ingest(ctx, storetest.Note(fmt.Sprintf("n%d", i), storetest.Facts(fmt.Sprintf("f%d", i)))); err != nil {
 			t.Fatal(err)
 		}
@@ -161,14 +161,30 @@ func TestReplicasClaimLeases(t *testing.T) {
 			}
 		}
 	}
-	if err := rs[1].Release(ctx, []string{b[0].Delivery.Key}); err != nil {
+	// Answered deliveries keep their leases but leave the cap: replica 0's
+	// two answered ones let replica 1 claim two more (the fast claim and,
+	// with Skip, the other one).
+	answered := []string{a[0].Delivery.Key, a[1].Delivery.Key}
+	b2, err := rs[1].Claim(ctx, "af", now, store.ClaimOptions{Limit: 10, Lease: time.Minute, MaxInFlight: 5, Answered: answered[:1]})
+	if err != nil || len(b2) != 1 {
+		t.Fatalf("with one answered delivery replica 1 claimed %d, want 1: %v", len(b2), err)
+	}
+	b3, err := rs[1].Claim(ctx, "af", now, store.ClaimOptions{Limit: 10, Lease: time.Minute, MaxInFlight: 5, Answered: answered,
+		Skip: func(string) bool { return false }})
+	if err != nil || len(b3) != 1 || b3[0].Delivery.Key == b2[0].Delivery.Key {
+		t.Fatalf("with two answered deliveries replica 1 claimed %d more, want 1 other: %v", len(b3), err)
+	}
+	if more, err := rs[1].Claim(ctx, "af", now, store.ClaimOptions{Limit: 10, Lease: time.Minute, MaxInFlight: 5, Answered: answered}); err != nil || len(more) != 0 {
+		t.Fatalf("past the cap replica 1 claimed %d more: %v", len(more), err)
+	}
+	if err := rs[1].Release(ctx, []string{b[0].Delivery.Key, b2[0].Delivery.Key, b3[0].Delivery.Key}); err != nil {
 		t.Fatal(err)
 	}
 	// Replica 0 "dies": its leases expire and replica 1 retries them.
 	time.Sleep(1600 * time.Millisecond)
 	c, err := rs[1].Claim(ctx, "af", time.Now(), store.ClaimOptions{Limit: 10, Lease: time.Minute, MaxInFlight: 10})
-	if err != nil || len(c) != 6 {
-		t.Fatalf("after the lease expired replica 1 claimed %d, want 6: %v", len(c), err)
+	if err != nil || len(c) != 8 {
+		t.Fatalf("after the lease expired replica 1 claimed %d, want 8: %v", len(c), err)
 	}
 	got := map[string]bool{}
 	for _, d := range c {
