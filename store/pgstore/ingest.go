@@ -68,6 +68,11 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 			})
 			break
 		}
+		// The events' users are read before the transaction, from the
+		// identity records as they are, as the embedded store does.
+		if err := db.fillUsers(ctx, db.pool, out.Events); err != nil {
+			return store.IngestResult{}, err
+		}
 		if err := db.keys.MakeKeys(ctx, db.seal.KIDsFor(&final, subject, out.Events, out.States)); err != nil {
 			return store.IngestResult{}, err
 		}
@@ -77,16 +82,16 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 		}
 		err = db.inPipe(ctx, func(tx dbtx) error {
 			res, dests = store.IngestResult{}, nil
-			dup, err := db.claimInboxDoc(ctx, tx, n, final.Status, doc, &res)
-			if dup || err != nil {
+			claim := &inboxClaim{n: n, status: final.Status, doc: doc}
+			if deferred {
+				dup, err := db.claimInboxDoc(ctx, tx, n, final.Status, doc, &res)
+				if !dup && err == nil {
+					res.Status = final.Status
+				}
 				return err
 			}
-			if deferred {
-				res.Status = final.Status
-				return nil
-			}
 			item := final
-			dests, err = db.storeSettled(ctx, tx, &item, nil, out, mapErr, &res, true, snap.read, true)
+			dests, err = db.storeSettled(ctx, tx, &item, nil, out, mapErr, &res, true, snap.read, true, claim)
 			return err
 		})
 	}
@@ -119,43 +124,75 @@ func (db *DB) claimInbox(ctx context.Context, tx dbtx, n *mapping.Notification, 
 	return db.claimInboxDoc(ctx, tx, n, "", []byte{}, res)
 }
 
-// claimInboxDoc is claimInbox inserting the inbox row with its status and
-// document (claimInbox: empty, written later in the transaction).
-func (db *DB) claimInboxDoc(ctx context.Context, tx dbtx, n *mapping.Notification, status string, inboxDoc []byte, res *store.IngestResult) (bool, error) {
-	// One round trip: the inbox row, then each alternative id. Only the
-	// inbox insert's outcome matters when it conflicts; the alt inserts of
-	// a duplicate are rolled back with the transaction.
-	b := &pgx.Batch{}
+// inboxClaim is the insert of a new inbox row with its alternative ids,
+// queued in a batch of a transaction (queue) and read back from its
+// results (read).
+type inboxClaim struct {
+	n      *mapping.Notification
+	status string
+	doc    []byte
+	alts   []string
+}
+
+// queue queues the inbox row, then each alternative id. Only the inbox
+// insert's outcome matters when it conflicts; the alt inserts of a
+// duplicate are rolled back with the transaction.
+func (c *inboxClaim) queue(b *pgx.Batch) {
+	n := c.n
 	b.Queue(`INSERT INTO inbox (source, key, received_at, status, doc) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (source, key) DO NOTHING`, n.Source, n.Key, n.ReceivedAt, status, inboxDoc)
+		ON CONFLICT (source, key) DO NOTHING`, n.Source, n.Key, n.ReceivedAt, c.status, c.doc)
 	// An alt key listed twice is this notification's own: insert it once.
-	alts := dedupe(n.AltKeys)
-	for _, a := range alts {
+	c.alts = dedupe(n.AltKeys)
+	for _, a := range c.alts {
 		b.Queue(`INSERT INTO inbox_alt (source, alt_key, key) VALUES ($1, $2, $3) ON CONFLICT (source, alt_key) DO NOTHING`, n.Source, a, n.Key)
 	}
-	br := tx.SendBatch(ctx, b)
+}
+
+// read reads the queued inserts' results: the id the notification is
+// already known by ("alt:" and an alternative id), or "" when it is new.
+func (c *inboxClaim) read(br pgx.BatchResults) (string, error) {
 	tag, err := br.Exec()
 	if err != nil {
-		br.Close()
-		return false, err
+		return "", err
 	}
 	existing := ""
 	if tag.RowsAffected() == 0 {
-		existing = n.Key
+		existing = c.n.Key
 	}
-	for _, a := range alts {
+	for _, a := range c.alts {
 		tag, err := br.Exec()
 		if err != nil {
-			br.Close()
-			return false, err
+			return "", err
 		}
 		if existing == "" && tag.RowsAffected() == 0 {
 			existing = "alt:" + a
 		}
 	}
-	if err := br.Close(); err != nil {
+	return existing, nil
+}
+
+// claimInboxDoc is claimInbox inserting the inbox row with its status and
+// document (claimInbox: empty, written later in the transaction), in one
+// round trip.
+func (db *DB) claimInboxDoc(ctx context.Context, tx dbtx, n *mapping.Notification, status string, inboxDoc []byte, res *store.IngestResult) (bool, error) {
+	c := &inboxClaim{n: n, status: status, doc: inboxDoc}
+	b := &pgx.Batch{}
+	c.queue(b)
+	br := tx.SendBatch(ctx, b)
+	existing, err := c.read(br)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return false, err
 	}
+	return db.known(ctx, tx, n, existing, res)
+}
+
+// known reports a notification already known as existing (see
+// inboxClaim.read; "" when it is new) as a duplicate with the stored item,
+// and errDuplicate so that the caller's transaction writes nothing.
+func (db *DB) known(ctx context.Context, tx dbtx, n *mapping.Notification, existing string, res *store.IngestResult) (bool, error) {
 	if existing == "" {
 		return false, nil
 	}
@@ -284,7 +321,7 @@ func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification,
 // read; 0: the state did not exist), the states are written only if
 // those versions still hold, and errStale reports that one changed.
 func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64) ([]string, error) {
-	return db.storeSettled(ctx, tx, n, prev, out, err, res, writeStates, read, false)
+	return db.storeSettled(ctx, tx, n, prev, out, err, res, writeStates, read, false, nil)
 }
 
 // settle sets what a mapping's outcome makes of a notification: its
@@ -323,13 +360,24 @@ func settle(n *mapping.Notification, out *mapping.Result, err error) (string, er
 
 // storeSettled is storeMapped; with inboxDone the inbox row was inserted
 // with its final document already (claimInbox), and is not written again.
-func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64, inboxDone bool) ([]string, error) {
+// With claim, the inbox row is inserted with its final document in the
+// transaction's first batch, ahead of the state checks and the events (a
+// duplicate is found there and the rest rolled back), and the events'
+// users were filled before the transaction: the transaction is two round
+// trips.
+func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64, inboxDone bool, claim *inboxClaim) ([]string, error) {
+	inboxDone = inboxDone || claim != nil
 	subject, err := settle(n, &out, err)
 	if err != nil {
 		return nil, err
 	}
 	res.Status, res.Reason = n.Status, n.Reason
 	if n.Status == mapping.StatusFailed {
+		if claim != nil {
+			if dup, err := db.claimInboxDoc(ctx, tx, claim.n, claim.status, claim.doc, res); dup || err != nil {
+				return nil, err
+			}
+		}
 		db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", n.Reason)
 		if inboxDone {
 			return nil, nil
@@ -337,19 +385,24 @@ func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification
 		return nil, db.putInbox(ctx, tx, n, prev, subject)
 	}
 	now := db.opts.Now()
-	if err := db.fillUsers(ctx, tx, out.Events); err != nil {
-		return nil, err
+	if claim == nil {
+		if err := db.fillUsers(ctx, tx, out.Events); err != nil {
+			return nil, err
+		}
 	}
 	fresh := make([]bool, len(out.Events))
 	checks := 0 // state writes and checks queued ahead of the events
 	b := &pgx.Batch{}
+	if claim != nil {
+		claim.queue(b)
+	}
 	if read != nil {
 		var err error
 		if checks, err = db.queueStateChecks(b, out.States, read, writeStates); err != nil {
 			return nil, err
 		}
 	}
-	if len(out.Events) > 0 || checks > 0 {
+	if len(out.Events) > 0 || checks > 0 || claim != nil {
 		for i := range out.Events {
 			e := &out.Events[i]
 			if err := db.queueEvent(b, e, false); err != nil {
@@ -357,6 +410,20 @@ func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification
 			}
 		}
 		br := tx.SendBatch(ctx, b)
+		if claim != nil {
+			existing, err := claim.read(br)
+			if err == nil && existing != "" {
+				err = br.Close()
+				if err == nil {
+					_, err = db.known(ctx, tx, claim.n, existing, res)
+				}
+				return nil, err
+			}
+			if err != nil {
+				br.Close()
+				return nil, err
+			}
+		}
 		for i := 0; i < checks; i++ {
 			tag, err := br.Exec()
 			if err != nil {
