@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,7 +33,7 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 	var out []store.Due
 	err := db.inTx(ctx, func(tx pgx.Tx) error {
 		out = nil
-		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit TO OFF"); err != nil {
+		if _, err := tx.Exec(ctx, claimSettings); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("claim:"+dest)); err != nil {
@@ -134,7 +135,7 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 		// database crash leaves the delivery claimable again (sent at
 		// least once), and the claim lock is held only while the claim
 		// runs, not for a disk flush, so claims do not queue behind fsync.
-		b.Queue("SET LOCAL synchronous_commit TO OFF")
+		b.Queue(claimSettings)
 		b.Queue("SELECT pg_advisory_xact_lock($1)", lockKey("claim:"+dest))
 		b.Queue(`WITH c AS (UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
 			WHERE ctid = ANY(ARRAY(
@@ -219,6 +220,16 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 // may take at $2 (Unix ms): due, not leased, and the head of its ordering
 // key with no other delivery of that key in flight (a replayed earlier
 // delivery waits for a later one that is leased).
+// claimSettings are a claim transaction's settings: its commit does not
+// wait for the WAL flush (see claimFast), and its statements run their
+// generic plan. PostgreSQL otherwise plans the claim afresh for each
+// execution (its custom plans looked cheaper than the generic one), and
+// planning it took longer than running it: 1.0-1.9 ms an execution with
+// 3 500 deliveries queued, 0.3-0.5 ms with the generic plan, which has the
+// same shape (index scans of deliveries_due and deliveries_leased, the TID
+// scan, primary-key look-ups of events and users).
+const claimSettings = `SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)`
+
 // inFlight counts dest's live leases, up to max (the in-flight cap),
 // less the caller's answered ones (store.ClaimOptions.Answered, a text
 // array), with dest, max and answered the statement's parameters named. Read in lease order
@@ -352,7 +363,68 @@ func (db *DB) Release(ctx context.Context, keys []string) error {
 // key, which is the at-least-once promise a crash of a replica already
 // gives. Nothing a source was answered 2xx for depends on it, and a later
 // synchronous commit (every ingest) flushes it with its own WAL.
+//
+// Calls that arrive while completions are being written are combined:
+// at most completeRounds rounds run at once, each a caller that writes the
+// completions of every call waiting when it starts (its own among them, or
+// not) in one transaction, so a busy dispatcher's outcomes take a few
+// connections and round trips, not one each, and its claims do not wait
+// for a connection behind them. An error fails every call of its round.
 func (db *DB) Complete(ctx context.Context, cs []store.Completion) error {
+	if len(cs) == 0 {
+		return nil
+	}
+	r := &completeCall{cs: cs, done: make(chan struct{})}
+	q := &db.completions
+	q.mu.Lock()
+	q.waiting = append(q.waiting, r)
+	q.mu.Unlock()
+	select {
+	case q.rounds <- struct{}{}:
+		q.mu.Lock()
+		round := q.waiting
+		q.waiting = nil
+		q.mu.Unlock()
+		if len(round) > 0 {
+			var all []store.Completion
+			for _, c := range round {
+				all = append(all, c.cs...)
+			}
+			// The round is every caller's: one caller's end (its context
+			// cancelled) must not cut it short.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			err := db.complete(rctx, all)
+			cancel()
+			for _, c := range round {
+				c.err = err
+				close(c.done)
+			}
+		}
+		<-q.rounds
+		<-r.done
+	case <-r.done:
+	}
+	return r.err
+}
+
+// completeRounds bounds the rounds of completions written at once.
+const completeRounds = 2
+
+// completions combines concurrent Complete calls (see Complete).
+type completions struct {
+	mu      sync.Mutex
+	waiting []*completeCall
+	rounds  chan struct{}
+}
+
+type completeCall struct {
+	cs   []store.Completion
+	err  error
+	done chan struct{}
+}
+
+// complete writes completions in one transaction (see Complete).
+func (db *DB) complete(ctx context.Context, cs []store.Completion) error {
 	// Rows are locked in key order so that concurrent completions cannot
 	// deadlock.
 	sorted := slices.Clone(cs)

@@ -117,6 +117,8 @@ type DB struct {
 	closed sync.Once
 	keys   *keyring
 	seal   *store.Sealer
+
+	completions completions
 }
 
 var _ store.Store = (*DB)(nil)
@@ -160,7 +162,7 @@ func Open(ctx context.Context, dsn string, o *Options) (*DB, error) {
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
-	db := &DB{opts: opts, where: where(cfg.ConnConfig), dsn: dsn}
+	db := &DB{opts: opts, where: where(cfg.ConnConfig), dsn: dsn, completions: completions{rounds: make(chan struct{}, completeRounds)}}
 	db.pool, err = pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrDSN, redactErr(err, dsn))

@@ -604,3 +604,70 @@ func TestPreparedIngestConflictMapsAgain(t *testing.T) {
 		}
 	}
 }
+
+// TestCompleteCombined: concurrent completions, combined into rounds, each
+// reach their own delivery and their callers; when the database is gone
+// every caller gets the error and none waits for ever.
+func TestCompleteCombined(t *testing.T) {
+	rs, _ := replicas(t, 1, nil)
+	db := rs[0]
+	ctx := context.Background()
+	const n = 40
+	facts := make([]string, n)
+	for i := range facts {
+		facts[i] = fmt.Sprintf("c%d", i)
+	}
+	if _, err := db.Ingest(ctx, storetest.Note("many", storetest.Facts(facts...))); err != nil {
+		t.Fatal(err)
+	}
+	due, err := db.Claim(ctx, "af", time.Now(), store.ClaimOptions{Limit: n, Lease: time.Minute})
+	if err != nil || len(due) != n {
+		t.Fatalf("claimed %d, %v", len(due), err)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, d := range due {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			state := store.StateDelivered
+			if i%2 == 1 {
+				state = store.StateDead
+			}
+			errs[i] = db.Complete(ctx, []store.Completion{{Key: d.Delivery.Key, Claimed: &d.Delivery, State: state, Reason: fmt.Sprint("r", i),
+				Attempt: &store.Attempt{At: time.Now(), Outcome: string(state), Status: 200 + i}}})
+		}()
+	}
+	wg.Wait()
+	for i, d := range due {
+		if errs[i] != nil {
+			t.Fatalf("completion %d: %v", i, errs[i])
+		}
+		got, err := db.Delivery(d.Delivery.Key)
+		want := store.StateDelivered
+		if i%2 == 1 {
+			want = store.StateDead
+		}
+		if err != nil || got.State != want || got.Attempts != 1 {
+			t.Fatalf("delivery %d after its completion: %+v, %v (want %s)", i, got, err, want)
+		}
+	}
+	// Without a database every combined call fails, and returns.
+	db.Pool().Close()
+	failed := make(chan error, n)
+	for range 8 {
+		go func() {
+			failed <- db.Complete(ctx, []store.Completion{{Key: "evt_x|af", State: store.StateDelivered}})
+		}()
+	}
+	for range 8 {
+		select {
+		case err := <-failed:
+			if err == nil {
+				t.Error("a completion without its database succeeded")
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a combined completion never returned")
+		}
+	}
+}
