@@ -2,12 +2,15 @@ package dispatch
 
 import (
 	"context"
+	"log/slog"
 	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/postback/postback/forwarders"
+	"github.com/postback/postback/mapping"
 	"github.com/postback/postback/store"
 )
 
@@ -87,4 +90,71 @@ func TestClusterLimiterIdleTokens(t *testing.T) {
 	if n := sent.Load(); n > burst+rate+1 {
 		t.Fatalf("%d requests in one second, the limit is %d/s with burst %d", n, int(rate), burst)
 	}
+}
+
+// answerStore is a shared (cluster) store of two deliveries whose Claim
+// records what the dispatcher tells it and whose Complete waits until the
+// test lets it finish.
+type answerStore struct {
+	bucketCluster
+	mu       sync.Mutex
+	due      []store.Due
+	answered [][]string // Answered of each claim
+	finish   chan struct{}
+	done     atomic.Int64
+}
+
+func (s *answerStore) Claim(_ context.Context, _ string, _ time.Time, o store.ClaimOptions) ([]store.Due, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.answered = append(s.answered, append([]string(nil), o.Answered...))
+	n := min(o.Limit, len(s.due))
+	out := s.due[:n]
+	s.due = s.due[n:]
+	return out, nil
+}
+
+func (s *answerStore) Complete(_ context.Context, cs []store.Completion) error {
+	<-s.finish
+	s.done.Add(int64(len(cs)))
+	return nil
+}
+
+func (s *answerStore) Release(context.Context, []string) error { return nil }
+func (s *answerStore) NextDue(string) time.Time                { return time.Time{} }
+func (s *answerStore) Queue(string) (store.QueueStats, error)  { return store.QueueStats{}, nil }
+
+func (s *answerStore) lastAnswered() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.answered) == 0 {
+		return nil
+	}
+	return s.answered[len(s.answered)-1]
+}
+
+// TestClaimTellsAnswered: on a shared store, a delivery whose destination
+// has answered and whose outcome is still being recorded is named in the
+// next claims' Answered (it no longer counts against the in-flight cap);
+// once its outcome is recorded it is not.
+func TestClaimTellsAnswered(t *testing.T) {
+	st := &answerStore{finish: make(chan struct{})}
+	st.due = []store.Due{{Delivery: store.Delivery{Key: "evt_1|d", Destination: "d"}, Event: mapping.Event{ID: "evt_1", ReceivedAt: time.Now()}}}
+	f := &fakeForwarder{batch: 1, answer: func(int, forwarders.Item) forwarders.Result {
+		return forwarders.Result{Outcome: forwarders.Delivered, Status: 200}
+	}}
+	d := New(st, []Destination{{Name: "d", Forwarder: f, Concurrency: 1}}, Options{Poll: 5 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { d.Run(ctx); close(stopped) }()
+	finish := sync.OnceFunc(func() { close(st.finish) })
+	defer func() { finish(); cancel(); <-stopped }() // a failed wait must not leave the send blocked
+	waitFor(t, "the answered delivery named in a claim", func() bool {
+		a := st.lastAnswered()
+		return len(a) == 1 && a[0] == "evt_1|d"
+	})
+	finish()
+	waitFor(t, "the outcome recorded", func() bool { return st.done.Load() == 1 })
+	d.Wake([]string{"d"})
+	waitFor(t, "a claim without it", func() bool { return len(st.lastAnswered()) == 0 })
 }
