@@ -332,3 +332,58 @@ func TestPruneDestroysOwnEventKey(t *testing.T) {
 		t.Errorf("the pruned event's own key is still there: %v", err)
 	}
 }
+
+// TestKIDsFor: the keys listed for a new notification are exactly those
+// its sealed records use: its own (with a body), its events' with a
+// personal part and its states' with one, each once; nothing for records
+// stored clear.
+func TestKIDsFor(t *testing.T) {
+	kf, err := vault.OpenKeyFile(filepath.Join(t.TempDir(), "k.keys"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kf.Close()
+	s := NewSealer(kf)
+	n := &mapping.Notification{Source: mapping.SourceStripe, Key: "evt_1", Body: []byte(`{}`)}
+	withUser := mapping.Event{ID: "e1", Source: mapping.SourceStripe, SubscriptionID: "sub_1", User: mapping.User{AppUserID: "u1"}}
+	sameSub := mapping.Event{ID: "e2", Source: mapping.SourceStripe, SubscriptionID: "sub_1", Attributes: map[string]string{"a": "b"}}
+	clearEvent := mapping.Event{ID: "e3", Source: mapping.SourceStripe, SubscriptionID: "sub_2"}
+	states := []mapping.State{{Key: "stripe:sub:sub_1", AppUserID: "u1"}, {Key: "stripe:sub:sub_2"}, {AppUserID: "no key"}}
+	subject := NotificationSubject(n, &withUser, false)
+	got := s.KIDsFor(n, subject, []mapping.Event{withUser, sameSub, clearEvent}, states)
+	want := []vault.KID{s.KID(subject), s.KID(StateSubject("stripe:sub:sub_1"))}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("KIDsFor = %v, want %v (the events share the notification's subject)", got, want)
+	}
+	// Each listed key is the one sealing uses.
+	for _, enc := range []func() ([]byte, error){
+		func() ([]byte, error) { return s.EncodeNotification(n, s.KID(subject)) },
+		func() ([]byte, error) { return s.EncodeEvent(&withUser) },
+		func() ([]byte, error) { return s.EncodeState(&states[0]) },
+	} {
+		v, err := enc()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kid, ok := KIDOf(v)
+		if !ok || kid != want[0] && kid != want[1] {
+			t.Errorf("a record sealed under %v, not a listed key", kid)
+		}
+	}
+	ev, err := s.EncodeEvent(&clearEvent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := s.EncodeState(&states[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range [][]byte{ev, sv} {
+		if _, ok := KIDOf(v); ok {
+			t.Error("a record without a personal part was sealed")
+		}
+	}
+	if kids := s.KIDsFor(&mapping.Notification{Source: "x", Key: "y"}, "day", nil, nil); len(kids) != 0 {
+		t.Errorf("a notification without body or records lists %v", kids)
+	}
+}
