@@ -438,6 +438,14 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	return time.Millisecond
 }
 
+// holding reports whether the destination is on hold at now and not due
+// for its probe (see pass).
+func (w *worker) holding(now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return now.Before(w.holdUntil)
+}
+
 // answer marks a batch's deliveries as answered by the destination (in:
 // their outcome is being recorded) or no longer (their send is over).
 func (w *worker) answer(batch []store.Due, in bool) {
@@ -564,6 +572,14 @@ func (w *worker) send(ctx context.Context, batch []store.Due, claimedAt time.Tim
 		items = append(items, forwarders.Item{Key: d.Delivery.Key, Attempt: d.Delivery.Attempts + 1, Event: &ev})
 		itemDue = append(itemDue, d)
 	}
+	if len(items) > 0 && w.holding(o.Now()) {
+		// Another request's answer put the destination on hold (429,
+		// Retry-After; the breaker; a pause) after this pass looked: the
+		// claim is given back, unsent, for a pass after the hold.
+		w.release(itemDue)
+		w.giveBack(ctx, itemDue)
+		items = nil
+	}
 	if len(items) > 0 {
 		// The rate limit may hold the request: it waits only as long as
 		// the claim's lease leaves time to send it. Past that the claim
@@ -581,13 +597,15 @@ func (w *worker) send(ctx context.Context, batch []store.Due, claimedAt time.Tim
 		start := time.Now()
 		results := w.dest.Forwarder.Send(ctx, items)
 		latency := time.Since(start)
-		answered()
 		o.Metrics.DeliveryLatency.WithLabelValues(w.dest.Name).Observe(latency.Seconds())
 		if len(results) != len(items) {
 			results = forwarders.All(len(items), forwarders.Result{Outcome: forwarders.Retry, Reason: "forwarder_result_mismatch", Err: errors.New("forwarder returned a wrong number of results")})
 		}
 		now = o.Now()
+		// The answer's hold (Retry-After, the breaker) is in place before
+		// its slot is free: the pass that slot wakes must see it.
 		w.health(results, now)
+		answered()
 		for i, r := range results {
 			completions = append(completions, w.outcome(itemDue[i], r, latency, now))
 		}

@@ -494,3 +494,32 @@ func (r *recordingStore) Complete(ctx context.Context, cs []store.Completion) er
 	r.mu.Unlock()
 	return r.snapStore.Complete(ctx, cs)
 }
+
+// TestThrottleHoldsTheNextSend: a 429's hold is in place before the
+// answer frees its slot (the pass that slot wakes must see it), and a send
+// claimed before a hold began is given back, not sent, while it lasts.
+func TestThrottleHoldsTheNextSend(t *testing.T) {
+	st := &snapStore{due: map[string]store.Due{}}
+	f := &fakeForwarder{batch: 1, answer: func(int, forwarders.Item) forwarders.Result {
+		return forwarders.Result{Outcome: forwarders.Retry, Status: 429, Throttle: true, RetryAfter: time.Minute, Reason: "http_429"}
+	}}
+	d := New(st, []Destination{{Name: "d", Forwarder: f, Concurrency: 2, MaxAttempts: 5}}, Options{Logger: slog.New(slog.DiscardHandler)})
+	w := d.workers["d"]
+	due := func(k string) []store.Due {
+		return []store.Due{{Delivery: store.Delivery{Key: k, Destination: "d"}, Event: mapping.Event{ID: k, ReceivedAt: time.Now()}}}
+	}
+	ctx := context.Background()
+	held := false
+	w.send(ctx, due("evt_1|d"), time.Now(), func() { held = w.holding(time.Now()) })
+	if !held {
+		t.Fatal("the 429's slot was freed before its hold was in place")
+	}
+	answered := false
+	w.send(ctx, due("evt_2|d"), time.Now(), func() { answered = true })
+	f.mu.Lock()
+	calls := len(f.calls)
+	f.mu.Unlock()
+	if calls != 1 || answered {
+		t.Fatalf("%d requests (want 1): a send claimed before the hold went out during it", calls)
+	}
+}
