@@ -47,6 +47,7 @@ pgfresh() { # a fresh database for one run
   psql "$POSTBACK_TEST_PG" -qc "DROP DATABASE IF EXISTS pb_measure WITH (FORCE)" -c "CREATE DATABASE pb_measure"
   DSN=$(printf '%s' "$POSTBACK_TEST_PG" | sed 's#/postback_test#/pb_measure#')
 }
+go test ./store/pgstore -run '^$' -bench DrainPG -benchtime 3000x | tee "$out/drain-pg.txt"
 printf 'INSERT INTO pgb_ins (k, v) VALUES (md5(random()::text), decode(md5(random()::text), %s));\n' "'hex'" > "$out/insert.sql"
 for c in 16 32; do
   pgfresh; psql "$DSN" -qc "CREATE TABLE pgb_ins (id bigserial primary key, k text, v bytea, at timestamptz default now())"
