@@ -369,14 +369,13 @@ func (w *worker) pass(ctx context.Context) time.Duration {
 	// committed, so a delivery either is in this copy or its completed state
 	// is in the scan's snapshot, never neither (which would resend it).
 	co := store.ClaimOptions{Limit: limit, Lease: o.Lease, MaxInFlight: w.dest.Concurrency * w.dest.BatchSize}
-	if w.cluster != nil {
-		co.Answered = w.answeredKeys()
-	}
 	if w.cluster == nil {
 		// A single-process store keeps no claims: the in-memory leases
 		// are the claims. A shared store's leases are in the database.
 		leased := w.leaseSnapshot(now)
 		co.Skip = func(key string) bool { return leased[key] }
+	} else {
+		co.Answered = w.answeredKeys()
 	}
 	due, err := w.d.store.Claim(ctx, w.dest.Name, now, co)
 	if err != nil {
@@ -444,6 +443,21 @@ func (w *worker) holding(now time.Time) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return now.Before(w.holdUntil)
+}
+
+// admit reports whether a claimed request may go out: not while the
+// destination is on hold (another request's answer, a 429 with
+// Retry-After, the breaker or a pause, may have put it there after the
+// pass looked), and once the rate limit allows it, waiting only as long as
+// the claim's lease leaves time to send it.
+func (w *worker) admit(ctx context.Context, claimedAt time.Time) bool {
+	now := w.d.opts.Now()
+	if w.holding(now) {
+		return false
+	}
+	wctx, cancel := context.WithTimeout(ctx, w.sendBy(claimedAt).Sub(now))
+	defer cancel()
+	return w.limiter.Wait(wctx) == nil
 }
 
 // answer marks a batch's deliveries as answered by the destination (in:
@@ -572,26 +586,11 @@ func (w *worker) send(ctx context.Context, batch []store.Due, claimedAt time.Tim
 		items = append(items, forwarders.Item{Key: d.Delivery.Key, Attempt: d.Delivery.Attempts + 1, Event: &ev})
 		itemDue = append(itemDue, d)
 	}
-	if len(items) > 0 && w.holding(o.Now()) {
-		// Another request's answer put the destination on hold (429,
-		// Retry-After; the breaker; a pause) after this pass looked: the
-		// claim is given back, unsent, for a pass after the hold.
+	if len(items) > 0 && !w.admit(ctx, claimedAt) {
+		// Not sent: the claim is given back, to be claimed afresh.
 		w.release(itemDue)
 		w.giveBack(ctx, itemDue)
 		items = nil
-	}
-	if len(items) > 0 {
-		// The rate limit may hold the request: it waits only as long as
-		// the claim's lease leaves time to send it. Past that the claim
-		// is given back, unsent, to be claimed afresh.
-		wctx, cancel := context.WithTimeout(ctx, w.sendBy(claimedAt).Sub(o.Now()))
-		err := w.limiter.Wait(wctx)
-		cancel()
-		if err != nil {
-			w.release(itemDue)
-			w.giveBack(ctx, itemDue)
-			items = nil
-		}
 	}
 	if len(items) > 0 {
 		start := time.Now()

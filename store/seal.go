@@ -285,7 +285,7 @@ func notePersonalOf(n *mapping.Notification) bool {
 // KIDsFor lists the keys that sealing a new notification stored under
 // subject, its events and its states will use, once each: a store whose
 // keys are made in a round trip of their own makes them all in one
-// beforehand (vault.KeyMaker).
+// beforehand (the PostgreSQL keyring's MakeKeys).
 func (s *Sealer) KIDsFor(n *mapping.Notification, subject string, events []mapping.Event, states []mapping.State) []vault.KID {
 	var kids []vault.KID
 	add := func(subject string) {

@@ -82,7 +82,6 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 		}
 		err = db.inPipe(ctx, func(tx dbtx) error {
 			res, dests = store.IngestResult{}, nil
-			claim := &inboxClaim{n: n, status: final.Status, doc: doc}
 			if deferred {
 				dup, err := db.claimInboxDoc(ctx, tx, n, final.Status, doc, &res)
 				if !dup && err == nil {
@@ -91,7 +90,8 @@ func (db *DB) Ingest(ctx context.Context, n *mapping.Notification) (store.Ingest
 				return err
 			}
 			item := final
-			dests, err = db.storeSettled(ctx, tx, &item, nil, out, mapErr, &res, true, snap.read, true, claim)
+			claim := &inboxClaim{n: n, status: final.Status, doc: doc}
+			dests, err = db.storeSettled(ctx, tx, &item, nil, out, mapErr, &res, true, snap.read, claim)
 			return err
 		})
 	}
@@ -321,7 +321,7 @@ func (db *DB) mapAndStore(ctx context.Context, tx dbtx, n *mapping.Notification,
 // read; 0: the state did not exist), the states are written only if
 // those versions still hold, and errStale reports that one changed.
 func (db *DB) storeMapped(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64) ([]string, error) {
-	return db.storeSettled(ctx, tx, n, prev, out, err, res, writeStates, read, false, nil)
+	return db.storeSettled(ctx, tx, n, prev, out, err, res, writeStates, read, nil)
 }
 
 // settle sets what a mapping's outcome makes of a notification: its
@@ -358,15 +358,12 @@ func settle(n *mapping.Notification, out *mapping.Result, err error) (string, er
 	return store.NotificationSubject(n, first, out.Erase != nil), nil
 }
 
-// storeSettled is storeMapped; with inboxDone the inbox row was inserted
-// with its final document already (claimInbox), and is not written again.
-// With claim, the inbox row is inserted with its final document in the
-// transaction's first batch, ahead of the state checks and the events (a
-// duplicate is found there and the rest rolled back), and the events'
-// users were filled before the transaction: the transaction is two round
-// trips.
-func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64, inboxDone bool, claim *inboxClaim) ([]string, error) {
-	inboxDone = inboxDone || claim != nil
+// storeSettled is storeMapped. With claim, the inbox row is inserted with
+// its final document in the transaction's first batch, ahead of the state
+// checks and the events (a duplicate is found there and the rest rolled
+// back), not written at the end, and the events' users were filled before
+// the transaction: the transaction is two round trips.
+func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification, prev []byte, out mapping.Result, err error, res *store.IngestResult, writeStates bool, read map[string]int64, claim *inboxClaim) ([]string, error) {
 	subject, err := settle(n, &out, err)
 	if err != nil {
 		return nil, err
@@ -379,7 +376,7 @@ func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification
 			}
 		}
 		db.opts.Logger.Warn("mapping failed; kept for reprocess", "source", n.Source, "key", n.Key, "err", n.Reason)
-		if inboxDone {
+		if claim != nil {
 			return nil, nil
 		}
 		return nil, db.putInbox(ctx, tx, n, prev, subject)
@@ -411,16 +408,13 @@ func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification
 		}
 		br := tx.SendBatch(ctx, b)
 		if claim != nil {
-			existing, err := claim.read(br)
-			if err == nil && existing != "" {
-				err = br.Close()
+			if existing, err := claim.read(br); err != nil || existing != "" {
+				if cerr := br.Close(); err == nil {
+					err = cerr
+				}
 				if err == nil {
 					_, err = db.known(ctx, tx, claim.n, existing, res)
 				}
-				return nil, err
-			}
-			if err != nil {
-				br.Close()
 				return nil, err
 			}
 		}
@@ -483,7 +477,7 @@ func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification
 			}
 		}
 	}
-	if !inboxDone {
+	if claim == nil {
 		if err := db.queueInbox(w, n, prev, subject); err != nil {
 			return nil, err
 		}

@@ -191,40 +191,15 @@ func (kr *keyring) DataKey(kid vault.KID, create bool) (*[32]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var wrapped []byte
-	err := pgx.ErrNoRows
-	if !create {
-		err = kr.pool.QueryRow(ctx, "SELECT wrapped FROM data_keys WHERE kid = $1", kid[:]).Scan(&wrapped)
+	if create {
+		return kr.createKey(ctx, kid)
 	}
-	// With create, the insert comes first (one round trip for a new
-	// subject's key); a kid that has a key already is read back after it.
-	switch {
-	case errors.Is(err, pgx.ErrNoRows) && !create:
+	var wrapped []byte
+	err := kr.pool.QueryRow(ctx, "SELECT wrapped FROM data_keys WHERE kid = $1", kid[:]).Scan(&wrapped)
+	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", vault.ErrNoKey, kid)
-	case errors.Is(err, pgx.ErrNoRows):
-		key, err := vault.NewDataKey()
-		if err != nil {
-			return nil, err
-		}
-		w, err := vault.Wrap(kr.kek, kid, key)
-		if err != nil {
-			return nil, err
-		}
-		// Another replica may insert the same kid meanwhile: its key wins,
-		// read back in a statement of its own (whose snapshot sees it).
-		for attempt := 0; ; attempt++ {
-			err = kr.insertKey(ctx, kid, w, &wrapped)
-			if errors.Is(err, pgx.ErrNoRows) {
-				err = kr.pool.QueryRow(ctx, "SELECT wrapped FROM data_keys WHERE kid = $1", kid[:]).Scan(&wrapped)
-			}
-			if err == nil || !errors.Is(err, pgx.ErrNoRows) || attempt >= 3 {
-				break
-			}
-		}
-		if err != nil {
-			return nil, fmt.Errorf("pgstore: create data key: %w", err)
-		}
-	case err != nil:
+	}
+	if err != nil {
 		return nil, fmt.Errorf("pgstore: read data key: %w", err)
 	}
 	key, err := vault.Unwrap(kr.kek, kid, wrapped)
@@ -235,20 +210,36 @@ func (kr *keyring) DataKey(kid vault.KID, create bool) (*[32]byte, error) {
 	return key, nil
 }
 
-var _ vault.KeyMaker = (*keyring)(nil)
+// createKey makes kid's key unless it has one, and returns the key kid
+// has then. The insert comes first (one round trip for a new subject's
+// key); a key another replica inserted first is read back in the same
+// round trip. Destroyed between the two, it is tried again.
+func (kr *keyring) createKey(ctx context.Context, kid vault.KID) (*[32]byte, error) {
+	key, err := vault.NewDataKey()
+	if err != nil {
+		return nil, err
+	}
+	for range 4 {
+		got, err := kr.insertKeys(ctx, map[vault.KID]*[32]byte{kid: key})
+		if err != nil {
+			return nil, fmt.Errorf("pgstore: create data key: %w", err)
+		}
+		if k := got[kid]; k != nil {
+			kr.remember(kid, k)
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("pgstore: create data key: %w", pgx.ErrNoRows)
+}
 
-// MakeKeys makes the keys of kids that are not cached, in one transaction
-// (one round trip, committed as insertKey commits) where DataKey takes one
-// each, and caches them; a kid that has a key already (another replica's,
-// or one not cached) is read back in a second statement, in the same
-// batch's round trip, whose snapshot sees it. Without the cache (its
-// LISTEN connection down) it does nothing: DataKey then reads each key
-// anyway.
+// MakeKeys makes the keys of kids that are not cached, in one round trip
+// where DataKey takes one each, and caches them (see insertKeys). Without
+// the cache (its LISTEN connection down) it does nothing: DataKey then
+// reads each key anyway.
 func (kr *keyring) MakeKeys(ctx context.Context, kids []vault.KID) error {
 	if !kr.live.Load() {
 		return nil
 	}
-	var ids, wrapped [][]byte
 	keys := map[vault.KID]*[32]byte{}
 	for _, kid := range kids {
 		if _, dup := keys[kid]; dup || kr.cached(kid) != nil {
@@ -258,18 +249,42 @@ func (kr *keyring) MakeKeys(ctx context.Context, kids []vault.KID) error {
 		if err != nil {
 			return err
 		}
-		w, err := vault.Wrap(kr.kek, kid, key)
-		if err != nil {
-			return err
-		}
 		keys[kid] = key
-		ids, wrapped = append(ids, append([]byte(nil), kid[:]...)), append(wrapped, w)
 	}
-	if len(ids) == 0 {
+	if len(keys) == 0 {
 		return nil
 	}
+	got, err := kr.insertKeys(ctx, keys)
+	if err != nil {
+		return fmt.Errorf("pgstore: create data keys: %w", err)
+	}
+	for kid, key := range got {
+		kr.remember(kid, key)
+	}
+	return nil
+}
+
+// insertKeys inserts the keys of the kids that have none, in one
+// transaction, and returns the key each kid has then: the one given, or
+// the one another transaction inserted first, read back in a statement of
+// its own after the COMMIT, in the same round trip (its snapshot sees that
+// key). A kid whose key was destroyed between the two is missing. The
+// insert commits without waiting for its WAL flush (synchronous_commit
+// off): every record sealed with a key commits after it with
+// synchronous_commit on, and flushing that commit's WAL flushes the key's,
+// which comes before it in the WAL. A key whose insert is lost in a crash
+// was used by no committed record.
+func (kr *keyring) insertKeys(ctx context.Context, keys map[vault.KID]*[32]byte) (map[vault.KID]*[32]byte, error) {
+	var ids, wrapped [][]byte
+	for kid, key := range keys {
+		w, err := vault.Wrap(kr.kek, kid, key)
+		if err != nil {
+			return nil, err
+		}
+		ids, wrapped = append(ids, append([]byte(nil), kid[:]...)), append(wrapped, w)
+	}
 	made := map[vault.KID]bool{}
-	existing := map[vault.KID][]byte{}
+	stored := map[vault.KID][]byte{}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue("SET LOCAL synchronous_commit TO OFF")
@@ -283,33 +298,34 @@ func (kr *keyring) MakeKeys(ctx context.Context, kids []vault.KID) error {
 		return err
 	})
 	b.Queue("COMMIT")
-	// A statement of its own, after the COMMIT: its snapshot sees the keys
-	// another transaction inserted first.
 	b.Queue(`SELECT kid, wrapped FROM data_keys WHERE kid = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
 		var kid, w []byte
 		_, err := pgx.ForEachRow(rows, []any{&kid, &w}, func() error {
-			existing[vault.KID(kid)] = append([]byte(nil), w...)
+			stored[vault.KID(kid)] = append([]byte(nil), w...)
 			return nil
 		})
 		return err
 	})
 	if err := kr.pool.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("pgstore: create data keys: %w", err)
+		return nil, err
 	}
+	out := make(map[vault.KID]*[32]byte, len(keys))
 	for kid, key := range keys {
-		if !made[kid] {
-			w, ok := existing[kid]
-			if !ok {
-				continue // destroyed meanwhile: DataKey decides
-			}
-			var err error
-			if key, err = vault.Unwrap(kr.kek, kid, w); err != nil {
-				return err
-			}
+		if made[kid] {
+			out[kid] = key
+			continue
 		}
-		kr.remember(kid, key)
+		w, ok := stored[kid]
+		if !ok {
+			continue
+		}
+		k, err := vault.Unwrap(kr.kek, kid, w)
+		if err != nil {
+			return nil, err
+		}
+		out[kid] = k
 	}
-	return nil
+	return out, nil
 }
 
 // Destroy deletes data keys for good (outside any erasure transaction:
@@ -402,30 +418,4 @@ func (kr *keyring) listenOnce(ctx context.Context) error {
 			kr.reset()
 		}
 	}
-}
-
-// insertKey inserts a data key unless kid has one, and returns what it
-// inserted (pgx.ErrNoRows when kid had one). The insert commits without
-// waiting for its WAL flush (synchronous_commit off): every record sealed
-// with the key commits after it with synchronous_commit on, and flushing
-// that commit's WAL flushes the key's, which comes before it in the WAL.
-// A key whose insert is lost in a crash was used by no committed record.
-func (kr *keyring) insertKey(ctx context.Context, kid vault.KID, w []byte, wrapped *[]byte) error {
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	b.Queue("SET LOCAL synchronous_commit TO OFF")
-	ins := b.Queue(`INSERT INTO data_keys (kid, wrapped) VALUES ($1, $2) ON CONFLICT (kid) DO NOTHING RETURNING wrapped`, kid[:], w)
-	var scanErr error
-	ins.QueryRow(func(row pgx.Row) error {
-		scanErr = row.Scan(wrapped)
-		if errors.Is(scanErr, pgx.ErrNoRows) {
-			return nil // not an error of the batch: the COMMIT still runs
-		}
-		return scanErr
-	})
-	b.Queue("COMMIT")
-	if err := kr.pool.SendBatch(ctx, b).Close(); err != nil {
-		return err
-	}
-	return scanErr
 }

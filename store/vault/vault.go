@@ -17,7 +17,6 @@
 package vault
 
 import (
-	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -72,15 +71,6 @@ type Keyring interface {
 	// it commits records sealed with them.
 	Sync() error
 	Close() error
-}
-
-// KeyMaker is a Keyring that can make several keys at once: a store
-// whose keys are made in a transaction of their own calls MakeKeys with
-// the keys a notification's records will be sealed with, so that they
-// cost one round trip instead of one each. Making a key that exists
-// already is not an error; DataKey then returns it without a round trip.
-type KeyMaker interface {
-	MakeKeys(ctx context.Context, kids []KID) error
 }
 
 // Hasher computes the keyed hashes and key ids of one installation.
