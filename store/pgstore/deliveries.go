@@ -137,16 +137,7 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 		// runs, not for a disk flush, so claims do not queue behind fsync.
 		b.Queue(claimSettings)
 		b.Queue("SELECT pg_advisory_xact_lock($1)", lockKey("claim:"+dest))
-		b.Queue(`WITH c AS (UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
-			WHERE ctid = ANY(ARRAY(
-				SELECT d.ctid FROM deliveries d
-				WHERE `+claimable+`
-				ORDER BY d.next_at_ms, d.key
-				LIMIT greatest(0, least($3::int, $6::int - `+inFlight("$1", "$6", "$7")+`))
-				FOR UPDATE SKIP LOCKED))
-			RETURNING doc, event_id)
-			SELECT c.doc, e.doc, u.doc FROM c LEFT JOIN events e ON e.id = c.event_id LEFT JOIN users u ON u.user_key = e.user_key`,
-			dest, now.UnixMilli(), limit, lease.Seconds(), db.opts.Owner, maxInFlight, answered)
+		b.Queue(claimFastSQL, dest, now.UnixMilli(), limit, lease.Seconds(), db.opts.Owner, maxInFlight, answered)
 		b.Queue("COMMIT")
 		br := tx.SendBatch(ctx, b)
 		for i := 0; i < 2; i++ {
@@ -216,6 +207,19 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 	return out, nil
 }
 
+// claimFastSQL is claimFast's claim: $1 the destination, $2 now (Unix
+// ms), $3 the most to claim, $4 the lease in seconds, $5 the owner, $6
+// the in-flight cap, $7 the answered keys (see inFlight).
+var claimFastSQL = `WITH c AS (UPDATE deliveries SET leased_until = now() + make_interval(secs => $4), lease_owner = $5
+			WHERE ctid = ANY(ARRAY(
+				SELECT d.ctid FROM deliveries d
+				WHERE ` + claimable + `
+				ORDER BY d.next_at_ms, d.key
+				LIMIT greatest(0, least($3::int, $6::int - ` + inFlight("$1", "$6", "$7") + `))
+				FOR UPDATE SKIP LOCKED))
+			RETURNING doc, event_id)
+			SELECT c.doc, e.doc, u.doc FROM c LEFT JOIN events e ON e.id = c.event_id LEFT JOIN users u ON u.user_key = e.user_key`
+
 // claimSettings are a claim transaction's settings: its commit does not
 // wait for the WAL flush (see claimFast), and its statements run their
 // generic plan, built once per connection. Left to choose, PostgreSQL
@@ -223,8 +227,16 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 // 1000/s run), at 0.8-1.2 ms a plan, about as long as the claim runs; the
 // generic plan has the same shape (index scans of deliveries_due and
 // deliveries_leased, the TID scan, primary-key look-ups of events and
-// users).
-const claimSettings = `SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)`
+// users). Sequential scans are ruled out: a plan is kept for the
+// connection's life, and one made before autovacuum's first ANALYZE (a
+// new database, the first minute of a deployment) takes the tables for
+// ten pages and reads the whole of deliveries for the TID look-up and the
+// whole of events for the join (auto_explain: 1 824 buffers and 9.9 ms
+// for 9 deliveries out of 4 917, growing with the tables; 3.8 ms a claim
+// on average over a 1000/s run); every part of the claim has an index
+// that fits.
+const claimSettings = `SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true),
+	set_config('enable_seqscan', 'off', true)`
 
 // inFlight counts dest's live leases, up to max (the in-flight cap),
 // less the caller's answered ones (store.ClaimOptions.Answered, a text
