@@ -104,19 +104,23 @@ const benchUsers = 4096
 
 // BenchReport is what `postback bench` measured (the --json output).
 type BenchReport struct {
-	Target     string             `json:"target"`
-	Duration   float64            `json:"duration_s"`
-	Sent       int64              `json:"sent"`
-	Accepted   int64              `json:"accepted"`
-	AcceptedPS float64            `json:"accepted_per_s"`
-	Duplicates int64              `json:"duplicates_suppressed"`
-	Errors     int64              `json:"errors"`
-	ErrorCodes map[string]int64   `json:"error_statuses,omitempty"`
-	Ingest     BenchLatency       `json:"ingest_latency_ms"`
-	BySource   map[string]int64   `json:"accepted_by_source"`
-	Delivery   *BenchLatency      `json:"ingest_to_delivery_ms,omitempty"`
-	Deliveries map[string]int64   `json:"deliveries,omitempty"`
-	DeliveryPS map[string]float64 `json:"deliveries_per_s,omitempty"`
+	Target     string           `json:"target"`
+	Duration   float64          `json:"duration_s"`
+	Sent       int64            `json:"sent"`
+	Accepted   int64            `json:"accepted"`
+	AcceptedPS float64          `json:"accepted_per_s"`
+	Duplicates int64            `json:"duplicates_suppressed"`
+	Errors     int64            `json:"errors"`
+	ErrorCodes map[string]int64 `json:"error_statuses,omitempty"`
+	Ingest     BenchLatency     `json:"ingest_latency_ms"`
+	// ScheduleLag (--rate) is how late requests left against the
+	// open-loop schedule (start + i / rate): near 0 when the load
+	// generator kept the rate; ingest latency is measured from the send.
+	ScheduleLag *BenchLatency      `json:"schedule_lag_ms,omitempty"`
+	BySource    map[string]int64   `json:"accepted_by_source"`
+	Delivery    *BenchLatency      `json:"ingest_to_delivery_ms,omitempty"`
+	Deliveries  map[string]int64   `json:"deliveries,omitempty"`
+	DeliveryPS  map[string]float64 `json:"deliveries_per_s,omitempty"`
 	// DeliveryStates counts each --self destination's deliveries by state
 	// when bench stopped waiting (delivered, skipped, retrying, dead, ...).
 	DeliveryStates map[string]map[string]int `json:"delivery_states,omitempty"`
@@ -386,10 +390,12 @@ type benchRun struct {
 
 	pool     []benchSent // --presign: built before the clock started
 	poolNext atomic.Int64
+	slot     atomic.Int64 // --rate: the next request's place in the schedule
 
 	mu       sync.Mutex
 	sent     []benchSent // notifications sent so far (duplicate pool)
 	lat      latencyHist
+	lag      latencyHist // --rate: how late each request left against its schedule
 	accepted int64
 	dups     int64
 	errs     int64
@@ -490,27 +496,16 @@ func runBench(ctx context.Context, o benchOptions) (*BenchReport, error) {
 
 // load sends requests from Concurrency workers until Duration passes.
 func (r *benchRun) load(ctx context.Context) {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, r.o.Duration)
 	defer cancel()
-	var tokens <-chan time.Time
-	if r.o.Rate > 0 {
-		t := time.NewTicker(time.Duration(float64(time.Second) / r.o.Rate))
-		defer t.Stop()
-		tokens = t.C
-	}
 	var wg sync.WaitGroup
 	for w := 0; w < r.o.Concurrency; w++ {
 		wg.Add(1)
 		go func(rng *mrand.Rand) {
 			defer wg.Done()
-			for {
-				if tokens != nil {
-					select {
-					case <-ctx.Done():
-						return
-					case <-tokens:
-					}
-				} else if ctx.Err() != nil {
+			for ctx.Err() == nil {
+				if r.o.Rate > 0 && !r.pace(ctx, start) {
 					return
 				}
 				r.one(ctx, rng)
@@ -518,6 +513,35 @@ func (r *benchRun) load(ctx context.Context) {
 		}(mrand.New(mrand.NewPCG(uint64(w), uint64(time.Now().UnixNano()))))
 	}
 	wg.Wait()
+}
+
+// pace waits for the next request's time on an open-loop schedule:
+// request i is due at start + i / rate, whichever client takes it. A
+// ticker would drop the ticks that fire while every client is busy or the
+// load generator is not scheduled (a run at 1000/s on two busy cores sent
+// 870/s); here a late request goes out at once, and how late it went is
+// recorded (schedule_lag_ms). It reports false when the request would be
+// due after the run.
+func (r *benchRun) pace(ctx context.Context, start time.Time) bool {
+	i := r.slot.Add(1) - 1
+	due := start.Add(time.Duration(float64(i) * float64(time.Second) / r.o.Rate))
+	if due.Sub(start) >= r.o.Duration {
+		return false
+	}
+	if wait := time.Until(due); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+	}
+	lag := time.Since(due)
+	r.mu.Lock()
+	r.lag.add(lag)
+	r.mu.Unlock()
+	return true
 }
 
 // one sends a new or duplicate notification and records the answer.
@@ -764,6 +788,10 @@ func (r *benchRun) report(elapsed time.Duration) *BenchReport {
 	if len(r.codes) > 0 {
 		rep.ErrorCodes = r.codes
 	}
+	if r.o.Rate > 0 {
+		lag := r.lag.percentiles()
+		rep.ScheduleLag = &lag
+	}
 	if len(r.pool) > 0 {
 		rep.Presigned = int(min(r.poolNext.Load(), int64(len(r.pool))))
 	}
@@ -833,6 +861,9 @@ func printBench(w io.Writer, r *BenchReport) {
 	fmt.Fprintf(t, "duplicates suppressed\t%d\n", r.Duplicates)
 	fmt.Fprintf(t, "errors\t%d\t%s\n", r.Errors, codesText(r.ErrorCodes))
 	fmt.Fprintf(t, "ingest latency\tp50 %.2f ms\tp99 %.2f ms\tp99.9 %.2f ms\n", r.Ingest.P50, r.Ingest.P99, r.Ingest.P999)
+	if r.ScheduleLag != nil {
+		fmt.Fprintf(t, "behind schedule\tp50 %.2f ms\tp99 %.2f ms\t(--rate)\n", r.ScheduleLag.P50, r.ScheduleLag.P99)
+	}
 	if r.Delivery != nil {
 		fmt.Fprintf(t, "ingest-to-delivery\tp50 %.2f ms\tp99 %.2f ms\t(n=%d, webhook receiver)\n", r.Delivery.P50, r.Delivery.P99, r.Delivery.N)
 	}

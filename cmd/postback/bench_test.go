@@ -86,13 +86,44 @@ func TestBenchSelf(t *testing.T) {
 	}
 }
 
+// TestBenchPaceKeepsTheRate: --rate is an open-loop schedule. Requests
+// due while no client was free go out late, not never: a run that fell
+// 30 ms behind still sends every request of its 50 ms at 1000/s, and
+// reports how late they left.
+func TestBenchPaceKeepsTheRate(t *testing.T) {
+	r := &benchRun{o: benchOptions{Rate: 1000, Duration: 50 * time.Millisecond}}
+	start := time.Now()
+	time.Sleep(30 * time.Millisecond)
+	n := 0
+	for r.pace(context.Background(), start) {
+		n++
+	}
+	if n != 50 {
+		t.Errorf("%d requests paced, want 50", n)
+	}
+	if took := time.Since(start); took < 49*time.Millisecond {
+		t.Errorf("the last request left %v after the start, before it was due", took)
+	}
+	lag := r.lag.percentiles()
+	if lag.N != 50 || lag.P99 < 20 {
+		t.Errorf("schedule lag %+v, want 50 requests, the first ones about 30 ms late", lag)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r = &benchRun{o: benchOptions{Rate: 1, Duration: time.Minute}}
+	r.slot.Store(1)
+	if r.pace(ctx, time.Now()) {
+		t.Error("a cancelled run paced a request due in a second")
+	}
+}
+
 func TestBenchTable(t *testing.T) {
 	var out bytes.Buffer
 	printBench(&out, &BenchReport{Target: "http://x", Accepted: 3, BySource: map[string]int64{"stripe": 3}, ErrorCodes: map[string]int64{"500": 1}, Errors: 1,
 		Delivery: &BenchLatency{P50: 1, P99: 2, N: 3}, Deliveries: map[string]int64{"hook": 3, "meta": 2}, DeliveryPS: map[string]float64{"hook": 3, "meta": 2},
 		DeliveryStates: map[string]map[string]int{"hook": {"delivered": 3}, "meta": {"delivered": 2, "skipped": 1}}, ReceiverRequests: map[string]int64{"hook": 3, "meta": 1},
-		Undrained: 7, PeakRSSKiB: 2048})
-	for _, want := range []string{"accepted", "stripe", "errors", "500×1", "ingest latency", "ingest-to-delivery", "deliveries hook", "3 requests",
+		Undrained: 7, PeakRSSKiB: 2048, ScheduleLag: &BenchLatency{P50: 0.1, P99: 3.5}})
+	for _, want := range []string{"accepted", "stripe", "errors", "500×1", "ingest latency", "behind schedule", "p99 3.50 ms", "ingest-to-delivery", "deliveries hook", "3 requests",
 		"deliveries meta", "skipped 1, 1 requests", "not drained", "7", "peak RSS", "2.0 MiB"} {
 		if !bytes.Contains(out.Bytes(), []byte(want)) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
