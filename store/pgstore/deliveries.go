@@ -607,7 +607,7 @@ func (db *DB) Replay(ctx context.Context, key string) (store.Delivery, error) {
 			return err
 		}
 		queued = true
-		return notify(ctx, tx, []string{d.Destination})
+		return db.notify(ctx, tx, []string{d.Destination})
 	})
 	if err == nil && queued {
 		db.woke([]string{d.Destination})

@@ -483,7 +483,7 @@ func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification
 		}
 	}
 	if len(dests) > 0 {
-		w.Queue("SELECT pg_notify('"+notifyChannel+"', d) FROM unnest($1::text[]) AS d", dedupe(dests))
+		w.Queue(notifySQL, dedupe(dests), db.opts.Owner)
 	}
 	return dests, commitWith(ctx, tx, w)
 }

@@ -416,14 +416,28 @@ func (db *DB) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	}
 }
 
-// notify queues a wake-up of every replica's dispatcher for dests, sent by
-// PostgreSQL when the transaction commits.
-func notify(ctx context.Context, tx dbtx, dests []string) error {
+// notifySQL queues, for each destination in $1, a wake-up of every
+// replica's dispatcher, sent by PostgreSQL when the transaction commits.
+// The payload is the destination, a tab and the notifying replica's
+// Owner ($2): the replica that committed wakes its own dispatcher at once
+// (woke) and skips its echo.
+const notifySQL = "SELECT pg_notify('" + notifyChannel + "', d || E'\\t' || $2) FROM unnest($1::text[]) AS d"
+
+// notify queues the wake-up of dests (notifySQL).
+func (db *DB) notify(ctx context.Context, tx dbtx, dests []string) error {
 	if len(dests) == 0 {
 		return nil
 	}
-	_, err := tx.Exec(ctx, "SELECT pg_notify('"+notifyChannel+"', d) FROM unnest($1::text[]) AS d", dedupe(dests))
+	_, err := tx.Exec(ctx, notifySQL, dedupe(dests), db.opts.Owner)
 	return err
+}
+
+// notified reads a NOTIFY payload: the destination to wake, unless this
+// replica sent it (see notifySQL). A payload without an owner (a replica
+// of an earlier version) wakes.
+func (db *DB) notified(payload string) (string, bool) {
+	dest, owner, _ := strings.Cut(payload, "\t")
+	return dest, owner != db.opts.Owner
 }
 
 func dedupe(s []string) []string {
@@ -485,7 +499,9 @@ func (db *DB) listenOnce(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		db.opts.OnCommit([]string{n.Payload})
+		if dest, ok := db.notified(n.Payload); ok {
+			db.opts.OnCommit([]string{dest})
+		}
 	}
 }
 

@@ -216,7 +216,7 @@ func (db *DB) PutUser(ctx context.Context, appUserID string, ids map[string]stri
 			}
 			dests = append(dests, d.Destination)
 		}
-		return notify(ctx, tx, dests)
+		return db.notify(ctx, tx, dests)
 	})
 	if err != nil {
 		return store.User{}, err

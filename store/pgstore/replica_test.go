@@ -373,30 +373,49 @@ func TestReplicasSingletonSessionLost(t *testing.T) {
 }
 
 // TestReplicasNotifyWakes: a commit on one replica wakes the other's
-// dispatcher through LISTEN/NOTIFY.
+// dispatcher through LISTEN/NOTIFY, and its own once (at once, not again
+// by its own NOTIFY's echo); a payload without a replica's name (an
+// earlier version's) wakes every replica.
 func TestReplicasNotifyWakes(t *testing.T) {
-	woke := make(chan string, 10)
-	rs, _ := replicas(t, 2, func(i int, o *store.Options) {
-		if i == 1 {
-			o.OnCommit = func(d []string) {
-				for _, x := range d {
-					woke <- x
-				}
+	woke := []chan string{make(chan string, 10), make(chan string, 10)}
+	rs, dsn := replicas(t, 2, func(i int, o *store.Options) {
+		o.OnCommit = func(d []string) {
+			for _, x := range d {
+				woke[i] <- x
 			}
 		}
 	})
-	time.Sleep(200 * time.Millisecond) // the LISTEN connection is up
+	time.Sleep(200 * time.Millisecond) // the LISTEN connections are up
+	wait := func(i int, what string) {
+		t.Helper()
+		select {
+		case d := <-woke[i]:
+			if d != "af" {
+				t.Fatalf("replica %d woken for %q (%s)", i, d, what)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("replica %d was not woken (%s)", i, what)
+		}
+	}
 	if _, err := rs[0].Ingest(context.Background(), storetest.Note("n1", storetest.Facts("f1"))); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case d := <-woke:
-		if d != "af" {
-			t.Fatalf("woken for %q", d)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the other replica was not woken")
+	wait(0, "its own commit")
+	wait(1, "the other replica's commit")
+	time.Sleep(300 * time.Millisecond) // an echo would have come by now
+	if len(woke[0]) != 0 {
+		t.Fatalf("replica 0 woken again by its own NOTIFY: %q", <-woke[0])
 	}
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), "NOTIFY postback_due, 'af'"); err != nil {
+		t.Fatal(err)
+	}
+	wait(0, "a payload without owner")
+	wait(1, "a payload without owner")
 }
 
 // TestReplicasTokenBucket: replicas taking tokens together never exceed

@@ -36,7 +36,7 @@ func (db *DB) Expedite(ctx context.Context, dest string, now time.Time) (int, er
 		if n == 0 {
 			return nil
 		}
-		return notify(ctx, tx, []string{dest})
+		return db.notify(ctx, tx, []string{dest})
 	})
 	if err == nil && n > 0 {
 		db.woke([]string{dest})
