@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/postback/postback/forwarders"
 	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/metrics"
 	"github.com/postback/postback/store"
 )
 
@@ -42,6 +45,10 @@ func (b *bucketCluster) LoadHealth(context.Context, string) (store.SharedHealth,
 	return store.SharedHealth{}, false, nil
 }
 func (b *bucketCluster) SaveHealth(context.Context, string, store.SharedHealth) error { return nil }
+func (b *bucketCluster) SharedQueue(context.Context, string, time.Duration) (store.QueueStats, error) {
+	return store.QueueStats{}, nil
+}
+
 func (b *bucketCluster) TakeProbe(context.Context, string, time.Time, time.Time) (bool, error) {
 	return false, nil
 }
@@ -157,4 +164,36 @@ func TestClaimTellsAnswered(t *testing.T) {
 	waitFor(t, "the outcome recorded", func() bool { return st.done.Load() == 1 })
 	d.Wake([]string{"d"})
 	waitFor(t, "a claim without it", func() bool { return len(st.lastAnswered()) == 0 })
+}
+
+// gaugeStore is a shared store whose own count (Queue) differs from the
+// cluster's shared one (SharedQueue), which records the age it accepts.
+type gaugeStore struct {
+	answerStore
+	maxAge atomic.Int64
+}
+
+func (s *gaugeStore) SharedQueue(_ context.Context, _ string, maxAge time.Duration) (store.QueueStats, error) {
+	s.maxAge.Store(int64(maxAge))
+	return store.QueueStats{Depth: 7, OldestCreate: time.Now().Add(-time.Minute)}, nil
+}
+
+// TestGaugesShareTheClusterCount: on a shared store the queue gauges come
+// from the cluster's shared count, accepted while younger than the
+// refresh interval, so the replicas count a backlog once between them.
+func TestGaugesShareTheClusterCount(t *testing.T) {
+	st := &gaugeStore{answerStore: answerStore{finish: make(chan struct{})}}
+	m := metrics.New()
+	d := New(st, []Destination{{Name: "d", Forwarder: &fakeForwarder{batch: 1}, Concurrency: 1}}, Options{Metrics: m, Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { d.Run(ctx); close(stopped) }()
+	defer func() { cancel(); <-stopped }()
+	waitFor(t, "the shared depth in the gauge", func() bool { return testutil.ToFloat64(m.QueueDepth.WithLabelValues("d")) == 7 })
+	if age := time.Duration(st.maxAge.Load()); age <= 0 || age >= gaugeInterval {
+		t.Errorf("shared count accepted up to %v old; want under the %v refresh", age, gaugeInterval)
+	}
+	if old := testutil.ToFloat64(m.OldestPending.WithLabelValues("d")); old < 59 {
+		t.Errorf("oldest pending %.0f s, want the shared count's minute", old)
+	}
 }

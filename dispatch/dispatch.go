@@ -236,13 +236,25 @@ func (d *Dispatcher) Wake(dests []string) {
 	}
 }
 
-// gauges refreshes queue depth and oldest-pending metrics.
+// gaugeInterval is how often the queue gauges are refreshed.
+const gaugeInterval = 5 * time.Second
+
+// gauges refreshes queue depth and oldest-pending metrics. On a shared
+// store the replicas share one count per destination and interval
+// (store.Cluster.SharedQueue): a count reads every queued delivery.
 func (d *Dispatcher) gauges(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
+	t := time.NewTicker(gaugeInterval)
 	defer t.Stop()
+	cluster, _ := d.store.(store.Cluster)
 	for {
 		for _, name := range d.order {
-			q, err := d.store.Queue(name)
+			var q store.QueueStats
+			var err error
+			if cluster != nil {
+				q, err = cluster.SharedQueue(ctx, name, gaugeInterval-gaugeInterval/10)
+			} else {
+				q, err = d.store.Queue(name)
+			}
 			if err != nil {
 				continue
 			}

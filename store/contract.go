@@ -190,4 +190,9 @@ type Cluster interface {
 	// TakeProbe lets one replica probe an open circuit whose hold ended
 	// (now): the winner's hold moves to until, so the others keep waiting.
 	TakeProbe(ctx context.Context, dest string, now, until time.Time) (bool, error)
+	// SharedQueue returns dest's queue figures (Queue) as counted at most
+	// maxAge ago by any replica; when they are older, this replica counts
+	// them, while the others wait and then read its count. The gauges of
+	// every replica cost one count per maxAge for the cluster.
+	SharedQueue(ctx context.Context, dest string, maxAge time.Duration) (QueueStats, error)
 }

@@ -635,18 +635,59 @@ func (db *DB) Queue(dest string) (store.QueueStats, error) {
 	var q store.QueueStats
 	var oldest *int64
 	var created *time.Time
-	err := db.pool.QueryRow(context.Background(), `SELECT count(*), min(next_at_ms), count(*) FILTER (WHERE state = 'waiting'), min(created_at)
-		FROM deliveries WHERE destination = $1 AND next_at_ms IS NOT NULL`, dest).Scan(&q.Depth, &oldest, &q.Waiting, &created)
+	err := db.pool.QueryRow(context.Background(), queueSQL, dest).Scan(&q.Depth, &q.Waiting, &oldest, &created)
 	if err != nil {
 		return q, err
 	}
+	setQueueTimes(&q, oldest, created)
+	return q, nil
+}
+
+// queueSQL counts dest's ($1) queue: depth, waiting, oldest due, oldest
+// created.
+const queueSQL = `SELECT count(*), count(*) FILTER (WHERE state = 'waiting'), min(next_at_ms), min(created_at)
+		FROM deliveries WHERE destination = $1 AND next_at_ms IS NOT NULL`
+
+// SharedQueue is store.Cluster's: under dest's queue lock, the figures in
+// queue_stats are returned while younger than maxAge, else counted again
+// (queueSQL) and written back, without waiting for the WAL flush (they
+// are a gauge, counted again after a crash).
+func (db *DB) SharedQueue(ctx context.Context, dest string, maxAge time.Duration) (store.QueueStats, error) {
+	var q store.QueueStats
+	err := db.inTx(ctx, func(tx pgx.Tx) error {
+		q = store.QueueStats{}
+		if _, err := tx.Exec(ctx, "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)", lockKey("queue:"+dest)); err != nil {
+			return err
+		}
+		var oldest *int64
+		var created *time.Time
+		err := tx.QueryRow(ctx, `SELECT depth, waiting, oldest_due_ms, oldest_created FROM queue_stats
+			WHERE destination = $1 AND counted_at > clock_timestamp() - make_interval(secs => $2)`, dest, maxAge.Seconds()).
+			Scan(&q.Depth, &q.Waiting, &oldest, &created)
+		if errors.Is(err, pgx.ErrNoRows) {
+			err = tx.QueryRow(ctx, `WITH c AS (`+queueSQL+`)
+				INSERT INTO queue_stats (destination, depth, waiting, oldest_due_ms, oldest_created, counted_at)
+				SELECT $1, c.* , clock_timestamp() FROM c
+				ON CONFLICT (destination) DO UPDATE SET depth = EXCLUDED.depth, waiting = EXCLUDED.waiting,
+					oldest_due_ms = EXCLUDED.oldest_due_ms, oldest_created = EXCLUDED.oldest_created, counted_at = EXCLUDED.counted_at
+				RETURNING depth, waiting, oldest_due_ms, oldest_created`, dest).Scan(&q.Depth, &q.Waiting, &oldest, &created)
+		}
+		if err != nil {
+			return err
+		}
+		setQueueTimes(&q, oldest, created)
+		return nil
+	})
+	return q, err
+}
+
+func setQueueTimes(q *store.QueueStats, oldest *int64, created *time.Time) {
 	if oldest != nil {
 		q.Oldest = time.UnixMilli(*oldest)
 	}
 	if created != nil {
 		q.OldestCreate = *created
 	}
-	return q, nil
 }
 
 // Delivery returns one delivery.

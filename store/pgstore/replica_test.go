@@ -690,3 +690,56 @@ func TestCompleteCombined(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedQueue: a replica's queue count is what every replica's gauges
+// read while it is younger than their maxAge (counted once for the
+// cluster, not once per replica); older, it is counted again. Replicas
+// asking at once get one answer.
+func TestSharedQueue(t *testing.T) {
+	rs, _ := replicas(t, 2, nil)
+	ctx := context.Background()
+	ingest := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			if _, err := rs[i%2].Ingest(ctx, storetest.Note(fmt.Sprintf("q%d", i), storetest.Facts(fmt.Sprintf("qf%d", i)))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ingest(0, 3)
+	q, err := rs[0].SharedQueue(ctx, "af", time.Minute)
+	if err != nil || q.Depth != 3 || q.OldestCreate.IsZero() || q.Oldest.IsZero() {
+		t.Fatalf("first count: %+v %v, want depth 3 with its oldest times", q, err)
+	}
+	ingest(3, 5)
+	if q, err := rs[1].SharedQueue(ctx, "af", time.Minute); err != nil || q.Depth != 3 {
+		t.Fatalf("the other replica within a minute: %+v %v, want the shared count (3)", q, err)
+	}
+	if q, err := rs[1].Queue("af"); err != nil || q.Depth != 5 {
+		t.Fatalf("Queue: %+v %v, want the exact 5", q, err)
+	}
+	if q, err := rs[1].SharedQueue(ctx, "af", 0); err != nil || q.Depth != 5 {
+		t.Fatalf("maxAge 0: %+v %v, want a new count (5)", q, err)
+	}
+	if q, err := rs[0].SharedQueue(ctx, "none", time.Minute); err != nil || q.Depth != 0 || !q.OldestCreate.IsZero() {
+		t.Fatalf("a destination without deliveries: %+v %v", q, err)
+	}
+	ingest(5, 6)
+	time.Sleep(60 * time.Millisecond) // the count of 5 is older than 50 ms
+	var wg sync.WaitGroup
+	got := make([]store.QueueStats, 8)
+	errs := make([]error, 8)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = rs[i%2].SharedQueue(ctx, "af", 50*time.Millisecond)
+		}()
+	}
+	wg.Wait()
+	for i := range got {
+		if errs[i] != nil || got[i].Depth != 6 {
+			t.Fatalf("concurrent count %d: %+v %v", i, got[i], errs[i])
+		}
+	}
+}
