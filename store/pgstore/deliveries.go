@@ -667,7 +667,7 @@ func (db *DB) SharedQueue(ctx context.Context, dest string, maxAge time.Duration
 		if errors.Is(err, pgx.ErrNoRows) {
 			err = tx.QueryRow(ctx, `WITH c AS (`+queueSQL+`)
 				INSERT INTO queue_stats (destination, depth, waiting, oldest_due_ms, oldest_created, counted_at)
-				SELECT $1, c.* , clock_timestamp() FROM c
+				SELECT $1, c.*, clock_timestamp() FROM c
 				ON CONFLICT (destination) DO UPDATE SET depth = EXCLUDED.depth, waiting = EXCLUDED.waiting,
 					oldest_due_ms = EXCLUDED.oldest_due_ms, oldest_created = EXCLUDED.oldest_created, counted_at = EXCLUDED.counted_at
 				RETURNING depth, waiting, oldest_due_ms, oldest_created`, dest).Scan(&q.Depth, &q.Waiting, &oldest, &created)
