@@ -171,7 +171,7 @@ func TestStoreCopyErrors(t *testing.T) {
 func TestMigrateCommand(t *testing.T) {
 	dsn := pgtest.Database(t)
 	code, out, errOut := runWithEnv(nil, "migrate", "--dsn", dsn, "--dry-run")
-	if code != 0 || !strings.Contains(out, "pending") || !strings.Contains(out, "00001_init.sql") || !strings.Contains(out, "00002_sealing.sql") || !strings.Contains(out, "2 pending (dry run") {
+	if code != 0 || !strings.Contains(out, "pending") || !strings.Contains(out, "00001_init.sql") || !strings.Contains(out, "00002_sealing.sql") || !strings.Contains(out, "00003_queue_stats.sql") || !strings.Contains(out, "3 pending (dry run") {
 		t.Fatalf("dry run exit %d:\n%s%s", code, out, errOut)
 	}
 	code, out, errOut = runWithEnv(nil, "migrate", "--dsn", dsn)
