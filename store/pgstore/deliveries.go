@@ -630,12 +630,34 @@ func (db *DB) NextDue(dest string) time.Time {
 	return time.UnixMilli(*ms)
 }
 
-// Queue summarises dest's backlog.
+// queueExact is the backlog up to which Queue counts exactly; above it
+// Queue returns the cluster's shared count (SharedQueue), at most
+// queueSharedAge old.
+var queueExact = 20_000
+
+const queueSharedAge = 5 * time.Second
+
+// Queue summarises dest's backlog: exactly while it holds fewer than
+// queueExact deliveries (which an index-only look at most that many
+// entries long tells), else from the cluster's shared count, so that the
+// console and the admin API, each view counting every destination, cost
+// a large backlog nothing more than the gauges already do (a count reads
+// every queued delivery: 160 ms for 111 000).
 func (db *DB) Queue(dest string) (store.QueueStats, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var n int
+	if err := db.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM deliveries
+		WHERE destination = $1 AND next_at_ms IS NOT NULL LIMIT $2) AS q`, dest, queueExact).Scan(&n); err != nil {
+		return store.QueueStats{}, err
+	}
+	if n >= queueExact {
+		return db.SharedQueue(ctx, dest, queueSharedAge)
+	}
 	var q store.QueueStats
 	var oldest *int64
 	var created *time.Time
-	err := db.pool.QueryRow(context.Background(), queueSQL, dest).Scan(&q.Depth, &q.Waiting, &oldest, &created)
+	err := db.pool.QueryRow(ctx, queueSQL, dest).Scan(&q.Depth, &q.Waiting, &oldest, &created)
 	if err != nil {
 		return q, err
 	}

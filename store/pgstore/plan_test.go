@@ -2,9 +2,12 @@ package pgstore
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/postback/postback/mapping"
+	"github.com/postback/postback/store"
 	"github.com/postback/postback/store/pgstore/pgtest"
 )
 
@@ -46,5 +49,40 @@ func TestClaimPlanHasNoSeqScan(t *testing.T) {
 	text := strings.Join(plan, "\n")
 	if !strings.Contains(text, "Tid Scan") || strings.Contains(text, "Seq Scan") {
 		t.Fatalf("claim plan reads a table whole or misses the TID scan:\n%s", text)
+	}
+}
+
+// TestQueueLargeBacklogShared: Queue counts exactly below queueExact
+// queued deliveries and, from there on, returns the cluster's shared count
+// instead of reading every queued delivery on each view.
+func TestQueueLargeBacklogShared(t *testing.T) {
+	db := openTest(t, pgtest.Database(t), &Options{Options: store.Options{Map: plantMap, Route: func(*mapping.Event) []string { return []string{"af"} }}})
+	ctx := context.Background()
+	ingest := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			if _, err := db.Ingest(ctx, &mapping.Notification{Source: "test", Key: fmt.Sprintf("b%d", i), Body: []byte(`{}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	defer func(n int) { queueExact = n }(queueExact)
+	queueExact = 4
+	ingest(0, 3)
+	if q, err := db.Queue("af"); err != nil || q.Depth != 3 || q.OldestCreate.IsZero() {
+		t.Fatalf("below the cap: %+v %v, want the exact 3", q, err)
+	}
+	ingest(3, 5)
+	shared, err := db.SharedQueue(ctx, "af", 0)
+	if err != nil || shared.Depth != 5 {
+		t.Fatalf("shared count %+v %v", shared, err)
+	}
+	ingest(5, 6)
+	if q, err := db.Queue("af"); err != nil || q.Depth != 5 {
+		t.Fatalf("above the cap: %+v %v, want the shared count (5) that is under 5 s old", q, err)
+	}
+	queueExact = 100
+	if q, err := db.Queue("af"); err != nil || q.Depth != 6 {
+		t.Fatalf("cap raised: %+v %v, want the exact 6", q, err)
 	}
 }
