@@ -652,7 +652,12 @@ func (db *DB) Queue(dest string) (store.QueueStats, error) {
 		return store.QueueStats{}, err
 	}
 	if n >= queueExact {
-		return db.SharedQueue(ctx, dest, queueSharedAge)
+		q, err := db.SharedQueue(ctx, dest, queueSharedAge)
+		// A count made before a burst may be lower than what is queued
+		// now: never below what was just seen (a drained queue's count
+		// must not hide a new backlog).
+		q.Depth = max(q.Depth, n)
+		return q, err
 	}
 	var q store.QueueStats
 	var oldest *int64

@@ -81,6 +81,19 @@ func TestQueueLargeBacklogShared(t *testing.T) {
 	if q, err := db.Queue("af"); err != nil || q.Depth != 5 {
 		t.Fatalf("above the cap: %+v %v, want the shared count (5) that is under 5 s old", q, err)
 	}
+	queueExact = 2
+	if q, err := db.Queue("af"); err != nil || q.Depth != 5 {
+		t.Fatalf("above a lower cap: %+v %v, want the shared 5", q, err)
+	}
+	if _, err := db.SharedQueue(ctx, "af", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Pool().Exec(ctx, "UPDATE queue_stats SET depth = 0"); err != nil {
+		t.Fatal(err)
+	}
+	if q, err := db.Queue("af"); err != nil || q.Depth != 2 {
+		t.Fatalf("a shared count below what is queued: %+v %v, want at least the cap's 2 seen", q, err)
+	}
 	queueExact = 100
 	if q, err := db.Queue("af"); err != nil || q.Depth != 6 {
 		t.Fatalf("cap raised: %+v %v, want the exact 6", q, err)
