@@ -9,8 +9,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"io"
 	"net/url"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,12 +39,60 @@ func Base(t testing.TB) string {
 		if os.Getenv(EnvRequire) == "1" {
 			t.Fatalf("%s is not set but %s=1: the PostgreSQL tests must run here (eval \"$(scripts/pg-cluster.sh start)\")", EnvDSN, EnvRequire)
 		}
-		skipOnce.Do(func() {
-			println("pgtest: PostgreSQL tests skipped: set " + EnvDSN + ` (eval "$(scripts/pg-cluster.sh start)") to run them`)
-		})
+		skipOnce.Do(announceSkip)
 		t.Skip("no PostgreSQL: set " + EnvDSN + ` (eval "$(scripts/pg-cluster.sh start)")`)
 	}
 	return dsn
+}
+
+// skipLine is what a run without a cluster is told once.
+const skipLine = "pgtest: PostgreSQL tests skipped: set " + EnvDSN + ` (eval "$(scripts/pg-cluster.sh start)") to run them`
+
+// announceSkip tells whoever runs the tests, once per go test run, that
+// the PostgreSQL tests were skipped. go test ./... shows a passing
+// package's output only with -v, so the line goes to the terminal
+// (/dev/tty) when there is one, else to stderr (shown with -v); the test
+// binaries of one go test run (children of one go command) say it once
+// between them.
+func announceSkip() {
+	w := io.Writer(os.Stderr)
+	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+		defer tty.Close()
+		w = tty
+	}
+	announce(w, runMarker())
+}
+
+// announce writes skipLine to w unless marker exists, and creates it; it
+// reports whether it wrote. An empty marker always writes.
+func announce(w io.Writer, marker string) bool {
+	if marker != "" {
+		f, err := os.OpenFile(marker, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return false // another package of this run said it
+		}
+		f.Close()
+	}
+	fmt.Fprintln(w, skipLine)
+	return true
+}
+
+// runMarker names a file for this go test run: the go command's process
+// id and start time (so a later run with a reused id is a new run).
+func runMarker() string {
+	ppid := os.Getppid()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", ppid))
+	if err != nil {
+		return ""
+	}
+	// Field 22 (start time) counts from the end of the command name,
+	// which may contain spaces but ends at the last ')'.
+	i := strings.LastIndexByte(string(stat), ')')
+	fields := strings.Fields(string(stat)[i+1:])
+	if i < 0 || len(fields) < 20 {
+		return ""
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("postback-pgtest-skip-%d-%s", ppid, fields[19]))
 }
 
 // Database creates an empty database for this test and returns its DSN;
