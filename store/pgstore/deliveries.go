@@ -79,12 +79,6 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 		if len(ds) == 0 {
 			return nil
 		}
-		sort.Slice(ds, func(i, j int) bool {
-			if ds[i].NextAtMs != ds[j].NextAtMs {
-				return ds[i].NextAtMs < ds[j].NextAtMs
-			}
-			return ds[i].Key < ds[j].Key
-		})
 		ids := make([]string, len(ds))
 		for i := range ds {
 			ids[i] = ds[i].EventID
@@ -101,9 +95,21 @@ func (db *DB) Claim(ctx context.Context, dest string, now time.Time, o store.Cla
 			d.NoteClaim(nil, ce.doc)
 			out = append(out, store.Due{Delivery: d, Event: ce.e})
 		}
+		sortDue(out)
 		return nil
 	})
 	return out, err
+}
+
+// sortDue orders claimed deliveries as they fell due: by due time, then
+// key.
+func sortDue(ds []store.Due) {
+	sort.Slice(ds, func(i, j int) bool {
+		if ds[i].Delivery.NextAtMs != ds[j].Delivery.NextAtMs {
+			return ds[i].Delivery.NextAtMs < ds[j].Delivery.NextAtMs
+		}
+		return ds[i].Delivery.Key < ds[j].Delivery.Key
+	})
 }
 
 // claimFast claims in one round trip: BEGIN, the destination's claim
@@ -198,12 +204,7 @@ func (db *DB) claimFast(ctx context.Context, dest string, now time.Time, limit, 
 		_ = db.Release(context.WithoutCancel(ctx), keys)
 		return nil, err
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Delivery.NextAtMs != out[j].Delivery.NextAtMs {
-			return out[i].Delivery.NextAtMs < out[j].Delivery.NextAtMs
-		}
-		return out[i].Delivery.Key < out[j].Delivery.Key
-	})
+	sortDue(out)
 	return out, nil
 }
 
@@ -659,15 +660,7 @@ func (db *DB) Queue(dest string) (store.QueueStats, error) {
 		q.Depth = max(q.Depth, n)
 		return q, err
 	}
-	var q store.QueueStats
-	var oldest *int64
-	var created *time.Time
-	err := db.pool.QueryRow(ctx, queueSQL, dest).Scan(&q.Depth, &q.Waiting, &oldest, &created)
-	if err != nil {
-		return q, err
-	}
-	setQueueTimes(&q, oldest, created)
-	return q, nil
+	return scanQueue(db.pool.QueryRow(ctx, queueSQL, dest))
 }
 
 // queueSQL counts dest's ($1) queue: depth, waiting, oldest due, oldest
@@ -682,39 +675,41 @@ const queueSQL = `SELECT count(*), count(*) FILTER (WHERE state = 'waiting'), mi
 func (db *DB) SharedQueue(ctx context.Context, dest string, maxAge time.Duration) (store.QueueStats, error) {
 	var q store.QueueStats
 	err := db.inTx(ctx, func(tx pgx.Tx) error {
-		q = store.QueueStats{}
 		if _, err := tx.Exec(ctx, "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock($1)", lockKey("queue:"+dest)); err != nil {
 			return err
 		}
-		var oldest *int64
-		var created *time.Time
-		err := tx.QueryRow(ctx, `SELECT depth, waiting, oldest_due_ms, oldest_created FROM queue_stats
-			WHERE destination = $1 AND counted_at > clock_timestamp() - make_interval(secs => $2)`, dest, maxAge.Seconds()).
-			Scan(&q.Depth, &q.Waiting, &oldest, &created)
+		var err error
+		q, err = scanQueue(tx.QueryRow(ctx, `SELECT depth, waiting, oldest_due_ms, oldest_created FROM queue_stats
+			WHERE destination = $1 AND counted_at > clock_timestamp() - make_interval(secs => $2)`, dest, maxAge.Seconds()))
 		if errors.Is(err, pgx.ErrNoRows) {
-			err = tx.QueryRow(ctx, `WITH c AS (`+queueSQL+`)
+			q, err = scanQueue(tx.QueryRow(ctx, `WITH c AS (`+queueSQL+`)
 				INSERT INTO queue_stats (destination, depth, waiting, oldest_due_ms, oldest_created, counted_at)
 				SELECT $1, c.*, clock_timestamp() FROM c
 				ON CONFLICT (destination) DO UPDATE SET depth = EXCLUDED.depth, waiting = EXCLUDED.waiting,
 					oldest_due_ms = EXCLUDED.oldest_due_ms, oldest_created = EXCLUDED.oldest_created, counted_at = EXCLUDED.counted_at
-				RETURNING depth, waiting, oldest_due_ms, oldest_created`, dest).Scan(&q.Depth, &q.Waiting, &oldest, &created)
+				RETURNING depth, waiting, oldest_due_ms, oldest_created`, dest))
 		}
-		if err != nil {
-			return err
-		}
-		setQueueTimes(&q, oldest, created)
-		return nil
+		return err
 	})
 	return q, err
 }
 
-func setQueueTimes(q *store.QueueStats, oldest *int64, created *time.Time) {
+// scanQueue reads queue figures in queueSQL's order: depth, waiting,
+// oldest due (Unix ms), oldest created.
+func scanQueue(row pgx.Row) (store.QueueStats, error) {
+	var q store.QueueStats
+	var oldest *int64
+	var created *time.Time
+	if err := row.Scan(&q.Depth, &q.Waiting, &oldest, &created); err != nil {
+		return store.QueueStats{}, err
+	}
 	if oldest != nil {
 		q.Oldest = time.UnixMilli(*oldest)
 	}
 	if created != nil {
 		q.OldestCreate = *created
 	}
+	return q, nil
 }
 
 // Delivery returns one delivery.

@@ -263,7 +263,7 @@ func (kf *KeyFile) Gen() uint64 {
 // Sync makes every key created before the call durable.
 func (kf *KeyFile) Sync() error { return kf.SyncTo(kf.Gen()) }
 
-// SyncTo makes the keys of generations up to gen durable (see Gen), with
+// SyncTo makes the keys of generations up to need durable (see Gen), with
 // one fdatasync at most, and none when a sync since has covered them: the
 // store's writer waits only for the keys of the records it commits, not
 // for those other requests are sealing meanwhile.

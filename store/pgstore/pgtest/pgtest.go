@@ -88,8 +88,11 @@ func runMarker() string {
 	// Field 22 (start time) counts from the end of the command name,
 	// which may contain spaces but ends at the last ')'.
 	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 {
+		return ""
+	}
 	fields := strings.Fields(string(stat)[i+1:])
-	if i < 0 || len(fields) < 20 {
+	if len(fields) < 20 {
 		return ""
 	}
 	return filepath.Join(os.TempDir(), fmt.Sprintf("postback-pgtest-skip-%d-%s", ppid, fields[19]))
