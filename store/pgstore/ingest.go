@@ -488,6 +488,9 @@ func (db *DB) storeSettled(ctx context.Context, tx dbtx, n *mapping.Notification
 	return dests, commitWith(ctx, tx, w)
 }
 
+// userOneSQL reads one identity record (fillUsers).
+const userOneSQL = "SELECT doc FROM users WHERE user_key = $1"
+
 // fillUsers gives the events the identifiers they lack from the identity
 // store, in one query.
 func (db *DB) fillUsers(ctx context.Context, tx dbtx, events []mapping.Event) error {
@@ -500,7 +503,17 @@ func (db *DB) fillUsers(ctx context.Context, tx dbtx, events []mapping.Event) er
 	if len(ids) == 0 {
 		return nil
 	}
-	rows, err := tx.Query(ctx, "SELECT doc FROM users WHERE user_key = ANY($1)", ids)
+	// One identity (the usual case) is looked up by equality: PostgreSQL
+	// keeps planning "= ANY($1)" afresh on every execution (its generic
+	// plan assumes ten array elements and always costs more than a custom
+	// plan for one), while "= $1" settles on its generic plan after five.
+	var rows pgx.Rows
+	var err error
+	if len(ids) == 1 {
+		rows, err = tx.Query(ctx, userOneSQL, ids[0])
+	} else {
+		rows, err = tx.Query(ctx, "SELECT doc FROM users WHERE user_key = ANY($1)", ids)
+	}
 	if err != nil {
 		return err
 	}

@@ -70,6 +70,11 @@ func openKeyring(ctx context.Context, cfg *pgxpool.Config, encKey []byte, where 
 	kc := cfg.Copy()
 	kc.MaxConns = 4
 	kc.MinConns = 0
+	// Every statement of the keyring reads or writes keys by primary key,
+	// most with "kid = ANY($1)", which PostgreSQL would otherwise plan
+	// afresh on every execution (its generic plan assumes ten elements and
+	// loses to each custom plan); the generic plan is the right one.
+	kc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 	pool, err := pgxpool.NewWithConfig(ctx, kc)
 	if err != nil {
 		return nil, err

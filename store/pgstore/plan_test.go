@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/postback/postback/mapping"
 	"github.com/postback/postback/store"
 	"github.com/postback/postback/store/pgstore/pgtest"
@@ -97,5 +99,48 @@ func TestQueueLargeBacklogShared(t *testing.T) {
 	queueExact = 100
 	if q, err := db.Queue("af"); err != nil || q.Depth != 6 {
 		t.Fatalf("cap raised: %+v %v, want the exact 6", q, err)
+	}
+}
+
+// TestLookupsSettleOnGenericPlans: the per-notification lookups outside
+// the ingest's transaction keep one plan per connection instead of being
+// planned on every execution. PostgreSQL never takes the generic plan of
+// "= ANY($1)" (it assumes ten elements), so one identity is read with
+// "= $1", and the keyring's connections, whose every statement goes by
+// primary key, force the generic plan; the main pool's do not.
+func TestLookupsSettleOnGenericPlans(t *testing.T) {
+	db := openTest(t, pgtest.Database(t), nil)
+	ctx := context.Background()
+	tx, err := db.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	events := []mapping.Event{{User: mapping.User{AppUserID: "user-1"}}}
+	for i := 0; i < 8; i++ {
+		if err := db.fillUsers(ctx, tx, events); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var generic, custom int64
+	if err := tx.QueryRow(ctx, `SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1`, userOneSQL).Scan(&generic, &custom); err != nil {
+		t.Fatalf("the identity lookup is not a prepared statement of this connection: %v", err)
+	}
+	if generic == 0 || custom > 5 {
+		t.Fatalf("identity lookup: %d generic and %d custom plans in 8 executions; want the generic plan after 5", generic, custom)
+	}
+	for _, c := range []struct {
+		pool interface {
+			QueryRow(context.Context, string, ...any) pgx.Row
+		}
+		want string
+	}{{db.keys.pool, "force_generic_plan"}, {db.pool, "auto"}} {
+		var mode string
+		if err := c.pool.QueryRow(ctx, "SHOW plan_cache_mode").Scan(&mode); err != nil {
+			t.Fatal(err)
+		}
+		if mode != c.want {
+			t.Errorf("plan_cache_mode %q, want %q", mode, c.want)
+		}
 	}
 }
