@@ -20,13 +20,8 @@ import (
 // is kept for the connection's life and reads whole tables on every claim
 // once they have grown.
 func TestClaimPlanHasNoSeqScan(t *testing.T) {
-	db := openTest(t, pgtest.Database(t), nil)
+	_, tx := planTx(t)
 	ctx := context.Background()
-	tx, err := db.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
 	if _, err := tx.Exec(ctx, claimSettings); err != nil {
 		t.Fatal(err)
 	}
@@ -109,13 +104,8 @@ func TestQueueLargeBacklogShared(t *testing.T) {
 // "= $1", and the keyring's connections, whose every statement goes by
 // primary key, force the generic plan; the main pool's do not.
 func TestLookupsSettleOnGenericPlans(t *testing.T) {
-	db := openTest(t, pgtest.Database(t), nil)
+	db, tx := planTx(t)
 	ctx := context.Background()
-	tx, err := db.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
 	events := []mapping.Event{{User: mapping.User{AppUserID: "user-1"}}}
 	for i := 0; i < 8; i++ {
 		if err := db.fillUsers(ctx, tx, events); err != nil {
@@ -143,4 +133,17 @@ func TestLookupsSettleOnGenericPlans(t *testing.T) {
 			t.Errorf("plan_cache_mode %q, want %q", mode, c.want)
 		}
 	}
+}
+
+// planTx opens a store on a new database and begins a transaction on one
+// of its connections, rolled back when the test ends.
+func planTx(t *testing.T) (*DB, pgx.Tx) {
+	t.Helper()
+	db := openTest(t, pgtest.Database(t), nil)
+	tx, err := db.pool.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	return db, tx
 }
