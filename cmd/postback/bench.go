@@ -86,8 +86,12 @@ type benchOptions struct {
 	// states stop growing. 0: a new subscriber per notification.
 	Subscribers int
 	// Floors, with Self, measures the bare handler (same load) and the
-	// P-256 verification rate before the run and reports the ratios.
+	// P-256 verification rate before the run and reports the ratios; with
+	// DSN also pgbench's insert-only rate on that database.
 	Floors bool
+	// PGBench is the pgbench to run for the PostgreSQL floor (empty: found
+	// on PATH or in /usr/lib/postgresql/*/bin).
+	PGBench string
 }
 
 // benchSources are the sources bench can sign for, in report order.
@@ -212,7 +216,8 @@ func cmdBench(ctx context.Context, env *Env, args []string) int {
 	fs.IntVar(&o.PoolSize, "pool-size", 10, "--self --dsn: storage.pool_size of each replica")
 	fs.IntVar(&o.Replicas, "replicas", 1, "--self with --dsn: gateway replicas sharing the database; requests go to them in turn")
 	fs.DurationVar(&o.Retention, "retention", 0, "--self on BoltDB: storage.retention of the in-process gateway (default the configuration's 720h; bench alone may go below its 1h minimum, e.g. 2m, so pruning keeps up with arrivals within the run); the gateway prunes every tenth of it, and the report adds the live heap's growth after the warm-up")
-	fs.BoolVar(&o.Floors, "floors", false, "--self, flat out: first measure the bare handler with the same mix, concurrency and duration, and ECDSA P-256 verifications per second on all cores (2 s), then run, and report accepted/s over each floor against its target (stripe, shopify, custom: ≥ 0.5 of the bare handler; apple alone: ≥ 0.7 of P-256/s ÷ 3)")
+	fs.BoolVar(&o.Floors, "floors", false, "--self, flat out: first measure the bare handler with the same mix, concurrency and duration, and ECDSA P-256 verifications per second on all cores (2 s), then run, and report accepted/s over each floor against its target (stripe, shopify, custom: ≥ 0.5 of the bare handler; apple alone: ≥ 0.7 of P-256/s ÷ 3); with --dsn, first also pgbench's insert-only transactions on that database with the same clients and duration (target ≥ 0.5)")
+	fs.StringVar(&o.PGBench, "pgbench", "", "--floors --dsn: the pgbench to run (default: found on PATH or in /usr/lib/postgresql/*/bin)")
 	fs.StringVar(&o.Destinations, "destinations", "", "--self: comma-separated destination types to configure (default every type; \"none\" measures ingest alone)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -343,9 +348,16 @@ func (o *benchOptions) check() error {
 		if o.Rate > 0 {
 			return fmt.Errorf("%w: --floors compares flat-out rates: leave out --rate", errBenchUsage)
 		}
-		if _, err := floorKind(o.Mix); err != nil {
+		kind, err := floorKind(o.Mix)
+		if err != nil {
 			return err
 		}
+		if o.DSN != "" && kind != "bare" {
+			return fmt.Errorf("%w: --floors --dsn compares stripe, shopify and custom ingest with pgbench: leave apple out", errBenchUsage)
+		}
+	}
+	if o.PGBench != "" && (!o.Floors || o.DSN == "") {
+		return fmt.Errorf("%w: --pgbench needs --floors --dsn", errBenchUsage)
 	}
 	if o.Bare && o.Self {
 		return fmt.Errorf("%w: --bare and --self exclude each other", errBenchUsage)

@@ -19,6 +19,12 @@ import (
 // BenchFloors are the limits `postback bench --self --floors` measures in
 // the same invocation as the run, and the run's ratio to them.
 type BenchFloors struct {
+	// PGBenchTPS is pgbench's insert-only transactions per second on the
+	// run's database (--dsn), with PGBenchClients clients for
+	// PGBenchSeconds, measured first.
+	PGBenchTPS     float64 `json:"pgbench_tps,omitempty"`
+	PGBenchClients int     `json:"pgbench_clients,omitempty"`
+	PGBenchSeconds int     `json:"pgbench_s,omitempty"`
 	// BarePS is the bare echo handler's accepted/s with the run's mix,
 	// concurrency, duration and presigning (stripe, shopify and custom
 	// mixes; left out for Apple).
@@ -72,15 +78,22 @@ func floorKind(mix map[string]float64) (string, error) {
 	return "bare", nil
 }
 
-// measureFloors runs the bare handler with o's load (for a bare-kind mix)
-// and then the P-256 verification floor.
+// measureFloors runs pgbench's insert-only floor on o.DSN (with --dsn) or
+// else the bare handler with o's load (for a bare-kind mix), and then the
+// P-256 verification floor.
 func measureFloors(ctx context.Context, o benchOptions) (*BenchFloors, error) {
 	kind, err := floorKind(o.Mix)
 	if err != nil {
 		return nil, err
 	}
 	f := &BenchFloors{}
-	if kind == "bare" {
+	if o.DSN != "" {
+		if f.PGBenchTPS, f.PGBenchSeconds, err = pgbenchFloor(ctx, o); err != nil {
+			return nil, err
+		}
+		f.PGBenchClients = o.Concurrency
+	}
+	if kind == "bare" && o.DSN == "" {
 		b := o
 		b.Self, b.Bare, b.Floors = false, true, false
 		b.DSN, b.Replicas, b.Retention, b.PID, b.heapProfile = "", 1, 0, 0, ""
@@ -156,12 +169,15 @@ func (r *BenchReport) applyFloors(f *BenchFloors, mix map[string]float64) {
 			srcs = append(srcs, s)
 		}
 	}
+	name := strings.Join(srcs, "+") + " ingest"
 	ratio := BenchRatio{AcceptedPS: r.AcceptedPS}
-	switch kind {
-	case "apple":
+	switch {
+	case kind == "apple":
 		ratio.Name, ratio.FloorPS, ratio.Target = "apple ingest / Apple floor (P-256 verifications/s ÷ 3)", f.AppleFloorPS, appleTarget
+	case f.PGBenchTPS > 0: // --dsn: issue 12's floor
+		ratio.Name, ratio.FloorPS, ratio.Target = name+" / pgbench insert-only", f.PGBenchTPS, pgTarget
 	default:
-		ratio.Name, ratio.FloorPS, ratio.Target = strings.Join(srcs, "+")+" ingest / bare handler", f.BarePS, bareTarget
+		ratio.Name, ratio.FloorPS, ratio.Target = name+" / bare handler", f.BarePS, bareTarget
 	}
 	if ratio.FloorPS > 0 {
 		x := ratio.AcceptedPS / ratio.FloorPS
@@ -175,6 +191,9 @@ func (r *BenchReport) applyFloors(f *BenchFloors, mix map[string]float64) {
 // printFloors writes the floors and one line per ratio.
 func printFloors(w io.Writer, f *BenchFloors) {
 	t := table(w)
+	if f.PGBenchTPS > 0 {
+		fmt.Fprintf(t, "floor: pgbench insert-only\t%.0f tps\t(the same database, %d clients, %d s, measured first)\n", f.PGBenchTPS, f.PGBenchClients, f.PGBenchSeconds)
+	}
 	if f.BarePS > 0 {
 		fmt.Fprintf(t, "floor: bare handler\t%.0f/s\t(same mix, concurrency and duration, measured first; %d errors)\n", f.BarePS, f.BareErrors)
 	}

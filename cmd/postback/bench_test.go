@@ -162,6 +162,9 @@ func TestBenchFlags(t *testing.T) {
 		{"floors with a rate", []string{"--self", "--floors", "--rate", "100"}, 2},
 		{"floors with apple and stripe", []string{"--self", "--floors", "--mix", "apple=1,stripe=1"}, 2},
 		{"floors with google", []string{"--self", "--floors", "--mix", "google=1"}, 2},
+		{"floors on PostgreSQL with apple", []string{"--self", "--floors", "--dsn", "postgres://x/y", "--mix", "apple=1"}, 2},
+		{"pgbench without --floors", []string{"--self", "--dsn", "postgres://x/y", "--pgbench", "/usr/bin/true"}, 2},
+		{"pgbench without --dsn", []string{"--self", "--floors", "--pgbench", "/usr/bin/true"}, 2},
 		{"retention without --self", []string{"--retention", "2m", "--stripe-secret", "whsec_x"}, 2},
 		{"retention with --dsn", []string{"--self", "--dsn", "postgres://x/y", "--retention", "2m"}, 2},
 		{"retention below a second", []string{"--self", "--retention", "500ms"}, 2},
@@ -441,20 +444,11 @@ func TestBenchFloors(t *testing.T) {
 		{"apple=1", false, 0.7},
 	} {
 		t.Run(tc.mix, func(t *testing.T) {
-			var out, errOut bytes.Buffer
-			env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
-			code := Main(context.Background(), []string{"bench", "--self", "--floors", "--destinations", "none", "--mix", tc.mix,
-				"--duration", "300ms", "--concurrency", "2", "--json"}, env)
-			if code != 0 {
-				t.Fatalf("exit %d: %s", code, errOut.String())
-			}
-			var rep BenchReport
-			if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
-				t.Fatalf("not JSON: %v\n%s", err, out.String())
-			}
+			rep := benchJSON(t, "--self", "--floors", "--destinations", "none", "--mix", tc.mix,
+				"--duration", "300ms", "--concurrency", "2")
 			f := rep.Floors
 			if f == nil {
-				t.Fatalf("no floors in %s", out.String())
+				t.Fatalf("no floors in %+v", rep)
 			}
 			if f.P256PS <= 0 || f.P256Goroutines < 1 || f.P256WindowS <= 0 {
 				t.Errorf("P-256 %.0f/s on %d goroutines over %.2f s", f.P256PS, f.P256Goroutines, f.P256WindowS)
@@ -481,6 +475,22 @@ func TestBenchFloors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// benchJSON runs postback bench with args and --json, and returns its
+// report.
+func benchJSON(t *testing.T, args ...string) BenchReport {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	env := &Env{Stdout: &out, Stderr: &errOut, Getenv: func(string) (string, bool) { return "", false }}
+	if code := Main(context.Background(), append(append([]string{"bench"}, args...), "--json"), env); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var rep BenchReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out.String())
+	}
+	return rep
 }
 
 func TestPrintFloors(t *testing.T) {
