@@ -36,8 +36,12 @@ var errNoPgbench = errors.New("pgbench not found on PATH or in /usr/lib/postgres
 // findPgbench returns the pgbench to run: the one named, else the first on
 // PATH, else the newest of Debian's /usr/lib/postgresql/*/bin.
 func findPgbench(named string) (string, error) {
+	isFile := func(p string) bool {
+		st, err := os.Stat(p)
+		return err == nil && !st.IsDir()
+	}
 	if named != "" {
-		if st, err := os.Stat(named); err != nil || st.IsDir() {
+		if !isFile(named) {
 			return "", fmt.Errorf("%w (%s: not a file)", errNoPgbench, named)
 		}
 		return named, nil
@@ -47,7 +51,7 @@ func findPgbench(named string) (string, error) {
 	}
 	found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pgbench")
 	for i := len(found) - 1; i >= 0; i-- {
-		if st, err := os.Stat(found[i]); err == nil && !st.IsDir() {
+		if isFile(found[i]) {
 			return found[i], nil
 		}
 	}
@@ -158,11 +162,9 @@ func splitPassword(dsn string) (string, string) {
 
 // lastLine is the last non-empty line of out, for an error message.
 func lastLine(out []byte) string {
-	lines := regexp.MustCompile(`\r?\n`).Split(string(out), -1)
-	for i := len(lines) - 1; i >= 0; i-- {
-		if lines[i] != "" {
-			return lines[i]
-		}
+	lines := strings.FieldsFunc(string(out), func(r rune) bool { return r == '\n' || r == '\r' })
+	if len(lines) == 0 {
+		return "(no output)"
 	}
-	return "(no output)"
+	return lines[len(lines)-1]
 }
